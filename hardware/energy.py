@@ -1,0 +1,491 @@
+"""Energy models as data, and the energy estimate of a run (a pure function of a Trace).
+
+Two kinds of model, kept apart and labelled by ``EnergyModel.kind``:
+
+``gpu-style`` (the convention of SNN papers, e.g. ``horowitz-45nm``)
+    E_SNN = E_MAC * MACs of analog-input layers + E_AC * synaptic ops
+    E_ANN = E_MAC * MACs of the equivalent ANN (one forward pass, ``ann_macs``)
+    The analog-input (first) layer: our Trace counts its MACs at every one of the T
+    steps (direct encoding: the image is fed at each step). ``first_layer="per_step"``
+    (default) charges what the trace measured; ``first_layer="once"`` divides the
+    analog-layer MACs by T (the convention of many papers, which compute the first
+    layer once and reuse it). The result names the rule used.
+
+``chip-style`` (a neuromorphic chip's own per-operation costs, e.g. ``loihi``)
+    E = e_synop * synaptic ops + e_nu_active * active neuron updates
+        + e_nu_inactive * inactive neuron updates + e_spike * spikes routed
+    MACs of an analog first layer are not a Loihi operation. We charge each of them
+    as one synaptic op carrying a graded spike (one nonzero input value through one
+    nonzero weight is one synaptic event, as graded spikes on Loihi 2 are), at the
+    model's synaptic-op cost. The chip really runs the first layer every step, so
+    ``first_layer`` does not apply to chip-style models (always ``per_step``).
+
+    Active neuron updates: Loihi charges an update as active when the neuron received
+    input or spiked. The Trace only has per-node per-step totals, so we use a
+    conservative (upper-bound) approximation at the granularity of a layer and a step:
+    all of a neuron node's updates at step t are active if any synapse node feeding it
+    (through stateless nodes) carried an event at t (synaptic_ops + macs > 0), or has a
+    nonzero bias (injected every step), or the node emitted a spike at t; otherwise
+    all are inactive. A trace that carries an ``active_neuron_updates`` count for a
+    node is used as is instead.
+
+    Spikes routed: one message per emitted spike at the within-tile cost (a lower
+    bound: a spike sent to several cores, or across tiles, costs more).
+
+All constants are in pJ per operation and each carries its source.
+"""
+from __future__ import annotations
+
+import math
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Mapping
+
+import nir
+import numpy as np
+
+from .errors import GraphError, InputError, UnsupportedError
+from .trace import Trace
+
+GPU_STYLE = "gpu-style"
+CHIP_STYLE = "chip-style"
+KINDS = (GPU_STYLE, CHIP_STYLE)
+
+# Operation classes a model may charge (constant names in a model / TOML file).
+OPERATIONS = {
+    GPU_STYLE: ("mac", "synaptic_op"),
+    CHIP_STYLE: ("synaptic_op", "neuron_update_active", "neuron_update_inactive", "spike"),
+}
+REQUIRED = {GPU_STYLE: ("mac", "synaptic_op"), CHIP_STYLE: ("synaptic_op",)}
+
+FIRST_LAYER_RULES = ("per_step", "once")
+
+NEURON_TYPES = (nir.IF, nir.LIF, nir.CubaLIF, nir.LI, nir.CubaLI, nir.I)
+SPIKING_TYPES = (nir.IF, nir.LIF, nir.CubaLIF)
+SYNAPSE_TYPES = (nir.Affine, nir.Linear, nir.Conv2d, nir.Conv1d)
+POOL_TYPES = (nir.SumPool2d, nir.AvgPool2d)
+
+
+@dataclass(frozen=True)
+class Constant:
+    """One per-operation energy cost in pJ with where it comes from."""
+
+    value_pj: float
+    source: str
+
+
+@dataclass(frozen=True)
+class EnergyModel:
+    """A set of per-operation costs (pJ). ``kind`` is ``gpu-style`` or ``chip-style``.
+
+    ``constants`` maps an operation class (see ``OPERATIONS[kind]``) to its Constant;
+    an operation class without a constant costs nothing in this model (e.g. TrueNorth's
+    26 pJ per synaptic event is all-in: nothing is added on top).
+    """
+
+    name: str
+    kind: str
+    constants: Mapping[str, Constant]
+    description: str = ""
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise InputError(f"energy model kind must be one of {KINDS}, got {self.kind!r}",
+                             place=f"model {self.name!r}")
+        object.__setattr__(self, "constants", MappingProxyType(dict(self.constants)))
+
+    def pj(self, op: str) -> float:
+        c = self.constants.get(op)
+        return 0.0 if c is None else float(c.value_pj)
+
+    @property
+    def source(self) -> str:
+        """All citations of the model, one per constant."""
+        return "; ".join(f"{op} = {c.value_pj:g} pJ [{c.source}]" for op, c in self.constants.items())
+
+
+_HOROWITZ = ("Horowitz, 'Computing's energy problem (and what we can do about it)', "
+             "ISSCC 2014, 45 nm")
+_DAVIES = ("Davies et al., 'Loihi: a neuromorphic manycore processor with on-chip learning', "
+           "IEEE Micro 38(1) 2018, Table 2 (pre-silicon, 0.75 V)")
+_MEROLLA = ("Merolla et al., 'A million spiking-neuron integrated circuit with a scalable "
+            "communication network and interface', Science 345(6197) 2014")
+
+BUILTIN_MODELS: dict[str, EnergyModel] = {
+    "horowitz-45nm": EnergyModel(
+        name="horowitz-45nm",
+        kind=GPU_STYLE,
+        constants={
+            "mac": Constant(4.6, f"{_HOROWITZ}: fp32 mult 3.7 pJ + fp32 add 0.9 pJ"),
+            "synaptic_op": Constant(0.9, f"{_HOROWITZ}: fp32 add 0.9 pJ (accumulate)"),
+        },
+        description="GPU-style convention of SNN papers: E_SNN = E_MAC*MACs(analog layers) "
+                    "+ E_AC*SOPs; E_ANN = E_MAC*MACs(equivalent ANN).",
+    ),
+    "loihi": EnergyModel(
+        name="loihi",
+        kind=CHIP_STYLE,
+        constants={
+            "synaptic_op": Constant(23.6, f"{_DAVIES}: synaptic spike op"),
+            "neuron_update_active": Constant(81.0, f"{_DAVIES}: neuron update (active)"),
+            "neuron_update_inactive": Constant(52.0, f"{_DAVIES}: neuron update (inactive)"),
+            "spike": Constant(1.7, f"{_DAVIES}: spike within tile"),
+        },
+        description="Chip-style: synaptic ops + neuron updates (active/inactive) + spikes "
+                    "routed (within tile). Analog-layer MACs charged as graded-spike synaptic ops.",
+    ),
+    "truenorth": EnergyModel(
+        name="truenorth",
+        kind=CHIP_STYLE,
+        constants={
+            "synaptic_op": Constant(26.0, f"{_MEROLLA}: 26 pJ per synaptic event, all-in "
+                                          "(total chip energy / events)"),
+        },
+        description="Chip-style, all-in: 26 pJ per synaptic event, nothing added on top. "
+                    "Analog-layer MACs charged as synaptic events.",
+    ),
+}
+
+
+def get_model(name: str | EnergyModel) -> EnergyModel:
+    if isinstance(name, EnergyModel):
+        return name
+    try:
+        return BUILTIN_MODELS[name]
+    except KeyError:
+        raise InputError(f"unknown energy model {name!r}; built-in: {sorted(BUILTIN_MODELS)}",
+                         place="energy model") from None
+
+
+def load_energy_model_toml(path: str | Path) -> EnergyModel:
+    """Read a user energy model. Format::
+
+        name = "my-chip"
+        kind = "chip-style"            # or "gpu-style"
+        description = "..."            # optional
+        [constants.synaptic_op]
+        value_pj = 10.0
+        source = "Doe et al. 2030, Table 1"
+
+    Every constant needs a finite, non-negative ``value_pj`` and a non-empty ``source``;
+    names must be operation classes of the kind. Violations raise InputError naming the
+    file and the constant.
+    """
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise InputError("file not found", file=path) from None
+    except tomllib.TOMLDecodeError as e:
+        raise InputError(f"not valid TOML: {e}", file=path) from None
+    name = data.get("name")
+    if not isinstance(name, str) or not name:
+        raise InputError("missing string field 'name'", file=path)
+    kind = data.get("kind")
+    if kind not in KINDS:
+        raise InputError(f"field 'kind' must be one of {KINDS}", file=path, place="kind")
+    consts = data.get("constants")
+    if not isinstance(consts, dict) or not consts:
+        raise InputError("missing table 'constants'", file=path, place="constants")
+    out = {}
+    for op, entry in consts.items():
+        place = f"constants.{op}"
+        if op not in OPERATIONS[kind]:
+            raise InputError(f"unknown operation {op!r} for a {kind} model; allowed: "
+                             f"{OPERATIONS[kind]}", file=path, place=place)
+        if not isinstance(entry, dict):
+            raise InputError("must be a table with value_pj and source", file=path, place=place)
+        value = entry.get("value_pj")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                or not math.isfinite(value) or value < 0:
+            raise InputError("value_pj must be a finite number >= 0", file=path, place=place)
+        source = entry.get("source")
+        if not isinstance(source, str) or not source.strip():
+            raise InputError(f"constant {op!r} has no source (every constant needs one)",
+                             file=path, place=place)
+        extra = set(entry) - {"value_pj", "source"}
+        if extra:
+            raise InputError(f"unknown keys {sorted(extra)}", file=path, place=place)
+        out[op] = Constant(float(value), source.strip())
+    for op in REQUIRED[kind]:
+        if op not in out:
+            raise InputError(f"a {kind} model needs constant {op!r}", file=path,
+                             place=f"constants.{op}")
+    desc = data.get("description", "")
+    return EnergyModel(name=name, kind=kind, constants=out, description=str(desc))
+
+
+# --------------------------------------------------------------------------- graph helpers
+
+
+@dataclass(frozen=True)
+class _GraphInfo:
+    order: tuple[str, ...]
+    preds: Mapping[str, tuple[str, ...]]   # forward-edge predecessors
+    shapes: Mapping[str, tuple[int, ...]]  # output shape per node (no batch)
+
+
+def _pair(x) -> tuple[int, int]:
+    a = np.asarray(x).reshape(-1)
+    if a.size == 1:
+        return int(a[0]), int(a[0])
+    return int(a[0]), int(a[1])
+
+
+def _conv_geometry(node, in_hw):
+    """(pad_before, stride, dilation, out size) per spatial dim of a Conv2d or pool."""
+    if isinstance(node, nir.Conv2d):
+        k = node.weight.shape[2:]
+        s, d = _pair(node.stride), _pair(node.dilation)
+        pad = node.padding
+    else:
+        k = _pair(node.kernel_size)
+        s = _pair(node.stride) if node.stride is not None else k
+        d = (1, 1)
+        pad = node.padding if node.padding is not None else 0
+    geo = []
+    for i in range(2):
+        n, ki, si, di = int(in_hw[i]), int(k[i]), int(s[i]), int(d[i])
+        if isinstance(pad, str):
+            if pad == "valid":
+                p = 0
+                out = (n - di * (ki - 1) - 1) // si + 1
+            else:  # "same" (PyTorch: stride 1; extra padding goes after)
+                p = (di * (ki - 1)) // 2
+                out = n
+        else:
+            p = _pair(pad)[i]
+            out = (n + 2 * p - di * (ki - 1) - 1) // si + 1
+        geo.append((p, si, di, out))
+    return geo
+
+
+def _node_shape(node, in_shapes: list[tuple[int, ...]]) -> tuple[int, ...]:
+    ins = in_shapes[0] if in_shapes else None
+    if isinstance(node, nir.Input):
+        return tuple(int(v) for v in np.asarray(node.input_type["input"]).reshape(-1))
+    if isinstance(node, (nir.Affine, nir.Linear)):
+        return (int(node.weight.shape[-2]),)
+    if isinstance(node, nir.Conv2d):
+        if ins is None:
+            if node.input_shape is None:
+                raise GraphError("Conv2d input shape unknown", place=f"node {node}")
+            ins = (node.weight.shape[1] * node.groups, *node.input_shape)
+        geo = _conv_geometry(node, ins[-2:])
+        return (int(node.weight.shape[0]), geo[0][3], geo[1][3])
+    if isinstance(node, POOL_TYPES):
+        geo = _conv_geometry(node, ins[-2:])
+        return (int(ins[0]), geo[0][3], geo[1][3])
+    if isinstance(node, nir.Flatten):
+        src = ins
+        if src is None:
+            src = tuple(int(v) for v in np.asarray(node.input_type["input"]).reshape(-1))
+        nd = len(src)
+        a = node.start_dim % nd if nd else 0
+        b = node.end_dim % nd if nd else 0
+        return (*src[:a], int(np.prod(src[a:b + 1])), *src[b + 1:])
+    if ins is not None:
+        return tuple(int(v) for v in ins)
+    for attr in ("v_threshold", "tau", "scale", "r"):
+        v = getattr(node, attr, None)
+        if v is not None:
+            return tuple(int(x) for x in np.shape(v))
+    out = getattr(node, "output_type", {}).get("output")
+    return () if out is None else tuple(int(v) for v in np.asarray(out).reshape(-1))
+
+
+def analyse(graph: nir.NIRGraph) -> _GraphInfo:
+    """Topological order (back edges of cycles ignored), predecessors and output shapes.
+
+    Kahn's algorithm over ``graph.edges``; when only cycles remain, the first remaining
+    node (in ``graph.nodes`` order) is placed and its edges from unplaced nodes count as
+    back edges (they carry the previous step's value).
+    """
+    names = list(graph.nodes)
+    all_preds: dict[str, list[str]] = {n: [] for n in names}
+    for src, dst in graph.edges:
+        src, dst = src.split(".")[0], dst.split(".")[0]
+        if src not in all_preds or dst not in all_preds:
+            raise GraphError(f"edge {src}->{dst} names a node not in the graph", place="edges")
+        all_preds[dst].append(src)
+    placed: list[str] = []
+    placed_set: set[str] = set()
+    preds: dict[str, tuple[str, ...]] = {}
+    remaining = list(names)
+    while remaining:
+        ready = [n for n in remaining if all(p in placed_set for p in all_preds[n])]
+        if not ready:
+            ready = [remaining[0]]
+        for n in ready:
+            preds[n] = tuple(p for p in all_preds[n] if p in placed_set)
+            placed.append(n)
+            placed_set.add(n)
+            remaining.remove(n)
+    shapes: dict[str, tuple[int, ...]] = {}
+    for n in placed:
+        shapes[n] = _node_shape(graph.nodes[n], [shapes[p] for p in preds[n]])
+    return _GraphInfo(tuple(placed), MappingProxyType(preds), MappingProxyType(shapes))
+
+
+# --------------------------------------------------------------------------- ANN MACs
+
+
+def _valid_taps_1d(n_in: int, k: int, pad: int, stride: int, dil: int, n_out: int) -> np.ndarray:
+    """For each kernel tap j: number of output positions whose input index is in bounds."""
+    o = np.arange(n_out)[:, None]
+    idx = o * stride - pad + np.arange(k)[None, :] * dil
+    return ((idx >= 0) & (idx < n_in)).sum(axis=0)
+
+
+def conv2d_macs(node: nir.Conv2d, in_shape: tuple[int, ...]) -> int:
+    """Exact MACs of one Conv2d forward: sum over nonzero weights w[o, c, ky, kx] of the
+    number of output positions where that tap reads an in-bounds (not padding) input."""
+    geo = _conv_geometry(node, in_shape[-2:])
+    w = np.asarray(node.weight)
+    vy = _valid_taps_1d(int(in_shape[-2]), w.shape[2], geo[0][0], geo[0][1], geo[0][2], geo[0][3])
+    vx = _valid_taps_1d(int(in_shape[-1]), w.shape[3], geo[1][0], geo[1][1], geo[1][2], geo[1][3])
+    nz = (w != 0).sum(axis=(0, 1))  # (kh, kw): nonzero weights per tap over (o, c)
+    return int((nz * vy[:, None] * vx[None, :]).sum())
+
+
+def ann_macs(graph: nir.NIRGraph) -> dict[str, int]:
+    """MACs per sample of the equivalent ANN, one forward pass (not x T), per node.
+
+    Affine/Linear: nonzero weights. Conv2d: exact with padding (in-bounds taps only, see
+    ``conv2d_macs``). SumPool2d/AvgPool2d: output elements x kernel area. Scale: output
+    elements. Neurons (the ANN's activation), Input, Output, Flatten: 0 (not listed).
+    """
+    info = analyse(graph)
+    out: dict[str, int] = {}
+    for n in info.order:
+        node = graph.nodes[n]
+        ins = info.shapes[info.preds[n][0]] if info.preds[n] else None
+        if isinstance(node, (nir.Affine, nir.Linear)):
+            out[n] = int(np.count_nonzero(node.weight))
+        elif isinstance(node, nir.Conv2d):
+            if ins is None:
+                ins = (node.weight.shape[1] * node.groups, *node.input_shape)
+            out[n] = conv2d_macs(node, ins)
+        elif isinstance(node, POOL_TYPES):
+            kh, kw = _pair(node.kernel_size)
+            out[n] = int(np.prod(info.shapes[n])) * kh * kw
+        elif isinstance(node, nir.Scale):
+            out[n] = int(np.prod(info.shapes[n]))
+        elif isinstance(node, nir.Conv1d):
+            raise UnsupportedError("Conv1d MAC counting is not implemented", place=f"node {n}")
+    return out
+
+
+# --------------------------------------------------------------------------- estimate
+
+
+def _series(trace: Trace, node: str, kind: str) -> np.ndarray:
+    c = trace.counts.get(node, {})
+    if kind in c:
+        return np.asarray(c[kind], dtype=np.float64).reshape(-1)
+    return np.zeros(trace.timesteps, dtype=np.float64)
+
+
+def upstream_synapses(graph: nir.NIRGraph, info, node: str) -> list[str]:
+    """Synapse nodes feeding ``node`` through stateless nodes (stops at neurons/Input)."""
+    found, stack, seen = [], list(info.preds[node]), set()
+    while stack:
+        p = stack.pop()
+        if p in seen:
+            continue
+        seen.add(p)
+        pn = graph.nodes[p]
+        if isinstance(pn, SYNAPSE_TYPES):
+            found.append(p)
+        elif not isinstance(pn, (nir.Input, *NEURON_TYPES)):
+            stack.extend(info.preds[p])
+    return found
+
+
+def active_neuron_updates(trace: Trace, graph: nir.NIRGraph, node: str, info=None) -> np.ndarray:
+    """Per-step active neuron updates of a neuron node (summed over the batch).
+
+    Uses the trace's ``active_neuron_updates`` count when present, else the layer-step
+    upper bound described in the module docstring.
+    """
+    info = info or analyse(graph)
+    if "active_neuron_updates" in trace.counts.get(node, {}):
+        return _series(trace, node, "active_neuron_updates")
+    nu = _series(trace, node, "neuron_updates")
+    active = _series(trace, node, "spikes") > 0
+    for s in upstream_synapses(graph, info, node):
+        active |= (_series(trace, s, "synaptic_ops") + _series(trace, s, "macs")) > 0
+        bias = getattr(graph.nodes[s], "bias", None)
+        if bias is not None and np.any(np.asarray(bias) != 0):
+            active |= True
+    return np.where(active, nu, 0.0)
+
+
+def estimate(trace: Trace, graph: nir.NIRGraph, model_name: str | EnergyModel,
+             first_layer: str = "per_step") -> dict:
+    """Energy per sample of the run in ``trace`` under one model. See module docstring."""
+    model = get_model(model_name)
+    if first_layer not in FIRST_LAYER_RULES:
+        raise InputError(f"first_layer must be one of {FIRST_LAYER_RULES}, got {first_layer!r}",
+                         place="first_layer")
+    info = analyse(graph)
+    batch = max(int(trace.batch), 1)
+    T = max(int(trace.timesteps), 1)
+    per_node: dict[str, float] = {}
+    per_op: dict[str, float] = {}
+
+    def charge(node: str, op: str, count: float, cost: float):
+        e = count * cost / batch
+        per_node[node] = per_node.get(node, 0.0) + e
+        key = f"{op}_pj_per_sample"
+        per_op[key] = per_op.get(key, 0.0) + e
+
+    nodes = [n for n in info.order] + [n for n in trace.counts if n not in graph.nodes]
+    if model.kind == GPU_STYLE:
+        rule_used = first_layer
+        scale = 1.0 / T if first_layer == "once" else 1.0
+        for n in nodes:
+            charge(n, "mac", _series(trace, n, "macs").sum() * scale, model.pj("mac"))
+            charge(n, "synaptic_op", _series(trace, n, "synaptic_ops").sum(), model.pj("synaptic_op"))
+    else:
+        rule_used = "per_step"  # the chip runs the analog layer at every step
+        for n in nodes:
+            sop = _series(trace, n, "synaptic_ops").sum()
+            mac = _series(trace, n, "macs").sum()
+            charge(n, "synaptic_op", sop, model.pj("synaptic_op"))
+            if mac:
+                charge(n, "analog_input_as_synaptic_op", mac, model.pj("synaptic_op"))
+            nu = _series(trace, n, "neuron_updates")
+            if nu.any():
+                if n in graph.nodes:
+                    act = active_neuron_updates(trace, graph, n, info)
+                else:
+                    act = nu
+                charge(n, "neuron_update_active", act.sum(), model.pj("neuron_update_active"))
+                charge(n, "neuron_update_inactive", (nu - act).sum(),
+                       model.pj("neuron_update_inactive"))
+            charge(n, "spike", _series(trace, n, "spikes").sum(), model.pj("spike"))
+    per_node = {k: v for k, v in per_node.items() if v != 0.0}
+    total = float(sum(per_node.values()))
+    result = {
+        "model": model.name,
+        "kind": model.kind,
+        "total_pj_per_sample": total,
+        "per_node_pj_per_sample": per_node,
+        "per_operation_pj_per_sample": per_op,
+        "first_layer": rule_used,
+        "timesteps": T,
+        "constants_pj": {op: c.value_pj for op, c in model.constants.items()},
+        "source": model.source,
+        "description": model.description,
+    }
+    if model.kind == GPU_STYLE:
+        macs = ann_macs(graph)
+        ann = float(sum(macs.values())) * model.pj("mac")
+        result["ann_macs_per_sample"] = int(sum(macs.values()))
+        result["ann_pj_per_sample"] = ann
+        result["snn_over_ann_ratio"] = total / ann if ann > 0 else None
+    return result
