@@ -177,3 +177,46 @@ def test_toml_missing_source_rejected(tmp_path):
     p.write_text(GOOD.replace("[constants.spike]", "[constants.teleport]"))
     with pytest.raises(InputError, match="teleport"):
         load_energy_model_toml(p)
+
+
+# ----------------------------------------------------------------------------- latency
+
+from hardware.latency import LOIHI, estimate_latency, map_cores, synaptic_depth  # noqa: E402
+
+
+def test_latency_hand_computation():
+    tr = tiny_trace()
+    out = np.zeros((2, 2, 2))
+    out[1, 0, 0] = 1.0  # sample 0: first output at step 2
+    out[0, 1, 1] = 0.5  # sample 1: first output at step 1
+    tr.outputs["output"] = out
+    r = estimate_latency(tr, tiny_graph())
+    assert r["cores"] == 2 and r["chips"] == 1 and r["synaptic_depth"] == 2
+    assert r["per_layer"]["if1"]["fan_in"] == 3
+    # per sample: if1 step1 = 2 active x 8.4 + 5 ops x 3.5; step2 = 2 x 8.4 + 4 x 3.5
+    # if2 step1 = 2 x 8.4 + 2 x 3.5; step2 = 2 inactive x 5.3 (no input, no spike)
+    assert r["slowest_core_work_ns"] == pytest.approx([34.3, 30.8])
+    assert r["bottleneck_layer_per_step"] == ["if1", "if1"]
+    assert r["step_time_ns"] == pytest.approx([465 + 34.3, 465 + 30.8])
+    mean_step = (499.3 + 495.8) / 2 * 1e-9
+    assert r["mean_step_time_s"] == pytest.approx(mean_step)
+    assert r["seconds_per_sample"] == pytest.approx((2 + 2) * mean_step)
+    assert r["samples_per_second"] == pytest.approx(1 / ((2 + 2) * mean_step))
+    assert r["time_to_first_output_s"] == pytest.approx(((2 + 2) + (1 + 2)) / 2 * mean_step)
+    assert "Davies" in r["constants"]["barrier_ns"]["source"]
+    assert "113-465" in r["constants"]["barrier_ns"]["source"]
+
+
+def test_core_mapping_limits():
+    w = np.ones((2049, 4097), dtype=np.int8)
+    nodes = {"input": nir.Input(input_type=np.array([4097])),
+             "fc": nir.Linear(weight=w),
+             "lif": nir.LIF(tau=np.ones(2049), r=np.ones(2049), v_leak=np.zeros(2049),
+                            v_threshold=np.ones(2049)),
+             "output": nir.Output(output_type=np.array([2049]))}
+    g = nir.NIRGraph(nodes=nodes, edges=[("input", "fc"), ("fc", "lif"), ("lif", "output")],
+                     type_check=False)
+    m = map_cores(g)
+    assert m["lif"] == {"neurons": 2049, "fan_in": 4097, "cores": 3 * 2}
+    assert synaptic_depth(g) == 1
+    assert LOIHI.cores_per_chip == 128
