@@ -478,7 +478,8 @@ def estimate(trace: Trace, graph: nir.NIRGraph, model_name: str | EnergyModel,
         "per_operation_pj_per_sample": per_op,
         "first_layer": rule_used,
         "timesteps": T,
-        "constants_pj": {op: c.value_pj for op, c in model.constants.items()},
+        "constants": {op: {"value_pj": c.value_pj, "source": c.source}
+                      for op, c in model.constants.items()},
         "source": model.source,
         "description": model.description,
     }
