@@ -438,6 +438,8 @@ def estimate(trace: Trace, graph: nir.NIRGraph, model_name: str | EnergyModel,
     per_op: dict[str, float] = {}
 
     def charge(node: str, op: str, count: float, cost: float):
+        if not cost:
+            return  # an operation the model does not charge (e.g. all-in TrueNorth)
         e = count * cost / batch
         per_node[node] = per_node.get(node, 0.0) + e
         key = f"{op}_pj_per_sample"

@@ -280,13 +280,16 @@ def _raster(trace: Trace, order: list[str], sample: int = 0) -> bytes | None:
     if not layers or trace.batch <= sample:
         return None
     fig, ax = plt.subplots(figsize=(7, 4))
+    total = sum(min(int(np.prod(np.shape(trace.spikes[n])[2:])), RASTER_MAX_NEURONS_PER_LAYER)
+                for n in layers)
+    size = float(np.clip(2000.0 / max(total, 1), 2.0, 60.0))
     offset = 0
     ticks, tick_names = [], []
     for n in layers:
         s = np.asarray(trace.spikes[n])
         s = s[:, sample].reshape(s.shape[0], -1)[:, :RASTER_MAX_NEURONS_PER_LAYER]
         t, i = np.nonzero(s)
-        ax.scatter(t + 1, i + offset, s=2, marker="|")
+        ax.scatter(t + 1, i + offset, s=size, marker="|")
         ticks.append(offset + s.shape[1] / 2)
         tick_names.append(_label(n))
         offset += s.shape[1]
