@@ -1,0 +1,101 @@
+"""Exact operation counts from per-node activations (one definition for every backend).
+
+``count_ops(graph, info, activations)`` needs only what each node emitted,
+``activations[name]`` of shape (T, B, *info.shapes[name]) (float or bool), so any
+backend that records per-node outputs (eventsim, Lava) gets identical counts.
+
+Per node, per step, summed over the batch (int64 arrays of shape (T,)):
+
+- synapse nodes (Affine, Linear, Scale, Conv1d, Conv2d, SumPool2d, AvgPool2d): for each
+  incoming edge, every nonzero input value is an event that reaches ``F[i]`` nonzero
+  weights, ``F`` the fan-out map of the node (dense: nonzero weights per input column;
+  conv/pool: transposed convolution of the nonzero mask, exact at borders, strides,
+  padding, dilation and groups; pools have all-nonzero kernels; Scale: 1 where the
+  scale is nonzero). The sum goes to ``synaptic_ops`` when the edge carries spikes (its
+  source is a spiking neuron, or a Flatten/Delay of spikes), to ``macs`` otherwise.
+  A back edge delivers the source's previous step (nothing at step 0).
+- neuron nodes (IF, LIF, CubaLIF, LI, I, CubaLI, Threshold): ``neuron_updates`` =
+  neurons x batch every step; spiking ones (IF, LIF, CubaLIF, Threshold) also
+  ``spikes`` = nonzero outputs.
+- Input, Output, Flatten, Delay: nothing (all kinds zero).
+
+Every node gets all four kinds.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..graph import (NEURON_TYPES, SPIKING_TYPES, SYNAPSE_TYPES, GraphInfo, conv_geometry)
+from ..trace import COUNT_KINDS
+
+
+def _valid_taps(n_in: int, n_out: int, k: int, stride: int, dil: int, lo: int) -> np.ndarray:
+    """V[k, i] = 1 when some output position o reads input i through tap k."""
+    v = np.zeros((k, n_in), dtype=np.int64)
+    o = np.arange(n_out)
+    for kk in range(k):
+        pos = o * stride - lo + kk * dil
+        pos = pos[(pos >= 0) & (pos < n_in)]
+        v[kk, pos] = 1
+    return v
+
+
+def fanout(node, in_shape: tuple[int, ...]) -> np.ndarray:
+    """Number of nonzero weights each input element reaches, shape ``in_shape`` (int64)."""
+    t = type(node).__name__
+    if t in ("Affine", "Linear"):
+        return (np.asarray(node.weight) != 0).sum(axis=0).astype(np.int64)
+    if t == "Scale":
+        return np.broadcast_to(np.asarray(node.scale) != 0, in_shape).astype(np.int64)
+    nd = len(in_shape) - 1
+    kernel, stride, dil, lo, _hi, out = conv_geometry(node, nd, tuple(in_shape[1:]))
+    if t in ("Conv1d", "Conv2d"):
+        w = np.asarray(node.weight) != 0
+        g = int(node.groups)
+        cout, cg = w.shape[0], w.shape[1]
+        m = w.reshape(g, cout // g, cg, *kernel).sum(axis=1).reshape(g * cg, *kernel)
+    else:  # pools: each channel its own all-ones kernel
+        m = np.ones((in_shape[0], *kernel), dtype=np.int64)
+    m = m.astype(np.int64)
+    vs = [_valid_taps(in_shape[1 + d], out[d], kernel[d], stride[d], dil[d], lo[d])
+          for d in range(nd)]
+    if nd == 1:
+        return np.einsum("ck,ki->ci", m, vs[0])
+    if nd == 2:
+        return np.einsum("ckl,ki,lj->cij", m, vs[0], vs[1])
+    raise ValueError(f"{nd}-d convolution")
+
+
+def _events(x: np.ndarray, back: bool) -> np.ndarray:
+    """Nonzero inputs per step and position, summed over the batch: (T, N) int64."""
+    e = (np.asarray(x) != 0).sum(axis=1, dtype=np.int64)
+    e = e.reshape(e.shape[0], -1)
+    if back:
+        e = np.concatenate([np.zeros_like(e[:1]), e[:-1]], axis=0)
+    return e
+
+
+def count_node(graph, info: GraphInfo, name: str, activations: dict) -> dict[str, np.ndarray]:
+    ref = activations[name]
+    T, B = ref.shape[0], ref.shape[1]
+    c = {k: np.zeros(T, dtype=np.int64) for k in COUNT_KINDS}
+    t = info.types[name]
+    if t in SYNAPSE_TYPES:
+        f = fanout(graph.nodes[name], info.in_shapes[name]).reshape(-1)
+        for p in info.preds[name]:
+            back = (p, name) in info.back_edges
+            ops = _events(activations[p], back) @ f
+            kind = "synaptic_ops" if info.is_spiking(p) else "macs"
+            c[kind] += ops
+    elif t in NEURON_TYPES:
+        c["neuron_updates"][:] = B * math.prod(info.shapes[name])
+        if t in SPIKING_TYPES:
+            c["spikes"] = (np.asarray(ref) != 0).reshape(T, -1).sum(axis=1, dtype=np.int64)
+    return c
+
+
+def count_ops(graph, info: GraphInfo, activations: dict) -> dict[str, dict[str, np.ndarray]]:
+    """node name -> {kind: int64 (T,)} for every node in ``info.order`` (see module doc)."""
+    return {n: count_node(graph, info, n, activations) for n in info.order}

@@ -1,0 +1,279 @@
+"""Node kernels for the event-driven simulator: a registry from NIR node type to kernel.
+
+Stateless kernels map a batch ``x (N, *in_shape) -> (N, *out_shape)``, where N can be
+T*B (feed-forward graphs run each layer over all steps at once) or B (one step).
+Stateful kernels are pure step functions ``step(p, I, state) -> (out, state)`` with
+``I (B, *shape)``, in the style of Norse.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+from ..errors import UnsupportedError
+from ..graph import GraphInfo, conv_geometry, neuron_semantics
+from .profiles import Profile
+
+_IM2COL_BYTES = 64 << 20  # chunk conv batches so the im2col buffer stays below this
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """prepare(node, name, ctx) -> params. Then either forward(params, x) (stateless) or
+    init(params, batch) -> state and step(params, I, state) -> (out, state)."""
+
+    prepare: Callable[..., Any]
+    forward: Callable[..., np.ndarray] | None = None
+    init: Callable[..., Any] | None = None
+    step: Callable[..., tuple] | None = None
+
+    @property
+    def stateful(self) -> bool:
+        return self.step is not None
+
+
+@dataclass(frozen=True)
+class Context:
+    info: GraphInfo
+    profile: Profile
+    dt: float
+    file: str | None = None
+
+
+KERNELS: dict[str, Kernel] = {}
+
+
+def register(type_name: str, kernel: Kernel) -> None:
+    KERNELS[type_name] = kernel
+
+
+def _f64(a) -> np.ndarray:
+    return np.asarray(a, dtype=np.float64)
+
+
+# -- stateless ------------------------------------------------------------------------
+
+def _identity_prepare(node, name, ctx):
+    return {"shape": ctx.info.shapes[name]}
+
+
+def _reshape_forward(p, x):
+    return x.reshape((x.shape[0], *p["shape"]))
+
+
+def _dense_prepare(node, name, ctx):
+    w = _f64(node.weight)
+    b = _f64(getattr(node, "bias", 0.0)).reshape(-1) if hasattr(node, "bias") else None
+    return {"wt": np.ascontiguousarray(w.T), "b": b}
+
+
+def _dense_forward(p, x):
+    y = x @ p["wt"]
+    if p["b"] is not None:
+        y += p["b"]
+    return y
+
+
+def _scale_prepare(node, name, ctx):
+    return {"s": _f64(node.scale)}
+
+
+def _conv_prepare(node, name, ctx):
+    info = ctx.info
+    in_shape = info.in_shapes[name]
+    nd = len(in_shape) - 1
+    kernel, stride, dil, lo, hi, out = conv_geometry(node, nd, tuple(in_shape[1:]))
+    w = _f64(node.weight)
+    g = int(node.groups)
+    b = _f64(node.bias).reshape(-1)
+    return {"w": w, "g": g, "b": b, "kernel": kernel, "stride": stride, "dil": dil,
+            "lo": lo, "hi": hi, "out": out, "nd": nd, "in_shape": in_shape}
+
+
+def _windows(x, p):
+    """Strided window view (N, C, *out, *kernel) of the padded input (no copy)."""
+    nd = p["nd"]
+    pad = [(0, 0), (0, 0)] + [(a, b) for a, b in zip(p["lo"], p["hi"])]
+    if any(a or b for a, b in pad):
+        x = np.pad(x, pad)
+    eff = tuple(d * (k - 1) + 1 for d, k in zip(p["dil"], p["kernel"]))
+    v = sliding_window_view(x, eff, axis=tuple(range(2, 2 + nd)))
+    sl = (slice(None), slice(None)) + tuple(slice(None, o * s, s) for o, s in zip(p["out"], p["stride"])) \
+        + tuple(slice(None, None, d) for d in p["dil"])
+    return v[sl]
+
+
+def _conv_forward(p, x):
+    n = x.shape[0]
+    w, g, nd = p["w"], p["g"], p["nd"]
+    cout, cg = w.shape[0], w.shape[1]
+    og = cout // g
+    out = np.empty((n, cout, *p["out"]), dtype=np.float64)
+    row_bytes = int(np.prod(p["out"])) * cg * int(np.prod(p["kernel"])) * 8
+    chunk = max(1, _IM2COL_BYTES // max(row_bytes, 1))
+    wax = [1] + list(range(2, 2 + nd))
+    xax = [1] + list(range(2 + nd, 2 + 2 * nd))
+    for s in range(0, n, chunk):
+        win = _windows(x[s:s + chunk], p)
+        for gi in range(g):
+            y = np.tensordot(win[:, gi * cg:(gi + 1) * cg], w[gi * og:(gi + 1) * og],
+                             axes=(xax, wax))  # (n, *out, og)
+            out[s:s + chunk, gi * og:(gi + 1) * og] = np.moveaxis(y, -1, 1)
+    out += p["b"].reshape((-1,) + (1,) * nd)
+    return out
+
+
+def _pool_prepare(node, name, ctx):
+    in_shape = ctx.info.in_shapes[name]
+    kernel, stride, dil, lo, hi, out = conv_geometry(node, 2, tuple(in_shape[1:]))
+    scale = 1.0 / float(np.prod(kernel)) if type(node).__name__ == "AvgPool2d" else 1.0
+    return {"kernel": kernel, "stride": stride, "dil": dil, "lo": lo, "hi": hi, "out": out,
+            "nd": 2, "scale": scale}
+
+
+def _pool_forward(p, x):
+    y = _windows(x, p).sum(axis=(-2, -1))
+    if p["scale"] != 1.0:
+        y *= p["scale"]
+    return y
+
+
+def _threshold_prepare(node, name, ctx):
+    return {"thr": _f64(node.threshold)}
+
+
+register("Input", Kernel(_identity_prepare, _reshape_forward))
+register("Output", Kernel(_identity_prepare, _reshape_forward))
+register("Flatten", Kernel(_identity_prepare, _reshape_forward))
+register("Affine", Kernel(_dense_prepare, _dense_forward))
+register("Linear", Kernel(_dense_prepare, _dense_forward))
+register("Scale", Kernel(_scale_prepare, lambda p, x: x * p["s"]))
+register("Conv1d", Kernel(_conv_prepare, _conv_forward))
+register("Conv2d", Kernel(_conv_prepare, _conv_forward))
+register("SumPool2d", Kernel(_pool_prepare, _pool_forward))
+register("AvgPool2d", Kernel(_pool_prepare, _pool_forward))
+register("Threshold", Kernel(_threshold_prepare,
+                             lambda p, x: (x > p["thr"]).astype(np.float64)))
+
+
+# -- neurons --------------------------------------------------------------------------
+
+def _semantics(node, name, ctx):
+    shape = ctx.info.shapes[name]
+    if ctx.profile.honour_metadata:
+        sem = neuron_semantics(node, name, ctx.file, shape)
+    else:
+        sem = {"reset": ctx.profile.default_reset,
+               "threshold_test": ctx.profile.default_threshold_test,
+               "v_init": 0.0, "spike_amplitude": 1.0}
+    sem["v_init"] = np.broadcast_to(_f64(sem["v_init"]), shape)
+    sem["spike_amplitude"] = _f64(sem["spike_amplitude"])
+    return sem
+
+
+def _leak(ctx, tau):
+    """Return (a, c) such that v <- a*v + c*(v_leak + r*I) implements the profile's decay."""
+    tau = _f64(tau)
+    if ctx.profile.decay == "euler":
+        c = ctx.dt / tau
+        return 1.0 - c, c
+    if ctx.profile.decay == "exact":
+        a = np.exp(-ctx.dt / tau)
+        return a, 1.0 - a
+    raise UnsupportedError(f"decay {ctx.profile.decay!r} is not implemented", None,
+                           f"profile {ctx.profile.name}")
+
+
+def _neuron_prepare(node, name, ctx):
+    t = type(node).__name__
+    p = _semantics(node, name, ctx)
+    p["type"] = t
+    p["dt"] = ctx.dt
+    p["r"] = _f64(node.r)
+    if hasattr(node, "v_threshold"):
+        p["thr"] = _f64(node.v_threshold)
+        p["v_reset"] = _f64(node.v_reset if node.v_reset is not None else 0.0)
+    if t in ("LIF", "LI"):
+        p["a"], p["c"] = _leak(ctx, node.tau)
+        p["v_leak"] = _f64(node.v_leak)
+    if t in ("CubaLIF", "CubaLI"):
+        p["a"], p["c"] = _leak(ctx, node.tau_mem)
+        p["a_syn"], p["c_syn"] = _leak(ctx, node.tau_syn)
+        p["v_leak"] = _f64(node.v_leak)
+        p["w_in"] = _f64(node.w_in)
+    return p
+
+
+def _neuron_init(p, batch):
+    v = np.broadcast_to(p["v_init"], (batch, *p["v_init"].shape)).astype(np.float64)
+    st = {"v": v}
+    if p["type"] in ("CubaLIF", "CubaLI"):
+        st["i"] = np.zeros_like(v)
+    return st
+
+
+def _fire(p, v):
+    thr = p["thr"]
+    s = v >= thr if p["threshold_test"] == "ge" else v > thr
+    if p["reset"] == "subtract":
+        v = v - np.where(s, thr, 0.0)
+    else:
+        v = np.where(s, p["v_reset"], v)
+    return s, v
+
+
+def _neuron_step(p, inp, st):
+    t = p["type"]
+    v = st["v"]
+    if t in ("IF", "I"):
+        v = v + p["dt"] * p["r"] * inp
+    elif t in ("LIF", "LI"):
+        v = p["a"] * v + p["c"] * (p["v_leak"] + p["r"] * inp)
+    else:  # CubaLIF / CubaLI: current first, the membrane sees the new current
+        i = p["a_syn"] * st["i"] + p["c_syn"] * (p["w_in"] * inp)
+        st = {**st, "i": i}
+        v = p["a"] * v + p["c"] * (p["v_leak"] + p["r"] * i)
+    if t in ("IF", "LIF", "CubaLIF"):
+        s, v = _fire(p, v)
+        out = s * p["spike_amplitude"]
+    else:
+        out = v
+    return out, {**st, "v": v}
+
+
+for _t in ("IF", "LIF", "CubaLIF", "LI", "I", "CubaLI"):
+    register(_t, Kernel(_neuron_prepare, init=_neuron_init, step=_neuron_step))
+
+
+# -- delay ----------------------------------------------------------------------------
+
+def _delay_prepare(node, name, ctx):
+    shape = ctx.info.shapes[name]
+    steps = _f64(node.delay) / ctx.dt
+    k = np.rint(steps)
+    if not np.allclose(steps, k, rtol=0, atol=1e-9):
+        raise UnsupportedError(f"delay {node.delay} is not a whole number of steps "
+                               f"(dt={ctx.dt})", ctx.file, f"node {name!r}")
+    k = np.broadcast_to(k.astype(np.int64), shape)
+    return {"k": k, "kmax": int(k.max()) if k.size else 0, "shape": shape}
+
+
+def _delay_init(p, batch):
+    return {"hist": np.zeros((p["kmax"] + 1, batch, *p["shape"])), "pos": 0}
+
+
+def _delay_step(p, inp, st):
+    hist, pos = st["hist"], st["pos"]
+    n = hist.shape[0]
+    hist[pos % n] = inp
+    idx = (pos - p["k"]) % n  # (*shape) ring index of x[t - k]
+    out = np.take_along_axis(hist, np.broadcast_to(idx, (1, hist.shape[1], *p["shape"])), 0)[0]
+    # before step k the delayed value is zero
+    out = np.where(pos >= p["k"], out, 0.0)
+    return out, {"hist": hist, "pos": pos + 1}
+
+
+register("Delay", Kernel(_delay_prepare, init=_delay_init, step=_delay_step))
