@@ -1,0 +1,209 @@
+"""The ``spikebridge`` command line (also ``python -m toolchain``).
+
+Exit codes: 0 ok; 1 internal error; 2 usage; 3 input rejected; 4 backend failure or
+timeout; 130 interrupted. Errors print one line ``error: ...`` (no traceback unless
+``--debug``); no command leaves a partial output file.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from hardware.errors import (EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, BackendError, InputError)
+
+EXAMPLES = {
+    "demo": "spikebridge demo --out runs/demo",
+    "train": "spikebridge train --method snn2ann --arch cnn --dataset digits --timesteps 4 --epochs 30 --out runs/cnn",
+    "export": "spikebridge export runs/cnn --format nir --out runs/cnn/graph.nir",
+    "simulate": "spikebridge simulate runs/cnn/graph.nir --dataset digits --backend eventsim --out runs/cnn/sim.npz",
+    "report": "spikebridge report runs/demo",
+    "inspect": "spikebridge inspect runs/cnn/graph.nir",
+    "doctor": "spikebridge doctor",
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="spikebridge", description="Train spiking networks fast, export NIR/ONNX, "
+                                "run them event-driven and on Lava, and report energy and latency.")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def cmd(name, help_):
+        return sub.add_parser(name, help=help_, description=help_, epilog=f"example: {EXAMPLES[name]}")
+
+    d = cmd("demo", "train a spiking CNN on digits with SNN2ANN, export, simulate (eventsim + Lava), report")
+    d.add_argument("--out", default="runs/demo", help="output directory (default runs/demo)")
+    d.add_argument("--epochs", type=int, default=30)
+    d.add_argument("--timesteps", type=int, default=4)
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--device", default="auto", help="auto|cpu|cuda")
+    d.add_argument("--skip-lava", action="store_true", help="do not run the Lava backend")
+
+    t = cmd("train", "train a spiking network and write a checkpoint directory")
+    t.add_argument("--method", default="snn2ann", help="snn2ann")
+    t.add_argument("--arch", default="cnn", help="mlp | cnn")
+    t.add_argument("--dataset", default="digits", help="digits | fashion-mnist")
+    t.add_argument("--timesteps", type=int, default=4)
+    t.add_argument("--epochs", type=int, default=30)
+    t.add_argument("--batch-size", type=int, default=64)
+    t.add_argument("--lr", type=float, default=1e-3)
+    t.add_argument("--smu", default="stsu", help="spiking mapping unit: stsu | resu")
+    t.add_argument("--device", default="auto", help="auto|cpu|cuda")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--resume", action="store_true", help="continue the run in --out where it stopped")
+    t.add_argument("--out", required=True, help="checkpoint directory")
+
+    e = cmd("export", "export a checkpoint to NIR (the SNN) or ONNX (the ANN branch)")
+    e.add_argument("checkpoint", help="checkpoint directory (weights.safetensors + model.json)")
+    e.add_argument("--format", default="nir", choices=["nir", "onnx"])
+    e.add_argument("--out", help="output file (default CHECKPOINT/graph.nir or CHECKPOINT/model.onnx)")
+
+    s = cmd("simulate", "run a NIR graph on the event-driven simulator or on Lava")
+    s.add_argument("graph", help="graph.nir")
+    src = s.add_mutually_exclusive_group(required=True)
+    src.add_argument("--input", help="X.npy, time-major (T, batch, *input_shape), bool or float")
+    src.add_argument("--dataset", help="digits | fashion-mnist (direct encoding over the graph's T)")
+    s.add_argument("--split", default="test")
+    s.add_argument("--limit", type=int, help="first N samples of the split")
+    s.add_argument("--timesteps", type=int, help="T for --dataset (default: the graph's metadata)")
+    s.add_argument("--backend", default="eventsim", choices=["eventsim", "lava"])
+    s.add_argument("--profile", help="how to read the graph (default spikebridge)")
+    s.add_argument("--dt", type=float, help="override the profile's dt")
+    s.add_argument("--precision", default="float", choices=["float"], help="Lava precision")
+    s.add_argument("--out", required=True, help="OUT.npz")
+
+    r = cmd("report", "write report.json and report.html for a run directory")
+    r.add_argument("run_dir", help="a directory written by `spikebridge demo`")
+
+    i = cmd("inspect", "print a graph's nodes, shapes, parameters, neuron semantics and backend support")
+    i.add_argument("path", help="graph.nir or a checkpoint directory")
+
+    cmd("doctor", "check the environments: Python, packages, the Lava interpreter and whether Lava runs")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.no_progress or os.environ.get("CI"):
+        os.environ.setdefault("TQDM_DISABLE", "1")
+    try:
+        return COMMANDS[args.command](args) or EXIT_OK
+    except (InputError, BackendError) as e:
+        if args.debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as e:  # a bug: say so in one line, traceback with --debug
+        if args.debug:
+            raise
+        msg = " ".join(str(e).split()) or type(e).__name__
+        print(f"error: internal error ({type(e).__name__}: {msg}); rerun with --debug for the traceback",
+              file=sys.stderr)
+        return EXIT_INTERNAL
+
+
+def _progress(args) -> bool:
+    return not (args.no_progress or os.environ.get("TQDM_DISABLE") == "1")
+
+
+# ---- commands ---------------------------------------------------------------------
+
+def cmd_train(args) -> int:
+    from models.train import TrainConfig, train
+
+    cfg = TrainConfig(method=args.method, arch=args.arch, dataset=args.dataset, timesteps=args.timesteps,
+                      epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, smu=args.smu,
+                      seed=args.seed, device=args.device)
+    row = train(cfg, args.out, progress=_progress(args), resume=args.resume)
+    print(json.dumps({"checkpoint": args.out, **row}))
+    return 0
+
+
+def cmd_export(args) -> int:
+    ckpt = Path(args.checkpoint)
+    if args.format == "nir":
+        from exporters.nir_export import checkpoint_to_nir, write_nir
+        out = Path(args.out or ckpt / "graph.nir")
+        write_nir(checkpoint_to_nir(ckpt), out)
+    else:
+        from exporters.onnx_export import checkpoint_to_onnx, write_onnx
+        out = Path(args.out or ckpt / "model.onnx")
+        write_onnx(checkpoint_to_onnx(ckpt), out)
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_simulate(args) -> int:
+    import numpy as np
+
+    from hardware.graph import analyse, graph_meta, load_graph
+    from toolchain import pipeline
+
+    graph = load_graph(args.graph)
+    info = analyse(graph, file=args.graph)
+    shape = pipeline.graph_input_shape(graph, info)
+    extra = {}
+    if args.input:
+        x_tb = pipeline.load_input_npy(args.input, shape)
+        labels = None
+    else:
+        T = args.timesteps or graph_meta(graph, file=args.graph).get("timesteps")
+        if not T:
+            raise InputError("the graph states no timesteps; pass --timesteps", file=args.graph)
+        x, labels = pipeline.dataset_samples(args.dataset, args.split, args.limit, shape)
+        x_tb = pipeline.direct_encode(x, int(T))
+    trace = pipeline.run_backend(graph, info, x_tb, args.backend, profile=args.profile, dt=args.dt,
+                                 precision=args.precision, progress=_progress(args))
+    summary = {"backend": args.backend, "samples": trace.batch, "timesteps": trace.timesteps,
+               "synaptic_ops_per_sample": trace.per_sample("synaptic_ops"),
+               "macs_per_sample": trace.per_sample("macs"),
+               "spikes_per_sample": trace.per_sample("spikes"),
+               "samples_per_second": trace.meta.get("samples_per_second")}
+    if labels is not None:
+        acc, preds = pipeline.accuracy_of(graph, trace, labels)
+        extra = {"accuracy": np.float64(acc), "labels": labels, "predictions": preds}
+        summary["accuracy"] = acc
+    pipeline.save_trace_npz(args.out, trace, extra)
+    print(json.dumps(summary))
+    return 0
+
+
+def cmd_inspect(args) -> int:
+    from toolchain.inspect import inspect_path
+    print(inspect_path(args.path))
+    return 0
+
+
+def cmd_doctor(args) -> int:
+    from toolchain.doctor import doctor
+    text, ok = doctor()
+    print(text)
+    return 0 if ok else 4
+
+
+def cmd_demo(args) -> int:
+    from toolchain.demo import run_demo
+    run_demo(args.out, epochs=args.epochs, timesteps=args.timesteps, seed=args.seed, device=args.device,
+             progress=_progress(args), lava=not args.skip_lava)
+    return 0
+
+
+def cmd_report(args) -> int:
+    from toolchain.demo import report_run_dir
+    out = report_run_dir(args.run_dir)
+    print(f"wrote {out / 'report.json'} and {out / 'report.html'}")
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "export": cmd_export, "simulate": cmd_simulate, "inspect": cmd_inspect,
+            "doctor": cmd_doctor, "demo": cmd_demo, "report": cmd_report}
+
+if __name__ == "__main__":
+    sys.exit(main())
