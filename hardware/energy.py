@@ -23,8 +23,8 @@ Two kinds of model, kept apart and labelled by ``EnergyModel.kind``:
     Active neuron updates: Loihi charges an update as active when the neuron received
     input or spiked. The Trace only has per-node per-step totals, so we use a
     conservative (upper-bound) approximation at the granularity of a layer and a step:
-    all of a neuron node's updates at step t are active if any synapse node feeding it
-    (through stateless nodes) carried an event at t (synaptic_ops + macs > 0), or has a
+    all of a neuron node's updates at step t are active if any node of the synaptic chain
+    feeding it (``incoming_chain``) carried an event at t (synaptic_ops + macs > 0), or has a
     nonzero bias (injected every step), or the node emitted a spike at t; otherwise
     all are inactive. A trace that carries an ``active_neuron_updates`` count for a
     node is used as is instead.
@@ -389,19 +389,22 @@ def _series(trace: Trace, node: str, kind: str) -> np.ndarray:
     return np.zeros(trace.timesteps, dtype=np.float64)
 
 
-def upstream_synapses(graph: nir.NIRGraph, info, node: str) -> list[str]:
-    """Synapse nodes feeding ``node`` through stateless nodes (stops at neurons/Input)."""
+def incoming_chain(graph: nir.NIRGraph, info, node: str) -> list[str]:
+    """The synaptic chain feeding ``node``: every node reached walking back along forward
+    edges until a neuron node or an Input (Affine, Conv, pools, Scale, Flatten, ...).
+
+    On a chip the whole chain is one connection into ``node``'s cores (the Lava lowering
+    multiplies the chain's matrices), so its events are work of ``node``'s cores."""
     found, stack, seen = [], list(info.preds[node]), set()
     while stack:
         p = stack.pop()
         if p in seen:
             continue
         seen.add(p)
-        pn = graph.nodes[p]
-        if isinstance(pn, SYNAPSE_TYPES):
-            found.append(p)
-        elif not isinstance(pn, (nir.Input, *NEURON_TYPES)):
-            stack.extend(info.preds[p])
+        if isinstance(graph.nodes[p], (nir.Input, *NEURON_TYPES)):
+            continue
+        found.append(p)
+        stack.extend(info.preds[p])
     return found
 
 
@@ -416,7 +419,7 @@ def active_neuron_updates(trace: Trace, graph: nir.NIRGraph, node: str, info=Non
         return _series(trace, node, "active_neuron_updates")
     nu = _series(trace, node, "neuron_updates")
     active = _series(trace, node, "spikes") > 0
-    for s in upstream_synapses(graph, info, node):
+    for s in incoming_chain(graph, info, node):
         active |= (_series(trace, s, "synaptic_ops") + _series(trace, s, "macs")) > 0
         bias = getattr(graph.nodes[s], "bias", None)
         if bias is not None and np.any(np.asarray(bias) != 0):

@@ -17,20 +17,20 @@ def doctor() -> tuple[str, bool]:
         ok &= ver is not None
     try:
         import torch
-        lines.append(f"{"cuda":<14}{'available: ' + torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'not available (training runs on the CPU)'}")
+        lines.append(f"{'cuda':<14}{'available: ' + torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'not available (training runs on the CPU)'}")
     except ImportError:
         pass
     from hardware.lava import lava_status
     st = lava_status()
-    lines.append(f"{"lava python":<14}{st.get('interpreter') or 'not found'}"
+    lines.append(f"{'lava python':<14}{st.get('interpreter') or 'not found'}"
                  + (f" (found via {st['how_found']})" if st.get("how_found") else ""))
-    lines.append(f"{"lava venv":<14}{st.get('venv')}")
+    lines.append(f"{'lava venv':<14}{st.get('venv')}")
     if st.get("works"):
-        lines.append(f"{"lava":<14}works (lava-nc {st.get('lava_version')})")
+        lines.append(f"{'lava':<14}works (lava-nc {st.get('lava_version')})")
     else:
         ok = False
-        lines.append(f"{"lava":<14}NOT WORKING: {st.get('detail')}")
+        lines.append(f"{'lava':<14}NOT WORKING: {st.get('detail')}")
         if st.get("fix"):
-            lines.append(f"{"fix":<14}{st['fix']}")
+            lines.append(f"{'fix':<14}{st['fix']}")
     lines.append("status        " + ("ok" if ok else "problems found (see above)"))
     return "\n".join(lines), ok
