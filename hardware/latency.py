@@ -1,16 +1,20 @@
 """Loihi-style mapping and latency of a graph from a Trace (first version).
 
-Mapping. Each neuron node (IF, LIF, CubaLIF, LI, CubaLI, I) is placed on its own cores:
+Mapping. Each neuron node (IF, LIF, CubaLIF, LI, CubaLI, I) is placed on its own cores,
+and so is the readout of each Output fed by a synaptic chain (analog readout: its
+synaptic ops are work too, without neuron updates):
 
     cores_l = ceil(neurons_l / 1024) * ceil(fan_in_l / 4096)
 
 1,024 neurons (compartments) per core and 4,096 fan-in axons per core (Davies 2018).
-``fan_in_l`` is the largest number of nonzero weights into one neuron, summed over the
-synapse nodes that feed the layer (through stateless nodes; a pool in between multiplies
-by its kernel area). A layer whose neurons need more than 4,096 inputs is split
-dendritically over several cores per group of 1,024 neurons. For a convolution a group of
-neurons needs the union of its receptive fields, which can exceed one neuron's fan-in:
-the core count is then a lower bound. Chips = ceil(cores / 128).
+``fan_in_l`` is the largest number of inputs of one neuron through the synaptic chain
+that feeds the layer (``hardware.energy.incoming_chain``: Affine, Conv, pools, Flatten...
+between two neuron nodes, fused into one connection as the Lava lowering does): the
+product of the chain nodes' largest nonzero-weights-per-output, capped by the number of
+source neurons. A layer whose neurons need more than 4,096 inputs is split dendritically
+over several cores per group of 1,024 neurons. For a convolution a group of neurons needs
+the union of its receptive fields, which can exceed one neuron's fan-in: the core count
+is then a lower bound. Chips = ceil(cores / 128).
 
 Time per step (per sample: the Trace's counts summed over the batch, divided by batch):
 
@@ -19,7 +23,7 @@ Time per step (per sample: the Trace's counts summed over the batch, divided by 
                    + synaptic_ops_l(t) * 3.5 ns
 
 a layer's work spreading evenly over its cores; the synaptic ops of a layer are those of
-the synapse nodes that feed it (they run in the destination cores); analog-input MACs are
+the nodes of its incoming chain (they run in the destination cores); analog-input MACs are
 counted as synaptic ops (graded spikes), as in the energy model. Active / inactive
 updates use the rule of ``hardware.energy.active_neuron_updates``. The barrier uses the
 conservative upper bound 465 ns of the published 113-465 ns range. Spike routing time
@@ -27,8 +31,8 @@ conservative upper bound 465 ns of the published 113-465 ns range. Spike routing
 
     latency per sample = (T + synaptic depth) * mean step time
 
-since each synaptic layer adds one step of delay on Loihi (design notes); synaptic depth
-is the largest number of synapse nodes on a forward path. samples/s = 1 / latency (one
+since each synaptic connection adds one step of delay on Loihi (design notes); synaptic
+depth is the largest number of connections (fused chains) on a forward path. samples/s = 1 / latency (one
 sample at a time, no pipelining). Time to first output = (first step with a nonzero
 output, 1-based, + depth) * mean step time, averaged over the samples that have one.
 """
@@ -41,7 +45,7 @@ import nir
 import numpy as np
 
 from .energy import (NEURON_TYPES, POOL_TYPES, SYNAPSE_TYPES, _pair, _series,
-                     active_neuron_updates, analyse, upstream_synapses)
+                     active_neuron_updates, analyse, incoming_chain)
 from .errors import InputError
 from .trace import Trace
 
@@ -92,58 +96,75 @@ LOIHI = ChipModel(
 CHIPS = {"loihi": LOIHI}
 
 
-def _synapse_fan_in(node) -> int:
-    w = np.asarray(node.weight)
-    if w.ndim < 2:
-        return 0
-    if isinstance(node, (nir.Affine, nir.Linear)):
-        return int(np.count_nonzero(w, axis=-1).max(initial=0))
-    return int(np.count_nonzero(w.reshape(w.shape[0], -1), axis=1).max(initial=0))
+def _local_fan_in(node) -> int:
+    """Largest number of inputs one output element of a chain node reads."""
+    if isinstance(node, SYNAPSE_TYPES):
+        w = np.asarray(node.weight)
+        if isinstance(node, (nir.Affine, nir.Linear)):
+            return int(np.count_nonzero(w, axis=-1).max(initial=0))
+        return int(np.count_nonzero(w.reshape(w.shape[0], -1), axis=1).max(initial=0))
+    if isinstance(node, POOL_TYPES):
+        kh, kw = _pair(node.kernel_size)
+        return kh * kw
+    return 1  # Scale, Identity, Flatten, Delay, Threshold: one input per output
 
 
 def _fan_in(graph, info, node: str) -> int:
-    """Largest nonzero inputs of one neuron: synapse fan-in x pool areas on the way."""
-    total = 0
-    stack = [(p, 1) for p in info.preds[node]]
-    seen = set()
-    while stack:
-        p, mult = stack.pop()
-        if p in seen:
-            continue
-        seen.add(p)
-        pn = graph.nodes[p]
-        if isinstance(pn, SYNAPSE_TYPES):
-            total += _synapse_fan_in(pn) * mult
-        elif isinstance(pn, POOL_TYPES):
-            kh, kw = _pair(pn.kernel_size)
-            stack.extend((q, mult * kh * kw) for q in info.preds[p])
-        elif not isinstance(pn, (nir.Input, *NEURON_TYPES)):
-            stack.extend((q, mult) for q in info.preds[p])
-    return total
+    """Fan-in of one neuron of ``node`` through its fused synaptic chain: the product of
+    the chain nodes' local fan-ins (summed over parallel branches), capped by the number
+    of source neurons (neuron nodes and Inputs where the chain starts)."""
+    memo: dict[str, int] = {}
+    sources: set[str] = set()
+
+    def f(p: str) -> int:
+        if isinstance(graph.nodes[p], (nir.Input, *NEURON_TYPES)):
+            sources.add(p)
+            return 1
+        if p not in memo:
+            memo[p] = _local_fan_in(graph.nodes[p]) * sum(f(q) for q in info.preds[p])
+        return memo[p]
+
+    fan = sum(f(p) for p in info.preds[node])
+    cap = sum(int(np.prod(info.shapes[q])) if info.shapes[q] else 1 for q in sources)
+    return int(min(fan, cap))
 
 
 def synaptic_depth(graph: nir.NIRGraph, info=None) -> int:
-    """Largest number of synapse nodes (Affine, Linear, Conv) on a forward path."""
+    """Largest number of synaptic connections on a forward path from an Input.
+
+    A connection is a chain of non-neuron nodes (Affine, Conv, pools, Flatten, ...)
+    between two neuron nodes, or from an Input or to an Output; the Lava lowering fuses
+    each chain into one Dense/Sparse process, and each adds one step of delay."""
     info = info or analyse(graph)
-    depth: dict[str, int] = {}
+    total: dict[str, int] = {}
+    pending: dict[str, bool] = {}
     for n in info.order:
-        d = max((depth[p] for p in info.preds[n]), default=0)
-        depth[n] = d + (1 if isinstance(graph.nodes[n], SYNAPSE_TYPES) else 0)
-    return max(depth.values(), default=0)
+        node = graph.nodes[n]
+        preds = info.preds[n]
+        if isinstance(node, (nir.Input, nir.Output, *NEURON_TYPES)):
+            total[n] = max((total[p] for p in preds), default=0)
+            pending[n] = False
+        else:  # a chain node: opens a new connection unless its input already is one
+            total[n] = max((total[p] if pending[p] else total[p] + 1 for p in preds), default=1)
+            pending[n] = True
+    return max(total.values(), default=0)
 
 
 def map_cores(graph: nir.NIRGraph, chip: ChipModel = LOIHI, info=None) -> dict[str, dict]:
-    """Per neuron node: neurons, fan_in, cores (see module docstring)."""
+    """Per neuron node (and readout Output): neurons, fan_in, cores, role."""
     info = info or analyse(graph)
     out = {}
     for n in info.order:
-        if not isinstance(graph.nodes[n], NEURON_TYPES):
+        node = graph.nodes[n]
+        readout = isinstance(node, nir.Output) and bool(incoming_chain(graph, info, n))
+        if not (isinstance(node, NEURON_TYPES) or readout):
             continue
         neurons = int(np.prod(info.shapes[n])) if info.shapes[n] else 1
         fan_in = _fan_in(graph, info, n)
         cores = math.ceil(neurons / chip.neurons_per_core) * max(
             1, math.ceil(fan_in / chip.fan_in_per_core))
-        out[n] = {"neurons": neurons, "fan_in": fan_in, "cores": cores}
+        out[n] = {"neurons": neurons, "fan_in": fan_in, "cores": cores,
+                  "role": "readout" if readout else "neurons"}
     return out
 
 
@@ -182,7 +203,7 @@ def estimate_latency(trace: Trace, graph: nir.NIRGraph, chip: str | ChipModel = 
         nu = _series(trace, n, "neuron_updates")[:T] / batch
         act = active_neuron_updates(trace, graph, n, info)[:T] / batch
         sops = np.zeros(T)
-        for s in upstream_synapses(graph, info, n):
+        for s in incoming_chain(graph, info, n):
             sops += (_series(trace, s, "synaptic_ops")[:T] + _series(trace, s, "macs")[:T]) / batch
         w = (act * chip.t_neuron_update_active_ns + (nu - act) * chip.t_neuron_update_inactive_ns
              + sops * chip.t_synaptic_op_ns) / mapping[n]["cores"]

@@ -217,6 +217,59 @@ def test_core_mapping_limits():
     g = nir.NIRGraph(nodes=nodes, edges=[("input", "fc"), ("fc", "lif"), ("lif", "output")],
                      type_check=False)
     m = map_cores(g)
-    assert m["lif"] == {"neurons": 2049, "fan_in": 4097, "cores": 3 * 2}
+    assert m["lif"] == {"neurons": 2049, "fan_in": 4097, "cores": 3 * 2, "role": "neurons"}
     assert synaptic_depth(g) == 1
     assert LOIHI.cores_per_chip == 128
+
+
+def conv_net():
+    rng = np.random.default_rng(1)
+    nodes = {
+        "input": nir.Input(input_type=np.array([1, 8, 8])),
+        "conv": nir.Conv2d(input_shape=(8, 8), weight=rng.uniform(0.1, 1, size=(4, 1, 3, 3)),
+                           stride=1, padding=1, dilation=1, groups=1, bias=np.zeros(4)),
+        "if1": nir.IF(r=np.ones((4, 8, 8)), v_threshold=np.ones((4, 8, 8))),
+        "pool": nir.SumPool2d(kernel_size=np.array([2, 2]), stride=np.array([2, 2]),
+                              padding=np.array([0, 0])),
+        "if2": nir.IF(r=np.ones((4, 4, 4)), v_threshold=np.ones((4, 4, 4))),
+        "flat": nir.Flatten(input_type={"input": np.array([4, 4, 4])}, start_dim=0),
+        "fc": nir.Affine(weight=rng.uniform(0.1, 1, size=(10, 64)), bias=np.zeros(10)),
+        "output": nir.Output(output_type=np.array([10])),
+    }
+    edges = [("input", "conv"), ("conv", "if1"), ("if1", "pool"), ("pool", "if2"),
+             ("if2", "flat"), ("flat", "fc"), ("fc", "output")]
+    return nir.NIRGraph(nodes=nodes, edges=edges, type_check=False)
+
+
+def test_chains_fan_in_and_depth():
+    g = conv_net()
+    m = map_cores(g)
+    assert {k: (v["neurons"], v["fan_in"], v["role"]) for k, v in m.items()} == {
+        "if1": (256, 9, "neurons"), "if2": (64, 4, "neurons"), "output": (10, 64, "readout")}
+    assert synaptic_depth(g) == 3  # input->conv->if1, if1->pool->if2, if2->flat->fc->output
+    assert ann_macs(g) == {"conv": conv2d_macs(g.nodes["conv"], (1, 8, 8)), "pool": 64 * 4,
+                           "fc": 640}
+    # a chain of two Affines is one connection; its fan-in is capped by the source size
+    nodes = {"input": nir.Input(input_type=np.array([5])),
+             "a": nir.Linear(weight=np.ones((10, 5))), "b": nir.Linear(weight=np.ones((3, 10))),
+             "n": nir.IF(r=np.ones(3), v_threshold=np.ones(3)),
+             "output": nir.Output(output_type=np.array([3]))}
+    g2 = nir.NIRGraph(nodes=nodes, edges=[("input", "a"), ("a", "b"), ("b", "n"), ("n", "output")],
+                      type_check=False)
+    assert map_cores(g2)["n"]["fan_in"] == 5 and synaptic_depth(g2) == 1
+
+
+def test_pool_events_count_as_layer_work():
+    g = conv_net()
+    a = lambda *v: np.array(v, dtype=np.int64)  # noqa: E731
+    tr = Trace(timesteps=2, batch=1, outputs={}, counts={
+        "conv": {"macs": a(100, 100)}, "if1": {"neuron_updates": a(256, 256), "spikes": a(10, 0)},
+        "pool": {"synaptic_ops": a(10, 0)}, "if2": {"neuron_updates": a(64, 64), "spikes": a(0, 0)},
+        "fc": {"synaptic_ops": a(0, 0)}})
+    r = estimate_latency(tr, g)
+    assert r["per_layer"]["if2"]["synaptic_ops_per_sample"] == 10
+    # step 1: if1 = 256 x 8.4 + 100 x 3.5; step 2 the same (MACs every step, active)
+    assert r["slowest_core_work_ns"] == pytest.approx([256 * 8.4 + 350] * 2)
+    e = estimate(tr, g, "loihi")["per_node_pj_per_sample"]
+    # if2 active at step 1 (pool events), inactive at step 2
+    assert e["if2"] == pytest.approx(64 * 81 + 64 * 52)
