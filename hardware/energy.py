@@ -46,7 +46,8 @@ from typing import Mapping
 import nir
 import numpy as np
 
-from .errors import GraphError, InputError, UnsupportedError
+from . import graph as _graph
+from .errors import InputError
 from .trace import Trace
 
 GPU_STYLE = "gpu-style"
@@ -224,8 +225,9 @@ def load_energy_model_toml(path: str | Path) -> EnergyModel:
 @dataclass(frozen=True)
 class _GraphInfo:
     order: tuple[str, ...]
-    preds: Mapping[str, tuple[str, ...]]   # forward-edge predecessors
-    shapes: Mapping[str, tuple[int, ...]]  # output shape per node (no batch)
+    preds: Mapping[str, tuple[str, ...]]      # forward-edge predecessors (back edges dropped)
+    shapes: Mapping[str, tuple[int, ...]]     # output shape per node (no batch)
+    in_shapes: Mapping[str, tuple[int, ...]]  # input shape per node (no batch)
 
 
 def _pair(x) -> tuple[int, int]:
@@ -235,99 +237,15 @@ def _pair(x) -> tuple[int, int]:
     return int(a[0]), int(a[1])
 
 
-def _conv_geometry(node, in_hw):
-    """(pad_before, stride, dilation, out size) per spatial dim of a Conv2d or pool."""
-    if isinstance(node, nir.Conv2d):
-        k = node.weight.shape[2:]
-        s, d = _pair(node.stride), _pair(node.dilation)
-        pad = node.padding
-    else:
-        k = _pair(node.kernel_size)
-        s = _pair(node.stride) if node.stride is not None else k
-        d = (1, 1)
-        pad = node.padding if node.padding is not None else 0
-    geo = []
-    for i in range(2):
-        n, ki, si, di = int(in_hw[i]), int(k[i]), int(s[i]), int(d[i])
-        if isinstance(pad, str):
-            if pad == "valid":
-                p = 0
-                out = (n - di * (ki - 1) - 1) // si + 1
-            else:  # "same" (PyTorch: stride 1; extra padding goes after)
-                p = (di * (ki - 1)) // 2
-                out = n
-        else:
-            p = _pair(pad)[i]
-            out = (n + 2 * p - di * (ki - 1) - 1) // si + 1
-        geo.append((p, si, di, out))
-    return geo
-
-
-def _node_shape(node, in_shapes: list[tuple[int, ...]]) -> tuple[int, ...]:
-    ins = in_shapes[0] if in_shapes else None
-    if isinstance(node, nir.Input):
-        return tuple(int(v) for v in np.asarray(node.input_type["input"]).reshape(-1))
-    if isinstance(node, (nir.Affine, nir.Linear)):
-        return (int(node.weight.shape[-2]),)
-    if isinstance(node, nir.Conv2d):
-        if ins is None:
-            if node.input_shape is None:
-                raise GraphError("Conv2d input shape unknown", place=f"node {node}")
-            ins = (node.weight.shape[1] * node.groups, *node.input_shape)
-        geo = _conv_geometry(node, ins[-2:])
-        return (int(node.weight.shape[0]), geo[0][3], geo[1][3])
-    if isinstance(node, POOL_TYPES):
-        geo = _conv_geometry(node, ins[-2:])
-        return (int(ins[0]), geo[0][3], geo[1][3])
-    if isinstance(node, nir.Flatten):
-        src = ins
-        if src is None:
-            src = tuple(int(v) for v in np.asarray(node.input_type["input"]).reshape(-1))
-        nd = len(src)
-        a = node.start_dim % nd if nd else 0
-        b = node.end_dim % nd if nd else 0
-        return (*src[:a], int(np.prod(src[a:b + 1])), *src[b + 1:])
-    if ins is not None:
-        return tuple(int(v) for v in ins)
-    for attr in ("v_threshold", "tau", "scale", "r"):
-        v = getattr(node, attr, None)
-        if v is not None:
-            return tuple(int(x) for x in np.shape(v))
-    out = getattr(node, "output_type", {}).get("output")
-    return () if out is None else tuple(int(v) for v in np.asarray(out).reshape(-1))
-
-
 def analyse(graph: nir.NIRGraph) -> _GraphInfo:
-    """Topological order (back edges of cycles ignored), predecessors and output shapes.
-
-    Kahn's algorithm over ``graph.edges``; when only cycles remain, the first remaining
-    node (in ``graph.nodes`` order) is placed and its edges from unplaced nodes count as
-    back edges (they carry the previous step's value).
-    """
-    names = list(graph.nodes)
-    all_preds: dict[str, list[str]] = {n: [] for n in names}
-    for src, dst in graph.edges:
-        src, dst = src.split(".")[0], dst.split(".")[0]
-        if src not in all_preds or dst not in all_preds:
-            raise GraphError(f"edge {src}->{dst} names a node not in the graph", place="edges")
-        all_preds[dst].append(src)
-    placed: list[str] = []
-    placed_set: set[str] = set()
-    preds: dict[str, tuple[str, ...]] = {}
-    remaining = list(names)
-    while remaining:
-        ready = [n for n in remaining if all(p in placed_set for p in all_preds[n])]
-        if not ready:
-            ready = [remaining[0]]
-        for n in ready:
-            preds[n] = tuple(p for p in all_preds[n] if p in placed_set)
-            placed.append(n)
-            placed_set.add(n)
-            remaining.remove(n)
-    shapes: dict[str, tuple[int, ...]] = {}
-    for n in placed:
-        shapes[n] = _node_shape(graph.nodes[n], [shapes[p] for p in preds[n]])
-    return _GraphInfo(tuple(placed), MappingProxyType(preds), MappingProxyType(shapes))
+    """Topological order, forward predecessors and shapes, from ``hardware.graph.analyse``
+    (which validates the graph and raises GraphError / UnsupportedError listing every
+    problem). Back edges of cycles carry the previous step's value and are dropped here."""
+    gi = _graph.analyse(graph)
+    back = set(gi.back_edges)
+    preds = {n: tuple(p for p in gi.preds[n] if (p, n) not in back) for n in gi.order}
+    return _GraphInfo(tuple(gi.order), MappingProxyType(preds),
+                      MappingProxyType(dict(gi.shapes)), MappingProxyType(dict(gi.in_shapes)))
 
 
 # --------------------------------------------------------------------------- ANN MACs
@@ -340,42 +258,45 @@ def _valid_taps_1d(n_in: int, k: int, pad: int, stride: int, dil: int, n_out: in
     return ((idx >= 0) & (idx < n_in)).sum(axis=0)
 
 
-def conv2d_macs(node: nir.Conv2d, in_shape: tuple[int, ...]) -> int:
-    """Exact MACs of one Conv2d forward: sum over nonzero weights w[o, c, ky, kx] of the
-    number of output positions where that tap reads an in-bounds (not padding) input."""
-    geo = _conv_geometry(node, in_shape[-2:])
+def conv_macs(node, in_shape: tuple[int, ...]) -> int:
+    """Exact MACs of one Conv1d/Conv2d forward: the sum over nonzero weights w[o, c, *tap]
+    of the number of output positions where that tap reads an in-bounds (not padding)
+    input. ``in_shape`` is (C, *spatial)."""
     w = np.asarray(node.weight)
-    vy = _valid_taps_1d(int(in_shape[-2]), w.shape[2], geo[0][0], geo[0][1], geo[0][2], geo[0][3])
-    vx = _valid_taps_1d(int(in_shape[-1]), w.shape[3], geo[1][0], geo[1][1], geo[1][2], geo[1][3])
-    nz = (w != 0).sum(axis=(0, 1))  # (kh, kw): nonzero weights per tap over (o, c)
-    return int((nz * vy[:, None] * vx[None, :]).sum())
+    ndim = w.ndim - 2
+    spatial = tuple(int(v) for v in in_shape[-ndim:])
+    kernel, stride, dil, lo, _hi, out = _graph.conv_geometry(node, ndim, spatial)
+    count = (w != 0).sum(axis=(0, 1)).astype(np.int64)  # nonzero weights per tap over (o, c)
+    for d in range(ndim):
+        v = _valid_taps_1d(spatial[d], kernel[d], lo[d], stride[d], dil[d], out[d])
+        count = count * v.reshape([-1 if i == d else 1 for i in range(ndim)])
+    return int(count.sum())
+
+
+conv2d_macs = conv_macs
 
 
 def ann_macs(graph: nir.NIRGraph) -> dict[str, int]:
     """MACs per sample of the equivalent ANN, one forward pass (not x T), per node.
 
-    Affine/Linear: nonzero weights. Conv2d: exact with padding (in-bounds taps only, see
-    ``conv2d_macs``). SumPool2d/AvgPool2d: output elements x kernel area. Scale: output
-    elements. Neurons (the ANN's activation), Input, Output, Flatten: 0 (not listed).
+    Affine/Linear: nonzero weights. Conv1d/Conv2d: exact with padding (in-bounds taps
+    only, see ``conv_macs``). SumPool2d/AvgPool2d: output elements x kernel area.
+    Scale: output elements. Neurons (the ANN's activation), Input, Output, Flatten: 0
+    (not listed).
     """
     info = analyse(graph)
     out: dict[str, int] = {}
     for n in info.order:
         node = graph.nodes[n]
-        ins = info.shapes[info.preds[n][0]] if info.preds[n] else None
         if isinstance(node, (nir.Affine, nir.Linear)):
             out[n] = int(np.count_nonzero(node.weight))
-        elif isinstance(node, nir.Conv2d):
-            if ins is None:
-                ins = (node.weight.shape[1] * node.groups, *node.input_shape)
-            out[n] = conv2d_macs(node, ins)
+        elif isinstance(node, (nir.Conv2d, nir.Conv1d)):
+            out[n] = conv_macs(node, info.in_shapes[n])
         elif isinstance(node, POOL_TYPES):
             kh, kw = _pair(node.kernel_size)
             out[n] = int(np.prod(info.shapes[n])) * kh * kw
         elif isinstance(node, nir.Scale):
             out[n] = int(np.prod(info.shapes[n]))
-        elif isinstance(node, nir.Conv1d):
-            raise UnsupportedError("Conv1d MAC counting is not implemented", place=f"node {n}")
     return out
 
 

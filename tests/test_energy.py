@@ -273,3 +273,16 @@ def test_pool_events_count_as_layer_work():
     e = estimate(tr, g, "loihi")["per_node_pj_per_sample"]
     # if2 active at step 1 (pool events), inactive at step 2
     assert e["if2"] == pytest.approx(64 * 81 + 64 * 52)
+
+
+def test_conv1d_macs_against_brute_force():
+    rng = np.random.default_rng(2)
+    w = rng.normal(size=(2, 3, 4))
+    w[0, 1, :2] = 0.0
+    conv = nir.Conv1d(input_shape=9, weight=w, stride=2, padding=2, dilation=1, groups=1,
+                      bias=np.zeros(2))
+    n_out = (9 + 4 - 3 - 1) // 2 + 1
+    brute = sum(1 for o in range(2) for c in range(3) for x in range(n_out) for k in range(4)
+                if 0 <= x * 2 - 2 + k < 9 and w[o, c, k] != 0)
+    from hardware.energy import conv_macs
+    assert conv_macs(conv, (3, 9)) == brute
