@@ -1,0 +1,581 @@
+"""Lower a feed-forward NIR graph to a Lava network plan (numpy only, never imports lava).
+
+The plan is plain data: a JSON-able dict (``Plan.meta``) plus named numpy arrays
+(``Plan.arrays``), written as plan.json + plan.npz for the worker on the Lava interpreter.
+
+Lowering, over FLATTENED CHW vectors (so Flatten is a no-op and no XYC transposition
+is ever needed):
+
+* every synaptic node (Affine, Linear, Scale, Identity, Flatten, Conv2d, SumPool2d,
+  AvgPool2d) is a sparse matrix (COO: rows = output CHW index, cols = input CHW index)
+  plus a bias vector;
+* every neuron node (IF, LIF) is one Lava LIF population; every chain of synaptic nodes
+  between two populations (or Input -> population, population -> Output) becomes one
+  Lava connection (Dense or Sparse, chosen by the worker) whose matrix is the product
+  of the chain's matrices, so each population sits exactly ``depth`` synaptic layers
+  (= Lava steps of delay) behind the Input;
+* the chain biases become the population's ``bias_mant`` (applied every step, as NIR's
+  Affine bias is);
+* per-neuron parameters are folded exactly so that the Lava population has scalar
+  du = 1, dv, vth = 1:
+
+      IF : v <- v + dt*r*I                    -> weights row i *= dt*r_i/theta_i
+      LIF: v <- v + dt/tau*(v_leak - v + r*I) -> dv = dt/tau, weights row i *= dv*r_i/theta_i,
+                                                 bias_i += dv*v_leak_i/theta_i
+      bias_i /= theta_i, v_init_i /= theta_i, vth = 1
+      spike_amplitude a_j of a source population scales column j of its outgoing weights.
+
+  Lava's LIF computes u = u*(1-du) + a_in; v = v*(1-dv) + u + bias; s = v > vth; v[s] = 0,
+  which with du = 1 is exactly the forward-Euler update above with reset to zero.
+* v_init is injected as a one-step input v_init*(1-dv) at the first step of every sample
+  window (LIFReset zeroes u and v at that step, then integrates that input).
+
+What Lava's LIF cannot express raises ``UnsupportedError`` listing every problem at once:
+subtractive reset (unless ``allow_reset_to_zero``), ``>=`` threshold test, non-zero
+v_reset, non-uniform tau, non-positive thresholds, CubaLIF and other node types, cycles,
+and populations fed by paths of different depth (skip connections).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from hardware.errors import UnsupportedError
+
+PLAN_VERSION = 1
+META_KEY = "spikebridge"
+
+SYNAPTIC = ("Affine", "Linear", "Scale", "Identity", "Flatten", "Conv2d", "SumPool2d", "AvgPool2d")
+NEURON = ("IF", "LIF")
+IO = ("Input", "Output")
+
+HINTS = {
+    "CubaLIF": "CubaLIF is not lowered yet (it maps to Lava's LIF with du = dt/tau_syn)",
+    "CubaLI": "leaky integrators without spikes are not lowered",
+    "LI": "leaky integrators without spikes are not lowered",
+    "I": "integrators without spikes are not lowered",
+    "Delay": "Delay has no Lava lowering here",
+    "Threshold": "a bare Threshold node has no Lava lowering",
+    "NIRGraph": "nested subgraphs are not supported; flatten the graph first",
+}
+
+
+@dataclass
+class Coo:
+    """A sparse matrix (rows x cols) as COO triples; duplicates are summed."""
+
+    rows: np.ndarray
+    cols: np.ndarray
+    vals: np.ndarray
+    shape: tuple[int, int]
+
+    @staticmethod
+    def from_dense(w: np.ndarray) -> "Coo":
+        w = np.asarray(w, dtype=np.float64)
+        r, c = np.nonzero(w)
+        return Coo(r.astype(np.int64), c.astype(np.int64), w[r, c], (int(w.shape[0]), int(w.shape[1])))
+
+    @staticmethod
+    def diag(d: np.ndarray) -> "Coo":
+        d = np.asarray(d, dtype=np.float64).reshape(-1)
+        i = np.arange(d.size, dtype=np.int64)
+        return Coo(i, i.copy(), d.copy(), (d.size, d.size))
+
+    def matvec(self, x: np.ndarray) -> np.ndarray:
+        """y = M @ x for x of shape (cols,) or (cols, K)."""
+        x = np.asarray(x, dtype=np.float64)
+        if x.ndim == 1:
+            return np.bincount(self.rows, weights=self.vals * x[self.cols], minlength=self.shape[0])
+        if self.shape[0] * self.shape[1] <= 4_000_000:
+            return self.to_dense() @ x
+        y = np.zeros((self.shape[0], x.shape[1]))
+        step = max(1, 2_000_000 // max(x.shape[1], 1))
+        for s in range(0, self.vals.size, step):
+            sl = slice(s, s + step)
+            np.add.at(y, self.rows[sl], self.vals[sl, None] * x[self.cols[sl]])
+        return y
+
+    def to_dense(self) -> np.ndarray:
+        m = np.zeros(self.shape)
+        np.add.at(m, (self.rows, self.cols), self.vals)
+        return m
+
+    def scale_rows(self, s: np.ndarray) -> "Coo":
+        s = np.asarray(s, dtype=np.float64).reshape(-1)
+        return Coo(self.rows, self.cols, self.vals * s[self.rows], self.shape)
+
+    def scale_cols(self, s: np.ndarray) -> "Coo":
+        s = np.asarray(s, dtype=np.float64).reshape(-1)
+        return Coo(self.rows, self.cols, self.vals * s[self.cols], self.shape)
+
+    def fanout(self) -> np.ndarray:
+        """Number of nonzero weights leaving each input (column)."""
+        nz = self.vals != 0
+        return np.bincount(self.cols[nz], minlength=self.shape[1])
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _pair(v, name="") -> tuple[int, int]:
+    a = np.asarray(v).reshape(-1)
+    if a.size == 1:
+        return int(a[0]), int(a[0])
+    return int(a[0]), int(a[1])
+
+
+def _param(node, name, shape, default=None) -> np.ndarray:
+    v = getattr(node, name, None)
+    if v is None:
+        v = default
+    a = np.asarray(v, dtype=np.float64)
+    return np.broadcast_to(a, shape).astype(np.float64).reshape(-1)
+
+
+def _meta(node) -> dict:
+    md = getattr(node, "metadata", None) or {}
+    sb = md.get(META_KEY, {}) if isinstance(md, dict) else {}
+    return sb if isinstance(sb, dict) else {}
+
+
+def _str(v, default):
+    if v is None:
+        return default
+    if isinstance(v, bytes):
+        return v.decode()
+    if isinstance(v, np.ndarray):
+        v = v.item() if v.size == 1 else v
+        if isinstance(v, bytes):
+            return v.decode()
+    return str(v)
+
+
+def graph_dt(graph) -> float:
+    md = getattr(graph, "metadata", None) or {}
+    sb = md.get(META_KEY, {}) if isinstance(md, dict) else {}
+    try:
+        return float(np.asarray(sb.get("dt", 1.0)))
+    except (TypeError, ValueError):
+        return 1.0
+
+
+def conv2d_coo(weight, in_shape, stride=1, padding=0, dilation=1, groups=1) -> tuple[Coo, tuple]:
+    """Unroll a 2-D cross-correlation (PyTorch/NIR semantics) to a CHW x CHW matrix."""
+    w = np.asarray(weight, dtype=np.float64)
+    co, cig, kh, kw = w.shape
+    c, h, wd = (int(s) for s in in_shape)
+    sh, sw = _pair(stride)
+    dh, dw = _pair(dilation)
+    if isinstance(padding, (str, bytes)):
+        pad = padding.decode() if isinstance(padding, bytes) else padding
+        if pad == "valid":
+            ph = pw = 0
+            ho = (h - dh * (kh - 1) - 1) // sh + 1
+            wo = (wd - dw * (kw - 1) - 1) // sw + 1
+        else:  # same (PyTorch: left = total // 2)
+            ph, pw = dh * (kh - 1) // 2, dw * (kw - 1) // 2
+            ho, wo = h, wd
+    else:
+        ph, pw = _pair(padding)
+        ho = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+        wo = (wd + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    if cig * groups != c or co % groups:
+        raise ValueError(f"conv weight {w.shape} with groups={groups} does not fit input {in_shape}")
+    opg = co // groups
+    o = np.arange(co)[:, None, None, None, None, None]
+    ci = (o // opg) * cig + np.arange(cig)[None, :, None, None, None, None]
+    ky = np.arange(kh)[None, None, :, None, None, None]
+    kx = np.arange(kw)[None, None, None, :, None, None]
+    oy = np.arange(ho)[None, None, None, None, :, None]
+    ox = np.arange(wo)[None, None, None, None, None, :]
+    iy = oy * sh - ph + ky * dh
+    ix = ox * sw - pw + kx * dw
+    full = (co, cig, kh, kw, ho, wo)
+    vals = np.broadcast_to(w[:, :, :, :, None, None], full)
+    ok = (iy >= 0) & (iy < h) & (ix >= 0) & (ix < wd) & (w[:, :, :, :, None, None] != 0)
+    ok = np.broadcast_to(ok, full)
+    rows = np.broadcast_to((o * ho + oy) * wo + ox, full)[ok]
+    cols = np.broadcast_to((ci * h + iy) * wd + ix, full)[ok]
+    m = Coo(rows.astype(np.int64), cols.astype(np.int64), vals[ok].copy(), (co * ho * wo, c * h * wd))
+    return m, (co, ho, wo)
+
+
+def pool2d_coo(kernel, stride, padding, in_shape, average: bool) -> tuple[Coo, tuple]:
+    """Sum (or average, padding counted) pooling as a CHW x CHW matrix."""
+    c, h, wd = (int(s) for s in in_shape)
+    kh, kw = _pair(kernel)
+    sh, sw = _pair(stride if stride is not None else kernel)
+    ph, pw = _pair(padding if padding is not None else 0)
+    ho = (h + 2 * ph - kh) // sh + 1
+    wo = (wd + 2 * pw - kw) // sw + 1
+    ch = np.arange(c)[:, None, None, None, None]
+    ky = np.arange(kh)[None, :, None, None, None]
+    kx = np.arange(kw)[None, None, :, None, None]
+    oy = np.arange(ho)[None, None, None, :, None]
+    ox = np.arange(wo)[None, None, None, None, :]
+    iy = oy * sh - ph + ky
+    ix = ox * sw - pw + kx
+    full = (c, kh, kw, ho, wo)
+    ok = np.broadcast_to((iy >= 0) & (iy < h) & (ix >= 0) & (ix < wd), full)
+    rows = np.broadcast_to((ch * ho + oy) * wo + ox, full)[ok]
+    cols = np.broadcast_to((ch * h + iy) * wd + ix, full)[ok]
+    v = 1.0 / (kh * kw) if average else 1.0
+    m = Coo(rows.astype(np.int64), cols.astype(np.int64), np.full(rows.size, v), (c * ho * wo, c * h * wd))
+    return m, (c, ho, wo)
+
+
+def _flatten_shape(shape, start_dim, end_dim):
+    shape = [int(s) for s in shape]
+    n = len(shape)
+    # NIR node shapes carry no batch dimension, but exporters write torch's start_dim=1.
+    # Either way the flat CHW order is unchanged; only the nominal shape differs.
+    s = int(start_dim) % n if n else 0
+    e = int(end_dim) % n if n else 0
+    if s > e:
+        return tuple(shape)
+    return tuple(shape[:s] + [int(np.prod(shape[s:e + 1]))] + shape[e + 1:])
+
+
+def synaptic_op(node, in_shape: tuple) -> tuple[Coo, np.ndarray, tuple]:
+    """(matrix, bias, out_shape) of one stateless synaptic node over flattened CHW vectors."""
+    kind = type(node).__name__
+    n_in = int(np.prod(in_shape))
+    if kind in ("Affine", "Linear"):
+        w = np.asarray(node.weight, dtype=np.float64)
+        if w.ndim != 2 or w.shape[1] != n_in:
+            raise ValueError(f"{kind} weight {w.shape} does not fit input shape {tuple(in_shape)} "
+                             "(only 1-D inputs or fully flattened inputs are supported)")
+        b = np.zeros(w.shape[0]) if kind == "Linear" else _param(node, "bias", (w.shape[0],), 0.0)
+        return Coo.from_dense(w), b, (w.shape[0],)
+    if kind == "Scale":
+        s = _param(node, "scale", tuple(int(x) for x in in_shape))
+        return Coo.diag(s), np.zeros(n_in), tuple(in_shape)
+    if kind == "Identity":
+        return Coo.diag(np.ones(n_in)), np.zeros(n_in), tuple(in_shape)
+    if kind == "Flatten":
+        out = _flatten_shape(in_shape, getattr(node, "start_dim", 0), getattr(node, "end_dim", -1))
+        return Coo.diag(np.ones(n_in)), np.zeros(n_in), out
+    if kind == "Conv2d":
+        if len(in_shape) != 3:
+            raise ValueError(f"Conv2d needs a (C, H, W) input, got {tuple(in_shape)}")
+        m, out = conv2d_coo(node.weight, in_shape, node.stride, node.padding, node.dilation,
+                            int(getattr(node, "groups", 1) or 1))
+        b = np.repeat(_param(node, "bias", (out[0],), 0.0), out[1] * out[2])
+        return m, b, out
+    if kind in ("SumPool2d", "AvgPool2d"):
+        if len(in_shape) != 3:
+            raise ValueError(f"{kind} needs a (C, H, W) input, got {tuple(in_shape)}")
+        m, out = pool2d_coo(node.kernel_size, node.stride, node.padding, in_shape, kind == "AvgPool2d")
+        return m, np.zeros(m.shape[0]), out
+    raise ValueError(f"{kind} is not a synaptic node")
+
+
+# ----------------------------------------------------------------------------- neurons
+
+
+@dataclass
+class NeuronParams:
+    """Folded Lava LIF parameters of one population (vth = 1, du = 1)."""
+
+    dv: float
+    gain: np.ndarray        # per-neuron factor applied to every incoming weight row (dt*r/theta or dv*r/theta)
+    bias_extra: np.ndarray  # folded leak term dv*v_leak/theta (added to the chain bias after gain)
+    inv_theta: np.ndarray   # 1/theta
+    v_init: np.ndarray      # initial membrane / theta
+    amplitude: np.ndarray   # value an output spike carries
+    reset: str
+
+
+def neuron_params(name, node, dt: float, allow_reset_to_zero: bool, problems: list[str]) -> NeuronParams | None:
+    kind = type(node).__name__
+    shape = tuple(int(s) for s in np.asarray(node.v_threshold).shape) or (1,)
+    n = int(np.prod(shape))
+    sb = _meta(node)
+    before = len(problems)
+    reset = _str(sb.get("reset"), "zero")
+    if reset not in ("zero", "subtract"):
+        problems.append(f"{name}: unknown reset {reset!r}")
+    elif reset == "subtract" and not allow_reset_to_zero:
+        problems.append(f"{name}: subtractive (soft) reset cannot be expressed by Lava's LIF "
+                        "(reset to zero only); pass allow_reset_to_zero=True to run it with reset to zero")
+    test = _str(sb.get("threshold_test"), "gt")
+    if test != "gt":
+        problems.append(f"{name}: threshold test {test!r} is not supported (Lava spikes on v > vth)")
+    theta = _param(node, "v_threshold", shape)
+    if np.any(~np.isfinite(theta)) or np.any(theta <= 0):
+        problems.append(f"{name}: thresholds must be finite and > 0 to be folded into the weights")
+    v_reset = getattr(node, "v_reset", None)
+    if v_reset is not None and np.any(np.asarray(v_reset, dtype=np.float64) != 0):
+        problems.append(f"{name}: v_reset != 0 is not supported (Lava resets v to 0)")
+    r = _param(node, "r", shape, 1.0)
+    dv = 0.0
+    extra = np.zeros(n)
+    if kind == "LIF":
+        tau = _param(node, "tau", shape)
+        if np.any(tau <= 0) or not np.all(tau == tau[0]):
+            problems.append(f"{name}: tau must be positive and the same for every neuron (Lava's dv is a scalar)")
+        else:
+            dv = float(dt / tau[0])
+        gain = dv * r
+        extra = dv * _param(node, "v_leak", shape, 0.0)
+    else:
+        gain = dt * r
+    if len(problems) > before:
+        return None
+    inv = 1.0 / theta
+    v0 = _param_meta(sb.get("v_init"), shape, 0.0)
+    amp = _param_meta(sb.get("spike_amplitude"), shape, 1.0)
+    return NeuronParams(dv=dv, gain=gain * inv, bias_extra=extra * inv, inv_theta=inv,
+                        v_init=v0 * inv, amplitude=amp, reset=reset)
+
+
+def _param_meta(v, shape, default) -> np.ndarray:
+    a = np.asarray(default if v is None else v, dtype=np.float64)
+    return np.broadcast_to(a, shape).astype(np.float64).reshape(-1)
+
+
+# ----------------------------------------------------------------------------- graph
+
+
+@dataclass
+class Plan:
+    meta: dict
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    # main-process only (not written): node matrices for counting, neuron params
+    ops: dict[str, tuple[Coo, np.ndarray]] = field(default_factory=dict)
+    shapes: dict[str, tuple] = field(default_factory=dict)
+    kinds: dict[str, str] = field(default_factory=dict)
+    preds: dict[str, list[str]] = field(default_factory=dict)
+    order: list[str] = field(default_factory=list)
+
+    def write(self, directory: str | Path) -> None:
+        d = Path(directory)
+        (d / "plan.json").write_text(json.dumps(self.meta))
+        np.savez(d / "plan.npz", **self.arrays)
+
+
+def _topo(names, preds, succs, problems) -> list[str]:
+    indeg = {n: len(preds[n]) for n in names}
+    order = [n for n in names if indeg[n] == 0]
+    i = 0
+    while i < len(order):
+        for s in succs[order[i]]:
+            indeg[s] -= 1
+            if indeg[s] == 0:
+                order.append(s)
+        i += 1
+    if len(order) < len(names):
+        cyc = sorted(n for n in names if indeg[n] > 0)
+        problems.append(f"graph has a cycle through {', '.join(cyc)} (recurrence is not lowered to Lava)")
+    return order
+
+
+def lower(graph, timesteps: int, allow_reset_to_zero: bool = False, precision: str = "float",
+          window: int | None = None) -> Plan:
+    """Lower ``graph`` to a Plan for ``timesteps`` steps per sample; raises UnsupportedError."""
+    problems: list[str] = []
+    if precision != "float":
+        problems.append(f"precision {precision!r} is not implemented for Lava yet (only 'float')")
+    nodes = dict(graph.nodes)
+    names = list(nodes)
+    kinds = {n: type(nodes[n]).__name__ for n in names}
+    preds: dict[str, list[str]] = {n: [] for n in names}
+    succs: dict[str, list[str]] = {n: [] for n in names}
+    for src, dst in graph.edges:
+        s, d = src.split(".")[0] if src not in nodes else src, dst.split(".")[0] if dst not in nodes else dst
+        if s not in nodes or d not in nodes:
+            problems.append(f"edge {src} -> {dst} names a node that does not exist")
+            continue
+        preds[d].append(s)
+        succs[s].append(d)
+    for n in names:
+        k = kinds[n]
+        if k not in SYNAPTIC + NEURON + IO:
+            problems.append(f"{n}: node type {k} is not supported by the Lava backend"
+                            + (f" ({HINTS[k]})" if k in HINTS else ""))
+    inputs = [n for n in names if kinds[n] == "Input"]
+    outputs = [n for n in names if kinds[n] == "Output"]
+    if len(inputs) != 1:
+        problems.append(f"the Lava backend needs exactly one Input node, found {len(inputs)}")
+    if not outputs:
+        problems.append("the graph has no Output node")
+    order = _topo(names, preds, succs, problems)
+    if problems:
+        raise UnsupportedError("; ".join(problems), place="lava backend")
+
+    dt = graph_dt(graph)
+    inp = inputs[0]
+    shapes: dict[str, tuple] = {}
+    ops: dict[str, tuple[Coo, np.ndarray]] = {}
+    nparams: dict[str, NeuronParams] = {}
+    t_in = nodes[inp].input_type.get("input") if isinstance(nodes[inp].input_type, dict) else None
+    if t_in is None:
+        raise UnsupportedError("the Input node has no shape", place=inp)
+    shapes[inp] = tuple(int(s) for s in np.asarray(t_in).reshape(-1))
+    for n in order:
+        if n == inp:
+            continue
+        k = kinds[n]
+        ps = preds[n]
+        if not ps:
+            problems.append(f"{n}: node has no input edge")
+            continue
+        pshapes = [shapes.get(p) for p in ps]
+        if any(s is None for s in pshapes):
+            continue  # an upstream problem was reported already
+        sizes = {int(np.prod(s)) for s in pshapes}
+        if len(sizes) != 1:
+            problems.append(f"{n}: inputs of different sizes {pshapes} are summed")
+            continue
+        ishape = pshapes[0]
+        if k in SYNAPTIC:
+            try:
+                m, b, out = synaptic_op(nodes[n], ishape)
+            except (ValueError, TypeError, AttributeError) as e:
+                problems.append(f"{n}: {e}")
+                continue
+            ops[n] = (m, b)
+            shapes[n] = tuple(int(s) for s in out)
+        elif k in NEURON:
+            p = neuron_params(n, nodes[n], dt, allow_reset_to_zero, problems)
+            if p is None:
+                continue
+            if p.gain.size != int(np.prod(ishape)):
+                problems.append(f"{n}: {p.gain.size} neurons but {int(np.prod(ishape))} inputs")
+                continue
+            nparams[n] = p
+            shp = tuple(int(s) for s in np.asarray(nodes[n].v_threshold).shape) or (1,)
+            shapes[n] = shp if int(np.prod(shp)) == int(np.prod(ishape)) and len(shp) > 0 else ishape
+        elif k == "Output":
+            shapes[n] = ishape
+    if problems:
+        raise UnsupportedError("; ".join(problems), place="lava backend")
+
+    # Which "source" each synaptic region hangs from, and the chains (paths) into each sink.
+    def is_source(n):
+        return kinds[n] == "Input" or kinds[n] in NEURON
+
+    def paths_into(n):
+        """All synaptic paths ending at n's inputs: list of (source, [syn nodes from source to n])."""
+        out = []
+        for p in preds[n]:
+            if is_source(p):
+                out.append((p, []))
+            else:
+                for src, chain in paths_into(p):
+                    out.append((src, chain + [p]))
+        return out
+
+    bias_memo: dict[str, np.ndarray] = {}
+
+    def bias_at(n) -> np.ndarray:
+        """Output of synaptic node n when every source is zero."""
+        if n not in bias_memo:
+            m, b = ops[n]
+            acc = np.zeros(m.shape[1])
+            for p in preds[n]:
+                if not is_source(p):
+                    acc = acc + bias_at(p)
+            bias_memo[n] = m.matvec(acc) + b
+        return bias_memo[n]
+
+    depth: dict[str, int] = {inp: 0}
+    arrays: dict[str, np.ndarray] = {}
+    conns = []
+    pops = []
+    readouts = []
+    sinks = [n for n in order if kinds[n] in NEURON or kinds[n] == "Output"]
+    for n in sinks:
+        paths = paths_into(n)
+        if kinds[n] == "Output" and len(preds[n]) == 1 and is_source(preds[n][0]):
+            src = preds[n][0]
+            if kinds[src] == "Input":
+                problems.append(f"{n}: Output fed straight from Input is not a network")
+                continue
+            readouts.append({"name": n, "kind": "spikes", "source": src, "size": int(np.prod(shapes[n])),
+                             "shape": list(shapes[n]), "depth": depth[src]})
+            continue
+        if any(len(chain) == 0 for _, chain in paths):
+            problems.append(f"{n}: fed directly by a neuron/Input node without a synaptic node in between "
+                            "(and mixed with other inputs)")
+            continue
+        ds = {depth[src] for src, _ in paths}
+        if len(ds) != 1:
+            problems.append(f"{n}: fed by paths of different synaptic depth {sorted(ds)} "
+                            "(skip connections would need delay lines; not lowered)")
+            continue
+        d = ds.pop() + 1
+        depth[n] = d
+        size = int(np.prod(shapes[n]))
+        bias = np.zeros(size)
+        for p in preds[n]:
+            if not is_source(p):
+                bias = bias + bias_at(p)
+        if kinds[n] in NEURON:
+            prm = nparams[n]
+            row_scale = prm.gain
+            bias = bias * prm.gain + prm.bias_extra
+        else:
+            row_scale = None
+        # group paths by source
+        by_src: dict[str, list[list[str]]] = {}
+        for src, chain in paths:
+            by_src.setdefault(src, []).append(chain)
+        for src, chains in by_src.items():
+            cid = f"c{len(conns)}"
+            terms = []
+            for j, chain in enumerate(chains):
+                factors = []
+                if kinds[src] in NEURON:
+                    amp = nparams[src].amplitude
+                    if not np.all(amp == 1):
+                        factors.append(Coo.diag(amp))
+                factors += [ops[c][0] for c in chain]
+                if row_scale is not None:
+                    factors.append(Coo.diag(row_scale))
+                keys = []
+                for i, f in enumerate(factors):
+                    key = f"{cid}_t{j}_f{i}"
+                    arrays[key + "_rows"] = f.rows
+                    arrays[key + "_cols"] = f.cols
+                    arrays[key + "_vals"] = f.vals
+                    arrays[key + "_shape"] = np.asarray(f.shape, dtype=np.int64)
+                    keys.append(key)
+                terms.append(keys)
+            conns.append({"id": cid, "source": src, "target": n, "terms": terms,
+                          "chains": chains, "rows": size, "cols": int(np.prod(shapes[src]))})
+        if kinds[n] in NEURON:
+            prm = nparams[n]
+            arrays[f"{n}__bias"] = bias
+            arrays[f"{n}__vinit"] = prm.v_init * (1.0 - prm.dv)
+            pops.append({"name": n, "size": size, "shape": list(shapes[n]), "du": 1.0, "dv": prm.dv,
+                         "vth": 1.0, "depth": d, "has_vinit": bool(np.any(prm.v_init != 0)),
+                         "reset": prm.reset})
+        else:
+            arrays[f"{n}__bias"] = bias
+            readouts.append({"name": n, "kind": "analog", "size": size, "shape": list(shapes[n]), "depth": d})
+    if problems:
+        raise UnsupportedError("; ".join(problems), place="lava backend")
+
+    max_depth = max([p["depth"] for p in pops] + [r["depth"] for r in readouts] + [0])
+    T = int(timesteps)
+    P = int(window) if window is not None else T
+    if P < T:
+        raise ValueError(f"window {P} < timesteps {T}")
+    meta = {
+        "version": PLAN_VERSION,
+        "precision": precision,
+        "timesteps": T,
+        "window": P,
+        "max_depth": max_depth,
+        "dt": dt,
+        "input": {"name": inp, "size": int(np.prod(shapes[inp])), "shape": list(shapes[inp])},
+        "populations": pops,
+        "connections": [{k: v for k, v in c.items() if k != "chains"} for c in conns],
+        "readouts": readouts,
+        "num_message_bits": 24,
+    }
+    return Plan(meta=meta, arrays=arrays, ops=ops, shapes=shapes, kinds=kinds, preds=preds, order=order)

@@ -1,0 +1,264 @@
+"""Lava worker: runs ONE job on the Lava interpreter (Python 3.10, lava-nc 0.10.0, numpy < 2).
+
+    python worker.py JOBDIR
+
+reads  JOBDIR/plan.json, JOBDIR/plan.npz (plain arrays), JOBDIR/inputs.npy (T, batch, n_in)
+writes JOBDIR/out.npz (renamed into place when complete) and JOBDIR/out.json (timings),
+       or JOBDIR/error.txt: one line "Type: message"; progress in JOBDIR/progress.txt.
+
+Standalone on purpose: imports only stdlib, numpy, scipy and lava (never spikebridge).
+
+All samples of a chunk run in ONE compiled network. Sample k occupies source steps
+kP+1 .. kP+T (P = window >= T). Lava's RingBuffer source sends data[(t-1) % L] at step t
+(t starts at 1); every Dense/Sparse outputs at step t what it received at t-1, so a
+population behind d synaptic layers sees sample k's step j at Lava step kP + j + d.
+LIFReset zeroes u and v when time_step % P == reset_offset, before integrating, so
+reset_offset = (1 + d) % P starts every window clean. Spikes a population emits in the
+steps after its window (bias-driven) reach the next layer at steps <= (k+1)P + d + 1,
+i.e. no later than the reset that opens that layer's next window: no leakage with P = T.
+
+The process exits through os._exit after writing results or the error line: stop() after
+an error inside a process model can hang, and a runtime left unstopped hangs interpreter exit.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+import time
+import traceback
+
+STOP_GRACE_S = 20.0
+
+
+def _one_line(e: BaseException) -> str:
+    msg = f"{type(e).__name__}: {e}"
+    return " ".join(msg.split())[:2000]
+
+
+def _write_atomic(path: str, data: bytes) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _matrix(arrs, terms, rows, cols):
+    """Sum over terms of the product of each term's factors (applied first to last)."""
+    import numpy as np
+    from scipy.sparse import csr_matrix
+
+    total = csr_matrix((rows, cols))
+    for keys in terms:
+        m = None
+        for k in keys:
+            shp = tuple(int(s) for s in arrs[k + "_shape"])
+            f = csr_matrix((arrs[k + "_vals"], (arrs[k + "_rows"], arrs[k + "_cols"])), shape=shp)
+            m = f if m is None else f @ m
+        total = total + m
+    total.sum_duplicates()
+    total.eliminate_zeros()
+    return total.astype(np.float64)
+
+
+ERROR_PATH = None  # set by main(): JOBDIR/error.txt
+
+
+def _report_error(e: BaseException) -> None:
+    """Write the one-line error (once) so it survives a hanging stop()."""
+    if ERROR_PATH and not os.path.exists(ERROR_PATH):
+        try:
+            _write_atomic(ERROR_PATH, (_one_line(e) + "\n").encode())
+        except OSError:
+            pass
+
+
+def _stop(runtime_owner, grace_s: float) -> None:
+    """stop() with a watchdog: if it hangs, leave through os._exit (the supervisor kills the group)."""
+    timer = threading.Timer(grace_s, lambda: os._exit(3))
+    timer.daemon = True
+    timer.start()
+    try:
+        runtime_owner.stop()
+    finally:
+        timer.cancel()
+
+
+def run_chunk(meta, arrs, x, progress=None):
+    """Run samples x (T, nb, n_in) in one network. Returns (result arrays, timings)."""
+    import numpy as np
+    from lava.magma.core.run_conditions import RunSteps
+    from lava.magma.core.run_configs import Loihi2SimCfg
+    from lava.proc.dense.process import Dense
+    from lava.proc.io.sink import RingBuffer as Sink
+    from lava.proc.io.source import RingBuffer as Source
+    from lava.proc.lif.process import LIFReset
+    from lava.proc.sparse.process import Sparse
+
+    t0 = time.perf_counter()
+    T = int(meta["timesteps"])
+    P = int(meta["window"])
+    D = int(meta["max_depth"])
+    nb = int(x.shape[1])
+    n_in = int(meta["input"]["size"])
+    L = (nb - 1) * P + T + D
+    bits = int(meta.get("num_message_bits", 24))
+    tag = {"float": "floating_pt"}[meta["precision"]]  # fixed_pt: another lowering of values
+
+    data = np.zeros((n_in, L))
+    for k in range(nb):
+        data[:, k * P:k * P + T] = x[:, k, :].T
+    source = Source(data=data)
+    ports = {meta["input"]["name"]: source.s_out}
+    pops = {}
+    sinks = {}
+    for p in meta["populations"]:
+        name, size, d = p["name"], int(p["size"]), int(p["depth"])
+        lif = LIFReset(shape=(size,), du=float(p["du"]), dv=float(p["dv"]), vth=float(p["vth"]),
+                       bias_mant=np.asarray(arrs[name + "__bias"], dtype=np.float64),
+                       reset_interval=P, reset_offset=(1 + d) % P, name=f"lif_{name}")
+        pops[name] = lif
+        ports[name] = lif.s_out
+        sink = Sink(shape=(size,), buffer=L)
+        lif.s_out.connect(sink.a_in)
+        sinks[name] = sink
+        if p.get("has_vinit"):
+            vd = np.zeros((size, P))
+            vd[:, d % P] = arrs[name + "__vinit"]
+            vsrc = Source(data=vd)
+            vsrc.s_out.connect(lif.a_in)
+    for r in meta["readouts"]:
+        if r["kind"] == "analog":
+            sinks[r["name"]] = Sink(shape=(int(r["size"]),), buffer=L)
+    n_sparse = n_dense = 0
+    for c in meta["connections"]:
+        m = _matrix(arrs, c["terms"], int(c["rows"]), int(c["cols"]))
+        dense_max = int(meta.get("dense_max_elements", 250_000))
+        if m.shape[0] * m.shape[1] <= dense_max or m.nnz > 0.2 * m.shape[0] * m.shape[1]:
+            syn = Dense(weights=m.toarray(), num_message_bits=bits)
+            n_dense += 1
+        else:
+            syn = Sparse(weights=m, num_message_bits=bits)
+            n_sparse += 1
+        ports[c["source"]].connect(syn.s_in)
+        tgt = c["target"]
+        syn.a_out.connect(pops[tgt].a_in if tgt in pops else sinks[tgt].a_in)
+    t_build = time.perf_counter() - t0
+
+    if os.environ.get("SPIKEBRIDGE_LAVA_TEST_FAIL") == "build":
+        raise RuntimeError("injected failure (SPIKEBRIDGE_LAVA_TEST_FAIL=build)")
+    t1 = time.perf_counter()
+    cfg = Loihi2SimCfg(select_tag=tag)
+    runner = source
+    out = {}
+    ok = False
+    try:
+        runner.run(condition=RunSteps(num_steps=L), run_cfg=cfg)
+        t_run = time.perf_counter() - t1
+        hang = float(os.environ.get("SPIKEBRIDGE_LAVA_TEST_HANG_S", "0") or 0)
+        if hang:
+            time.sleep(hang)
+        t2 = time.perf_counter()
+        raw = {name: np.asarray(s.data.get()) for name, s in sinks.items()}
+        t_get = time.perf_counter() - t2
+        ok = True
+    except BaseException as e:
+        _report_error(e)  # before stop(): after a process-model error stop() may hang
+        raise
+    finally:
+        t3 = time.perf_counter()
+        try:
+            _stop(runner, STOP_GRACE_S if ok else 5.0)
+        except Exception as e:  # noqa: BLE001
+            if ok:
+                raise
+            sys.stderr.write("warning: stop() failed after the error: " + _one_line(e) + "\n")
+        t_stop = time.perf_counter() - t3
+
+    depth = {p["name"]: int(p["depth"]) for p in meta["populations"]}
+    depth.update({r["name"]: int(r["depth"]) for r in meta["readouts"] if r["kind"] == "analog"})
+    idx = (np.arange(nb)[None, :] * P + np.arange(T)[:, None])  # (T, nb) step index before delay
+    for name, rec in raw.items():
+        d = depth[name]
+        vals = rec[:, idx + d]  # (size, T, nb)
+        vals = np.moveaxis(vals, 0, -1)  # (T, nb, size)
+        if name in pops:
+            out["spikes__" + name] = vals > 0.5
+        else:
+            out["output__" + name] = vals + np.asarray(arrs[name + "__bias"])[None, None, :]
+    timings = {"build_s": t_build, "run_s": t_run, "get_s": t_get, "stop_s": t_stop, "steps": L,
+               "samples": nb, "dense": n_dense, "sparse": n_sparse}
+    return out, timings
+
+
+def main(argv) -> int:
+    global ERROR_PATH
+    job = argv[1]
+    err_path = ERROR_PATH = os.path.join(job, "error.txt")
+    code = 1
+    try:
+        t0 = time.perf_counter()
+        import numpy as np
+
+        with open(os.path.join(job, "plan.json")) as f:
+            meta = json.load(f)
+        with np.load(os.path.join(job, "plan.npz"), allow_pickle=False) as z:
+            arrs = {k: z[k] for k in z.files}
+        x = np.load(os.path.join(job, "inputs.npy"), allow_pickle=False).astype(np.float64)
+        T = int(meta["timesteps"])
+        if x.ndim != 3 or x.shape[0] != T or x.shape[2] != int(meta["input"]["size"]):
+            raise ValueError(f"inputs.npy has shape {x.shape}, expected ({T}, batch, {meta['input']['size']})")
+        if os.environ.get("SPIKEBRIDGE_LAVA_TEST_FAIL") == "start":
+            raise RuntimeError("injected failure (SPIKEBRIDGE_LAVA_TEST_FAIL=start)")
+        t_imp = time.perf_counter()
+        import lava.magma.core.run_configs  # noqa: F401  (measure the import separately)
+        import lava.proc.lif.process  # noqa: F401
+        t_import = time.perf_counter() - t_imp
+        batch = int(x.shape[1])
+        chunk = int(meta.get("chunk_samples") or batch) or 1
+        parts: dict[str, list] = {}
+        chunks = []
+        for s in range(0, batch, chunk):
+            res, tim = run_chunk(meta, arrs, x[:, s:s + chunk])
+            for k, v in res.items():
+                parts.setdefault(k, []).append(v)
+            chunks.append(tim)
+            with open(os.path.join(job, "progress.txt"), "w") as f:
+                f.write(f"{min(s + chunk, batch)} {batch}\n")
+        out = {k: np.concatenate(v, axis=1) for k, v in parts.items()}
+        out_path = os.path.join(job, "out.npz")
+        tmp = os.path.join(job, "out.tmp.npz")
+        np.savez(tmp, **out)
+        os.replace(tmp, out_path)
+        info = {"import_s": t_import, "total_s": time.perf_counter() - t0, "chunks": chunks,
+                "python": sys.executable}
+        _write_atomic(os.path.join(job, "out.json"), json.dumps(info).encode())
+        code = 0
+    except BaseException as e:  # noqa: BLE001 - everything becomes the one error line
+        line = _one_line(e)
+        try:
+            _report_error(e)
+            with open(os.path.join(job, "traceback.txt"), "w") as f:
+                traceback.print_exc(file=f)
+        except OSError:
+            pass
+        try:
+            sys.stderr.write("error: " + line + "\n")
+            sys.stderr.flush()
+        except OSError:
+            pass
+        code = 1
+    finally:
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            os._exit(code)
+    return code
+
+
+if __name__ == "__main__":
+    main(sys.argv)

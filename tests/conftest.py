@@ -1,0 +1,31 @@
+"""Shared pytest hooks.
+
+Tests marked ``@pytest.mark.lava`` need the Lava environment (.venv-lava, or the venv
+named by $SPIKEBRIDGE_LAVA_VENV). Without it they are skipped, unless
+SPIKEBRIDGE_REQUIRE_LAVA=1, in which case they fail (CI and `make test` set it).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _lava_python() -> Path:
+    venv = os.environ.get("SPIKEBRIDGE_LAVA_VENV")
+    return (Path(venv) if venv else REPO / ".venv-lava") / "bin" / "python"
+
+
+def pytest_runtest_setup(item):
+    if item.get_closest_marker("lava") is None:
+        return
+    py = _lava_python()
+    if py.exists():
+        return
+    msg = f"Lava environment missing ({py}); run `make setup`"
+    if os.environ.get("SPIKEBRIDGE_REQUIRE_LAVA") == "1":
+        pytest.fail(msg + " (SPIKEBRIDGE_REQUIRE_LAVA=1)", pytrace=False)
+    pytest.skip(msg)
