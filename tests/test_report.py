@@ -77,6 +77,9 @@ def test_report_json_strict_with_required_keys(tmp_path):
         assert m["total_pj_per_sample"] > 0 and m["source"]
     assert data["energy"]["horowitz-45nm"]["total_pj_per_sample"] == pytest.approx(
         18 * 4.6 / 2 + 8 * 0.9 / 2)
+    alt = data["energy"]["horowitz-45nm"]["other_first_layer_rule"]
+    assert alt["first_layer"] == "once"
+    assert alt["total_pj_per_sample"] == pytest.approx(18 / 2 * 4.6 / 2 + 8 * 0.9 / 2)
     assert data["latency"]["loihi"]["seconds_per_sample"] > 0
     for r in data["per_layer"]:
         assert {"node", "neurons", "firing_rate", "synaptic_ops_per_sample",

@@ -239,7 +239,14 @@ def build_report(graph: nir.NIRGraph, trace: Trace | None = None, *,
     if trace is not None:
         for m in energy_models:
             model = _energy.get_model(m)
-            report["energy"][model.name] = _energy.estimate(trace, graph, model, first_layer)
+            r = _energy.estimate(trace, graph, model, first_layer)
+            if model.kind == _energy.GPU_STYLE:  # show the other first-layer rule beside it
+                other = "once" if first_layer == "per_step" else "per_step"
+                o = _energy.estimate(trace, graph, model, other)
+                r["other_first_layer_rule"] = {
+                    "first_layer": other, "total_pj_per_sample": o["total_pj_per_sample"],
+                    "snn_over_ann_ratio": o["snn_over_ann_ratio"]}
+            report["energy"][model.name] = r
         for c in chips:
             r = _latency.estimate_latency(trace, graph, c)
             report["latency"][r["chip"]] = r
@@ -388,6 +395,11 @@ def render_html(report: dict, plots: dict[str, bytes]) -> str:
         if "ann_pj_per_sample" in r:
             summary += (f"; equivalent ANN {_num(r['ann_pj_per_sample'])} pJ per sample; "
                         f"SNN/ANN = {_num(r.get('snn_over_ann_ratio'))}")
+        alt = r.get("other_first_layer_rule")
+        if alt:
+            summary += (f". With first-layer rule {_e(alt['first_layer'])}: "
+                        f"{_num(alt['total_pj_per_sample'])} pJ per sample, SNN/ANN = "
+                        f"{_num(alt['snn_over_ann_ratio'])}")
         summary += "</p>"
         en.append(f"<h3>{_e(name)}</h3>{summary}"
                   + _table(["operation", "pJ / sample"], ops)
