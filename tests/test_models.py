@@ -1,0 +1,183 @@
+"""SNN2ANN semantics: mapping units, branch equality, ATA, BN folding, training, checkpoints."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from hardware.errors import CheckpointError
+from models.architectures import build_spec, infer_shapes
+from models.checkpoint import build_model, load_checkpoint, read_meta
+from models.datasets import load_dataset, parse_idx
+from models.neurons import NeuronConfig, if_step, run_if
+from models.snn2ann import ATA_STEP, ReSU, SNN2ANNNet, STSU
+from tests._trained import trained_checkpoint
+
+
+def _net(arch="cnn", T=4, shape=(1, 8, 8)):
+    torch.manual_seed(0)
+    net = SNN2ANNNet(build_spec(arch, shape, 10), shape, T)
+    # give BN non-trivial running statistics so folding is exercised
+    for layer in net.layers.values():
+        if layer.bn is not None:
+            n = layer.bn.num_features
+            layer.bn.running_mean.uniform_(-0.5, 0.5)
+            layer.bn.running_var.uniform_(0.5, 2.0)
+            layer.bn.weight.data.uniform_(0.5, 1.5)
+            layer.bn.bias.data.uniform_(-0.2, 0.2)
+            assert n > 0
+    return net
+
+
+def test_if_step_hard_and_soft_reset_and_ge():
+    x = torch.tensor([0.6, 0.6, 1.0])
+    v = torch.zeros(3)
+    s, v = if_step(x, v, torch.tensor([1.0, 0.5, 1.0]))
+    assert s.tolist() == [0, 1, 0] and v.tolist() == pytest.approx([0.6, 0.0, 1.0])
+    s, v2 = if_step(x, torch.tensor([0.6, 0.0, 1.0]), 1.0, NeuronConfig(reset="subtract"))
+    assert s.tolist() == [1, 0, 1] and v2.tolist() == pytest.approx([0.2, 0.6, 1.0])
+    s, _ = if_step(torch.tensor([1.0]), torch.zeros(1), 1.0, NeuronConfig(threshold_test="ge"))
+    assert s.tolist() == [1]
+    s, _ = if_step(torch.tensor([1.0]), torch.zeros(1), 1.0, NeuronConfig(threshold_test="gt"))
+    assert s.tolist() == [0]
+
+
+def test_stsu_forward_is_count_backward_identity():
+    r = torch.tensor([0.0, 0.3, 2.5], requires_grad=True)
+    n = torch.tensor([1.0, 0.0, 3.0])
+    h = STSU.apply(r, n)
+    assert h.tolist() == [1.0, 0.0, 3.0]
+    h.sum().backward()
+    assert r.grad.tolist() == [1.0, 1.0, 1.0]
+    r2 = torch.tensor([0.0, 0.3, 2.5], requires_grad=True)
+    h2 = ReSU.apply(r2, n)
+    assert h2.tolist() == [0.0, 0.0, 3.0]
+    h2.sum().backward()
+    assert r2.grad.tolist() == [1.0, 1.0, 1.0]
+
+
+def test_stsu_counts_equal_snn_spike_counts_and_logits_match():
+    net = _net().eval()
+    x = torch.rand(5, 1, 8, 8)
+    snn_logits, counts, spikes = net.snn_forward(x, record=True)
+    for c, s in zip(counts, spikes):
+        assert torch.equal(c, s.sum(0))
+        assert c.max() <= net.timesteps and c.min() >= 0
+    ann_logits, noisy = net.ann_forward(x, counts)
+    assert torch.allclose(ann_logits, snn_logits, atol=1e-5)  # the forward pass is the SNN's
+    assert len(noisy) == len(counts)
+
+
+def test_bn_folding_total_current_equals_ann_bn_output():
+    """Sum over T of the SNN current (folded BN, bias/T) == BN_eval(op(h)) with h = counts (T*x first)."""
+    net = _net().eval()
+    T = net.timesteps
+    x = torch.rand(3, 1, 8, 8)
+    layer = net.layers["conv1"]
+    per_step = layer.snn_current(x, T)
+    with torch.no_grad():
+        ann = layer.ann(x * T)
+    assert torch.allclose(per_step * T, ann, atol=1e-4)
+    # a deeper layer: spikes in, counts on the ANN side
+    s = (torch.rand(T, 3, 16, 8, 8) > 0.7).float()
+    l2 = net.layers["conv2"]
+    total = l2.snn_current(s.flatten(0, 1), T).view(T, 3, 32, 4, 4).sum(0)
+    with torch.no_grad():
+        ann2 = l2.ann(s.sum(0))
+    assert torch.allclose(total, ann2, atol=1e-4)
+
+
+def test_ata_raises_thresholds_only_above_ten_percent():
+    net = _net()
+    before = [l.threshold.clone() for l in net.layers.values() if l.neuron]
+    rhos = net.adapt_thresholds([0.05, 0.1, 0.11])
+    after = [l.threshold for l in net.layers.values() if l.neuron]
+    assert rhos == pytest.approx([0.05, 0.1, 0.11])
+    assert torch.equal(after[0], before[0])
+    assert torch.equal(after[1], before[1])  # exactly 0.1 is not above 0.1
+    assert torch.allclose(after[2], before[2] + ATA_STEP)
+
+
+def test_noisy_fraction_counts_spikes_where_relu_is_zero():
+    net = _net().eval()
+    x = torch.rand(4, 1, 8, 8)
+    _, counts = net.snn_forward(x)
+    _, noisy = net.ann_forward(x, counts)
+    layer = net.layers["conv1"]
+    with torch.no_grad():
+        r = torch.relu(layer.ann(x * net.timesteps))
+    expect = ((counts[0] > 0) & (r <= 0)).float().mean()
+    assert float(noisy[0]) == pytest.approx(float(expect))
+
+
+def test_membrane_dropout_only_in_training():
+    cur = torch.full((6, 2, 50), 0.3)
+    a = run_if(cur, 1.0, membrane_dropout=0.5, training=False)
+    b = run_if(cur, 1.0, membrane_dropout=0.5, training=False)
+    assert torch.equal(a, b)
+    torch.manual_seed(1)
+    c = run_if(cur, 1.0, membrane_dropout=0.5, training=True)
+    assert not torch.equal(a, c)
+
+
+def test_shapes_of_architectures():
+    assert infer_shapes(build_spec("cnn", (1, 8, 8), 10), (1, 8, 8))[-1][1] == (10,)
+    assert infer_shapes(build_spec("cnn", (1, 28, 28), 10), (1, 28, 28))[2][1] == (64, 7, 7)
+    assert infer_shapes(build_spec("mlp", (1, 8, 8), 10), (1, 8, 8))[1][0] == (64,)
+
+
+def test_training_reaches_accuracy_and_checkpoint_round_trips():
+    ckpt = trained_checkpoint()
+    rows = [json.loads(l) for l in (ckpt / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == list(range(1, len(rows) + 1))
+    assert {"epoch", "loss", "ann_test_accuracy", "snn_test_accuracy", "seconds"} <= set(rows[-1])
+    assert rows[-1]["snn_test_accuracy"] >= 0.90
+    assert (ckpt / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    meta, tensors = load_checkpoint(ckpt)
+    net = build_model(meta, tensors)
+    x, y = load_dataset("digits", "test")
+    logits, _ = net.snn_forward(torch.from_numpy(x))
+    acc = float((logits.argmax(1).numpy() == y).mean())
+    assert acc == pytest.approx(rows[-1]["snn_test_accuracy"])
+
+
+def test_same_seed_same_weights(tmp_path):
+    from models.train import TrainConfig, train
+    from models.checkpoint import load_tensors
+    for d in ("a", "b"):
+        train(TrainConfig(arch="mlp", epochs=2, seed=3, limit_train=256), tmp_path / d, progress=False)
+    ta, tb = load_tensors(tmp_path / "a"), load_tensors(tmp_path / "b")
+    assert ta.keys() == tb.keys()
+    assert all(np.array_equal(ta[k], tb[k]) for k in ta)
+
+
+def test_checkpoint_rejects_bad_model_json(tmp_path):
+    ckpt = trained_checkpoint()
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "weights.safetensors").write_bytes((ckpt / "weights.safetensors").read_bytes())
+    for text, rule in [("{", "not valid JSON"), ("[]", "top level"), ('{"format": "x"}', "missing field"),
+                       (json.dumps({**json.loads((ckpt / "model.json").read_text()), "timesteps": float("nan")}),
+                        "not valid JSON")]:
+        (bad / "model.json").write_text(text)
+        with pytest.raises(CheckpointError, match=rule):
+            read_meta(bad)
+
+
+def test_idx_parser_validates_header():
+    good = bytes([0, 0, 8, 1, 0, 0, 0, 3, 7, 8, 9])
+    assert parse_idx(good, "x").tolist() == [7, 8, 9]
+    from hardware.errors import DatasetError
+    for bad in (good[:3], bytes([0, 0, 9, 1]) + good[4:], good[:-1], bytes([0, 0, 8, 1, 255, 255, 255, 255])):
+        with pytest.raises(DatasetError):
+            parse_idx(bad, "x")
+
+
+def test_fashion_mnist_loads_when_installed():
+    import os
+    if not os.path.isdir("/usr/share/datasets/fashion-mnist"):
+        pytest.skip("Debian's dataset-fashion-mnist is not installed here")
+    x, y = load_dataset("fashion-mnist", "test")
+    assert x.shape == (10000, 1, 28, 28) and y.shape == (10000,) and set(np.unique(y)) == set(range(10))
