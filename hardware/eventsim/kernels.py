@@ -7,11 +7,11 @@ Stateful kernels are pure step functions ``step(p, I, state) -> (out, state)`` w
 """
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 
 from ..errors import UnsupportedError
 from ..graph import GraphInfo, conv_geometry, neuron_semantics
@@ -93,37 +93,42 @@ def _conv_prepare(node, name, ctx):
             "lo": lo, "hi": hi, "out": out, "nd": nd, "in_shape": in_shape}
 
 
-def _windows(x, p):
-    """Strided window view (N, C, *out, *kernel) of the padded input (no copy)."""
-    nd = p["nd"]
-    pad = [(0, 0), (0, 0)] + [(a, b) for a, b in zip(p["lo"], p["hi"])]
-    if any(a or b for a, b in pad):
-        x = np.pad(x, pad)
-    eff = tuple(d * (k - 1) + 1 for d, k in zip(p["dil"], p["kernel"]))
-    v = sliding_window_view(x, eff, axis=tuple(range(2, 2 + nd)))
-    sl = (slice(None), slice(None)) + tuple(slice(None, o * s, s) for o, s in zip(p["out"], p["stride"])) \
-        + tuple(slice(None, None, d) for d in p["dil"])
-    return v[sl]
-
-
 def _conv_forward(p, x):
+    """im2col in channels-last order (the gather copies contiguous channel runs), then one
+    matmul per group, in chunks of the batch so the im2col buffer stays bounded."""
     n = x.shape[0]
     w, g, nd = p["w"], p["g"], p["nd"]
     cout, cg = w.shape[0], w.shape[1]
     og = cout // g
-    out = np.empty((n, cout, *p["out"]), dtype=np.float64)
-    row_bytes = int(np.prod(p["out"])) * cg * int(np.prod(p["kernel"])) * 8
-    chunk = max(1, _IM2COL_BYTES // max(row_bytes, 1))
-    wax = [1] + list(range(2, 2 + nd))
-    xax = [1] + list(range(2 + nd, 2 + 2 * nd))
-    for s in range(0, n, chunk):
-        win = _windows(x[s:s + chunk], p)
+    ksz = int(np.prod(p["kernel"]))
+    opos = int(np.prod(p["out"]))
+    wmats = p.get("_wmats")
+    if wmats is None:  # (*k, cg, og) per group, flattened to (k*cg, og)
+        wmats = [np.ascontiguousarray(np.moveaxis(w[gi * og:(gi + 1) * og], 0, -1)
+                                      .transpose(*range(1, nd + 1), 0, nd + 1)
+                                      .reshape(ksz * cg, og)) for gi in range(g)]
+        p["_wmats"] = wmats
+    out = np.empty((n, *p["out"], cout), dtype=np.float64)
+    chunk = max(1, _IM2COL_BYTES // max(opos * cg * ksz * 8, 1))
+    pad = [(0, 0)] + [(a, b) for a, b in zip(p["lo"], p["hi"])] + [(0, 0)]
+    taps = list(itertools.product(*[range(k) for k in p["kernel"]]))
+    for s0 in range(0, n, chunk):
+        xc = np.moveaxis(x[s0:s0 + chunk], 1, -1)  # channels last
+        if any(a or b for a, b in pad):
+            xc = np.pad(xc, pad)
+        m = xc.shape[0]
+        cols = np.empty((m, *p["out"], ksz, cg), dtype=np.float64)
         for gi in range(g):
-            y = np.tensordot(win[:, gi * cg:(gi + 1) * cg], w[gi * og:(gi + 1) * og],
-                             axes=(xax, wax))  # (n, *out, og)
-            out[s:s + chunk, gi * og:(gi + 1) * og] = np.moveaxis(y, -1, 1)
-    out += p["b"].reshape((-1,) + (1,) * nd)
-    return out
+            for ti, tap in enumerate(taps):
+                sl = (slice(None),) + tuple(
+                    slice(k * d, k * d + (o - 1) * st + 1, st)
+                    for k, d, o, st in zip(tap, p["dil"], p["out"], p["stride"])) \
+                    + (slice(gi * cg, (gi + 1) * cg),)
+                cols[..., ti, :] = xc[sl]
+            out[s0:s0 + m, ..., gi * og:(gi + 1) * og] = (
+                cols.reshape(m * opos, ksz * cg) @ wmats[gi]).reshape(m, *p["out"], og)
+    out += p["b"]
+    return np.moveaxis(out, -1, 1)
 
 
 def _pool_prepare(node, name, ctx):
@@ -135,7 +140,14 @@ def _pool_prepare(node, name, ctx):
 
 
 def _pool_forward(p, x):
-    y = _windows(x, p).sum(axis=(-2, -1))
+    pad = [(0, 0), (0, 0)] + [(a, b) for a, b in zip(p["lo"], p["hi"])]
+    if any(a or b for a, b in pad):
+        x = np.pad(x, pad)
+    y = np.zeros((x.shape[0], x.shape[1], *p["out"]), dtype=np.float64)
+    for tap in itertools.product(*[range(k) for k in p["kernel"]]):
+        sl = (slice(None), slice(None)) + tuple(
+            slice(k, k + (o - 1) * st + 1, st) for k, o, st in zip(tap, p["out"], p["stride"]))
+        y += x[sl]
     if p["scale"] != 1.0:
         y *= p["scale"]
     return y

@@ -69,9 +69,10 @@ def run(graph, x, profile: str | Profile = "spikebridge", dt: float | None = Non
             if info.types[n] == "Input":
                 acts[n] = x
                 continue
-            inp = None
-            for p in info.preds[n]:
-                inp = acts[p].copy() if inp is None else inp + acts[p]
+            ps = info.preds[n]
+            inp = acts[ps[0]]  # kernels never write into their input
+            for p in ps[1:]:
+                inp = inp + acts[p]
             if k.stateful:
                 st = k.init(params[n], B)
                 out = np.empty((T, B, *info.shapes[n]), dtype=np.float64)
