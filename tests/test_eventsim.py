@@ -338,3 +338,17 @@ def test_bad_inputs_and_profiles():
     assert tr.spikes == {} and tr.outputs["output"].shape == (3, 2, 1)
     info = analyse(g)
     assert simulate(g, np.ones((3, 2, 1)), info=info).batch == 2
+
+
+def test_max_batch_slices_match_one_run():
+    rng = np.random.default_rng(12)
+    g = chain(("fc", nir.Affine(rng.normal(size=(4, 3)), np.zeros(4))),
+              ("if", nir.IF(np.ones(4), np.full(4, 0.5))), in_shape=[3])
+    x = rng.random((6, 7, 3))
+    a, b = simulate(g, x), simulate(g, x, max_batch=3)
+    assert b.batch == 7
+    np.testing.assert_array_equal(a.outputs["output"], b.outputs["output"])
+    np.testing.assert_array_equal(a.spikes["if"], b.spikes["if"])
+    for n in a.counts:
+        for k in a.counts[n]:
+            np.testing.assert_array_equal(a.counts[n][k], b.counts[n][k])

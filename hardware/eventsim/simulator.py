@@ -111,15 +111,34 @@ def run(graph, x, profile: str | Profile = "spikebridge", dt: float | None = Non
 
 
 def simulate(graph, x, profile: str | Profile = "spikebridge", dt: float | None = None,
-             record_spikes: bool = True, info: GraphInfo | None = None) -> Trace:
+             record_spikes: bool = True, info: GraphInfo | None = None,
+             max_batch: int | None = None) -> Trace:
     """Run ``graph`` on ``x`` (T, batch, *input_shape), time-major, bool or float.
 
     Samples never interact. ``profile`` names an entry of PROFILES (or is a Profile);
     ``dt`` overrides the profile's choice. Returns a Trace with outputs per Output node,
     spikes (bool) per spiking neuron node when ``record_spikes``, and exact counts
-    (hardware.eventsim.counts).
+    (hardware.eventsim.counts). Memory grows with every node's (T, batch, *shape)
+    float64 activation: ``max_batch`` runs the batch in slices of that size and joins
+    the results (identical to one run, since samples never interact).
     """
-    acts, info, prof, step_dt = run(graph, x, profile, dt, info)
+    info = info if info is not None else analyse(graph)
+    prof = get_profile(profile)
+    x = np.asarray(x)
+    if max_batch is not None and x.ndim >= 2 and x.shape[1] > max_batch >= 1:
+        parts = [simulate(graph, x[:, i:i + max_batch], prof, dt, record_spikes, info)
+                 for i in range(0, x.shape[1], max_batch)]
+        first = parts[0]
+        counts = {n: {k: sum(p.counts[n][k] for p in parts) for k in c}
+                  for n, c in first.counts.items()}
+        return Trace(timesteps=first.timesteps, batch=int(x.shape[1]),
+                     outputs={o: np.concatenate([p.outputs[o] for p in parts], axis=1)
+                              for o in first.outputs},
+                     counts=counts,
+                     spikes={n: np.concatenate([p.spikes[n] for p in parts], axis=1)
+                             for n in first.spikes},
+                     backend="eventsim", profile=prof.name, meta=first.meta)
+    acts, info, prof, step_dt = run(graph, x, prof, dt, info)
     T, B = next(iter(acts.values())).shape[:2]
     counts = count_ops(graph, info, acts)
     spikes = {}
