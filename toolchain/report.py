@@ -28,6 +28,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402,F401
 import nir  # noqa: E402
 import numpy as np  # noqa: E402
 
@@ -270,15 +271,13 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
-def _bar(names, values, title, ylabel, log=False) -> bytes:
+def _bar(names, values, title, ylabel) -> bytes:
     fig, ax = plt.subplots(figsize=(max(4.0, 0.6 * len(names) + 2), 3.2))
     x = np.arange(len(names))
     ax.bar(x, values, color="#4878a8")
     ax.set_xticks(x, [_label(n) for n in names], rotation=45, ha="right")
     ax.set_title(title)
     ax.set_ylabel(ylabel)
-    if log and any(v > 0 for v in values):
-        ax.set_yscale("log")
     return _png(fig)
 
 
@@ -305,6 +304,7 @@ def _raster(trace: Trace, order: list[str], sample: int = 0) -> bytes | None:
     ax.set_xlabel("time step")
     ax.set_title(f"spikes of sample {sample} (first {RASTER_MAX_NEURONS_PER_LAYER} neurons per layer)")
     ax.set_xlim(0.5, trace.timesteps + 0.5)
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     return _png(fig)
 
 
@@ -318,10 +318,19 @@ def make_plots(report: dict, trace: Trace | None = None) -> dict[str, bytes]:
                                          "firing rate per layer", "spikes / neuron / step")
     ops = [r for r in rows if (r.get("synaptic_ops_per_sample") or 0) + (r.get("macs_per_sample") or 0) > 0]
     if ops:
-        plots["synaptic_ops.png"] = _bar(
-            [r["node"] for r in ops],
-            [(r["synaptic_ops_per_sample"] or 0) + (r["macs_per_sample"] or 0) for r in ops],
-            "synaptic ops (+ analog MACs) per layer", "per sample", log=True)
+        names = [r["node"] for r in ops]
+        sop = np.array([r["synaptic_ops_per_sample"] or 0.0 for r in ops])
+        mac = np.array([r["macs_per_sample"] or 0.0 for r in ops])
+        fig, ax = plt.subplots(figsize=(max(4.0, 0.6 * len(names) + 2), 3.2))
+        x = np.arange(len(names))
+        ax.bar(x, sop, color="#4878a8", label="synaptic ops (spike events)")
+        ax.bar(x, mac, bottom=sop, color="#e0a040", label="MACs (analog input)")
+        ax.set_xticks(x, [_label(n) for n in names], rotation=45, ha="right")
+        ax.set_title("synaptic ops and analog MACs per layer")
+        ax.set_ylabel("per sample")
+        ax.set_ylim(0, max(float((sop + mac).max()), 1.0) * 1.35)
+        ax.legend(fontsize="small", loc="upper right")
+        plots["synaptic_ops.png"] = _png(fig)
     if trace is not None:
         order = [r["node"] for r in rows]
         png = _raster(trace, order)
