@@ -538,6 +538,17 @@ def analyse(graph: nir.NIRGraph, file: str | None = None) -> GraphInfo:
             errors.append(f"back edge ({a!r}, {b!r}) carries shape {shapes[a]} "
                           f"but {b!r} takes {in_shapes[b]}")
 
+    for n in nodes:  # our metadata, validated up front so every problem is reported
+        if types[n] in ("IF", "LIF", "CubaLIF", "LI", "I", "CubaLI"):
+            try:
+                neuron_semantics(nodes[n], n, None, shapes.get(n))
+            except GraphError as e:
+                errors.append(e.rule if e.place is None else f"{e.place}: {e.rule}")
+    try:
+        graph_meta(graph)
+    except GraphError as e:
+        errors.append(f"{e.place}: {e.rule}")
+
     if errors:
         raise GraphError("; ".join(errors + unsupported), file, "graph")
     if unsupported:

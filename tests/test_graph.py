@@ -193,13 +193,15 @@ def test_analyse_reports_all_problems():
         "c": Identity(input_type={"input": np.array([2])}),
         "out": nir.Output(output_type=np.array([2])),
     }
-    g = nir.NIRGraph(nodes=nodes, edges=[("a", "b"), ("b", "c"), ("c", "out"), ("b", "zz")],
-                     type_check=False)
+    nodes["if"] = nir.IF(np.ones(2), np.ones(2), metadata={"spikebridge": {"reset": "hard"}})
+    g = nir.NIRGraph(nodes=nodes, edges=[("a", "b"), ("b", "c"), ("c", "out"), ("b", "zz"),
+                                         ("b", "if")],
+                     type_check=False, metadata={"spikebridge": {"dt": 0}})
     with pytest.raises(GraphError) as e:
         analyse(g, file="f.nir")
     msg = str(e.value)
     for part in ("not finite", "expects input shape (3,)", "no Input", "'zz'", "Identity",
-                 "f.nir"):
+                 "f.nir", "reset 'hard'", "dt 0"):
         assert part in msg, part
 
 
