@@ -77,9 +77,11 @@ def _events(x: np.ndarray, back: bool) -> np.ndarray:
     return e
 
 
-def count_node(graph, info: GraphInfo, name: str, activations: dict) -> dict[str, np.ndarray]:
-    ref = activations[name]
-    T, B = ref.shape[0], ref.shape[1]
+def count_node(graph, info: GraphInfo, name: str, activations: dict,
+               T: int | None = None, B: int | None = None) -> dict[str, np.ndarray]:
+    if T is None or B is None:
+        T, B = next(iter(activations.values())).shape[:2]
+    ref = activations.get(name)
     c = {k: np.zeros(T, dtype=np.int64) for k in COUNT_KINDS}
     t = info.types[name]
     if t in SYNAPSE_TYPES:
@@ -97,5 +99,11 @@ def count_node(graph, info: GraphInfo, name: str, activations: dict) -> dict[str
 
 
 def count_ops(graph, info: GraphInfo, activations: dict) -> dict[str, dict[str, np.ndarray]]:
-    """node name -> {kind: int64 (T,)} for every node in ``info.order`` (see module doc)."""
-    return {n: count_node(graph, info, n, activations) for n in info.order}
+    """node name -> {kind: int64 (T,)} for every node in ``info.order`` (see module doc).
+
+    ``activations`` must hold (T, B, *shape) for every neuron node and every node that
+    feeds a synapse node (a Flatten between spikes and a synapse included); other
+    nodes may be absent. Spiking nodes may be given as bool spikes or graded values.
+    """
+    T, B = next(iter(activations.values())).shape[:2]
+    return {n: count_node(graph, info, n, activations, T, B) for n in info.order}
