@@ -157,8 +157,10 @@ def load_trace_npz(path, backend: str) -> Trace:
             counts.setdefault(node, {})[kind] = v
         elif k.startswith("spikes/"):
             spikes[k.split("/", 1)[1]] = v
-        elif k not in ("output", "accuracy", "labels", "predictions") and v.ndim >= 2:
+        elif k not in ("accuracy", "labels", "predictions") and v.ndim >= 2:
             outputs[k] = v
+    if len(outputs) > 1:
+        outputs.pop("output", None)  # the alias written when there is exactly one Output node
     if not outputs:
         raise InputError("no output arrays in the file", file=str(p))
     first = next(iter(outputs.values()))
