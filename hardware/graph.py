@@ -364,11 +364,14 @@ def _shape_fn(node, pin):
         if g < 1 or w.shape[0] % g:
             raise ValueError(f"groups={g} does not divide {w.shape[0]} output channels")
         cin = w.shape[1] * g
+        ish = node.input_shape
         if pin is None:
-            ish = node.input_shape
             if ish is None:
                 raise ValueError("input shape unknown (no predecessor, no input_shape)")
             pin = (cin, *_pair(ish, nd))
+        elif ish is not None and len(pin) == nd + 1 and _pair(ish, nd) != tuple(pin[1:]):
+            raise ValueError(f"input_shape {_pair(ish, nd)} differs from the incoming "
+                             f"spatial shape {tuple(pin[1:])}")
         if len(pin) != nd + 1:
             raise ValueError(f"input shape {pin} is not C + {nd} spatial dims")
         b = np.asarray(node.bias)
@@ -398,7 +401,7 @@ def _shape_fn(node, pin):
         return (None if declared is None else _tup(declared)), out
     if t == "Scale":
         s = tuple(np.asarray(node.scale).shape)
-        if pin is not None and s == ():
+        if pin is not None and np.broadcast_shapes(s, pin) == tuple(pin):
             return pin, pin
         return s, s
     if t in ("IF", "LIF", "CubaLIF", "CubaLI", "LI", "I", "Threshold", "Delay"):

@@ -353,3 +353,23 @@ def test_max_batch_slices_match_one_run():
     for n in a.counts:
         for k in a.counts[n]:
             np.testing.assert_array_equal(a.counts[n][k], b.counts[n][k])
+
+
+def test_scale_broadcast_and_counts():
+    rng = np.random.default_rng(13)
+    scale = np.array([2.0, 0.0, -1.0]).reshape(3, 1, 1)
+    g = chain(("th", nir.Threshold(np.full((3, 2, 2), 0.5))), ("sc", nir.Scale(scale)),
+              in_shape=[3, 2, 2])
+    x = rng.random((4, 2, 3, 2, 2))
+    tr = simulate(g, x)
+    s = x > 0.5
+    np.testing.assert_array_equal(tr.outputs["output"], s * scale)
+    np.testing.assert_array_equal(tr.counts["sc"]["synaptic_ops"],
+                                  (s * (scale != 0)).reshape(4, -1).sum(1))
+
+
+def test_conv_input_shape_must_match():
+    conv = nir.Conv2d(input_shape=(5, 5), weight=np.ones((1, 1, 3, 3)), stride=1, padding=0,
+                      dilation=1, groups=1, bias=np.zeros(1))
+    with pytest.raises(Exception, match="differs"):
+        analyse(chain(("c", conv), in_shape=[1, 6, 6]))
