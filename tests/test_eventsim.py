@@ -5,7 +5,7 @@ import nir
 import numpy as np
 import pytest
 
-from hardware.errors import DatasetError, UnsupportedError
+from hardware.errors import DatasetError, GraphError, UnsupportedError
 from hardware.eventsim import PROFILES, count_ops, fanout, run, simulate
 from hardware.graph import analyse
 
@@ -371,5 +371,5 @@ def test_scale_broadcast_and_counts():
 def test_conv_input_shape_must_match():
     conv = nir.Conv2d(input_shape=(5, 5), weight=np.ones((1, 1, 3, 3)), stride=1, padding=0,
                       dilation=1, groups=1, bias=np.zeros(1))
-    with pytest.raises(Exception, match="differs"):
+    with pytest.raises(GraphError, match="differs"):
         analyse(chain(("c", conv), in_shape=[1, 6, 6]))
