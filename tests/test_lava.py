@@ -323,8 +323,10 @@ def test_batch_equals_single_runs_and_chunks(monkeypatch):
         np.testing.assert_array_equal(one.spikes["lif1"][:, 0], tr.spikes["lif1"][:, b])
         np.testing.assert_array_equal(one.spikes["if2"][:, 0], tr.spikes["if2"][:, b])
     monkeypatch.setattr(hl, "MAX_RECORDED_VALUES", 1)  # one sample per Lava run
-    chunked = run_lava(g, x)
+    seen = []
+    chunked = run_lava(g, x, progress=lambda done, total: seen.append((done, total)))
     assert len(chunked.meta["worker"]["chunks"]) == B
+    assert seen and seen[-1] == (B, B)
     np.testing.assert_array_equal(chunked.outputs["output"], tr.outputs["output"])
 
 
@@ -392,7 +394,10 @@ def _worker_pids_under(pid):
 
 
 @pytest.mark.lava
-def test_sigterm_to_parent_leaves_no_worker_and_no_shm(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_killed_parent_leaves_no_worker_and_no_shm(tmp_path, sig):
+    """SIGTERM: the supervisor kills the worker group; SIGKILL (no cleanup possible in the
+    parent): the worker's parent watchdog kills its own group."""
     shm_before = set(os.listdir("/dev/shm"))
     script = textwrap.dedent(f"""
         import sys, numpy as np
@@ -425,8 +430,11 @@ def test_sigterm_to_parent_leaves_no_worker_and_no_shm(tmp_path):
         assert worker is not None and len(group) >= 3, "the Lava worker never started its runtime"
         time.sleep(0.5)
         shm_seen |= _shm_of(_group_pids(worker))
-        parent.send_signal(signal.SIGTERM)
+        parent.send_signal(sig)
         parent.wait(timeout=30)
+        end = time.monotonic() + 10
+        while _live(_group_pids(worker)) and time.monotonic() < end:
+            time.sleep(0.1)
     finally:
         if parent.poll() is None:
             os.killpg(parent.pid, signal.SIGKILL)

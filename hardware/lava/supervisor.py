@@ -182,16 +182,14 @@ def run_job(meta: dict, arrays: dict[str, np.ndarray], x: np.ndarray, timeout_s:
                     shm |= _shm_of(_group_pids(proc.pid))
                     last_scan = now
                 if progress is not None:
-                    with contextlib.suppress(OSError, ValueError):
-                        done, total = (int(v) for v in (tmp / "progress.txt").read_text().split())
-                        if (done, total) != last_prog:
-                            last_prog = (done, total)
-                            progress(done, total)
+                    last_prog = _report_progress(tmp, progress, last_prog)
                 if timeout_s is not None and now - start > timeout_s:
                     kill_group(proc, shm)
                     raise BackendError(f"Lava worker timed out after {timeout_s:g} s (killed)")
             rc = proc.returncode
             kill_group(proc, shm)  # stray children, leaked segments (normally nothing)
+            if progress is not None and rc == 0:
+                _report_progress(tmp, progress, last_prog)
         if rc != 0 or not (tmp / "out.npz").exists():
             raise BackendError(f"Lava worker failed (exit code {rc}): {_last_error(tmp)}")
         with np.load(tmp / "out.npz", allow_pickle=False) as z:
@@ -204,6 +202,16 @@ def run_job(meta: dict, arrays: dict[str, np.ndarray], x: np.ndarray, timeout_s:
         raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _report_progress(tmp: Path, progress, last):
+    """Call progress(done, total) when the worker's progress file changed."""
+    with contextlib.suppress(OSError, ValueError):
+        done, total = (int(v) for v in (tmp / "progress.txt").read_text().split())
+        if (done, total) != last:
+            progress(done, total)
+            return (done, total)
+    return last
 
 
 def _last_error(tmp: Path) -> str:
