@@ -57,7 +57,12 @@ def _activations(plan: Plan, x: np.ndarray, spikes: dict, amps: dict) -> dict[st
     """Every node's output (T, batch, n) from the recorded spikes (main process, numpy)."""
     T, B = x.shape[:2]
     acts = {}
+    # Only inputs of synaptic nodes matter for counting; the others get a free placeholder.
+    needed = {p for n in plan.order if n in plan.ops for p in plan.preds[n]}
     for n in plan.order:
+        if n in plan.ops and n not in needed:
+            acts[n] = np.broadcast_to(np.zeros(1), (T, B, int(np.prod(plan.shapes[n]))))
+            continue
         k = plan.kinds[n]
         if k == "Input":
             acts[n] = x.reshape(T, B, -1)
@@ -69,7 +74,7 @@ def _activations(plan: Plan, x: np.ndarray, spikes: dict, amps: dict) -> dict[st
             y = m.matvec(xin.reshape(T * B, -1).T).T + b[None, :]
             acts[n] = y.reshape(T, B, -1)
         elif k == "Output":
-            acts[n] = sum(acts[p] for p in plan.preds[n])
+            acts[n] = np.broadcast_to(np.zeros(1), (T, B, int(np.prod(plan.shapes[n]))))
     return acts
 
 
