@@ -106,7 +106,7 @@ def run_backend(graph, info, x_tb: np.ndarray, backend: str, profile: str | None
                                  "spikebridge exports it)")
             trace = run_lava(graph, np.ascontiguousarray(x_tb), precision=precision,
                              allow_reset_to_zero=allow_reset_to_zero,
-                             progress=lambda n: bar.update(n))
+                             progress=lambda done, total: bar.update(done - bar.n))
         else:
             raise InputError(f"unknown backend {backend!r}; use eventsim or lava")
     finally:
