@@ -28,7 +28,12 @@ def neuron_metadata(reset="zero", threshold_test="gt", v_init=0.0, spike_amplitu
 
 
 def checkpoint_to_nir(ckpt_dir) -> nir.NIRGraph:
+    from models import methods as method_registry
+
     meta, tensors = load_checkpoint(ckpt_dir)
+    other = method_registry.get(meta["method"])
+    if other is not None and other.to_nir is not None:
+        return other.to_nir(meta, tensors, str(ckpt_dir))
     model = build_model(meta, tensors, file=str(ckpt_dir))
     return model_to_nir(model, meta)
 

@@ -23,8 +23,13 @@ OPSET = 17
 
 
 def checkpoint_to_onnx(ckpt_dir) -> onnx.ModelProto:
-    meta, t = load_checkpoint(ckpt_dir)
+    from models import methods as method_registry
     from models.checkpoint import build_model
+
+    meta, t = load_checkpoint(ckpt_dir)
+    other = method_registry.get(meta["method"])
+    if other is not None and other.to_onnx is not None:
+        return other.to_onnx(meta, t, str(ckpt_dir))
     build_model(meta, t, file=str(ckpt_dir))  # validates names and shapes against the spec
     T = float(meta["timesteps"])
     inits, nodes = [], []

@@ -110,8 +110,12 @@ def load_checkpoint(ckpt_dir) -> tuple[dict, dict[str, np.ndarray]]:
 def build_model(meta: dict, tensors: dict[str, np.ndarray], file: str | None = None):
     """Rebuild the torch model of a checkpoint (SNN2ANN family) with its weights."""
     import torch
+    from models import methods as method_registry
     from models.snn2ann import SNN2ANNNet
 
+    other = method_registry.get(meta["method"])
+    if other is not None and other.build_model is not None:
+        return other.build_model(meta, tensors, file)
     model = SNN2ANNNet(meta["layers"], meta["input_shape"], meta["timesteps"],
                        smu=meta.get("smu", "stsu"))
     own = model.state_dict()

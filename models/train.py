@@ -92,8 +92,13 @@ def _milestones(epochs: int) -> list[int]:
 
 def train(cfg: TrainConfig, out_dir, progress: bool = True, resume: bool = False) -> dict:
     """Train; write checkpoint, metrics.jsonl and curves.png into ``out_dir``; return the last metrics."""
+    from models import methods as method_registry
+    other = method_registry.get(cfg.method)
+    if other is not None:
+        return other.train(cfg, out_dir, progress, resume)
     if cfg.method not in METHODS:
-        raise InputError(f"unknown method {cfg.method!r}; known: {', '.join(METHODS)}")
+        known = list(METHODS) + method_registry.names()
+        raise InputError(f"unknown method {cfg.method!r}; known: {', '.join(known)}")
     if cfg.timesteps < 1 or cfg.epochs < 1 or cfg.batch_size < 1:
         raise InputError("--timesteps, --epochs and --batch-size must be positive")
     out = Path(out_dir)
