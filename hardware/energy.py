@@ -32,6 +32,24 @@ Two kinds of model, kept apart and labelled by ``EnergyModel.kind``:
     Spikes routed: one message per emitted spike at the within-tile cost (a lower
     bound: a spike sent to several cores, or across tiles, costs more).
 
+``ann-device`` (a conventional device running the equivalent ANN, keras-spiking's
+convention for its non-spiking devices cpu, gpu, arm)
+    E = e_mac * MACs of the equivalent ANN (one forward pass, ``ann_macs``)
+        + e_neuron_update * activations of the equivalent ANN (one per neuron)
+    Independent of the trace and of T: the device computes every connection once per
+    inference, not event by event (keras-spiking uses one timestep per inference on
+    non-spiking devices). keras-spiking counts every connection; we count connections
+    with a nonzero weight that read an in-bounds input (``ann_macs``), so a pruned or
+    padded layer costs a little less here.
+
+The device table of keras-spiking (``ModelEnergy.devices``): cpu, gpu, arm are
+``ann-device`` models; spinnaker and spinnaker2 are chip-style models whose neuron update
+costs the same active or inactive (keras-spiking charges every neuron update at one
+cost) and which charge nothing per spike (keras-spiking has no spike term).
+keras-spiking's own ``loihi`` row is not used: it charges (23.6 + 3.5) pJ per synaptic
+op, and the 3.5 in Davies 2018 Table 2 is the time of a synaptic op in ns
+(../shared/methods.md section 6); our ``loihi`` model takes Table 2 directly.
+
 All constants are in pJ per operation and each carries its source.
 """
 from __future__ import annotations
@@ -52,14 +70,16 @@ from .trace import Trace
 
 GPU_STYLE = "gpu-style"
 CHIP_STYLE = "chip-style"
-KINDS = (GPU_STYLE, CHIP_STYLE)
+ANN_DEVICE = "ann-device"
+KINDS = (GPU_STYLE, CHIP_STYLE, ANN_DEVICE)
 
 # Operation classes a model may charge (constant names in a model / TOML file).
 OPERATIONS = {
     GPU_STYLE: ("mac", "synaptic_op"),
     CHIP_STYLE: ("synaptic_op", "neuron_update_active", "neuron_update_inactive", "spike"),
+    ANN_DEVICE: ("mac", "neuron_update"),
 }
-REQUIRED = {GPU_STYLE: ("mac", "synaptic_op"), CHIP_STYLE: ("synaptic_op",)}
+REQUIRED = {GPU_STYLE: ("mac", "synaptic_op"), CHIP_STYLE: ("synaptic_op",), ANN_DEVICE: ("mac",)}
 
 FIRST_LAYER_RULES = ("per_step", "once")
 
@@ -114,6 +134,35 @@ _DAVIES = ("Davies et al., 'Loihi: a neuromorphic manycore processor with on-chi
 _MEROLLA = ("Merolla et al., 'A million spiking-neuron integrated circuit with a scalable "
             "communication network and interface', Science 345(6197) 2014")
 
+_KERAS_SPIKING = ("as tabulated by keras-spiking (nengo/keras-spiking, keras_spiking/model_energy.py, "
+                  "ModelEnergy.devices, commit 1384ec36745c), which cites")
+_DEGNAN = ("Degnan, Marr and Hasler, 'Assessing trends in performance per watt for signal "
+           "processing applications', IEEE Trans. VLSI Systems 24(1):58-66, 2015 "
+           "(ieeexplore.ieee.org/document/7054508)")
+_HOPPNER = ("Hoeppner et al., 'Dynamic power management for neuromorphic many-core systems', "
+            "IEEE Trans. Circuits and Systems I 66(8):2973-2986, 2019 (arXiv:1903.08941)")
+
+
+def _keras_spiking_device(name: str, kind: str, synop_j: float, neuron_j: float,
+                          paper: str, what: str) -> "EnergyModel":
+    """One row of keras-spiking's device table, converted from J to pJ."""
+    src = f"{_KERAS_SPIKING} {paper}; {what}"
+    syn_pj, nu_pj = synop_j * 1e12, neuron_j * 1e12
+    if kind == ANN_DEVICE:
+        consts = {"mac": Constant(syn_pj, f"{src}: energy_per_synop {synop_j:g} J, one MAC per connection"),
+                  "neuron_update": Constant(nu_pj, f"{src}: energy_per_neuron {neuron_j:g} J")}
+        desc = (f"{what}, running the equivalent ANN (keras-spiking's non-spiking device): "
+                "E = e_synop x ANN MACs + e_neuron x ANN activations, once per inference.")
+    else:
+        consts = {"synaptic_op": Constant(syn_pj, f"{src}: energy_per_synop {synop_j:g} J"),
+                  "neuron_update_active": Constant(nu_pj, f"{src}: energy_per_neuron {neuron_j:g} J"),
+                  "neuron_update_inactive": Constant(nu_pj, f"{src}: energy_per_neuron {neuron_j:g} J "
+                                                           "(one cost for every update)")}
+        desc = (f"{what} (keras-spiking's spiking device): synaptic ops x e_synop + every neuron "
+                "update x e_neuron; no spike term. Analog-layer MACs charged as synaptic ops.")
+    return EnergyModel(name=name, kind=kind, constants=consts, description=desc)
+
+
 BUILTIN_MODELS: dict[str, EnergyModel] = {
     "horowitz-45nm": EnergyModel(
         name="horowitz-45nm",
@@ -147,7 +196,18 @@ BUILTIN_MODELS: dict[str, EnergyModel] = {
         description="Chip-style, all-in: 26 pJ per synaptic event, nothing added on top. "
                     "Analog-layer MACs charged as synaptic events.",
     ),
+    # keras-spiking's device table (see the module docstring); values in J there.
+    "cpu": _keras_spiking_device("cpu", ANN_DEVICE, 8.6e-9, 8.6e-9, _DEGNAN,
+                                 "CPU (Intel i7-4960X)"),
+    "gpu": _keras_spiking_device("gpu", ANN_DEVICE, 0.3e-9, 0.3e-9, _DEGNAN,
+                                 "GPU (Nvidia GTX Titan Black, large batches)"),
+    "arm": _keras_spiking_device("arm", ANN_DEVICE, 0.9e-9, 0.9e-9, _DEGNAN, "ARM Cortex-A"),
+    "spinnaker": _keras_spiking_device("spinnaker", CHIP_STYLE, 13.3e-9, 26e-9, _HOPPNER,
+                                       "SpiNNaker"),
+    "spinnaker2": _keras_spiking_device("spinnaker2", CHIP_STYLE, 450e-12, 2.19e-9, _HOPPNER,
+                                        "SpiNNaker 2"),
 }
+KERAS_SPIKING_DEVICES = ("cpu", "gpu", "arm", "spinnaker", "spinnaker2")
 
 
 def get_model(name: str | EnergyModel) -> EnergyModel:
@@ -370,7 +430,16 @@ def estimate(trace: Trace, graph: nir.NIRGraph, model_name: str | EnergyModel,
         per_op[key] = per_op.get(key, 0.0) + e
 
     nodes = [n for n in info.order] + [n for n in trace.counts if n not in graph.nodes]
-    if model.kind == GPU_STYLE:
+    if model.kind == ANN_DEVICE:
+        rule_used = "not applicable"  # the ANN computes every connection once per inference
+        macs = ann_macs(graph)
+        for n in info.order:
+            node = graph.nodes[n]
+            charge(n, "mac", macs.get(n, 0) * batch, model.pj("mac"))
+            if isinstance(node, NEURON_TYPES):
+                neurons = int(np.prod(info.shapes[n])) if info.shapes[n] else 1
+                charge(n, "neuron_update", neurons * batch, model.pj("neuron_update"))
+    elif model.kind == GPU_STYLE:
         rule_used = first_layer
         scale = 1.0 / T if first_layer == "once" else 1.0
         for n in nodes:

@@ -14,7 +14,25 @@ product of the chain nodes' largest nonzero-weights-per-output, capped by the nu
 source neurons. A layer whose neurons need more than 4,096 inputs is split dendritically
 over several cores per group of 1,024 neurons. For a convolution a group of neurons needs
 the union of its receptive fields, which can exceed one neuron's fan-in: the core count
-is then a lower bound. Chips = ceil(cores / 128).
+is then a lower bound.
+
+Synaptic memory: each core stores the synapses of its neurons in 128 KB (Davies 2018:
+16 MB of synaptic memory over 128 cores). A layer needs
+
+    synaptic_bits_l = synapses_l * weight_bits_l
+    cores_l = max(ceil(neurons_l / 1024) * ceil(fan_in_l / 4096),
+                  ceil(synaptic_bits_l / (128 * 1024 * 8)))
+
+Loihi 1 has no convolutional weight sharing, so every (source, target) pair with a
+nonzero weight is stored: ``synapses_l`` is exact for a chain with one weighted node
+(nonzero in-bounds connections, ``hardware.energy.ann_macs``) and the upper bound
+neurons_l * fan_in_l for a fused chain (e.g. conv then pool). Only weight bits are
+counted (no index or format overhead): the memory core count is a lower bound.
+``weight_bits_l``: the ``weight_bits`` argument, else ``metadata["spikebridge"]
+["weight_bits"]`` of the chain's weighted nodes, else of the graph, else 8 (Loihi's
+8-bit weight mantissa, the fixed-point model of the Lava lowering). A width outside
+1-8 bits, or a mapping that needs more than ``max_chips`` chips, is refused with
+UnsupportedError naming the layer and the limit. Chips = ceil(cores / 128).
 
 Time per step (per sample: the Trace's counts summed over the batch, divided by batch):
 
@@ -46,7 +64,8 @@ import numpy as np
 
 from .energy import (NEURON_TYPES, POOL_TYPES, SYNAPSE_TYPES, _pair, _series,
                      active_neuron_updates, analyse, incoming_chain)
-from .errors import InputError
+from .energy import ann_macs as _ann_macs
+from .errors import InputError, UnsupportedError
 from .trace import Trace
 
 _DAVIES = ("Davies et al., 'Loihi: a neuromorphic manycore processor with on-chip learning', "
@@ -60,6 +79,9 @@ class ChipModel:
     name: str
     neurons_per_core: int
     fan_in_per_core: int
+    synaptic_memory_bytes_per_core: int
+    max_weight_bits: int
+    default_weight_bits: int
     cores_per_chip: int
     barrier_ns: float
     t_neuron_update_active_ns: float
@@ -76,6 +98,9 @@ LOIHI = ChipModel(
     name="loihi",
     neurons_per_core=1024,
     fan_in_per_core=4096,
+    synaptic_memory_bytes_per_core=128 * 1024,
+    max_weight_bits=8,
+    default_weight_bits=8,
     cores_per_chip=128,
     barrier_ns=465.0,
     t_neuron_update_active_ns=8.4,
@@ -84,6 +109,11 @@ LOIHI = ChipModel(
     sources=(
         ("neurons_per_core", f"{_DAVIES}: 1,024 compartments per core"),
         ("fan_in_per_core", f"{_DAVIES}: 4,096 fan-in axons per core"),
+        ("synaptic_memory_bytes_per_core", f"{_DAVIES}: 128 KB synaptic memory per core "
+                                           "(16 MB per chip of 128 cores)"),
+        ("max_weight_bits", "Loihi weight mantissa of 8 bits (with a shared exponent), as in "
+                            "Lava's fixed-point models (lava-nc 0.10.0; docs design notes)"),
+        ("default_weight_bits", "assumption: a float graph is quantized to Loihi's 8-bit weights"),
         ("cores_per_chip", f"{_DAVIES}: 128 neuromorphic cores per chip"),
         ("barrier_ns", f"{_DAVIES}, Table 2: barrier sync 113-465 ns per time step; "
                        "upper bound used (conservative)"),
@@ -150,21 +180,79 @@ def synaptic_depth(graph: nir.NIRGraph, info=None) -> int:
     return max(total.values(), default=0)
 
 
-def map_cores(graph: nir.NIRGraph, chip: ChipModel = LOIHI, info=None) -> dict[str, dict]:
-    """Per neuron node (and readout Output): neurons, fan_in, cores, role."""
+def _meta_bits(obj):
+    md = getattr(obj, "metadata", None) or {}
+    sb = md.get("spikebridge") if isinstance(md, dict) else None
+    return sb.get("weight_bits") if isinstance(sb, dict) else None
+
+
+def _weight_bits(graph, chain: list[str], layer: str, chip: ChipModel, weight_bits) -> int:
+    if isinstance(weight_bits, dict):
+        bits = weight_bits.get(layer)
+    else:
+        bits = weight_bits
+    if bits is None:
+        found = [b for b in (_meta_bits(graph.nodes[s]) for s in chain) if b is not None]
+        bits = max(found) if found else _meta_bits(graph)
+    if bits is None:
+        bits = chip.default_weight_bits
+    if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)) \
+            or not 1 <= int(bits) <= chip.max_weight_bits:
+        raise UnsupportedError(
+            f"weight bit width {bits!r} does not fit {chip.name}: synaptic weights are 1 to "
+            f"{chip.max_weight_bits} bits", place=f"layer {layer!r}")
+    return int(bits)
+
+
+def _synapses(graph, chain: list[str], macs: dict, neurons: int, fan_in: int) -> tuple[int, bool]:
+    """Stored synapses of a layer and whether the count is exact (one weighted node)."""
+    weighted = [s for s in chain if isinstance(graph.nodes[s], (*SYNAPSE_TYPES, *POOL_TYPES, nir.Scale))]
+    if len(weighted) == 1 and weighted[0] in macs:
+        return int(macs[weighted[0]]), True
+    return int(neurons) * int(fan_in), False
+
+
+def map_cores(graph: nir.NIRGraph, chip: ChipModel = LOIHI, info=None, weight_bits=None,
+              max_chips: int | None = None) -> dict[str, dict]:
+    """Per neuron node (and readout Output): neurons, fan_in, synapses, weight bits,
+    synaptic memory, cores, what limits the core count, role. See the module docstring.
+
+    weight_bits: an int for every layer, a dict layer -> bits, or None (metadata, else the
+    chip's default). max_chips: refuse a mapping needing more chips (UnsupportedError)."""
     info = info or analyse(graph)
+    macs = _ann_macs(graph)
+    mem_bits = chip.synaptic_memory_bytes_per_core * 8
     out = {}
     for n in info.order:
         node = graph.nodes[n]
-        readout = isinstance(node, nir.Output) and bool(incoming_chain(graph, info, n))
+        chain = incoming_chain(graph, info, n)
+        readout = isinstance(node, nir.Output) and bool(chain)
         if not (isinstance(node, NEURON_TYPES) or readout):
             continue
         neurons = int(np.prod(info.shapes[n])) if info.shapes[n] else 1
         fan_in = _fan_in(graph, info, n)
-        cores = math.ceil(neurons / chip.neurons_per_core) * max(
+        bits = _weight_bits(graph, chain, n, chip, weight_bits)
+        synapses, exact = _synapses(graph, chain, macs, neurons, fan_in)
+        by_limits = math.ceil(neurons / chip.neurons_per_core) * max(
             1, math.ceil(fan_in / chip.fan_in_per_core))
+        by_memory = math.ceil(synapses * bits / mem_bits)
+        cores = max(by_limits, by_memory, 1)
         out[n] = {"neurons": neurons, "fan_in": fan_in, "cores": cores,
+                  "synapses": synapses, "synapses_exact": exact, "weight_bits": bits,
+                  "synaptic_memory_bytes": math.ceil(synapses * bits / 8),
+                  "cores_by_neurons_and_fan_in": by_limits, "cores_by_synaptic_memory": by_memory,
+                  "limited_by": "synaptic memory" if by_memory > by_limits else "neurons and fan-in",
                   "role": "readout" if readout else "neurons"}
+    if max_chips is not None:
+        cores = sum(m["cores"] for m in out.values())
+        chips = math.ceil(cores / chip.cores_per_chip)
+        if chips > max_chips:
+            worst = max(out, key=lambda k: out[k]["cores"])
+            raise UnsupportedError(
+                f"the graph needs {cores} cores = {chips} {chip.name} chips of "
+                f"{chip.cores_per_chip} cores, above the limit of {max_chips} chip(s) "
+                f"(largest layer {worst!r}: {out[worst]['cores']} cores, limited by "
+                f"{out[worst]['limited_by']})", place="mapping")
     return out
 
 
@@ -186,14 +274,15 @@ def _first_output_steps(trace: Trace) -> list[int]:
     return firsts
 
 
-def estimate_latency(trace: Trace, graph: nir.NIRGraph, chip: str | ChipModel = "loihi") -> dict:
+def estimate_latency(trace: Trace, graph: nir.NIRGraph, chip: str | ChipModel = "loihi",
+                     weight_bits=None, max_chips: int | None = None) -> dict:
     """Mapping and latency per sample on a Loihi-style chip. See module docstring."""
     if isinstance(chip, str):
         if chip not in CHIPS:
             raise InputError(f"unknown chip model {chip!r}; known: {sorted(CHIPS)}", place="chip")
         chip = CHIPS[chip]
     info = analyse(graph)
-    mapping = map_cores(graph, chip, info)
+    mapping = map_cores(graph, chip, info, weight_bits=weight_bits, max_chips=max_chips)
     T = max(int(trace.timesteps), 1)
     batch = max(int(trace.batch), 1)
     work_ns = np.zeros((len(mapping), T))
@@ -225,6 +314,7 @@ def estimate_latency(trace: Trace, graph: nir.NIRGraph, chip: str | ChipModel = 
         "chip": chip.name,
         "cores": cores,
         "chips": max(1, math.ceil(cores / chip.cores_per_chip)),
+        "synaptic_memory_bytes": int(sum(m["synaptic_memory_bytes"] for m in mapping.values())),
         "per_layer": per_layer,
         "timesteps": T,
         "synaptic_depth": depth,
@@ -239,6 +329,8 @@ def estimate_latency(trace: Trace, graph: nir.NIRGraph, chip: str | ChipModel = 
         "constants": chip.constants(),
         "source": "; ".join(f"{k}: {v}" for k, v in chip.sources),
         "rule": "latency = (T + synaptic depth) x mean(barrier + slowest core work per step)",
+        "mapping_rule": "cores per layer = max(ceil(neurons/1024) x ceil(fan-in/4096), "
+                        "ceil(synapses x weight bits / (128 KB x 8)))",
     }
 
 

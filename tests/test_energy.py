@@ -216,8 +216,11 @@ def test_core_mapping_limits():
              "output": nir.Output(output_type=np.array([2049]))}
     g = nir.NIRGraph(nodes=nodes, edges=[("input", "fc"), ("fc", "lif"), ("lif", "output")],
                      type_check=False)
-    m = map_cores(g)
-    assert m["lif"] == {"neurons": 2049, "fan_in": 4097, "cores": 3 * 2, "role": "neurons"}
+    m = map_cores(g, weight_bits=1)
+    assert {k: m["lif"][k] for k in ("neurons", "fan_in", "cores_by_neurons_and_fan_in", "role")} == {
+        "neurons": 2049, "fan_in": 4097, "cores_by_neurons_and_fan_in": 3 * 2, "role": "neurons"}
+    # even at 1 bit, 2049 x 4097 synapses exceed 8 cores of 128 KB: ceil(8,394,753 / 1,048,576)
+    assert m["lif"]["cores"] == m["lif"]["cores_by_synaptic_memory"] == 9
     assert synaptic_depth(g) == 1
     assert LOIHI.cores_per_chip == 128
 
