@@ -1,0 +1,495 @@
+"""Pieces shared by the qcfs, parallel, bridge, lasnn and ann methods (registers nothing).
+
+- ``Stack``: the architecture spec (conv / linear / flatten) as conv-or-linear + BN blocks
+  whose state-dict keys are ``layers.<name>.op.*`` and ``layers.<name>.bn.*`` (the same
+  names SNN2ANN uses, so weights move between methods one to one). The activation is a
+  callable chosen by the method.
+- ``SpikingStack``: the same blocks run as a LIF/IF SNN over T steps with a surrogate
+  gradient (rectangular, 1[|v - theta| < 1/2]), BN applied to the current over the T*B batch
+  (folded from running statistics at export). Used by BPTT in bridge and lasnn.
+- The *deployed* SNN: a list of plain layer dicts (folded weights, neuron parameters) that
+  ``run_deployed`` (torch, sequential) and ``deployed_to_nir`` (NIR graph) both read, so the
+  torch accuracy and the exported graph cannot disagree.
+- data loading, epoch loops, metrics/curves writing.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from hardware.errors import CheckpointError, InputError
+from hardware.fileio import atomic_path, atomic_write_text
+from models.architectures import build_spec, infer_shapes
+
+BN_EPS = 1e-5
+SUPPORTED = ("conv", "linear", "flatten")
+
+
+# ---------------------------------------------------------------------------------
+# architecture
+# ---------------------------------------------------------------------------------
+
+def check_spec(spec: list[dict], method: str) -> None:
+    bad = [s.get("name") for s in spec if s.get("type") not in SUPPORTED]
+    if bad:
+        raise InputError(f"method {method!r} supports conv, linear and flatten layers (archs mlp, cnn); "
+                         f"unsupported layer(s): {', '.join(map(str, bad))}")
+    last = spec[-1]
+    if last.get("type") != "linear" or last.get("neuron"):
+        raise InputError("the last layer must be a linear classifier without neurons")
+
+
+def shrink_spec(spec: list[dict], width: float) -> list[dict]:
+    """The same layer list with every hidden layer's channels/features scaled by ``width``."""
+    out = []
+    for s in spec:
+        s = dict(s)
+        if s["type"] == "conv":
+            s["out_channels"] = max(1, int(round(s["out_channels"] * width)))
+        elif s["type"] == "linear" and s.get("neuron"):
+            s["out_features"] = max(1, int(round(s["out_features"] * width)))
+        out.append(s)
+    return out
+
+
+class Block(nn.Module):
+    def __init__(self, spec: dict, in_shape: tuple, out_shape: tuple, bn_init: float = 1.0):
+        super().__init__()
+        self.spec = dict(spec)
+        self.kind = spec["type"]
+        self.neuron = bool(spec.get("neuron", False))
+        self.out_shape = tuple(out_shape)
+        if self.kind == "conv":
+            self.op = nn.Conv2d(in_shape[0], spec["out_channels"], spec["kernel_size"],
+                                stride=spec["stride"], padding=spec["padding"], bias=True)
+            self.bn = nn.BatchNorm2d(spec["out_channels"], eps=BN_EPS) if spec.get("bn") else None
+        else:
+            self.op = nn.Linear(in_shape[0], spec["out_features"], bias=True)
+            self.bn = nn.BatchNorm1d(spec["out_features"], eps=BN_EPS) if spec.get("bn") else None
+        if self.bn is not None and bn_init != 1.0:
+            nn.init.constant_(self.bn.weight, bn_init)
+
+    def forward(self, h):
+        z = self.op(h)
+        return self.bn(z) if self.bn is not None else z
+
+    def folded(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(W, b) with BN folded from running statistics (bias NOT divided by T)."""
+        w, c = self.op.weight, self.op.bias
+        if self.bn is None:
+            return w, c
+        a = self.bn.weight / torch.sqrt(self.bn.running_var + self.bn.eps)
+        shape = (-1,) + (1,) * (w.dim() - 1)
+        return w * a.view(shape), a * (c - self.bn.running_mean) + self.bn.bias
+
+
+class Stack(nn.Module):
+    """The spec's blocks. ``forward(x, act)``: act(index, block, z) -> h for neuron layers."""
+
+    def __init__(self, spec, input_shape, bn_init: float = 1.0):
+        super().__init__()
+        self.spec = [dict(s) for s in spec]
+        self.input_shape = tuple(input_shape)
+        self.layers = nn.ModuleDict()
+        for s, (i, o) in zip(self.spec, infer_shapes(self.spec, input_shape)):
+            if s["type"] in ("conv", "linear"):
+                self.layers[s["name"]] = Block(s, i, o, bn_init)
+
+    def neuron_blocks(self) -> list[Block]:
+        return [b for b in self.layers.values() if b.neuron]
+
+    def forward(self, x, act, record: bool = False):
+        h = x
+        feats = []
+        i = 0
+        for s in self.spec:
+            if s["type"] == "flatten":
+                h = h.flatten(1)
+                continue
+            blk = self.layers[s["name"]]
+            z = blk(h)
+            if not blk.neuron:
+                return (z, feats) if record else z
+            h = act(i, blk, z)
+            if record:
+                feats.append(h)
+            i += 1
+        raise AssertionError("unreachable: the spec ends with a classifier")
+
+
+# ---------------------------------------------------------------------------------
+# BPTT SNN with surrogate gradient
+# ---------------------------------------------------------------------------------
+
+class SpikeFn(torch.autograd.Function):
+    """Heaviside forward (``v > theta``), rectangular surrogate 1[|v - theta| < 1/2] backward."""
+
+    @staticmethod
+    def forward(ctx, v, theta):
+        ctx.save_for_backward(v)
+        ctx.theta = theta
+        return (v > theta).to(v.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (v,) = ctx.saved_tensors
+        return grad * ((v - ctx.theta).abs() < 0.5).to(grad.dtype), None
+
+
+class SpikingStack(Stack):
+    """LIF SNN over T steps: v(t) = decay * v(t-1) * (1 - s(t-1)) + I(t), s = v > theta,
+    hard reset to 0 (decay = 1 would be IF). Direct encoding: the analog image is the first
+    layer's input at every step. Logits = classifier(mean_t s_L(t))."""
+
+    def __init__(self, spec, input_shape, decay: float = 0.25, threshold: float = 0.5, bn_init: float = 1.0):
+        super().__init__(spec, input_shape, bn_init)
+        self.decay = float(decay)
+        self.threshold = float(threshold)
+
+    def run(self, x, T: int, record: bool = False):
+        """Returns logits (and the per-neuron-layer firing-rate maps when ``record``)."""
+        B = x.shape[0]
+        seq = None  # (T*B, ...)
+        rates = []
+        for s in self.spec:
+            if s["type"] == "flatten":
+                if seq is None:
+                    x = x.flatten(1)
+                else:
+                    seq = seq.flatten(1)
+                continue
+            blk = self.layers[s["name"]]
+            if seq is None:
+                cur = blk(x)
+                cur = cur.unsqueeze(0).expand(T, *cur.shape)
+            else:
+                cur = blk(seq).view(T, B, *blk.out_shape)
+            if not blk.neuron:
+                logits = cur.mean(0)
+                return (logits, rates) if record else logits
+            v = torch.zeros_like(cur[0])
+            s_prev = torch.zeros_like(cur[0])
+            out = []
+            for t in range(T):
+                v = self.decay * v * (1.0 - s_prev) + cur[t]
+                s_prev = SpikeFn.apply(v, self.threshold)
+                out.append(s_prev)
+            st = torch.stack(out)
+            if record:
+                rates.append(st.mean(0))
+            seq = st.reshape(T * B, *st.shape[2:])
+        raise AssertionError("unreachable")
+
+
+def lif_deployed(model: Stack, decay: float, threshold: float) -> list[dict]:
+    """Deployed layers of a SpikingStack (BN folded; LIF decay, hard reset, strict >)."""
+    layers = []
+    with torch.no_grad():
+        for s, (_, o) in zip(model.spec, infer_shapes(model.spec, model.input_shape)):
+            if s["type"] == "flatten":
+                layers.append({"name": s["name"], "type": "flatten"})
+                continue
+            blk = model.layers[s["name"]]
+            w, b = blk.folded()
+            d = {"name": s["name"], "type": s["type"], "w": w.double(), "b": b.double(), "spec": s}
+            if blk.neuron:
+                d["neuron"] = {"kind": "LIF" if decay != 1.0 else "IF", "decay": float(decay),
+                               "threshold": torch.full(o, float(threshold), dtype=torch.float64),
+                               "v_init": 0.0, "reset": "zero", "test": "gt", "amplitude": 1.0}
+            layers.append(d)
+    return layers
+
+
+# ---------------------------------------------------------------------------------
+# deployed SNN: torch reference and NIR
+# ---------------------------------------------------------------------------------
+
+def _apply(layer: dict, x: torch.Tensor) -> torch.Tensor:
+    s = layer["spec"]
+    if layer["type"] == "conv":
+        return F.conv2d(x, layer["w"], layer["b"], stride=s["stride"], padding=s["padding"])
+    return F.linear(x, layer["w"], layer["b"])
+
+
+@torch.no_grad()
+def run_deployed(layers: list[dict], x: torch.Tensor, T: int) -> tuple[torch.Tensor, float]:
+    """The deployed SNN exactly as the NIR export states it (float64, sequential neurons).
+
+    Per neuron layer and step: v <- decay * v + I (IF: decay 1); spike where v > theta
+    (``gt``) or v >= theta (``ge``); reset zero (v <- 0) or subtract (v <- v - theta);
+    output s * amplitude. v(0) = v_init. Readout: sum_t (W s(t) + b) / T.
+    Returns (logits, spikes per sample)."""
+    x = x.double()
+    B = x.shape[0]
+    seq = None
+    spikes = 0.0
+    for layer in layers:
+        if layer["type"] == "flatten":
+            if seq is None:
+                x = x.flatten(1)
+            else:
+                seq = seq.flatten(1)
+            continue
+        if seq is None:
+            cur = _apply(layer, x)
+            cur = cur.unsqueeze(0).expand(T, *cur.shape)
+        else:
+            c = _apply(layer, seq)
+            cur = c.view(T, B, *c.shape[1:])
+        n = layer.get("neuron")
+        if n is None:
+            return cur.mean(0), spikes / max(B, 1)
+        thr = torch.as_tensor(n["threshold"], dtype=torch.float64)
+        amp = torch.as_tensor(n["amplitude"], dtype=torch.float64)
+        v = torch.zeros_like(cur[0]) + torch.as_tensor(n["v_init"], dtype=torch.float64)
+        out = torch.empty_like(cur)
+        for t in range(T):
+            v = n.get("decay", 1.0) * v + cur[t] if n["kind"] == "LIF" else v + cur[t]
+            s = (v >= thr) if n["test"] == "ge" else (v > thr)
+            sf = s.double()
+            v = v - sf * thr if n["reset"] == "subtract" else v * (1.0 - sf)
+            out[t] = sf * amp
+            spikes += float(s.sum())
+        seq = out.reshape(T * B, *out.shape[2:])
+    raise AssertionError("unreachable")
+
+
+@torch.no_grad()
+def deployed_accuracy(layers, x, y, T: int, batch_size: int = 500) -> tuple[float, float]:
+    ok, spikes = 0, 0.0
+    for i in range(0, len(x), batch_size):
+        logits, sp = run_deployed(layers, x[i:i + batch_size], T)
+        ok += int((logits.argmax(1) == y[i:i + batch_size]).sum())
+        spikes += sp * len(x[i:i + batch_size])
+    n = max(len(x), 1)
+    return ok / n, spikes / n
+
+
+def _np(a, shape=None):
+    a = a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else np.asarray(a)
+    a = a.astype(np.float32)
+    if shape is not None and a.ndim:
+        a = np.ascontiguousarray(np.broadcast_to(a, shape))
+    return a
+
+
+def deployed_to_nir(layers: list[dict], meta: dict):
+    """NIR graph of deployed layers (docs/nir-conventions.md): Conv2d/Affine carry the folded
+    weights with the bias injected every step; IF (r = 1) or LIF (tau = 1/(1 - decay),
+    r = tau, so forward Euler with dt = 1 gives v <- decay*v + I) with reset, threshold test,
+    v(0) and spike amplitude under the ``spikebridge`` metadata key; the classifier is an
+    Affine W/T, b/T into Output (``readout = sum``)."""
+    import nir
+    from exporters.nir_export import META_KEY, neuron_metadata
+
+    T = int(meta["timesteps"])
+    shapes = infer_shapes(meta["layers"], meta["input_shape"])
+    nodes = {"input": nir.Input(input_type={"input": np.array(meta["input_shape"])})}
+    edges = []
+    prev = "input"
+    for layer, (in_shape, out_shape) in zip(layers, shapes):
+        name = layer["name"]
+        if layer["type"] == "flatten":
+            nodes[name] = nir.Flatten(input_type={"input": np.array(in_shape)}, start_dim=0, end_dim=-1)
+            edges.append((prev, name))
+            prev = name
+            continue
+        n = layer.get("neuron")
+        w, b = _np(layer["w"]), _np(layer["b"])
+        if n is None:
+            w, b = w / T, b / T
+        if layer["type"] == "conv":
+            s = layer["spec"]
+            nodes[name] = nir.Conv2d(input_shape=tuple(int(v) for v in in_shape[1:]), weight=w,
+                                     stride=s["stride"], padding=s["padding"], dilation=1, groups=1, bias=b)
+        else:
+            nodes[name] = nir.Affine(weight=w, bias=b)
+        edges.append((prev, name))
+        prev = name
+        if n is None:
+            continue
+        out_shape = tuple(int(v) for v in out_shape)
+        thr = _np(n["threshold"], out_shape)
+        v_init = n["v_init"]
+        v_init = float(v_init) if np.ndim(_np(v_init)) == 0 else _np(v_init, out_shape)
+        amp = n["amplitude"]
+        amp = float(amp) if np.ndim(_np(amp)) == 0 else _np(amp, out_shape)
+        md = neuron_metadata(reset=n["reset"], threshold_test=n["test"], v_init=v_init, spike_amplitude=amp)
+        zeros = np.zeros(out_shape, np.float32)
+        nname = f"{name}_{n['kind'].lower()}"
+        if n["kind"] == "LIF":
+            tau = 1.0 / (1.0 - n["decay"])
+            nodes[nname] = nir.LIF(tau=np.full(out_shape, tau, np.float32), r=np.full(out_shape, tau, np.float32),
+                                   v_leak=zeros, v_threshold=thr, v_reset=zeros, metadata=md)
+        else:
+            nodes[nname] = nir.IF(r=np.ones(out_shape, np.float32), v_threshold=thr, v_reset=zeros, metadata=md)
+        edges.append((prev, nname))
+        prev = nname
+    nodes["output"] = nir.Output(output_type={"output": np.array([int(meta["num_classes"])])})
+    edges.append((prev, "output"))
+    gm = {META_KEY: {"format_version": 1, "dt": 1.0, "timesteps": T, "encoding": "direct", "readout": "sum",
+                     "method": str(meta["method"]), "arch": str(meta["arch"])}}
+    return nir.NIRGraph(nodes=nodes, edges=edges, metadata=gm)
+
+
+# ---------------------------------------------------------------------------------
+# data, loops, checkpoint helpers
+# ---------------------------------------------------------------------------------
+
+def load_data(cfg, device):
+    from models.datasets import dataset_info, load_dataset
+
+    info = dataset_info(cfg.dataset)
+    xtr, ytr = load_dataset(cfg.dataset, "train")
+    xte, yte = load_dataset(cfg.dataset, "test")
+    if cfg.limit_train:
+        xtr, ytr = xtr[:cfg.limit_train], ytr[:cfg.limit_train]
+    lt = cfg.extra.get("limit_test") if cfg.extra else None
+    if lt:
+        xte, yte = xte[:int(lt)], yte[:int(lt)]
+    t = lambda a: torch.from_numpy(a).to(device)  # noqa: E731
+    return info, t(xtr), t(ytr), t(xte), t(yte)
+
+
+def check_cfg(cfg) -> None:
+    if cfg.timesteps < 1 or cfg.epochs < 1 or cfg.batch_size < 1:
+        raise InputError("--timesteps, --epochs and --batch-size must be positive")
+
+
+def batches(n: int, batch_size: int, gen: torch.Generator):
+    perm = torch.randperm(n, generator=gen)
+    for i in range(0, n, batch_size):
+        yield perm[i:i + batch_size]
+
+
+def make_optimizer(params, cfg, epochs: int):
+    opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    ms = sorted({max(1, round(epochs * f)) for f in (0.5, 0.75, 0.875)})
+    return opt, torch.optim.lr_scheduler.MultiStepLR(opt, ms, gamma=0.1)
+
+
+@torch.no_grad()
+def ann_accuracy(model: Stack, act, x, y, batch_size: int = 500) -> float:
+    model.eval()
+    ok = 0
+    for i in range(0, len(x), batch_size):
+        ok += int((model(x[i:i + batch_size], act).argmax(1) == y[i:i + batch_size]).sum())
+    return ok / max(len(x), 1)
+
+
+def base_meta(cfg, info, spec, neuron: dict, **extra) -> dict:
+    return {"arch": cfg.arch, "method": cfg.method, "timesteps": int(cfg.timesteps),
+            "input_shape": list(info.input_shape), "num_classes": info.num_classes, "dataset": cfg.dataset,
+            "layers": spec, "neuron": neuron, "seed": cfg.seed, "config": _jsonable(asdict(cfg)), **extra}
+
+
+def _jsonable(obj):
+    return json.loads(json.dumps(obj, default=str))
+
+
+def write_history(out: Path, history: list[dict]) -> None:
+    atomic_write_text(out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
+    plot_curves(history, out / "curves.png")
+
+
+def plot_curves(history: list[dict], path: Path) -> None:
+    if not history:
+        return
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ep = list(range(1, len(history) + 1))
+    fig, ax = plt.subplots(1, 2, figsize=(9, 3.2))
+    ax[0].plot(ep, [h.get("loss", float("nan")) for h in history])
+    ax[0].set_xlabel("epoch (all stages)"); ax[0].set_ylabel("loss"); ax[0].set_title("training loss")
+    for key in ("ann_test_accuracy", "snn_test_accuracy"):
+        vals = [h.get(key) for h in history]
+        if any(v is not None for v in vals):
+            ax[1].plot(ep, [np.nan if v is None else v for v in vals], label=key)
+    ax[1].set_xlabel("epoch (all stages)"); ax[1].set_ylabel("test accuracy"); ax[1].legend()
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+
+
+def load_state(model: nn.Module, tensors: dict, file=None, ignore=()) -> None:
+    """Load numpy tensors into ``model`` by name, checking names and shapes."""
+    own = model.state_dict()
+    missing = [k for k, v in own.items() if v.dtype != torch.long and k not in tensors]
+    if missing:
+        raise CheckpointError(f"weights missing for {', '.join(missing[:5])}", file=file, place="weights.safetensors")
+    for k, v in tensors.items():
+        if k in own and tuple(own[k].shape) != tuple(v.shape):
+            raise CheckpointError(f"shape {tuple(v.shape)} does not match the architecture's {tuple(own[k].shape)}",
+                                  file=file, place=k)
+        if k not in own and not any(k.startswith(p) for p in ignore):
+            raise CheckpointError("unexpected tensor", file=file, place=k)
+    model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in tensors.items() if k in own}, strict=False)
+
+
+def spec_of(meta: dict, key: str = "layers") -> list[dict]:
+    spec = meta.get(key)
+    if not isinstance(spec, list):
+        raise CheckpointError(f"model.json lacks {key!r}", place=key)
+    return spec
+
+
+def timer():
+    t0 = time.perf_counter()
+    return lambda: time.perf_counter() - t0
+
+
+def default_spec(cfg, info) -> list[dict]:
+    spec = build_spec(cfg.arch, info.input_shape, info.num_classes)
+    check_spec(spec, cfg.method)
+    return spec
+
+
+def fit_ann(model: Stack, act_for_epoch, cfg, data, epochs: int, progress: bool = False, label: str = "ann",
+            history: list | None = None, eval_act=None) -> list[dict]:
+    """Train ``model`` with cross-entropy on the ANN forward ``model(x, act_for_epoch(e))``.
+    Adam (cfg.lr, cfg.weight_decay), lr x0.1 at 50/75/87.5% of the epochs. Appends one row per
+    epoch to ``history`` (stage, epoch, loss, ann_test_accuracy, seconds)."""
+    _, xtr, ytr, xte, yte = data
+    history = history if history is not None else []
+    opt, sched = make_optimizer(model.parameters(), cfg, epochs)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    for e in range(epochs):
+        act = act_for_epoch(e)
+        model.train()
+        clock = timer()
+        tot, n = 0.0, 0
+        for idx in batches(len(xtr), cfg.batch_size, gen):
+            loss = F.cross_entropy(model(xtr[idx], act), ytr[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            tot += float(loss.detach()) * len(idx)
+            n += len(idx)
+        sched.step()
+        secs = clock()
+        acc = ann_accuracy(model, eval_act(e) if eval_act else act, xte, yte)
+        history.append({"stage": label, "epoch": e + 1, "loss": tot / max(n, 1), "ann_test_accuracy": acc,
+                        "seconds": secs, "lr": opt.param_groups[0]["lr"]})
+        if progress:
+            print(f"[{label}] epoch {e + 1}/{epochs}: loss {tot / max(n, 1):.4f} ANN acc {acc:.4f} {secs:.1f}s",
+                  flush=True)
+    return history
+
+
+def relu_act(i, blk, z):
+    return F.relu(z)
+
+
+def seed_all(seed: int) -> None:
+    from models.train import seed_everything
+    seed_everything(seed)
