@@ -20,7 +20,8 @@ from hardware.lava.plan import META_KEY, NEURON, Coo, Plan, lower
 from hardware.lava.supervisor import lava_status, run_job
 from hardware.trace import Trace
 
-__all__ = ["run_lava", "lava_status", "lower", "BackendError", "UnsupportedError"]
+__all__ = ["run_lava", "fixed_trace", "run_fixed_plan", "lava_status", "lower", "BackendError",
+           "UnsupportedError"]
 
 # Sink buffers hold (neurons x steps) float64; keep one run's recordings below this many values.
 MAX_RECORDED_VALUES = 40_000_000
@@ -100,23 +101,14 @@ def _counts(plan: Plan, acts: dict) -> dict[str, dict[str, np.ndarray]]:
     return counts
 
 
-def run_lava(graph, x, precision: str = "float", allow_reset_to_zero: bool = False,
-             timeout_s: float | None = None, progress=None, timesteps: int | None = None,
-             window: int | None = None) -> Trace:
-    """Run ``graph`` on Lava (float: Loihi2SimCfg floating_pt) for a batch of inputs.
-
-    x: (T, batch, *input_shape), or (batch, *input_shape) repeated over T steps (direct
-    encoding; T from ``timesteps`` or the graph's spikebridge.timesteps).
-    Returns a Trace (backend "lava") whose outputs and spikes are time first and aligned
-    to the delay-free semantics; ``meta["lava_delay_steps"]`` gives each node's raw Lava
-    delay in steps. ``progress(done, total)`` is called as chunks of samples finish.
-    Raises UnsupportedError (graph not expressible), BackendError (worker failure, timeout,
-    missing .venv-lava).
-    """
+def _prepare(graph, x, precision, allow_reset_to_zero, timesteps, window):
+    """Lower (and for fixed point quantise) ``graph``; returns the pieces a run needs."""
+    if precision not in ("float", "fixed"):
+        raise UnsupportedError(f"precision {precision!r} is not 'float' or 'fixed'", place="precision")
     if isinstance(graph, (str, bytes)) or hasattr(graph, "__fspath__"):
         from hardware.graph import load_graph  # validated reading only
         graph = load_graph(graph)
-    T0 = timesteps if timesteps is not None else None
+    T0 = timesteps
     inp = [n for n, v in graph.nodes.items() if type(v).__name__ == "Input"]
     if len(inp) == 1:
         in_shape = tuple(int(s) for s in np.asarray(graph.nodes[inp[0]].input_type["input"]).reshape(-1))
@@ -126,24 +118,28 @@ def run_lava(graph, x, precision: str = "float", allow_reset_to_zero: bool = Fal
         if T0 is None:
             T0 = _graph_timesteps(graph)
     t0 = time.perf_counter()
-    plan = lower(graph, T0 or 1, allow_reset_to_zero=allow_reset_to_zero, precision=precision,
-                 window=window)
+    plan = lower(graph, T0 or 1, allow_reset_to_zero=allow_reset_to_zero, window=window)
+    qplan = None
+    if precision == "fixed":
+        from hardware.fixedpoint import quantize
+        qplan = quantize(plan)
     t_plan = time.perf_counter() - t0
     in_shape = tuple(plan.meta["input"]["shape"])
     xt = _as_time_first(x, in_shape, T0)
     T, B = xt.shape[:2]
     if B == 0:
         raise DatasetError("empty batch", place="x")
-    meta = dict(plan.meta)
-    n_rec = sum(p["size"] for p in meta["populations"]) + sum(
-        r["size"] for r in meta["readouts"] if r["kind"] == "analog") + meta["input"]["size"]
-    meta["dense_max_elements"] = DENSE_MAX_ELEMENTS
-    meta["chunk_samples"] = int(max(1, min(B, MAX_RECORDED_VALUES // max(1, n_rec * meta["window"]))))
-    t1 = time.perf_counter()
-    out, info = run_job(meta, plan.arrays, np.ascontiguousarray(xt.reshape(T, B, -1)),
-                        timeout_s=timeout_s, progress=progress)
-    wall = time.perf_counter() - t1
+    meta = dict(plan.meta if qplan is None else qplan.meta)
+    arrays = plan.arrays if qplan is None else qplan.arrays
+    xs = np.ascontiguousarray(xt.reshape(T, B, -1))
+    if qplan is not None:
+        xs = qplan.quantize_input(xs)
+    return graph, plan, qplan, meta, arrays, xt, xs, t_plan
 
+
+def _trace(graph, plan, meta, out, xt, precision, extra) -> Trace:
+    """Trace from the worker's (or the integer model's) result arrays."""
+    T, B = xt.shape[:2]
     spikes = {}
     amps = {}
     from hardware.lava.plan import _meta, _param_meta
@@ -165,13 +161,102 @@ def run_lava(graph, x, precision: str = "float", allow_reset_to_zero: bool = Fal
     delays = {p["name"]: p["depth"] for p in meta["populations"]}
     delays.update({r["name"]: r["depth"] for r in meta["readouts"]})
     tm = {"lava_delay_steps": delays, "window_steps": meta["window"], "precision": precision,
-          "select_tag": "floating_pt" if precision == "float" else precision,
-          "plan_s": t_plan, "worker_wall_s": wall, "worker": info,
+          "select_tag": "floating_pt" if precision == "float" else "fixed_pt",
+          "timing": {"raw": "Lava step of sample k, step j at node n: k*window + j + lava_delay_steps[n] + 1",
+                     "aligned": "outputs/spikes here: step j of each sample (delay removed)"},
           "reset": {p["name"]: p["reset"] for p in meta["populations"]}}
+    tm.update(extra)
     if any(p["reset"] == "subtract" for p in meta["populations"]):
         tm["approximation"] = "subtractive reset run as reset to zero (allow_reset_to_zero=True)"
+    state = {k: v for k, v in out.items() if k.startswith(("u__", "v__"))}
+    if state:
+        tm["final_state"] = state
     return Trace(timesteps=T, batch=B, outputs=outputs, counts=counts, spikes=spikes,
                  backend="lava", meta=tm)
+
+
+def run_lava(graph, x, precision: str = "float", allow_reset_to_zero: bool = False,
+             timeout_s: float | None = None, progress=None, timesteps: int | None = None,
+             window: int | None = None, record_state: bool = False) -> Trace:
+    """Run ``graph`` on Lava (float: Loihi2SimCfg floating_pt; fixed: fixed_pt with the
+    quantisation of ``hardware.fixedpoint``) for a batch of inputs.
+
+    x: (T, batch, *input_shape), or (batch, *input_shape) repeated over T steps (direct
+    encoding; T from ``timesteps`` or the graph's spikebridge.timesteps).
+    Returns a Trace (backend "lava") whose outputs and spikes are time first and aligned
+    to the delay-free semantics; ``meta["lava_delay_steps"]`` gives each node's raw Lava
+    delay in steps (raw Lava step of sample k, step j: k*window + j + delay + 1).
+    ``progress(done, total)`` is called as chunks of samples finish. ``record_state``
+    (needs window >= T + depth) puts the final u and v of every population in
+    ``meta["final_state"]``.
+    Raises UnsupportedError (graph not expressible), BackendError (worker failure, timeout,
+    missing .venv-lava).
+    """
+    graph, plan, qplan, meta, arrays, xt, xs, t_plan = _prepare(
+        graph, x, precision, allow_reset_to_zero, timesteps, window)
+    T, B = xt.shape[:2]
+    if record_state:
+        if meta["window"] < T + meta["max_depth"]:
+            raise ValueError("record_state needs window >= timesteps + max depth")
+        meta["record_state"] = True
+    n_rec = sum(p["size"] for p in meta["populations"]) + sum(
+        r["size"] for r in meta["readouts"] if r["kind"] == "analog") + meta["input"]["size"]
+    meta["dense_max_elements"] = DENSE_MAX_ELEMENTS
+    meta["chunk_samples"] = int(max(1, min(B, MAX_RECORDED_VALUES // max(1, n_rec * meta["window"]))))
+    t1 = time.perf_counter()
+    out, info = run_job(meta, arrays, xs, timeout_s=timeout_s, progress=progress)
+    wall = time.perf_counter() - t1
+    extra = {"plan_s": t_plan, "worker_wall_s": wall, "worker": info}
+    if qplan is not None:
+        extra["fixed_point"] = {"input_frac": qplan.input_frac, "layers": qplan.layers}
+    return _trace(graph, plan, meta, out, xt, precision, extra)
+
+
+def fixed_trace(graph, x, timesteps: int | None = None, window: int | None = None,
+                allow_reset_to_zero: bool = False, record_spikes: bool = True,
+                record_state: bool = False) -> Trace:
+    """The `loihi-fixed` integer model on the same plan run_lava(precision="fixed") runs.
+    Bit-exact with Lava: same spikes, same final u/v, same analog outputs."""
+    from hardware.eventsim.loihi_fixed import run_qplan
+
+    graph, plan, qplan, meta, arrays, xt, xs, t_plan = _prepare(
+        graph, x, "fixed", allow_reset_to_zero, timesteps, window)
+    T, B = xt.shape[:2]
+    P = int(meta["window"])
+    xp = np.zeros((P,) + xs.shape[1:])
+    xp[:T] = xs
+    res = run_qplan(meta, arrays, xp, record_state=record_state)
+    out = {"spikes__" + n: s[:T] for n, s in res["spikes"].items()}
+    out.update({"output__" + n: o[:T] for n, o in res["outputs"].items()})
+    if record_state:
+        D = int(meta["max_depth"])
+        if P < T + D:
+            raise ValueError("record_state needs window >= timesteps + max depth")
+        for p in meta["populations"]:
+            i = T + D - int(p["depth"]) - 1
+            out["u__" + p["name"]] = res["u"][p["name"]][i, -1]
+            out["v__" + p["name"]] = res["v"][p["name"]][i, -1]
+    tr = _trace(graph, plan, meta, out, xt, "fixed",
+                {"plan_s": t_plan, "fixed_point": {"input_frac": qplan.input_frac, "layers": qplan.layers}})
+    tr.backend = "eventsim"
+    tr.profile = "loihi-fixed"
+    if not record_spikes:
+        tr.spikes = {}
+    return tr
+
+
+def run_fixed_plan(meta: dict, arrays: dict, x_int: np.ndarray, timeout_s: float | None = None,
+                   record_state: bool = False) -> dict:
+    """Run an already quantised plan (meta/arrays as ``hardware.fixedpoint.QPlan``) on Lava
+    fixed_pt; x_int (T, batch, n_in) integers. Returns the worker's arrays (spikes__*,
+    output__*, and u__*/v__* final states with record_state)."""
+    meta = dict(meta)
+    meta["precision"] = "fixed"
+    meta["record_state"] = bool(record_state)
+    meta.setdefault("dense_max_elements", DENSE_MAX_ELEMENTS)
+    meta.setdefault("chunk_samples", int(np.asarray(x_int).shape[1]))
+    out, _ = run_job(meta, arrays, np.ascontiguousarray(x_int, dtype=np.float64), timeout_s=timeout_s)
+    return out
 
 
 def _counts_via_eventsim(graph, plan, acts):

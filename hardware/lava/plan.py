@@ -377,8 +377,9 @@ def lower(graph, timesteps: int, allow_reset_to_zero: bool = False, precision: s
           window: int | None = None) -> Plan:
     """Lower ``graph`` to a Plan for ``timesteps`` steps per sample; raises UnsupportedError."""
     problems: list[str] = []
-    if precision != "float":
-        problems.append(f"precision {precision!r} is not implemented for Lava yet (only 'float')")
+    if precision not in ("float", "fixed"):
+        problems.append(f"precision {precision!r} is not 'float' or 'fixed' (fixed: quantise this "
+                        "float plan with hardware.fixedpoint.quantize)")
     nodes = dict(graph.nodes)
     names = list(nodes)
     kinds = {n: type(nodes[n]).__name__ for n in names}
@@ -567,7 +568,7 @@ def lower(graph, timesteps: int, allow_reset_to_zero: bool = False, precision: s
         raise ValueError(f"window {P} < timesteps {T}")
     meta = {
         "version": PLAN_VERSION,
-        "precision": precision,
+        "precision": "float",
         "timesteps": T,
         "window": P,
         "max_depth": max_depth,

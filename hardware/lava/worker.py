@@ -187,11 +187,19 @@ def _write_atomic(path: str, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def _matrix(arrs, terms, rows, cols):
-    """Sum over terms of the product of each term's factors (applied first to last)."""
+def _matrix(arrs, terms, rows, cols, fixed=False):
+    """Sum over terms of the product of each term's factors (applied first to last).
+    Fixed point: one term of one integer factor (the quantised weights)."""
     import numpy as np
     from scipy.sparse import csr_matrix
 
+    if fixed:
+        (key,), = terms
+        shp = tuple(int(s) for s in arrs[key + "_shape"])
+        m = csr_matrix((arrs[key + "_vals"].astype(np.int32), (arrs[key + "_rows"], arrs[key + "_cols"])),
+                       shape=shp, dtype=np.int32)
+        m.sum_duplicates()
+        return m
     total = csr_matrix((rows, cols))
     for keys in terms:
         m = None
@@ -247,9 +255,11 @@ def run_chunk(meta, arrs, x, job: str, tag_: str = "c0"):
     n_in = int(meta["input"]["size"])
     L = (nb - 1) * P + T + D
     bits = int(meta.get("num_message_bits", 24))
-    tag = {"float": "floating_pt"}[meta["precision"]]  # fixed_pt: another lowering of values
+    fixed = meta["precision"] == "fixed"
+    tag = "fixed_pt" if fixed else "floating_pt"
+    num = np.int32 if fixed else np.float64
 
-    data = np.zeros((n_in, L))
+    data = np.zeros((n_in, L), dtype=num)
     for k in range(nb):
         data[:, k * P:k * P + T] = x[:, k, :].T
     source = Source(data=data)
@@ -259,9 +269,15 @@ def run_chunk(meta, arrs, x, job: str, tag_: str = "c0"):
     sink_procs = {}
     for p in meta["populations"]:
         name, size, d = p["name"], int(p["size"]), int(p["depth"])
-        lif = LIFReset(shape=(size,), du=float(p["du"]), dv=float(p["dv"]), vth=float(p["vth"]),
-                       bias_mant=np.asarray(arrs[name + "__bias"], dtype=np.float64),
-                       reset_interval=P, reset_offset=(1 + d) % P, name=f"lif_{name}")
+        if fixed:
+            lif = LIFReset(shape=(size,), du=int(p["du"]), dv=int(p["dv"]), vth=int(p["vth"]),
+                           bias_mant=np.asarray(arrs[name + "__bias_mant"], dtype=np.int32),
+                           bias_exp=np.asarray(arrs[name + "__bias_exp"], dtype=np.int32),
+                           reset_interval=P, reset_offset=(1 + d) % P, name=f"lif_{name}")
+        else:
+            lif = LIFReset(shape=(size,), du=float(p["du"]), dv=float(p["dv"]), vth=float(p["vth"]),
+                           bias_mant=np.asarray(arrs[name + "__bias"], dtype=np.float64),
+                           reset_interval=P, reset_offset=(1 + d) % P, name=f"lif_{name}")
         pops[name] = lif
         ports[name] = lif.s_out
         sinks[name] = os.path.join(job, f"rec_{tag_}_{len(sinks)}.npy")
@@ -270,7 +286,7 @@ def run_chunk(meta, arrs, x, job: str, tag_: str = "c0"):
         lif.s_out.connect(sink.a_in)
         sink_procs[name] = sink
         if p.get("has_vinit"):
-            vd = np.zeros((size, P))
+            vd = np.zeros((size, P), dtype=num)
             vd[:, d % P] = arrs[name + "__vinit"]
             vsrc = Source(data=vd)
             vsrc.s_out.connect(lif.a_in)
@@ -282,13 +298,19 @@ def run_chunk(meta, arrs, x, job: str, tag_: str = "c0"):
                 last_step=L, path=sinks[r["name"]], binary=False)
     n_sparse = n_dense = 0
     for c in meta["connections"]:
-        m = _matrix(arrs, c["terms"], int(c["rows"]), int(c["cols"]))
+        m = _matrix(arrs, c["terms"], int(c["rows"]), int(c["cols"]), fixed)
         dense_max = int(meta.get("dense_max_elements", 250_000))
+        kw = {}
+        if fixed:
+            from lava.utils.weightutils import SignMode
+            kw = {"weight_exp": int(c.get("weight_exp", 0)), "num_weight_bits": 8}
+            if c.get("sign_mode"):
+                kw["sign_mode"] = SignMode[c["sign_mode"].upper()]
         if m.shape[0] * m.shape[1] <= dense_max or m.nnz > 0.2 * m.shape[0] * m.shape[1]:
-            syn = Dense(weights=m.toarray(), num_message_bits=bits)
+            syn = Dense(weights=m.toarray(), num_message_bits=bits, **kw)
             n_dense += 1
         else:
-            syn = Sparse(weights=m, num_message_bits=bits)
+            syn = Sparse(weights=m, num_message_bits=bits, **kw)
             n_sparse += 1
         ports[c["source"]].connect(syn.s_in)
         tgt = c["target"]
@@ -316,6 +338,10 @@ def run_chunk(meta, arrs, x, job: str, tag_: str = "c0"):
                 time.sleep(0.01)
             raw[name] = np.load(path, allow_pickle=False)
             os.unlink(path)
+        if meta.get("record_state"):  # final u and v (Var.get: slow, for tests)
+            for name, lif in pops.items():
+                out["u__" + name] = np.asarray(lif.u.get()).astype(np.int64 if fixed else np.float64)
+                out["v__" + name] = np.asarray(lif.v.get()).astype(np.int64 if fixed else np.float64)
         t_get = time.perf_counter() - t2
         ok = True
     except BaseException as e:
@@ -335,7 +361,11 @@ def run_chunk(meta, arrs, x, job: str, tag_: str = "c0"):
         if name in pops:
             out["spikes__" + name] = vals.astype(bool)
         else:
-            out["output__" + name] = vals + np.asarray(arrs[name + "__bias"])[None, None, :]
+            if fixed:
+                out["output__" + name] = (vals.astype(np.int64) * np.asarray(arrs[name + "__scale"])
+                                          + np.asarray(arrs[name + "__bias"])[None, None, :])
+            else:
+                out["output__" + name] = vals + np.asarray(arrs[name + "__bias"])[None, None, :]
     timings = {"build_s": t_build, "run_s": t_run, "get_s": t_get, "stop_s": t_stop, "steps": L,
                "samples": nb, "dense": n_dense, "sparse": n_sparse}
     return out, timings
@@ -376,7 +406,8 @@ def main(argv) -> int:
             chunks.append(tim)
             with open(os.path.join(job, "progress.txt"), "w") as f:
                 f.write(f"{min(s + chunk, batch)} {batch}\n")
-        out = {k: np.concatenate(v, axis=1) for k, v in parts.items()}
+        out = {k: (np.concatenate(v, axis=1) if k.startswith(("spikes__", "output__")) else v[-1])
+               for k, v in parts.items()}
         out_path = os.path.join(job, "out.npz")
         tmp = os.path.join(job, "out.tmp.npz")
         np.savez(tmp, **out)
