@@ -9,6 +9,7 @@ temporary directory is deleted.
 """
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import os
@@ -149,20 +150,51 @@ def _sigterm_raises():
 # ----------------------------------------------------------------------------- running a job
 
 
+def _worker_env(env: dict | None) -> dict:
+    wenv = dict(os.environ if env is None else env)
+    wenv.pop("PYTHONPATH", None)  # the worker is standalone; never pick up numpy>=2 code
+    wenv.setdefault("PYTHONUNBUFFERED", "1")
+    return wenv
+
+
+def _write_job(tmp: Path, meta: dict, arrays: dict, x: np.ndarray) -> None:
+    (tmp / "plan.json").write_text(json.dumps(meta))
+    np.savez(tmp / "plan.npz", **arrays)
+    np.save(tmp / "inputs.npy", np.ascontiguousarray(x, dtype=np.float64))
+
+
+def _read_result(tmp: Path, rc) -> tuple[dict, dict]:
+    if rc != 0 or not (tmp / "out.npz").exists():
+        raise BackendError(f"Lava worker failed (exit code {rc}): {_last_error(tmp)}")
+    with np.load(tmp / "out.npz", allow_pickle=False) as z:
+        out = {k: z[k] for k in z.files}
+    info = json.loads((tmp / "out.json").read_text()) if (tmp / "out.json").exists() else {}
+    return out, info
+
+
+def persistent_enabled() -> bool:
+    return os.environ.get("SPIKEBRIDGE_LAVA_PERSISTENT", "1") not in ("0", "", "false", "no")
+
+
 def run_job(meta: dict, arrays: dict[str, np.ndarray], x: np.ndarray, timeout_s: float | None = None,
-            progress=None, env: dict | None = None) -> tuple[dict[str, np.ndarray], dict]:
-    """Run one plan on the worker. x: (T, batch, n_in) float64. Returns (arrays, info)."""
+            progress=None, env: dict | None = None,
+            persistent: bool | None = None) -> tuple[dict[str, np.ndarray], dict]:
+    """Run one plan on the worker. x: (T, batch, n_in) float64. Returns (arrays, info).
+
+    persistent (default: $SPIKEBRIDGE_LAVA_PERSISTENT, on): hand the job to the long-lived
+    worker of this process (started on first use, Lava imported once); otherwise start a
+    worker for this job alone."""
+    if persistent is None:
+        persistent = persistent_enabled()
+    if persistent:
+        return _POOL.run(meta, arrays, x, timeout_s, progress, env)
     py = lava_python()
     tmp = Path(tempfile.mkdtemp(prefix="spikebridge-lava-"))
     proc = None
     shm: set[str] = set()
     try:
-        (tmp / "plan.json").write_text(json.dumps(meta))
-        np.savez(tmp / "plan.npz", **arrays)
-        np.save(tmp / "inputs.npy", np.ascontiguousarray(x, dtype=np.float64))
-        wenv = dict(os.environ if env is None else env)
-        wenv.pop("PYTHONPATH", None)  # the worker is standalone; never pick up numpy>=2 code
-        wenv.setdefault("PYTHONUNBUFFERED", "1")
+        _write_job(tmp, meta, arrays, x)
+        wenv = _worker_env(env)
         with _sigterm_raises():
             with open(tmp / "stderr.txt", "wb") as err:
                 proc = subprocess.Popen([str(py), str(WORKER), str(tmp)], stdin=subprocess.DEVNULL,
@@ -190,18 +222,153 @@ def run_job(meta: dict, arrays: dict[str, np.ndarray], x: np.ndarray, timeout_s:
             kill_group(proc, shm)  # stray children, leaked segments (normally nothing)
             if progress is not None and rc == 0:
                 _report_progress(tmp, progress, last_prog)
-        if rc != 0 or not (tmp / "out.npz").exists():
-            raise BackendError(f"Lava worker failed (exit code {rc}): {_last_error(tmp)}")
-        with np.load(tmp / "out.npz", allow_pickle=False) as z:
-            out = {k: z[k] for k in z.files}
-        info = json.loads((tmp / "out.json").read_text()) if (tmp / "out.json").exists() else {}
-        return out, info
+        return _read_result(tmp, rc)
     except BaseException:
         if proc is not None and (proc.returncode is None or _group_alive(proc.pid)):
             kill_group(proc, shm)
         raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+class _Persistent:
+    """One long-lived worker per parent process (``worker.py --serve``), in its own session.
+
+    A job is a directory named on the worker's stdin; the worker answers "<code> <dir>" on
+    stdout. The worker is discarded (group killed, its shm unlinked) after any failure,
+    timeout, interrupt or exception in the parent, and at exit (atexit); a worker started
+    under another environment (SPIKEBRIDGE_* variables, interpreter) is replaced. If the
+    parent dies by SIGKILL, the worker's parent watchdog kills its group."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.proc: subprocess.Popen | None = None
+        self.wdir: Path | None = None
+        self.key = None
+        self.shm: set[str] = set()
+        self.jobs = 0
+
+    def _key(self, py, wenv):
+        return (str(py), tuple(sorted((k, v) for k, v in wenv.items() if k.startswith("SPIKEBRIDGE_"))))
+
+    def _start(self, py, wenv, timeout_s):
+        self.wdir = Path(tempfile.mkdtemp(prefix="spikebridge-lava-worker-"))
+        self.err = open(self.wdir / "stderr.txt", "wb")
+        self.proc = subprocess.Popen([str(py), str(WORKER), "--serve", str(self.wdir)],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.err,
+                                     env=wenv, start_new_session=True, cwd=str(self.wdir))
+        self.key = self._key(py, wenv)
+        self.jobs = 0
+        line = self._readline(timeout_s if timeout_s is not None else 300.0)
+        if line != "ready":
+            err = _last_lines(self.wdir / "stderr.txt")
+            self.close()
+            raise BackendError(f"the persistent Lava worker did not start: {err}")
+
+    def _readline(self, timeout_s, tmp=None, progress=None, last=None) -> str | None:
+        import select
+
+        end = time.monotonic() + timeout_s
+        fd = self.proc.stdout.fileno()
+        buf = b""
+        last_scan = 0.0
+        while True:
+            now = time.monotonic()
+            if now >= end:
+                return None
+            r, _, _ = select.select([fd], [], [], min(0.1, end - now))
+            if r:
+                chunk = os.read(fd, 4096)
+                if not chunk:
+                    return buf.decode(errors="replace").strip() or None
+                buf += chunk
+                if b"\n" in buf:
+                    return buf.split(b"\n", 1)[0].decode(errors="replace").strip()
+            if now - last_scan > 0.5:
+                self.shm |= _shm_of(_group_pids(self.proc.pid))
+                last_scan = now
+            if tmp is not None and progress is not None:
+                last = _report_progress(tmp, progress, last)
+
+    def close(self):
+        if self.proc is not None:
+            with contextlib.suppress(OSError, ValueError):
+                self.proc.stdin.close()
+            kill_group(self.proc, self.shm, grace_s=1.0)
+            with contextlib.suppress(OSError, ValueError):
+                self.proc.stdout.close()
+            with contextlib.suppress(OSError):
+                self.err.close()
+        if self.wdir is not None:
+            shutil.rmtree(self.wdir, ignore_errors=True)
+        self.proc, self.wdir, self.key, self.shm = None, None, None, set()
+
+    def pid(self) -> int | None:
+        return None if self.proc is None else self.proc.pid
+
+    def run(self, meta, arrays, x, timeout_s, progress, env):
+        py = lava_python()
+        wenv = _worker_env(env)
+        with self.lock, _sigterm_raises():
+            if self.proc is not None and (self.proc.poll() is not None or self.key != self._key(py, wenv)):
+                self.close()
+            tmp = None
+            try:
+                if self.proc is None:
+                    self._start(py, wenv, timeout_s)
+                tmp = Path(tempfile.mkdtemp(prefix="job-", dir=self.wdir))
+                _write_job(tmp, meta, arrays, x)
+                start = time.monotonic()
+                self.proc.stdin.write(f"{tmp}\n".encode())
+                self.proc.stdin.flush()
+                line = self._readline(timeout_s if timeout_s is not None else 1e9, tmp, progress)
+                if line is None:
+                    if timeout_s is not None and time.monotonic() - start >= timeout_s:
+                        self.close()
+                        raise BackendError(f"Lava worker timed out after {timeout_s:g} s (killed)")
+                    rc = self.proc.wait(timeout=5) if self.proc.poll() is None else self.proc.returncode
+                    line = f"{rc} {tmp}"
+                code = int(line.split()[0]) if line.split() and line.split()[0].lstrip("-").isdigit() else 1
+                if code != 0:
+                    msg = _last_error(tmp) if (tmp / "error.txt").exists() else _last_lines(self.wdir / "stderr.txt")
+                    self.close()  # never reuse a worker after a failed job
+                    raise BackendError(f"Lava worker failed (exit code {code}): {msg}")
+                if progress is not None:
+                    _report_progress(tmp, progress, None)
+                self.jobs += 1
+                out, info = _read_result(tmp, code)
+                info["persistent_worker"] = {"pid": self.pid(), "jobs": self.jobs}
+                return out, info
+            except BaseException:
+                if self.proc is not None:
+                    self.close()
+                raise
+            finally:
+                if tmp is not None:
+                    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _last_lines(path: Path) -> str:
+    with contextlib.suppress(OSError):
+        lines = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+        if lines:
+            return " ".join(lines[-1].split())[:500]
+    return "no error message (killed by a signal?)"
+
+
+_POOL = _Persistent()
+
+
+def shutdown_worker() -> None:
+    """Stop this process's persistent Lava worker (also done at exit)."""
+    _POOL.close()
+
+
+def persistent_worker_pid() -> int | None:
+    return _POOL.pid()
+
+
+atexit.register(shutdown_worker)
 
 
 def _report_progress(tmp: Path, progress, last):

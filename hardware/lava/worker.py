@@ -99,6 +99,9 @@ class PyWindowSinkFixed(_AbstractWindowSink):
 
 
 def _import_sink(job: str):
+    mod = sys.modules.get("spikebridge_window_sink")
+    if mod is not None:  # persistent worker: imported once from its work dir
+        return mod.WindowSink
     d = os.path.join(job, "procs")
     os.makedirs(d, exist_ok=True)
     path = os.path.join(d, "spikebridge_window_sink.py")
@@ -371,12 +374,10 @@ def run_chunk(meta, arrs, x, job: str, tag_: str = "c0"):
     return out, timings
 
 
-def main(argv) -> int:
+def do_job(job: str) -> int:
+    """Run the job in directory ``job``; returns 0 or 1 (the error line is in job/error.txt)."""
     global ERROR_PATH
-    job = argv[1]
-    err_path = ERROR_PATH = os.path.join(job, "error.txt")
-    code = 1
-    _watch_parent(job)
+    ERROR_PATH = os.path.join(job, "error.txt")
     try:
         t0 = time.perf_counter()
         import numpy as np
@@ -413,9 +414,9 @@ def main(argv) -> int:
         np.savez(tmp, **out)
         os.replace(tmp, out_path)
         info = {"import_s": t_import, "total_s": time.perf_counter() - t0, "chunks": chunks,
-                "python": sys.executable}
+                "python": sys.executable, "pid": os.getpid()}
         _write_atomic(os.path.join(job, "out.json"), json.dumps(info).encode())
-        code = 0
+        return 0
     except BaseException as e:  # noqa: BLE001 - everything becomes the one error line
         line = _one_line(e)
         try:
@@ -429,6 +430,60 @@ def main(argv) -> int:
             sys.stderr.flush()
         except OSError:
             pass
+        return 1
+
+
+def main(argv) -> int:
+    """One job: ``worker.py JOBDIR``."""
+    job = argv[1]
+    code = 1
+    _watch_parent(job)
+    try:
+        code = do_job(job)
+    finally:
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            os._exit(code)
+    return code
+
+
+def serve(argv) -> int:
+    """Persistent worker: ``worker.py --serve WORKDIR``. Reads one job directory per line on
+    stdin, answers "<code> <jobdir>" on stdout when the job is done. Lava is imported once.
+
+    Hazards designed around: after a failed job the Lava runtime may be half stopped (stop()
+    can hang after a process-model error), so the worker answers and exits instead of taking
+    another job; it always leaves through os._exit (an unstopped runtime hangs interpreter
+    exit); custom processes live in WORKDIR/procs (Lava imports every module beside them);
+    the parent-death watchdog kills the whole group and removes WORKDIR and its shm.
+    """
+    wdir = argv[2]
+    code = 0
+    _watch_parent(wdir)
+    try:
+        import lava.magma.core.run_configs  # noqa: F401  (warm: the ~0.6 s of imports, once)
+        import lava.proc.dense.process  # noqa: F401
+        import lava.proc.lif.process  # noqa: F401
+        import lava.proc.sparse.process  # noqa: F401
+        _import_sink(wdir)
+        sys.stdout.write("ready\n")
+        sys.stdout.flush()
+        for line in sys.stdin:
+            job = line.strip()
+            if not job:
+                break
+            code = do_job(job)
+            sys.stdout.write(f"{code} {job}\n")
+            sys.stdout.flush()
+            if code != 0:
+                break
+    except BaseException as e:  # noqa: BLE001
+        try:
+            sys.stderr.write("error: " + _one_line(e) + "\n")
+        except OSError:
+            pass
         code = 1
     finally:
         try:
@@ -440,4 +495,6 @@ def main(argv) -> int:
 
 
 if __name__ == "__main__":
+    if len(sys.argv) > 2 and sys.argv[1] == "--serve":
+        serve(sys.argv)
     main(sys.argv)
