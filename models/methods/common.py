@@ -198,7 +198,7 @@ def lif_deployed(model: Stack, decay: float, threshold: float) -> list[dict]:
                 continue
             blk = model.layers[s["name"]]
             w, b = blk.folded()
-            d = {"name": s["name"], "type": s["type"], "w": w.double(), "b": b.double(), "spec": s}
+            d = {"name": s["name"], "type": s["type"], "w": w.double().cpu(), "b": b.double().cpu(), "spec": s}
             if blk.neuron:
                 d["neuron"] = {"kind": "LIF" if decay != 1.0 else "IF", "decay": float(decay),
                                "threshold": torch.full(o, float(threshold), dtype=torch.float64),
@@ -493,3 +493,38 @@ def relu_act(i, blk, z):
 def seed_all(seed: int) -> None:
     from models.train import seed_everything
     seed_everything(seed)
+
+
+def fit_snn(model: "SpikingStack", T: int, cfg, data, epochs: int, loss_fn=None, progress: bool = False,
+            label: str = "bptt", history: list | None = None, lr: float | None = None) -> list[dict]:
+    """BPTT (surrogate gradient) over T steps; loss_fn(model, xb, yb) -> loss (default: CE on
+    the mean-over-time readout). One row per epoch (stage, epoch, loss, snn_test_accuracy of
+    the deployed network, seconds)."""
+    _, xtr, ytr, xte, yte = data
+    history = history if history is not None else []
+    if loss_fn is None:
+        loss_fn = lambda m, xb, yb: F.cross_entropy(m.run(xb, T), yb)  # noqa: E731
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr if lr is None else lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(epochs, 1))
+    gen = torch.Generator().manual_seed(cfg.seed + 1)
+    for e in range(epochs):
+        model.train()
+        clock = timer()
+        tot, n = 0.0, 0
+        for idx in batches(len(xtr), cfg.batch_size, gen):
+            loss = loss_fn(model, xtr[idx], ytr[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            tot += float(loss.detach()) * len(idx)
+            n += len(idx)
+        sched.step()
+        secs = clock()
+        model.eval()
+        acc, spikes = deployed_accuracy(lif_deployed(model, model.decay, model.threshold), xte.cpu(), yte.cpu(), T)
+        history.append({"stage": label, "epoch": e + 1, "loss": tot / max(n, 1), "snn_test_accuracy": acc,
+                        "spikes_per_sample": spikes, "seconds": secs})
+        if progress:
+            print(f"[{label}] epoch {e + 1}/{epochs}: loss {tot / max(n, 1):.4f} SNN acc {acc:.4f} {secs:.1f}s",
+                  flush=True)
+    return history
