@@ -392,6 +392,10 @@ def do_job(job: str) -> int:
             raise ValueError(f"inputs.npy has shape {x.shape}, expected ({T}, batch, {meta['input']['size']})")
         if os.environ.get("SPIKEBRIDGE_LAVA_TEST_FAIL") == "start":
             raise RuntimeError("injected failure (SPIKEBRIDGE_LAVA_TEST_FAIL=start)")
+        if os.environ.get("SPIKEBRIDGE_LAVA_TEST_FAIL") == "crash":  # a hard crash: no error.txt
+            sys.stderr.write("Fatal Python error: injected crash (SPIKEBRIDGE_LAVA_TEST_FAIL=crash)\n")
+            sys.stderr.flush()
+            os._exit(70)
         t_imp = time.perf_counter()
         import lava.magma.core.run_configs  # noqa: F401  (measure the import separately)
         import lava.proc.lif.process  # noqa: F401
