@@ -71,8 +71,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--limit", type=int, help="first N samples of the split")
     s.add_argument("--timesteps", type=int, help="T for --dataset (default: the graph's metadata)")
     s.add_argument("--backend", default="eventsim", choices=["eventsim", "lava"])
-    s.add_argument("--profile", help="how to read the graph (default spikebridge)")
-    s.add_argument("--dt", type=float, help="override the profile's dt")
+    s.add_argument("--profile", help="how to read the graph (eventsim; default spikebridge): "
+                   + ", ".join(_profile_names()) + " (README: Profiles)")
+    s.add_argument("--dt", type=float, help="time step; overrides the profile's dt (and the graph's)")
     s.add_argument("--precision", default="float", choices=["float"], help="Lava precision")
     s.add_argument("--out", required=True, help="OUT.npz")
 
@@ -84,6 +85,11 @@ def _parser() -> argparse.ArgumentParser:
 
     cmd("doctor", "check the environments: Python, packages, the Lava interpreter and whether Lava runs")
     return p
+
+
+def _profile_names() -> list[str]:
+    from hardware.eventsim.profiles import PROFILES
+    return list(PROFILES)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -147,6 +153,9 @@ def cmd_simulate(args) -> int:
     from toolchain import pipeline
 
     graph = load_graph(args.graph)
+    if args.backend == "eventsim":  # library profiles fix exporters' Input/Output shapes
+        from hardware.eventsim import adapt_graph
+        graph = adapt_graph(graph, args.profile or "spikebridge")
     info = analyse(graph, file=args.graph)
     shape = pipeline.graph_input_shape(graph, info)
     extra = {}

@@ -13,7 +13,8 @@ Per node, per step, summed over the batch (int64 arrays of shape (T,)):
   padding, dilation and groups; pools have all-nonzero kernels; Scale: 1 where the
   scale is nonzero). The sum goes to ``synaptic_ops`` when the edge carries spikes (its
   source is a spiking neuron, or a Flatten/Delay of spikes), to ``macs`` otherwise.
-  A back edge delivers the source's previous step (nothing at step 0).
+  A back edge delivers the source's previous step (nothing at step 0); a profile's
+  synaptic delay shifts delivery the same way (events are counted when delivered).
 - neuron nodes (IF, LIF, CubaLIF, LI, I, CubaLI, Threshold): ``neuron_updates`` =
   neurons x batch every step; spiking ones (IF, LIF, CubaLIF, Threshold) also
   ``spikes`` = nonzero outputs.
@@ -68,17 +69,22 @@ def fanout(node, in_shape: tuple[int, ...]) -> np.ndarray:
     raise ValueError(f"{nd}-d convolution")
 
 
-def _events(x: np.ndarray, back: bool) -> np.ndarray:
-    """Nonzero inputs per step and position, summed over the batch: (T, N) int64."""
+def _events(x: np.ndarray, shift: int) -> np.ndarray:
+    """Nonzero inputs per step and position, summed over the batch: (T, N) int64,
+    delivered ``shift`` steps later (events delivered after the last step are dropped)."""
     e = (np.asarray(x) != 0).sum(axis=1, dtype=np.int64)
     e = e.reshape(e.shape[0], -1)
-    if back:
-        e = np.concatenate([np.zeros_like(e[:1]), e[:-1]], axis=0)
+    if shift:
+        out = np.zeros_like(e)
+        if shift < e.shape[0]:
+            out[shift:] = e[:e.shape[0] - shift]
+        e = out
     return e
 
 
 def count_node(graph, info: GraphInfo, name: str, activations: dict,
-               T: int | None = None, B: int | None = None) -> dict[str, np.ndarray]:
+               T: int | None = None, B: int | None = None, delay: int = 0
+               ) -> dict[str, np.ndarray]:
     if T is None or B is None:
         T, B = next(iter(activations.values())).shape[:2]
     ref = activations.get(name)
@@ -87,8 +93,8 @@ def count_node(graph, info: GraphInfo, name: str, activations: dict,
     if t in SYNAPSE_TYPES:
         f = fanout(graph.nodes[name], info.in_shapes[name]).reshape(-1)
         for p in info.preds[name]:
-            back = (p, name) in info.back_edges
-            ops = _events(activations[p], back) @ f
+            shift = delay + (1 if (p, name) in info.back_edges else 0)
+            ops = _events(activations[p], shift) @ f
             kind = "synaptic_ops" if info.is_spiking(p) else "macs"
             c[kind] += ops
     elif t in NEURON_TYPES:
@@ -98,12 +104,15 @@ def count_node(graph, info: GraphInfo, name: str, activations: dict,
     return c
 
 
-def count_ops(graph, info: GraphInfo, activations: dict) -> dict[str, dict[str, np.ndarray]]:
+def count_ops(graph, info: GraphInfo, activations: dict, delay: int = 0
+              ) -> dict[str, dict[str, np.ndarray]]:
     """node name -> {kind: int64 (T,)} for every node in ``info.order`` (see module doc).
 
     ``activations`` must hold (T, B, *shape) for every neuron node and every node that
     feeds a synapse node (a Flatten between spikes and a synapse included); other
     nodes may be absent. Spiking nodes may be given as bool spikes or graded values.
+    ``delay``: steps every synapse node delays its input (profile lava-float: 1); an
+    event counts at the step it is delivered.
     """
     T, B = next(iter(activations.values())).shape[:2]
-    return {n: count_node(graph, info, n, activations, T, B) for n in info.order}
+    return {n: count_node(graph, info, n, activations, T, B, delay) for n in info.order}

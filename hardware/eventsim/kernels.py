@@ -174,13 +174,18 @@ register("Threshold", Kernel(_threshold_prepare,
 # -- neurons --------------------------------------------------------------------------
 
 def _semantics(node, name, ctx):
+    """Reset, threshold test, v(0), spike amplitude: the file's (our metadata when the
+    profile honours it), then the profile's forced choices."""
     shape = ctx.info.shapes[name]
-    if ctx.profile.honour_metadata:
+    prof = ctx.profile
+    if prof.honour_metadata:
         sem = neuron_semantics(node, name, ctx.file, shape)
     else:
-        sem = {"reset": ctx.profile.default_reset,
-               "threshold_test": ctx.profile.default_threshold_test,
-               "v_init": 0.0, "spike_amplitude": 1.0}
+        sem = {"reset": "zero", "threshold_test": "gt", "v_init": 0.0, "spike_amplitude": 1.0}
+    if prof.reset is not None:
+        sem["reset"] = prof.reset
+    if prof.threshold_test is not None:
+        sem["threshold_test"] = prof.threshold_test
     sem["v_init"] = np.broadcast_to(_f64(sem["v_init"]), shape)
     sem["spike_amplitude"] = _f64(sem["spike_amplitude"])
     return sem
@@ -189,25 +194,30 @@ def _semantics(node, name, ctx):
 def _leak(ctx, tau):
     """Return (a, c) such that v <- a*v + c*(v_leak + r*I) implements the profile's decay."""
     tau = _f64(tau)
-    if ctx.profile.decay == "euler":
+    if ctx.profile.integrator == "euler":
         c = ctx.dt / tau
         return 1.0 - c, c
-    if ctx.profile.decay == "exact":
+    if ctx.profile.integrator == "exact":
         a = np.exp(-ctx.dt / tau)
         return a, 1.0 - a
-    raise UnsupportedError(f"decay {ctx.profile.decay!r} is not implemented", None,
+    raise UnsupportedError(f"integrator {ctx.profile.integrator!r} is not implemented", None,
                            f"profile {ctx.profile.name}")
 
 
 def _neuron_prepare(node, name, ctx):
     t = type(node).__name__
+    prof = ctx.profile
     p = _semantics(node, name, ctx)
     p["type"] = t
     p["dt"] = ctx.dt
     p["r"] = _f64(node.r)
+    p["if_scale"] = p["r"] * (ctx.dt if prof.if_input == "dt" else 1.0)
+    p["next_step"] = prof.reset_timing == "next_step" and p["reset"] == "subtract"
+    p["multi"] = prof.multi_spike
+    p["jump"] = prof.current_input == "jump"
     if hasattr(node, "v_threshold"):
         p["thr"] = _f64(node.v_threshold)
-        p["v_reset"] = _f64(node.v_reset if node.v_reset is not None else 0.0)
+        p["v_reset"] = _f64(node.v_reset if getattr(node, "v_reset", None) is not None else 0.0)
     if t in ("LIF", "LI"):
         p["a"], p["c"] = _leak(ctx, node.tau)
         p["v_leak"] = _f64(node.v_leak)
@@ -224,32 +234,50 @@ def _neuron_init(p, batch):
     st = {"v": v}
     if p["type"] in ("CubaLIF", "CubaLI"):
         st["i"] = np.zeros_like(v)
+    if p["next_step"]:
+        st["pending"] = None  # theta where the neuron spiked last step (snnTorch)
     return st
 
 
 def _fire(p, v):
+    """(spike count or mask, membrane after the reset)."""
     thr = p["thr"]
+    if p["multi"]:  # sinabs MultiSpike: floor(v / theta) spikes, where v > 0
+        s = np.where(v > 0, np.floor(v / thr), 0.0)
+        if p["threshold_test"] == "gt":  # v exactly k*theta then emits k-1
+            s = np.where((s > 0) & (v == s * thr), s - 1, s)
+        if p["reset"] == "subtract":
+            return s, v - s * thr
+        return s, np.where(s > 0, p["v_reset"], v)
     s = v >= thr if p["threshold_test"] == "ge" else v > thr
     if p["reset"] == "subtract":
-        v = v - np.where(s, thr, 0.0)
-    else:
-        v = np.where(s, p["v_reset"], v)
-    return s, v
+        if p["next_step"]:
+            return s, v
+        return s, v - np.where(s, thr, 0.0)
+    return s, np.where(s, p["v_reset"], v)
 
 
 def _neuron_step(p, inp, st):
     t = p["type"]
     v = st["v"]
     if t in ("IF", "I"):
-        v = v + p["dt"] * p["r"] * inp
+        v = v + p["if_scale"] * inp
     elif t in ("LIF", "LI"):
         v = p["a"] * v + p["c"] * (p["v_leak"] + p["r"] * inp)
+    elif p["jump"]:  # Norse: the input jumps into the current, the membrane sees it, then i decays
+        ij = st["i"] + p["w_in"] * inp
+        v = p["a"] * v + p["c"] * (p["v_leak"] + p["r"] * ij)
+        st = {**st, "i": p["a_syn"] * ij}
     else:  # CubaLIF / CubaLI: current first, the membrane sees the new current
         i = p["a_syn"] * st["i"] + p["c_syn"] * (p["w_in"] * inp)
         st = {**st, "i": i}
         v = p["a"] * v + p["c"] * (p["v_leak"] + p["r"] * i)
     if t in ("IF", "LIF", "CubaLIF"):
+        if p["next_step"] and st["pending"] is not None:
+            v = v - st["pending"]
         s, v = _fire(p, v)
+        if p["next_step"]:
+            st = {**st, "pending": np.where(s, p["thr"], 0.0)}
         out = s * p["spike_amplitude"]
     else:
         out = v

@@ -1,50 +1,139 @@
 """Simulation profiles as data: how a backend reads the continuous-time NIR nodes.
 
-A profile is a small frozen dataclass; add new ones (snntorch, norse, sinabs,
-spikingjelly, lava-float, loihi-fixed) to ``PROFILES`` with the fields they need.
+NIR stores continuous-time neurons and no dt; every library that writes NIR means its
+own discrete-time update by them. A profile names one such reading. Adding one is one
+entry in ``PROFILES`` (``register_profile``); the kernels read only the fields below.
+
+How each library profile was established (its exporter, then its own simulation of the
+exported graph, compared with ours on fixed inputs) is in scripts/peer_graphs/ and the
+conformance data under tests/data/peers/<library>/.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 from ..errors import UnsupportedError
+
+INTEGRATORS = ("euler", "exact")
+RESETS = (None, "zero", "subtract")
+RESET_TIMINGS = ("same_step", "next_step")
+THRESHOLD_TESTS = (None, "gt", "ge")
+CURRENT_INPUTS = ("euler", "jump")
+IF_INPUTS = ("dt", "step")
 
 
 @dataclass(frozen=True)
 class Profile:
-    """How to discretise and read a NIR graph.
+    """How to discretise and read a NIR graph (one step of length dt, t = 1..T).
 
     name:            registry key.
     honour_metadata: read node.metadata['spikebridge'] (reset, threshold_test, v_init,
-                     spike_amplitude) and graph metadata dt; when False every neuron is
-                     plain NIR (reset to v_reset, v > theta, v(0) = 0, spikes of 1).
+                     spike_amplitude); when False every neuron has v(0) = 0 and spikes of 1.
     dt_from_graph:   take dt from graph.metadata['spikebridge']['dt'] when present.
-    default_dt:      dt when neither the caller nor (if allowed) the graph gives one.
-    decay:           'euler': v <- v + dt/tau * (v_leak - v + r*I) (forward Euler);
-                     'exact': v <- a*v + (1-a)*(v_leak + r*I), a = exp(-dt/tau).
-    default_reset / default_threshold_test: what a neuron without our metadata does.
+    default_dt:      dt when neither the caller (``--dt``) nor (if allowed) the graph gives one.
+    integrator:      'euler':  v <- v + dt/tau * (v_leak - v + r*I)   (forward Euler);
+                     'exact':  v <- a*v + (1-a)*(v_leak + r*I), a = exp(-dt/tau).
+    reset:           None: what the file says (our metadata when honoured, else v <- v_reset);
+                     'zero' (v <- v_reset) or 'subtract' (v <- v - theta) forces one.
+    reset_timing:    'same_step': the reset follows the spike at once;
+                     'next_step': it is applied inside the next update (snnTorch:
+                     v[t+1] = beta*v[t] + I - s[t]*theta; for 'zero' this is identical).
+    threshold_test:  None: the file's (our metadata, else '>'); 'gt' (>) or 'ge' (>=).
+    current_input:   CubaLIF / CubaLI: 'euler': i <- i + dt/tau_syn*(w_in*I - i), then the
+                     membrane integrates the NEW current; 'jump' (Norse): the membrane
+                     integrates the OLD current, then i <- i - dt/tau_syn*i + w_in*I.
+    if_input:        IF: 'dt': v <- v + dt*r*I (plain NIR); 'step': v <- v + r*I (dt ignored).
+    synaptic_delay:  steps of delay added by every synaptic node (Affine, Linear, Conv,
+                     pools, Scale): Lava delivers a_out at t what arrived at t-1. The bias
+                     is not delayed (it is the neuron's bias in Lava).
+    multi_spike:     sinabs MultiSpike: a neuron emits floor(v/theta) spikes in one step
+                     (a graded output) and subtracts that many thetas.
+    strip_io_dims:   the exporter writes its trace sample's batch/time dimensions into the
+                     Input/Output shapes; drop them (hardware.eventsim.adapt.adapt_graph).
+    source:          library and version the convention was learned from.
     """
 
     name: str
     honour_metadata: bool
     dt_from_graph: bool
     default_dt: float = 1.0
-    decay: str = "euler"
-    default_reset: str = "zero"
-    default_threshold_test: str = "gt"
+    integrator: str = "euler"
+    reset: str | None = None
+    reset_timing: str = "same_step"
+    threshold_test: str | None = None
+    current_input: str = "euler"
+    if_input: str = "dt"
+    synaptic_delay: int = 0
+    multi_spike: bool = False
+    strip_io_dims: bool = False
+    source: str = ""
     description: str = ""
 
+    def __post_init__(self):
+        for f, allowed in (("integrator", INTEGRATORS), ("reset", RESETS),
+                           ("reset_timing", RESET_TIMINGS), ("threshold_test", THRESHOLD_TESTS),
+                           ("current_input", CURRENT_INPUTS), ("if_input", IF_INPUTS)):
+            if getattr(self, f) not in allowed:
+                raise ValueError(f"profile {self.name}: {f}={getattr(self, f)!r} not in {allowed}")
+        if not (self.default_dt > 0) or self.synaptic_delay < 0:
+            raise ValueError(f"profile {self.name}: default_dt > 0 and synaptic_delay >= 0")
 
-PROFILES: dict[str, Profile] = {
-    "spikebridge": Profile(
-        name="spikebridge", honour_metadata=True, dt_from_graph=True,
-        description="forward Euler, dt from graph metadata (else 1.0), honours the "
-                    "'spikebridge' node metadata (docs/nir-conventions.md)"),
-    "nir": Profile(
-        name="nir", honour_metadata=False, dt_from_graph=False,
-        description="strict plain NIR: forward Euler, dt 1.0 unless given, ignores "
-                    "every metadata field"),
-}
+    def as_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+PROFILES: dict[str, Profile] = {}
+
+
+def register_profile(profile: Profile) -> Profile:
+    """Add (or replace) a profile in the registry; returns it."""
+    PROFILES[profile.name] = profile
+    return profile
+
+
+register_profile(Profile(
+    name="spikebridge", honour_metadata=True, dt_from_graph=True,
+    description="our exports: forward Euler, dt from graph metadata (else 1.0), honours "
+                "the 'spikebridge' node metadata (docs/nir-conventions.md)"))
+register_profile(Profile(
+    name="nir", honour_metadata=False, dt_from_graph=False,
+    description="strict plain NIR: forward Euler, dt 1.0 unless given, reset to v_reset, "
+                "v > theta, ignores every metadata field"))
+register_profile(Profile(
+    name="snntorch", honour_metadata=False, strip_io_dims=True, dt_from_graph=False, default_dt=1e-4,
+    integrator="euler", reset="subtract", reset_timing="next_step", threshold_test="gt",
+    source="snntorch 1.0.0 (export_nir.py, _neurons/leaky.py, synaptic.py)",
+    description="snn.Leaky/Synaptic: tau = dt/(1-beta) with dt = 1e-4, r = tau/dt, so Euler "
+                "gives v = beta*v + I; the file says v_reset = 0 but Leaky's default reset "
+                "subtracts theta, one step late (reset_delay); spike if v > theta"))
+register_profile(Profile(
+    name="norse", honour_metadata=False, strip_io_dims=True, dt_from_graph=False, default_dt=1e-6,
+    integrator="euler", reset="zero", threshold_test="gt", current_input="jump",
+    if_input="step",
+    source="norse 1.1 (torch/utils/export_nir.py, functional/lif.py, lif_box.py, iaf.py)",
+    description="LIFCell -> CubaLIF, LIFBoxCell -> LIF, dt = 1e-3, Euler; the membrane sees "
+                "the previous current and input spikes jump into the current unscaled; "
+                "reset to v_reset; IF ignores dt"))
+register_profile(Profile(
+    name="sinabs", honour_metadata=False, strip_io_dims=True, dt_from_graph=False, default_dt=1.0,
+    integrator="exact", reset="subtract", threshold_test="ge", multi_spike=True,
+    source="sinabs 3.1 (nir.py, layers/lif.py, activation/)",
+    description="tau in time steps, exact exponential decay a = exp(-1/tau) (LIF "
+                "norm_input: v = a*v + (1-a)*I); IAF v += I; MultiSpike: floor(v/theta) "
+                "spikes per step (v >= theta), reset by subtracting them"))
+register_profile(Profile(
+    name="spikingjelly", honour_metadata=False, strip_io_dims=True, dt_from_graph=False, default_dt=1e-4,
+    integrator="euler", reset="zero", threshold_test="ge",
+    source="spikingjelly 2.0 (activation_based/nir_exchange.py, neuron.py)",
+    description="tau = tau_steps*dt, dt = 1e-4, IF r = 1/dt, Euler; hard reset to v_reset; "
+                "spike if v >= theta"))
+register_profile(Profile(
+    name="lava-float", honour_metadata=False, dt_from_graph=True, default_dt=1.0,
+    integrator="euler", reset="zero", threshold_test="gt", synaptic_delay=1,
+    source="lava-nc 0.10.0 floating_pt LIF/Dense/Conv (hardware/lava/plan.py lowering)",
+    description="Lava floating_pt: u = u(1-du) + a_in, v = v(1-dv) + u + bias with du = "
+                "dt/tau_syn (1 without a current), dv = dt/tau; reset to 0; v > vth; every "
+                "Dense/Conv delays its output by one step (raw, unaligned outputs)"))
 
 
 def get_profile(profile: str | Profile) -> Profile:

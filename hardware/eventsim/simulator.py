@@ -9,8 +9,9 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import DatasetError, InputError, UnsupportedError
-from ..graph import SPIKING_TYPES, GraphInfo, analyse, graph_meta
+from ..graph import SPIKING_TYPES, SYNAPSE_TYPES, GraphInfo, analyse, graph_meta
 from ..trace import Trace
+from .adapt import adapt_graph
 from .counts import count_ops
 from .kernels import KERNELS, Context
 from .profiles import Profile, get_profile
@@ -51,8 +52,10 @@ def _check_input(x, info: GraphInfo) -> np.ndarray:
 def run(graph, x, profile: str | Profile = "spikebridge", dt: float | None = None,
         info: GraphInfo | None = None) -> tuple[dict[str, np.ndarray], GraphInfo, Profile, float]:
     """Every node's output (T, B, *shape) as float64, plus the info, profile and dt used."""
-    info = info if info is not None else analyse(graph)
     prof = get_profile(profile)
+    if info is None:
+        graph = adapt_graph(graph, prof)
+        info = analyse(graph)
     missing = [f"{n!r} ({t})" for n, t in info.types.items() if t not in KERNELS]
     if missing:
         raise UnsupportedError("eventsim has no kernel for node(s) " + ", ".join(missing),
@@ -73,6 +76,12 @@ def run(graph, x, profile: str | Profile = "spikebridge", dt: float | None = Non
             inp = acts[ps[0]]  # kernels never write into their input
             for p in ps[1:]:
                 inp = inp + acts[p]
+            k_delay = prof.synaptic_delay if info.types[n] in SYNAPSE_TYPES else 0
+            if k_delay:  # a_out at t is what arrived at t - k (the bias is not delayed)
+                shifted = np.zeros_like(inp)
+                if k_delay < T:
+                    shifted[k_delay:] = inp[:T - k_delay]
+                inp = shifted
             if k.stateful:
                 st = k.init(params[n], B)
                 out = np.empty((T, B, *info.shapes[n]), dtype=np.float64)
@@ -97,12 +106,11 @@ def run(graph, x, profile: str | Profile = "spikebridge", dt: float | None = Non
                 acts[n][t] = x[t]
                 continue
             inp = np.zeros((B, *info.in_shapes[n]), dtype=np.float64)
+            k_delay = prof.synaptic_delay if info.types[n] in SYNAPSE_TYPES else 0
             for p in info.preds[n]:
-                if (p, n) in back:
-                    if t > 0:
-                        inp += acts[p][t - 1]
-                else:
-                    inp += acts[p][t]
+                src = t - k_delay - (1 if (p, n) in back else 0)
+                if src >= 0:
+                    inp += acts[p][src]
             if k.stateful:
                 acts[n][t], states[n] = k.step(params[n], inp, states[n])
             else:
@@ -115,15 +123,18 @@ def simulate(graph, x, profile: str | Profile = "spikebridge", dt: float | None 
              max_batch: int | None = None) -> Trace:
     """Run ``graph`` on ``x`` (T, batch, *input_shape), time-major, bool or float.
 
-    Samples never interact. ``profile`` names an entry of PROFILES (or is a Profile);
+    Samples never interact. A library profile first adapts the graph (eventsim.adapt);
+    when ``info`` is given, ``graph`` must already be adapted. ``profile`` names an entry of PROFILES (or is a Profile);
     ``dt`` overrides the profile's choice. Returns a Trace with outputs per Output node,
     spikes (bool) per spiking neuron node when ``record_spikes``, and exact counts
     (hardware.eventsim.counts). Memory grows with every node's (T, batch, *shape)
     float64 activation: ``max_batch`` runs the batch in slices of that size and joins
     the results (identical to one run, since samples never interact).
     """
-    info = info if info is not None else analyse(graph)
     prof = get_profile(profile)
+    if info is None:
+        graph = adapt_graph(graph, prof)
+        info = analyse(graph)
     x = np.asarray(x)
     if max_batch is not None and x.ndim >= 2 and x.shape[1] > max_batch >= 1:
         parts = [simulate(graph, x[:, i:i + max_batch], prof, dt, record_spikes, info)
@@ -140,7 +151,7 @@ def simulate(graph, x, profile: str | Profile = "spikebridge", dt: float | None 
                      backend="eventsim", profile=prof.name, meta=first.meta)
     acts, info, prof, step_dt = run(graph, x, prof, dt, info)
     T, B = next(iter(acts.values())).shape[:2]
-    counts = count_ops(graph, info, acts)
+    counts = count_ops(graph, info, acts, delay=prof.synaptic_delay)
     spikes = {}
     if record_spikes:
         spikes = {n: acts[n] != 0 for n in info.order if info.types[n] in SPIKING_TYPES}
