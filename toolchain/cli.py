@@ -21,6 +21,7 @@ EXAMPLES = {
     "simulate": "spikebridge simulate runs/cnn/graph.nir --dataset digits --backend eventsim --out runs/cnn/sim.npz",
     "report": "spikebridge report runs/demo",
     "inspect": "spikebridge inspect runs/cnn/graph.nir",
+    "convert": "spikebridge convert model.onnx --timesteps 32 --calibration digits --out graph.nir",
     "doctor": "spikebridge doctor",
 }
 
@@ -59,8 +60,11 @@ def _parser() -> argparse.ArgumentParser:
 
     e = cmd("export", "export a checkpoint to NIR (the SNN) or ONNX (the ANN branch)")
     e.add_argument("checkpoint", help="checkpoint directory (weights.safetensors + model.json)")
-    e.add_argument("--format", default="nir", choices=["nir", "onnx"])
-    e.add_argument("--out", help="output file (default CHECKPOINT/graph.nir or CHECKPOINT/model.onnx)")
+    e.add_argument("--format", default="nir", choices=["nir", "onnx", "onnx-step"],
+                   help="nir: the SNN; onnx: the ANN branch; onnx-step: one SNN time step with the "
+                        "membranes as inputs and outputs")
+    e.add_argument("--out", help="output file (default CHECKPOINT/graph.nir, CHECKPOINT/model.onnx or "
+                                 "CHECKPOINT/step.onnx)")
 
     s = cmd("simulate", "run a NIR graph on the event-driven simulator or on Lava")
     s.add_argument("graph", help="graph.nir")
@@ -82,6 +86,22 @@ def _parser() -> argparse.ArgumentParser:
 
     i = cmd("inspect", "print a graph's nodes, shapes, parameters, neuron semantics and backend support")
     i.add_argument("path", help="graph.nir or a checkpoint directory")
+
+    c = cmd("convert", "convert a ReLU/Clip ANN in ONNX into an IF SNN (NIR) with threshold balancing")
+    c.add_argument("model", help="model.onnx (input (N, *input_shape), one output: the logits)")
+    c.add_argument("--timesteps", type=int, required=True, help="T the SNN runs for (direct encoding)")
+    c.add_argument("--calibration", required=True,
+                   help="a dataset name (its train split) or X.npy: samples (N, *input_shape), preprocessed "
+                        "as the model expects")
+    c.add_argument("--calibration-limit", type=int, default=1000, help="first N calibration samples (1000)")
+    c.add_argument("--percentile", type=float, default=99.9,
+                   help="threshold = this percentile of each layer's positive activations (99.9)")
+    c.add_argument("--readout", default="sum", choices=["sum", "count"],
+                   help="sum: analog classifier summed over T (default, most accurate); count: most spikes")
+    c.add_argument("--evaluate", metavar="DATASET",
+                   help="also report ONNX vs SNN (eventsim) accuracy on DATASET's test split")
+    c.add_argument("--limit", type=int, help="with --evaluate: first N test samples")
+    c.add_argument("--out", required=True, help="graph.nir")
 
     cmd("doctor", "check the environments: Python, packages, the Lava interpreter and whether Lava runs")
     return p
@@ -138,6 +158,11 @@ def cmd_export(args) -> int:
         from exporters.nir_export import checkpoint_to_nir, write_nir
         out = Path(args.out or ckpt / "graph.nir")
         write_nir(checkpoint_to_nir(ckpt), out)
+    elif args.format == "onnx-step":
+        from exporters.onnx_export import write_onnx
+        from exporters.onnx_step import checkpoint_to_onnx_step
+        out = Path(args.out or ckpt / "step.onnx")
+        write_onnx(checkpoint_to_onnx_step(ckpt), out)
     else:
         from exporters.onnx_export import checkpoint_to_onnx, write_onnx
         out = Path(args.out or ckpt / "model.onnx")
@@ -213,6 +238,31 @@ def cmd_report(args) -> int:
 
 COMMANDS = {"train": cmd_train, "export": cmd_export, "simulate": cmd_simulate, "inspect": cmd_inspect,
             "doctor": cmd_doctor, "demo": cmd_demo, "report": cmd_report}
+
+def cmd_convert(args) -> int:
+    from exporters.onnx_to_nir import (calibration_samples, compare_accuracy, convert_onnx, load_onnx_safely,
+                                       write_graph)
+
+    if args.calibration_limit is not None and args.calibration_limit < 1:
+        raise InputError("--calibration-limit must be at least 1")
+    model = load_onnx_safely(args.model)
+    x = calibration_samples(args.calibration, args.calibration_limit)
+    graph, summary = convert_onnx(model, x, args.timesteps, percentile=args.percentile, readout=args.readout,
+                                  file=args.model)
+    if args.evaluate:
+        from models.datasets import load_dataset
+        xe, ye = load_dataset(args.evaluate, "test")
+        if args.limit is not None:
+            if args.limit < 1:
+                raise InputError("--limit must be at least 1")
+            xe, ye = xe[:args.limit], ye[:args.limit]
+        summary.update(compare_accuracy(graph, model, xe, ye))
+    write_graph(graph, args.out)
+    print(json.dumps({"graph": str(args.out), **summary}))
+    return 0
+
+
+COMMANDS["convert"] = cmd_convert
 
 if __name__ == "__main__":
     sys.exit(main())
