@@ -170,11 +170,11 @@ def train(cfg: TrainConfig, out_dir, progress: bool = True, resume: bool = False
 
 def _resume(out: Path, model, opt, sched, gen, device):
     from models.checkpoint import build_model, load_checkpoint  # noqa: F401 (validation)
-    from models.checkpoint import load_tensors
+    from models.checkpoint import load_tensors, load_train_state
 
     tensors = load_tensors(out)
     model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in tensors.items()}, strict=False)
-    state = torch.load(out / "train_state.pt", weights_only=True, map_location=device)
+    state = load_train_state(out / "train_state.pt", map_location=device, required=("epoch", "optimizer", "scheduler", "generator", "torch_rng"))
     opt.load_state_dict(state["optimizer"])
     sched.load_state_dict(state["scheduler"])
     gen.set_state(state["generator"])

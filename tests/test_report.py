@@ -72,7 +72,8 @@ def test_report_json_strict_with_required_keys(tmp_path):
         assert key in data, key
     assert data["accuracy"] == {"torch": 0.9, "eventsim": 0.875, "lava": None}
     assert data["synaptic_ops_per_sample"] == 4.0 and data["spikes_per_sample"] == 2.5
-    assert set(data["energy"]) == {"horowitz-45nm", "loihi", "truenorth"}
+    assert set(data["energy"]) == {"horowitz-45nm", "loihi", "truenorth", "cpu", "gpu", "arm",
+                                   "spinnaker", "spinnaker2"}
     for m in data["energy"].values():
         assert m["total_pj_per_sample"] > 0 and m["source"]
     assert data["energy"]["horowitz-45nm"]["total_pj_per_sample"] == pytest.approx(
@@ -87,7 +88,7 @@ def test_report_json_strict_with_required_keys(tmp_path):
     assert data["seed"] == 7 and re.fullmatch(r"[0-9a-f]{64}", data["graph_sha256"])
     assert data["versions"]["nir"] and data["versions"]["numpy"]
     assert rep["schema_version"] == data["schema_version"]
-    for png in ("firing_rates.png", "synaptic_ops.png", "spike_raster.png"):
+    for png in ("firing_rates.png", "synaptic_ops.png", "spike_raster.png", "energy.png"):
         assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 
@@ -121,9 +122,9 @@ def test_html_sections_and_escaping(tmp_path):
     assert EVIL not in text
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in text
     assert "<script" not in text.lower()
-    assert text.count("data:image/png;base64,") == 3
+    assert text.count("data:image/png;base64,") == 4  # firing, SOPs, energy, raster
     # self-contained: no external resources
-    assert not re.search(r'(src|href)="(?!data:)', text)
+    assert not re.search(r'(src|href)="(?!data:|#)', text)
     assert "Davies" in text and "Horowitz" in text and "Merolla" in text
     data = strict_load(tmp_path / "report.json")
     assert EVIL in data["accuracy"] and any(r["node"] == EVIL for r in data["per_layer"])

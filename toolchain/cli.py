@@ -12,14 +12,16 @@ import os
 import sys
 from pathlib import Path
 
-from hardware.errors import (EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, BackendError, InputError)
+from hardware.errors import (EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, BackendError,
+                             InputError)
 
 EXAMPLES = {
     "demo": "spikebridge demo --out runs/demo",
     "train": "spikebridge train --method snn2ann --arch cnn --dataset digits --timesteps 4 --epochs 30 --out runs/cnn",
     "export": "spikebridge export runs/cnn --format nir --out runs/cnn/graph.nir",
     "simulate": "spikebridge simulate runs/cnn/graph.nir --dataset digits --backend eventsim --out runs/cnn/sim.npz",
-    "report": "spikebridge report runs/demo",
+    "report": "spikebridge report runs/demo  |  spikebridge report graph.nir --dataset digits --out rep/  |  "
+              "spikebridge report --compare runs/a runs/b --out cmp/",
     "inspect": "spikebridge inspect runs/cnn/graph.nir",
     "convert": "spikebridge convert model.onnx --timesteps 32 --calibration digits --out graph.nir",
     "doctor": "spikebridge doctor",
@@ -45,7 +47,7 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--skip-lava", action="store_true", help="do not run the Lava backend")
 
     t = cmd("train", "train a spiking network and write a checkpoint directory")
-    t.add_argument("--method", default="snn2ann", help="snn2ann")
+    t.add_argument("--method", default="snn2ann", help="snn2ann | qcfs | parallel | bridge | lasnn | ann")
     t.add_argument("--arch", default="cnn", help="mlp | cnn")
     t.add_argument("--dataset", default="digits", help="digits | fashion-mnist")
     t.add_argument("--timesteps", type=int, default=4)
@@ -57,6 +59,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--resume", action="store_true", help="continue the run in --out where it stopped")
     t.add_argument("--out", required=True, help="checkpoint directory")
+    from models.methods.options import add_train_options
+    add_train_options(t)
 
     e = cmd("export", "export a checkpoint to NIR (the SNN) or ONNX (the ANN branch)")
     e.add_argument("checkpoint", help="checkpoint directory (weights.safetensors + model.json)")
@@ -81,8 +85,32 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--precision", default="float", choices=["float"], help="Lava precision")
     s.add_argument("--out", required=True, help="OUT.npz")
 
-    r = cmd("report", "write report.json and report.html for a run directory")
-    r.add_argument("run_dir", help="a directory written by `spikebridge demo`")
+    r = cmd("report", "write report.json, report.html and plots for a run directory, any NIR graph, "
+                      "or two runs side by side (--compare)")
+    r.add_argument("target", nargs="?", help="a run directory written by `spikebridge demo`, or GRAPH.nir")
+    r.add_argument("--compare", nargs=2, metavar=("RUN_A", "RUN_B"),
+                   help="compare two runs (directories with report.json, or report.json files)")
+    r.add_argument("--out", help="output directory (default: the run directory; required for a graph "
+                                 "and for --compare)")
+    rsrc = r.add_mutually_exclusive_group()
+    rsrc.add_argument("--input", help="GRAPH.nir only: X.npy, time-major (T, batch, *input_shape)")
+    rsrc.add_argument("--dataset", help="GRAPH.nir only: digits | fashion-mnist (direct encoding)")
+    r.add_argument("--split", default="test")
+    r.add_argument("--limit", type=int, help="first N samples of the split")
+    r.add_argument("--timesteps", type=int, help="T for --dataset (default: the graph's metadata)")
+    r.add_argument("--backend", default="eventsim", choices=["eventsim", "lava"])
+    r.add_argument("--profile", help="how to read the graph (default spikebridge)")
+    r.add_argument("--energy-model", action="append", default=[], metavar="FILE.toml",
+                   help="add a user energy model (every constant needs a source); repeatable")
+    r.add_argument("--first-layer", default="per_step", choices=["per_step", "once"],
+                   help="GPU-style rule for the analog first layer: MACs at every step (per_step, "
+                        "default) or once per sample (once)")
+    r.add_argument("--sweep", metavar="FILE", help="accuracy vs T: .json or .npy of (T, accuracy) rows")
+    r.add_argument("--sweep-timesteps", metavar="T1,T2,...",
+                   help="run eventsim at each T on the dataset and plot accuracy vs T (e.g. 1,2,4,8)")
+    r.add_argument("--weight-bits", type=int, help="weight bit width for the core mapping (default: "
+                                                    "graph metadata, else 8)")
+    r.add_argument("--max-chips", type=int, help="refuse a mapping that needs more chips")
 
     i = cmd("inspect", "print a graph's nodes, shapes, parameters, neuron semantics and backend support")
     i.add_argument("path", help="graph.nir or a checkpoint directory")
@@ -102,6 +130,11 @@ def _parser() -> argparse.ArgumentParser:
                    help="also report ONNX vs SNN (eventsim) accuracy on DATASET's test split")
     c.add_argument("--limit", type=int, help="with --evaluate: first N test samples")
     c.add_argument("--out", required=True, help="graph.nir")
+
+    b = sub.add_parser("bench", help="benchmarks (prints JSON)", description="benchmarks (prints JSON)",
+                       epilog="example: spikebridge bench methods --help")
+    b.add_argument("which", choices=["methods"], help="methods: every training method at T = 1, 2, 4, 8")
+    b.add_argument("bench_args", nargs=argparse.REMAINDER, help="options of the benchmark (see its --help)")
 
     cmd("doctor", "check the environments: Python, packages, the Lava interpreter and whether Lava runs")
     return p
@@ -147,6 +180,10 @@ def cmd_train(args) -> int:
     cfg = TrainConfig(method=args.method, arch=args.arch, dataset=args.dataset, timesteps=args.timesteps,
                       epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, smu=args.smu,
                       seed=args.seed, device=args.device)
+    from models.methods.options import extra_from_args
+    cfg.extra.update(extra_from_args(args))
+    if getattr(args, "limit_train", None):
+        cfg.limit_train = args.limit_train
     row = train(cfg, args.out, progress=_progress(args), resume=args.resume)
     print(json.dumps({"checkpoint": args.out, **row}))
     return 0
@@ -230,13 +267,62 @@ def cmd_demo(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from toolchain.demo import report_run_dir
-    out = report_run_dir(args.run_dir)
+    from toolchain.report import energy_models_with, load_sweep, parse_timesteps_list
+
+    def usage(msg: str) -> int:
+        print(f"error: report: {msg}", file=sys.stderr)
+        return EXIT_USAGE
+
+    if args.compare:
+        if args.target or not args.out:
+            return usage("--compare RUN_A RUN_B takes no other positional argument and needs --out DIR")
+        from toolchain.compare import compare_runs
+        compare_runs(args.compare[0], args.compare[1], args.out)
+        out = Path(args.out)
+        print(f"wrote {out / 'compare.json'} and {out / 'compare.html'}")
+        return 0
+    if not args.target:
+        return usage("give a run directory, GRAPH.nir, or --compare RUN_A RUN_B")
+    models = energy_models_with(args.energy_model)
+    sweep = load_sweep(args.sweep) if args.sweep else None
+    sweep_ts = parse_timesteps_list(args.sweep_timesteps) if args.sweep_timesteps else None
+    if sweep is not None and sweep_ts:
+        return usage("give --sweep or --sweep-timesteps, not both")
+    target = Path(args.target)
+    common = dict(energy_models=models, first_layer=args.first_layer, weight_bits=args.weight_bits,
+                  max_chips=args.max_chips)
+    if target.is_dir():
+        if args.input or args.dataset:
+            return usage("--input/--dataset are for GRAPH.nir; a run directory has its own data")
+        from toolchain.demo import report_run_dir
+        if sweep_ts:
+            from toolchain.report import sweep_for_run
+            sweep = sweep_for_run(target, sweep_ts, args.out, progress=_progress(args))
+        out = report_run_dir(target, args.out, sweep=sweep, **common)
+    else:
+        if not args.out:
+            return usage("a graph needs --out DIR")
+        if not (args.input or args.dataset):
+            return usage("a graph needs --input X.npy or --dataset NAME")
+        from toolchain.report import report_graph
+        report_graph(target, args.out, input_npy=args.input, dataset=args.dataset, split=args.split,
+                     limit=args.limit, timesteps=args.timesteps, profile=args.profile, backend=args.backend,
+                     sweep=sweep, sweep_timesteps=sweep_ts, progress=_progress(args), **common)
+        out = Path(args.out)
     print(f"wrote {out / 'report.json'} and {out / 'report.html'}")
     return 0
 
 
-COMMANDS = {"train": cmd_train, "export": cmd_export, "simulate": cmd_simulate, "inspect": cmd_inspect,
+def cmd_bench(args) -> int:
+    import importlib.util
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_methods.py"
+    spec = importlib.util.spec_from_file_location("bench_methods", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.main(args.bench_args, progress=_progress(args))
+
+
+COMMANDS = {"bench": cmd_bench, "train": cmd_train, "export": cmd_export, "simulate": cmd_simulate, "inspect": cmd_inspect,
             "doctor": cmd_doctor, "demo": cmd_demo, "report": cmd_report}
 
 def cmd_convert(args) -> int:
@@ -245,6 +331,8 @@ def cmd_convert(args) -> int:
 
     if args.calibration_limit is not None and args.calibration_limit < 1:
         raise InputError("--calibration-limit must be at least 1")
+    from toolchain.safety import load_onnx
+    load_onnx(args.model)  # dims, sizes, nesting and external data checked before conversion
     model = load_onnx_safely(args.model)
     x = calibration_samples(args.calibration, args.calibration_limit)
     graph, summary = convert_onnx(model, x, args.timesteps, percentile=args.percentile, readout=args.readout,

@@ -108,8 +108,11 @@ def run_demo(out, epochs: int = 30, timesteps: int = 4, seed: int = 0, device: s
     return run
 
 
-def report_run_dir(run_dir) -> Path:
-    """(Re)build report.json/html and the plots from a run directory's files."""
+def report_run_dir(run_dir, out=None, *, energy_models=None, first_layer: str = "per_step", sweep=None,
+                   weight_bits=None, max_chips: int | None = None) -> Path:
+    """(Re)build report.json/html and the plots from a run directory's files, into ``out``
+    (default: the run directory). ``sweep``: accuracy vs T (default: RUN_DIR/sweep.json when
+    present); the other arguments go to ``toolchain.report.build_report``."""
     from hardware.graph import load_graph
     from toolchain import pipeline
     from toolchain.report import make_report
@@ -123,9 +126,23 @@ def report_run_dir(run_dir) -> Path:
         accuracy = dict(run["accuracy"])
     except (ValueError, KeyError, TypeError) as e:
         raise InputError(f"run.json is malformed ({e})", file=str(d / "run.json")) from None
+    for k, v in accuracy.items():
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1):
+            raise InputError(f"must be a number in [0, 1] or null, got {str(v)[:40]!r}", file=str(d / "run.json"),
+                             place=f"accuracy.{str(k)[:40]}")
     graph = load_graph(d / "graph.nir")
+    from hardware.graph import analyse
+    analyse(graph, file=str(d / "graph.nir"))  # graph problems are reported with the file's name
     trace = pipeline.load_trace_npz(d / "eventsim.npz", backend="eventsim")
     extra = {k: run.get(k) for k in ("dataset", "split", "samples", "train", "lava", "onnx", "eventsim")}
-    make_report(d, graph, trace, accuracy=accuracy, seed=run.get("seed"), graph_path=d / "graph.nir",
-                versions=pipeline.versions(), extra=extra)
-    return d
+    if sweep is None and (d / "sweep.json").is_file():
+        from toolchain.report import load_sweep
+        sweep = load_sweep(d / "sweep.json")
+    inputs = {"run": str(d), "dataset": run.get("dataset"), "split": run.get("split"),
+              "backend of the counts": "eventsim"}
+    out = Path(out) if out is not None else d
+    make_report(out, graph, trace, accuracy=accuracy, seed=run.get("seed"), graph_path=d / "graph.nir",
+                versions=pipeline.versions(), extra=extra, measured=run.get("onnx"), sweep=sweep,
+                first_layer=first_layer, weight_bits=weight_bits, max_chips=max_chips, inputs=inputs,
+                **({"energy_models": energy_models} if energy_models is not None else {}))
+    return out

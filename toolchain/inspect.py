@@ -67,7 +67,10 @@ def inspect_graph(path) -> str:
 def inspect_checkpoint(path) -> str:
     from models.checkpoint import load_checkpoint
 
+    from models.checkpoint import build_model
+
     meta, tensors = load_checkpoint(path)
+    build_model(meta, tensors, file=str(path))  # names and shapes checked against the architecture
     lines = [f"checkpoint {path}",
              f"method {meta['method']}, arch {meta['arch']}, T={meta['timesteps']}, input {meta['input_shape']}, "
              f"classes {meta['num_classes']}, dataset {meta.get('dataset')}",

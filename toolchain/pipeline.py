@@ -12,6 +12,7 @@ from hardware.fileio import atomic_path
 from hardware.trace import Trace
 
 MAX_INPUT_BYTES = 8 << 30
+MAX_TRACE_BYTES = 256 << 20  # a result .npz read back by `report` (outputs, counts, one raster)
 
 
 def progress_bar(total: int, desc: str, enabled: bool = True, unit: str = "sample"):
@@ -146,13 +147,26 @@ def load_trace_npz(path, backend: str) -> Trace:
     """Rebuild a Trace from an OUT.npz written by save_trace_npz (no pickles)."""
     p = Path(path)
     try:
+        import zipfile
+        with zipfile.ZipFile(p) as zf:  # declared sizes first: a deflated bomb is refused unread
+            declared = sum(i.file_size for i in zf.infolist())
+        if declared > MAX_TRACE_BYTES:
+            raise InputError(f"arrays declare {declared} bytes, above the {MAX_TRACE_BYTES}-byte limit",
+                             file=str(p), place="archive")
         with np.load(p, allow_pickle=False) as z:
             data = {k: z[k] for k in z.files}
-    except (OSError, ValueError, EOFError) as e:
-        raise InputError(f"not a readable .npz ({e})", file=str(p)) from None
+    except InputError:
+        raise
+    except (OSError, ValueError, EOFError, MemoryError, zipfile.BadZipFile) as e:
+        raise InputError(f"not a readable .npz ({' '.join(str(e).split())[:200] or type(e).__name__})",
+                         file=str(p), place="archive") from None
     outputs, counts, spikes = {}, {}, {}
     for k, v in data.items():
+        if v.dtype.kind not in "biuf":
+            raise InputError(f"array dtype {v.dtype} is not numeric", file=str(p), place=k)
         if k.startswith("counts/"):
+            if k.count("/") != 2:
+                raise InputError("count arrays are named counts/NODE/KIND", file=str(p), place=k)
             _, node, kind = k.split("/", 2)
             counts.setdefault(node, {})[kind] = v
         elif k.startswith("spikes/"):

@@ -5,8 +5,10 @@ Two callers, one shape:
 
 * the demo pipeline: ``make_report(out, graph, trace, accuracy={"torch": .., "eventsim": ..,
   "lava": ..}, seed=.., graph_path=..)`` with the trace of one backend (eventsim);
-* ``spikebridge report GRAPH.nir --input X.npy``: the CLI loads the graph, runs a backend
-  on X to get a trace (and accuracy when labels are given) and calls the same function.
+* ``spikebridge report GRAPH.nir (--input X.npy | --dataset NAME)``: ``report_graph``
+  loads the graph, runs a backend to get a trace (and accuracy when labels are given) and
+  calls the same function;
+* ``spikebridge report --compare RUN_A RUN_B``: ``toolchain.compare``.
 
 ``build_report`` is pure (dict out, nothing written); ``write_report`` writes every file
 atomically (hardware.fileio). Every string that reaches the HTML is escaped with
@@ -38,8 +40,8 @@ from hardware.errors import InputError  # noqa: E402
 from hardware.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text  # noqa: E402
 from hardware.trace import Trace  # noqa: E402
 
-SCHEMA_VERSION = 1
-DEFAULT_ENERGY_MODELS = ("horowitz-45nm", "loihi", "truenorth")
+SCHEMA_VERSION = 2
+DEFAULT_ENERGY_MODELS = ("horowitz-45nm", "loihi", "truenorth", *_energy.KERAS_SPIKING_DEVICES)
 DEFAULT_CHIPS = ("loihi",)
 RASTER_MAX_NEURONS_PER_LAYER = 1000
 
@@ -50,6 +52,7 @@ SECTIONS = (
     ("energy", "Energy per model"),
     ("latency", "Latency"),
     ("raster", "Spike raster (one sample)"),
+    ("sweep", "Accuracy vs T"),
     ("method", "How these numbers were computed"),
 )
 
@@ -70,10 +73,27 @@ RULES = (
     "layer's updates in a step in which it received any input event, has a nonzero bias, or "
     "spiked (upper bound); otherwise inactive. Spikes: one within-tile message each (lower "
     "bound).",
-    "Latency (Loihi-style): cores per layer = ceil(neurons/1024) x ceil(fan-in/4096); step "
-    "time = barrier + slowest core's work (active updates x 8.4 ns + inactive x 5.3 ns + SOPs "
-    "x 3.5 ns, a layer's work spread evenly over its cores); latency = (T + synaptic depth) "
-    "x mean step time; samples/s = 1 / latency.",
+    "ANN-device energy (keras-spiking's cpu, gpu, arm): the equivalent ANN on a conventional "
+    "device, E = e_synop x ANN MACs + e_neuron x ANN activations (one per neuron), once per "
+    "inference, independent of the trace and of T. SpiNNaker / SpiNNaker 2 (keras-spiking's "
+    "spiking devices) are chip-style with one cost for every neuron update and no spike term.",
+    "Energy ratio SNN/ANN (GPU-style models): E_SNN / E_ANN under the same constants.",
+    "Mapping (Loihi-style): cores per layer = max(ceil(neurons/1024) x ceil(fan-in/4096), "
+    "ceil(synapses x weight bits / (128 KB x 8))); synapses = nonzero (source, target) pairs "
+    "(no weight sharing on Loihi; exact for one weighted node, neurons x fan-in for a fused "
+    "chain); weight bits default to 8; only weight bits are counted (a lower bound); chips = "
+    "ceil(cores/128). A width outside 1-8 bits or more chips than allowed is refused.",
+    "Latency (Loihi-style): step time = barrier + slowest core's work (active updates x 8.4 "
+    "ns + inactive x 5.3 ns + SOPs and analog MACs x 3.5 ns, a layer's work spread evenly over "
+    "its cores); latency = (T + synaptic depth) x mean step time, each fused synaptic "
+    "connection adding one step of delay; samples/s = 1 / latency (one sample at a time); "
+    "time to first output = (first step with a nonzero output + depth) x mean step time.",
+    "Measured baseline: the ANN branch's ONNX model in onnxruntime on this CPU (one thread), "
+    "latency of one sample and throughput of the whole batch, wall clock: measured, not "
+    "modelled, and not comparable across machines.",
+    "Accuracy: the class is the argmax of the output summed over T (analog readout) or the "
+    "most spikes (spiking readout); accuracy vs T re-runs the same graph at each T with "
+    "direct encoding.",
 )
 
 
@@ -190,7 +210,9 @@ def build_report(graph: nir.NIRGraph, trace: Trace | None = None, *,
                  energy_models=DEFAULT_ENERGY_MODELS, chips=DEFAULT_CHIPS,
                  first_layer: str = "per_step", seed: int | None = None,
                  graph_path=None, graph_sha256: str | None = None,
-                 versions: dict | None = None, extra: dict | None = None) -> dict:
+                 versions: dict | None = None, extra: dict | None = None,
+                 measured: dict | None = None, sweep=None, weight_bits=None,
+                 max_chips: int | None = None, inputs: dict | None = None) -> dict:
     """The report as a dict (nothing written).
 
     accuracy: backend name -> fraction in [0, 1] (None when a backend was not run).
@@ -199,7 +221,15 @@ def build_report(graph: nir.NIRGraph, trace: Trace | None = None, *,
     graph_sha256: the file's hash; else computed from ``graph_path`` if given, else from
     the graph's content (``graph_sha256_of`` says which). versions: merged over the
     detected versions (e.g. {"torch": ..., "lava-nc": ...}).
+    first_layer: "per_step" or "once", the rule of GPU-style models (the other is shown
+    beside it). measured: the ONNX baseline as the demo stores it in run.json's ``onnx``
+    (``latency_seconds_per_sample``, ``throughput_samples_per_second``, ``accuracy``).
+    sweep: accuracy vs T (see ``normalise_sweep``). weight_bits, max_chips: the mapping's
+    (``hardware.latency.map_cores``). inputs: what was run (graph, data, backend...).
     """
+    if first_layer not in _energy.FIRST_LAYER_RULES:
+        raise InputError(f"first-layer rule must be one of {_energy.FIRST_LAYER_RULES}, got "
+                         f"{first_layer!r}", place="--first-layer")
     acc = {}
     for k, v in (accuracy or {}).items():
         if v is not None:
@@ -231,6 +261,10 @@ def build_report(graph: nir.NIRGraph, trace: Trace | None = None, *,
         "latency": {},
         "per_layer": per_layer_stats(trace, graph),
         "first_layer": first_layer,
+        "first_layer_rule": FIRST_LAYER_TEXT[first_layer],
+        "measured": _measured(measured),
+        "sweep": normalise_sweep(sweep) if sweep is not None else None,
+        "inputs": inputs or {},
         "rules": list(RULES),
         "versions": {**_versions(), **(versions or {})},
         "seed": seed,
@@ -249,11 +283,95 @@ def build_report(graph: nir.NIRGraph, trace: Trace | None = None, *,
                     "snn_over_ann_ratio": o["snn_over_ann_ratio"]}
             report["energy"][model.name] = r
         for c in chips:
-            r = _latency.estimate_latency(trace, graph, c)
+            r = _latency.estimate_latency(trace, graph, c, weight_bits=weight_bits,
+                                          max_chips=max_chips)
             report["latency"][r["chip"]] = r
     if extra:
         report["extra"] = extra
     return report
+
+
+FIRST_LAYER_TEXT = {
+    "per_step": "per_step: the analog first layer's MACs count at each of the T steps (what "
+                "the trace measured under direct encoding)",
+    "once": "once: the analog first layer's MACs count once per sample (the trace's MACs / T; "
+            "the convention of papers that compute the first layer once and reuse it)",
+}
+
+
+def _measured(m: dict | None) -> dict:
+    """The measured ONNX baseline, labelled; {} when none."""
+    if not m:
+        return {}
+    keep = ("latency_seconds_per_sample", "throughput_samples_per_second", "accuracy",
+            "threads", "provider")
+    out = {k: m.get(k) for k in keep if k in m}
+    return {"onnx": {**out, "label": "measured (onnxruntime on this CPU, wall clock)"}}
+
+
+def normalise_sweep(sweep) -> list[dict]:
+    """Accuracy vs T as ``[{"timesteps": T, "accuracy": {backend: fraction}}, ...]`` sorted by T.
+
+    Accepts that list (accuracy a fraction or a dict per backend), a dict
+    ``{"timesteps": [...], "accuracy": [...]}``, or an array of shape (N, 2) of (T, accuracy).
+    Raises InputError on anything else (T a positive integer, accuracy in [0, 1])."""
+    place = "sweep"
+    if isinstance(sweep, np.ndarray):
+        if sweep.ndim != 2 or sweep.shape[1] != 2 or sweep.dtype.kind not in "iuf":
+            raise InputError("a sweep array must be numeric of shape (N, 2): T, accuracy", place=place)
+        sweep = [{"timesteps": t, "accuracy": a} for t, a in sweep.tolist()]
+    elif isinstance(sweep, dict):
+        ts, acc = sweep.get("timesteps"), sweep.get("accuracy")
+        if not isinstance(ts, list) or not isinstance(acc, list) or len(ts) != len(acc):
+            raise InputError("a sweep object needs lists 'timesteps' and 'accuracy' of one length",
+                             place=place)
+        sweep = [{"timesteps": t, "accuracy": a} for t, a in zip(ts, acc)]
+    if not isinstance(sweep, list) or not sweep:
+        raise InputError("a sweep must be a non-empty list of {timesteps, accuracy}", place=place)
+    out = []
+    for i, row in enumerate(sweep):
+        where = f"{place}[{i}]"
+        if not isinstance(row, dict):
+            raise InputError("each entry must be an object {timesteps, accuracy}", place=where)
+        t = row.get("timesteps")
+        if isinstance(t, float) and t.is_integer():
+            t = int(t)
+        if isinstance(t, bool) or not isinstance(t, int) or t < 1:
+            raise InputError(f"timesteps {t!r} must be a positive integer", place=where)
+        acc = row.get("accuracy")
+        acc = acc if isinstance(acc, dict) else {"accuracy": acc}
+        clean = {}
+        for k, v in acc.items():
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) \
+                    or not 0.0 <= v <= 1.0:
+                raise InputError(f"accuracy {v!r} must be a fraction in [0, 1]", place=f"{where}.{k}")
+            clean[str(k)] = float(v)
+        out.append({"timesteps": t, "accuracy": clean})
+    return sorted(out, key=lambda r: r["timesteps"])
+
+
+def load_sweep(path) -> list[dict]:
+    """A sweep file: .json (see ``normalise_sweep``) or .npy of shape (N, 2) (never unpickled)."""
+    import json
+
+    p = Path(path)
+    if not p.is_file():
+        raise InputError("sweep file not found", file=str(p))
+    if p.suffix == ".npy":
+        try:
+            arr = np.load(p, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as e:
+            raise InputError(f"not a readable .npy array ({e})", file=str(p)) from None
+        data = arr
+    else:
+        try:
+            data = json.loads(p.read_text(), parse_constant=lambda c: float("nan"))
+        except (ValueError, UnicodeDecodeError) as e:
+            raise InputError(f"not valid JSON ({e})", file=str(p)) from None
+    try:
+        return normalise_sweep(data)
+    except InputError as e:
+        raise InputError(e.rule, file=str(p), place=e.place) from None
 
 
 # --------------------------------------------------------------------------- plots
@@ -336,6 +454,37 @@ def make_plots(report: dict, trace: Trace | None = None) -> dict[str, bytes]:
         png = _raster(trace, order)
         if png is not None:
             plots["spike_raster.png"] = png
+    en = report.get("energy") or {}
+    if en:
+        names = list(en)
+        vals = [max(float(en[n]["total_pj_per_sample"]), 1e-12) for n in names]
+        colors = {_energy.GPU_STYLE: "#4878a8", _energy.CHIP_STYLE: "#6aa84f",
+                  _energy.ANN_DEVICE: "#b45f5f"}
+        fig, ax = plt.subplots(figsize=(max(5.0, 0.7 * len(names) + 2), 3.4))
+        y = np.arange(len(names))
+        ax.barh(y, vals, color=[colors.get(en[n]["kind"], "0.5") for n in names])
+        ax.set_yticks(y, [f"{_label(n)} ({en[n]['kind']})" for n in names])
+        ax.invert_yaxis()
+        ax.set_xscale("log")
+        ax.set_xlabel("pJ per sample (log scale)")
+        ax.set_title("energy per sample by model")
+        plots["energy.png"] = _png(fig)
+    sweep = report.get("sweep")
+    if sweep:
+        fig, ax = plt.subplots(figsize=(5.5, 3.4))
+        backends = sorted({b for r in sweep for b in r["accuracy"]})
+        for b in backends:
+            pts = [(r["timesteps"], r["accuracy"][b]) for r in sweep if b in r["accuracy"]]
+            ax.plot([p[0] for p in pts], [100 * p[1] for p in pts], marker="o", label=_label(b))
+        ax.set_xscale("log", base=2)
+        ax.xaxis.set_major_locator(matplotlib.ticker.FixedLocator(sorted({r["timesteps"] for r in sweep})))
+        ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        ax.set_xlabel("T (time steps)")
+        ax.set_ylabel("accuracy (%)")
+        ax.set_title("accuracy vs T")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+        plots["accuracy_vs_T.png"] = _png(fig)
     return plots
 
 
@@ -358,12 +507,6 @@ def _num(x) -> str:
     return _e(x)
 
 
-def _table(header: list[str], rows: list[list]) -> str:
-    head = "".join(f"<th>{_e(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
 def _img(plots: dict[str, bytes], name: str, alt: str) -> str:
     if name not in plots:
         return "<p>(no data for this plot)</p>"
@@ -371,90 +514,181 @@ def _img(plots: dict[str, bytes], name: str, alt: str) -> str:
     return f'<img alt="{_e(alt)}" src="data:image/png;base64,{b64}">'
 
 
+STYLE = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;"
+         "color:#222;line-height:1.4}h1{margin-bottom:.2em}h2{border-bottom:2px solid #4878a8;"
+         "padding-bottom:.2em;margin-top:1.6em}h3{margin:1em 0 .3em}"
+         "table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;"
+         "padding:2px 8px;text-align:left;vertical-align:top}th{background:#eef2f7}"
+         "td.n{text-align:right;font-variant-numeric:tabular-nums}"
+         "img{max-width:100%}.note{color:#555;font-size:.92em}"
+         ".measured{background:#fff4e0}.src{font-size:.85em;color:#444}"
+         "nav a{margin-right:1em}")
+
+
+def _n(x) -> str:
+    """A numeric table cell (right-aligned)."""
+    return f'<td class="n">{_num(x)}</td>'
+
+
+def _table(header: list[str], rows: list[list], numeric: tuple[int, ...] = ()) -> str:
+    head = "".join(f"<th>{_e(h)}</th>" for h in header)
+    body = "".join(
+        "<tr>" + "".join(f'<td class="n">{c}</td>' if i in numeric else f"<td>{c}</td>"
+                         for i, c in enumerate(r)) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _pct(v) -> str:
+    return "not run" if v is None else f"{100 * float(v):.2f}%"
+
+
+def _html_accuracy(report) -> str:
+    acc = report.get("accuracy") or {}
+    rows = [[_e(k), _pct(v)] for k, v in acc.items()]
+    head = ""
+    inp = report.get("inputs") or {}
+    if inp:
+        head = "<p class=\"note\">" + "; ".join(f"{_e(k)}: {_e(v)}" for k, v in inp.items()) + "</p>"
+    return head + (_table(["backend", "accuracy"], rows, (1,)) if rows
+                   else "<p>No accuracy was measured (no labels).</p>")
+
+
+def _html_energy(report, plots) -> str:
+    en = report.get("energy") or {}
+    if not en:
+        return "<p>No trace: no energy estimate.</p>"
+    fl = report.get("first_layer_rule") or report.get("first_layer")
+    out = [f"<p>First-layer rule of the GPU-style models: <b>{_e(fl)}</b>. The other rule is "
+           "shown beside each GPU-style estimate.</p>",
+           _img(plots, "energy.png", "energy per sample by model")]
+    rows = []
+    for name, r in en.items():
+        alt = r.get("other_first_layer_rule") or {}
+        rows.append([_e(name), _e(r.get("kind")), _num(r.get("total_pj_per_sample")),
+                     _num((r.get("total_pj_per_sample") or 0) * 1e-6),
+                     _num(r.get("ann_pj_per_sample")), _num(r.get("snn_over_ann_ratio")),
+                     (f"{_num(alt['total_pj_per_sample'])} ({_e(alt['first_layer'])})"
+                      if alt else "")])
+    out.append(_table(["model", "kind", "pJ / sample", "uJ / sample", "equivalent ANN pJ",
+                       "SNN / ANN", "other first-layer rule pJ"], rows, (2, 3, 4, 5, 6)))
+    out.append("<p class=\"note\">gpu-style: MACs and accumulates (the convention of SNN "
+               "papers); chip-style: a neuromorphic chip's per-operation costs; ann-device: the "
+               "equivalent ANN on a conventional device (keras-spiking's cpu, gpu, arm).</p>")
+    for name, r in en.items():
+        ops = [[_e(k.replace("_pj_per_sample", "")), _num(v)]
+               for k, v in r.get("per_operation_pj_per_sample", {}).items()]
+        nodes = [[_e(k), _num(v)] for k, v in r.get("per_node_pj_per_sample", {}).items()]
+        out.append(f"<h3>{_e(name)} <span class=\"note\">({_e(r.get('kind'))}, first layer: "
+                   f"{_e(r.get('first_layer'))})</span></h3>"
+                   f"<p class=\"note\">{_e(r.get('description', ''))}</p>"
+                   "<div style=\"display:flex;gap:2em;flex-wrap:wrap\">"
+                   + _table(["operation", "pJ / sample"], ops, (1,))
+                   + _table(["node", "pJ / sample"], nodes, (1,)) + "</div>")
+    return "".join(out)
+
+
+def _html_latency(report) -> str:
+    la = report.get("latency") or {}
+    meas = (report.get("measured") or {}).get("onnx")
+    out = []
+    if la or meas:
+        rows = []
+        for chip, r in la.items():
+            rows.append([f"{_e(chip)} (SNN, T = {_num(r.get('timesteps'))})", "modelled",
+                         _num(r.get("seconds_per_sample")), _num(r.get("samples_per_second")),
+                         _num(r.get("time_to_first_output_s"))])
+        if meas:
+            rows.append(["onnxruntime, ANN branch, this CPU (1 thread)",
+                         "<b>measured</b>", _num(meas.get("latency_seconds_per_sample")),
+                         _num(meas.get("throughput_samples_per_second")), "n/a"])
+        out.append(_table(["what", "kind", "s / sample", "samples / s", "time to first output s"],
+                          rows, (2, 3, 4)))
+        out.append("<p class=\"note\">Modelled numbers come from the Loihi-style model below; "
+                   "the measured row is wall-clock time on the machine that wrote this report "
+                   "(throughput over the whole batch).</p>")
+    for chip, r in la.items():
+        rows = [[_e(k), _e(v.get("role", "")), _num(v["neurons"]), _num(v["fan_in"]),
+                 _num(v.get("synapses")), _num(v.get("weight_bits")),
+                 _num(v.get("synaptic_memory_bytes")), _num(v["cores"]),
+                 _e(v.get("limited_by", "")), _num(v["mean_core_work_ns_per_step"])]
+                for k, v in r.get("per_layer", {}).items()]
+        out.append(
+            f"<h3>{_e(chip)}: mapping and step time</h3><p>{_num(r.get('cores'))} cores on "
+            f"{_num(r.get('chips'))} chip(s), {_num(r.get('synaptic_memory_bytes'))} bytes of "
+            f"synaptic weights; T = {_num(r.get('timesteps'))}, synaptic depth "
+            f"{_num(r.get('synaptic_depth'))}; mean step time "
+            f"{_num((r.get('mean_step_time_s') or 0) * 1e9)} ns (barrier "
+            f"{_num(r.get('barrier_ns'))} ns); <b>{_num(r.get('seconds_per_sample'))} s per "
+            f"sample</b>, {_num(r.get('samples_per_second'))} samples/s.</p>"
+            + _table(["layer", "role", "neurons", "fan-in", "synapses", "weight bits",
+                      "synaptic bytes", "cores", "cores limited by", "mean core work ns/step"],
+                     rows, (2, 3, 4, 5, 6, 7, 9)))
+    return "".join(out) or "<p>No trace: no latency estimate.</p>"
+
+
+def _html_sweep(report, plots) -> str:
+    sw = report.get("sweep")
+    if not sw:
+        return ("<p>No sweep was run. Run one with <code>spikebridge report ... "
+                "--sweep-timesteps 1,2,4,8</code> or pass <code>--sweep FILE</code>.</p>")
+    backends = sorted({b for r in sw for b in r["accuracy"]})
+    rows = [[_num(r["timesteps"])] + [_pct(r["accuracy"].get(b)) if b in r["accuracy"] else "n/a"
+                                       for b in backends] for r in sw]
+    return (_img(plots, "accuracy_vs_T.png", "accuracy vs T")
+            + _table(["T"] + backends, rows, tuple(range(len(backends) + 1))))
+
+
+def _html_method(report) -> str:
+    m = "<ul>" + "".join(f"<li>{_e(x)}</li>" for x in report.get("rules", [])) + "</ul>"
+    m += f"<p>First-layer rule used: <b>{_e(report.get('first_layer_rule') or report.get('first_layer'))}</b>.</p>"
+    crow = []
+    for name, r in (report.get("energy") or {}).items():
+        for op, c in r.get("constants", {}).items():
+            crow.append([_e(name), _e(op), f"{_num(c['value_pj'])} pJ",
+                         f'<span class="src">{_e(c["source"])}</span>'])
+    for chip, r in (report.get("latency") or {}).items():
+        for k, c in r.get("constants", {}).items():
+            crow.append([_e(chip), _e(k), _num(c["value"]),
+                         f'<span class="src">{_e(c["source"])}</span>'])
+    if crow:
+        m += "<h3>Constants and their sources</h3>" + _table(["model", "constant", "value", "source"], crow)
+    prov = [[_e(k), _e(v)] for k, v in (report.get("versions") or {}).items()]
+    prov += [["seed", _e(report.get("seed"))], ["graph sha256", _e(report.get("graph_sha256"))],
+             ["graph sha256 of", _e(report.get("graph_sha256_of"))],
+             ["schema version", _e(report.get("schema_version"))]]
+    m += "<h3>Provenance</h3>" + _table(["what", "value"], prov)
+    return m
+
+
 def render_html(report: dict, plots: dict[str, bytes]) -> str:
     sec = dict(SECTIONS)
-    parts = []
-    # accuracy
-    acc = report.get("accuracy") or {}
-    rows = [[_e(k), "not run" if v is None else f"{100 * v:.2f}%"] for k, v in acc.items()]
-    parts.append(("accuracy", _table(["backend", "accuracy"], rows) if rows
-                  else "<p>No accuracy was measured (no labels).</p>"))
-    # firing rates + per-layer table
     pl = report.get("per_layer", [])
     rows = [[_e(r["node"]), _e(r["type"]), _num(r["neurons"]), _num(r["firing_rate"]),
              _num(r["synaptic_ops_per_sample"]), _num(r["macs_per_sample"]),
              _num(r["spikes_per_sample"]), _num(r["ann_macs_per_sample"])] for r in pl]
-    parts.append(("firing", _img(plots, "firing_rates.png", "firing rate per layer")
-                  + _table(["node", "type", "neurons", "firing rate", "SOPs/sample",
-                            "MACs/sample", "spikes/sample", "ANN MACs/sample"], rows)))
-    tot = (f"<p>Total per sample: {_num(report.get('synaptic_ops_per_sample'))} synaptic ops, "
-           f"{_num(report.get('macs_per_sample'))} analog MACs, "
-           f"{_num(report.get('spikes_per_sample'))} spikes; equivalent ANN: "
+    firing = (_img(plots, "firing_rates.png", "firing rate per layer")
+              + _table(["node", "type", "neurons", "firing rate", "SOPs/sample",
+                        "MACs/sample", "spikes/sample", "ANN MACs/sample"], rows,
+                       (2, 3, 4, 5, 6, 7)))
+    tot = (f"<p>Total per sample: <b>{_num(report.get('synaptic_ops_per_sample'))}</b> synaptic "
+           f"ops, {_num(report.get('macs_per_sample'))} analog MACs, "
+           f"{_num(report.get('spikes_per_sample'))} spikes, "
+           f"{_num(report.get('neuron_updates_per_sample'))} neuron updates; equivalent ANN: "
            f"{_num(report.get('ann_macs_per_sample'))} MACs.</p>")
-    parts.append(("sops", _img(plots, "synaptic_ops.png", "synaptic ops per layer") + tot))
-    # energy
-    en = []
-    for name, r in (report.get("energy") or {}).items():
-        ops = [[_e(k.replace("_pj_per_sample", "")), _num(v)]
-               for k, v in r.get("per_operation_pj_per_sample", {}).items()]
-        nodes = [[_e(k), _num(v)] for k, v in r.get("per_node_pj_per_sample", {}).items()]
-        summary = (f"<p>kind: <b>{_e(r.get('kind'))}</b>; total "
-                   f"<b>{_num(r.get('total_pj_per_sample'))} pJ per sample</b>; first-layer "
-                   f"rule: {_e(r.get('first_layer'))}")
-        if "ann_pj_per_sample" in r:
-            summary += (f"; equivalent ANN {_num(r['ann_pj_per_sample'])} pJ per sample; "
-                        f"SNN/ANN = {_num(r.get('snn_over_ann_ratio'))}")
-        alt = r.get("other_first_layer_rule")
-        if alt:
-            summary += (f". With first-layer rule {_e(alt['first_layer'])}: "
-                        f"{_num(alt['total_pj_per_sample'])} pJ per sample, SNN/ANN = "
-                        f"{_num(alt['snn_over_ann_ratio'])}")
-        summary += "</p>"
-        en.append(f"<h3>{_e(name)}</h3>{summary}"
-                  + _table(["operation", "pJ / sample"], ops)
-                  + _table(["node", "pJ / sample"], nodes))
-    parts.append(("energy", "".join(en) or "<p>No trace: no energy estimate.</p>"))
-    # latency
-    la = []
-    for chip, r in (report.get("latency") or {}).items():
-        rows = [[_e(k), _num(v["neurons"]), _num(v["fan_in"]), _num(v["cores"]),
-                 _num(v["mean_core_work_ns_per_step"])] for k, v in r.get("per_layer", {}).items()]
-        la.append(
-            f"<h3>{_e(chip)}</h3><p>{_num(r.get('cores'))} cores on {_num(r.get('chips'))} "
-            f"chip(s); T = {_num(r.get('timesteps'))}, synaptic depth "
-            f"{_num(r.get('synaptic_depth'))}; mean step time "
-            f"{_num((r.get('mean_step_time_s') or 0) * 1e9)} ns (barrier "
-            f"{_num(r.get('barrier_ns'))} ns); <b>{_num(r.get('seconds_per_sample'))} s per "
-            f"sample</b>, {_num(r.get('samples_per_second'))} samples/s; time to first "
-            f"output {_num(r.get('time_to_first_output_s'))} s.</p>"
-            + _table(["layer", "neurons", "fan-in", "cores", "mean core work ns/step"], rows))
-    parts.append(("latency", "".join(la) or "<p>No trace: no latency estimate.</p>"))
-    parts.append(("raster", _img(plots, "spike_raster.png", "spike raster")))
-    # method
-    m = "<ul>" + "".join(f"<li>{_e(x)}</li>" for x in report.get("rules", [])) + "</ul>"
-    crow = []
-    for name, r in (report.get("energy") or {}).items():
-        for op, c in r.get("constants", {}).items():
-            crow.append([_e(name), _e(op), f"{_num(c['value_pj'])} pJ", _e(c["source"])])
-    for chip, r in (report.get("latency") or {}).items():
-        for k, c in r.get("constants", {}).items():
-            crow.append([_e(chip), _e(k), _num(c["value"]), _e(c["source"])])
-    if crow:
-        m += _table(["model", "constant", "value", "source"], crow)
-    prov = [[_e(k), _e(v)] for k, v in (report.get("versions") or {}).items()]
-    prov += [["seed", _e(report.get("seed"))], ["graph sha256", _e(report.get("graph_sha256"))],
-             ["schema version", _e(report.get("schema_version"))]]
-    m += _table(["provenance", "value"], prov)
-    parts.append(("method", m))
-
+    parts = [("accuracy", _html_accuracy(report)), ("firing", firing),
+             ("sops", _img(plots, "synaptic_ops.png", "synaptic ops per layer") + tot),
+             ("energy", _html_energy(report, plots)), ("latency", _html_latency(report)),
+             ("raster", _img(plots, "spike_raster.png", "spike raster")),
+             ("sweep", _html_sweep(report, plots)), ("method", _html_method(report))]
+    nav = "<nav>" + "".join(f'<a href="#{k}">{_e(sec[k])}</a>' for k, _ in SECTIONS) + "</nav>"
     body = "".join(f'<section id="{key}"><h2>{_e(sec[key])}</h2>{content}</section>'
                    for key, content in parts)
-    style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
-             "table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;"
-             "padding:2px 8px;text-align:left}img{max-width:100%}")
+    sub = (f"<p class=\"note\">backend {_e(report.get('backend'))}, T = "
+           f"{_num(report.get('timesteps'))}, {_num(report.get('samples'))} samples; graph "
+           f"sha256 {_e(str(report.get('graph_sha256'))[:16])}...</p>")
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             "<title>spikebridge report</title>"
-            f"<style>{style}</style></head><body><h1>spikebridge report</h1>{body}"
+            f"<style>{STYLE}</style></head><body><h1>spikebridge report</h1>{sub}{nav}{body}"
             "</body></html>\n")
 
 
@@ -484,3 +718,113 @@ def make_report(out_dir, graph: nir.NIRGraph, trace: Trace | None = None, **kwar
     report = build_report(graph, trace, **kwargs)
     write_report(out_dir, report, trace=trace, graph=graph)
     return report
+
+
+# --------------------------------------------------------------------------- any graph
+
+
+def parse_timesteps_list(text: str) -> list[int]:
+    """'1,2,4,8' -> [1, 2, 4, 8] (positive integers, at most 16 values)."""
+    try:
+        ts = sorted({int(t) for t in str(text).split(",") if t.strip()})
+    except ValueError:
+        raise InputError(f"{text!r} is not a comma-separated list of integers",
+                         place="--sweep-timesteps") from None
+    if not ts or ts[0] < 1 or len(ts) > 16:
+        raise InputError("give 1 to 16 positive integers, e.g. 1,2,4,8", place="--sweep-timesteps")
+    return ts
+
+
+def run_sweep(graph, info, x: np.ndarray, y: np.ndarray, timesteps: list[int], backend: str = "eventsim",
+              profile: str | None = None, progress: bool = False) -> list[dict]:
+    """Accuracy of the graph at each T (direct encoding of the samples x)."""
+    from toolchain import pipeline
+
+    rows = []
+    for T in timesteps:
+        tr = pipeline.run_backend(graph, info, pipeline.direct_encode(x, T), backend, profile=profile,
+                                  progress=progress, desc=f"{backend} T={T}")
+        acc, _ = pipeline.accuracy_of(graph, tr, y)
+        rows.append({"timesteps": int(T), "accuracy": {backend: float(acc)}})
+    return rows
+
+
+def report_graph(graph_path, out_dir, *, input_npy=None, dataset: str | None = None, split: str = "test",
+                 limit: int | None = None, timesteps: int | None = None, profile: str | None = None,
+                 backend: str = "eventsim", energy_models=DEFAULT_ENERGY_MODELS, first_layer: str = "per_step",
+                 sweep=None, sweep_timesteps: list[int] | None = None, weight_bits=None,
+                 max_chips: int | None = None, progress: bool = True) -> dict:
+    """``spikebridge report GRAPH.nir``: run ``backend`` on X.npy or a dataset (direct encoding
+    over T = --timesteps or the graph's metadata), then write the report into ``out_dir``.
+
+    Accuracy is measured only with a dataset (labels). ``sweep_timesteps`` re-runs the graph
+    at each T on the same samples (dataset only) for the accuracy-vs-T plot; ``sweep`` is an
+    already-computed sweep (``normalise_sweep``)."""
+    from hardware.graph import analyse, graph_meta, load_graph
+    from toolchain import pipeline
+
+    if (input_npy is None) == (dataset is None):
+        raise InputError("give exactly one of --input X.npy or --dataset NAME", place="report")
+    graph = load_graph(graph_path)
+    info = analyse(graph, file=str(graph_path))
+    shape = pipeline.graph_input_shape(graph, info)
+    labels = None
+    inputs = {"graph": str(graph_path), "backend": backend, "profile": profile or "spikebridge"}
+    if input_npy is not None:
+        if sweep_timesteps:
+            raise InputError("--sweep-timesteps needs --dataset (labels)", place="report")
+        x_tb = pipeline.load_input_npy(input_npy, shape)
+        inputs["input"] = str(input_npy)
+    else:
+        T = timesteps or graph_meta(graph, file=str(graph_path)).get("timesteps")
+        if not T:
+            raise InputError("the graph states no timesteps; pass --timesteps", file=str(graph_path))
+        x, labels = pipeline.dataset_samples(dataset, split, limit, shape)
+        x_tb = pipeline.direct_encode(x, int(T))
+        inputs.update(dataset=dataset, split=split, encoding="direct")
+    trace = pipeline.run_backend(graph, info, x_tb, backend, profile=profile, progress=progress)
+    accuracy = {}
+    if labels is not None:
+        accuracy[backend], _ = pipeline.accuracy_of(graph, trace, labels)
+        if sweep_timesteps:
+            sweep = run_sweep(graph, info, x, labels, sweep_timesteps, backend, profile, progress)
+    models = [_energy.get_model(m) for m in energy_models]
+    report = build_report(graph, trace, accuracy=accuracy, energy_models=models, first_layer=first_layer,
+                          graph_path=graph_path, versions=pipeline.versions(), sweep=sweep,
+                          weight_bits=weight_bits, max_chips=max_chips, inputs=inputs)
+    write_report(out_dir, report, trace=trace, graph=graph)
+    return report
+
+
+def energy_models_with(user_files) -> list:
+    """The default models plus the user's TOML models (a name may not repeat)."""
+    models = [_energy.get_model(m) for m in DEFAULT_ENERGY_MODELS]
+    for f in user_files or ():
+        m = _energy.load_energy_model_toml(f)
+        if any(m.name == o.name for o in models):
+            raise InputError(f"energy model name {m.name!r} is already used", file=str(f), place="name")
+        models.append(m)
+    return models
+
+
+def sweep_for_run(run_dir, timesteps: list[int], out_dir=None, progress: bool = False) -> list[dict]:
+    """Accuracy vs T for a demo run directory: eventsim on run.json's dataset and split at each
+    T; written to OUT_DIR/sweep.json (default the run directory) so later reports reuse it."""
+    import json
+
+    from hardware.graph import analyse, load_graph
+    from hardware.fileio import atomic_write_json
+    from toolchain import pipeline
+
+    d = Path(run_dir)
+    try:
+        run = json.loads((d / "run.json").read_text())
+        dataset, split = run["dataset"], run.get("split", "test")
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise InputError(f"run.json is missing or names no dataset ({e})", file=str(d / "run.json")) from None
+    graph = load_graph(d / "graph.nir")
+    info = analyse(graph, file=str(d / "graph.nir"))
+    x, y = pipeline.dataset_samples(dataset, split, run.get("samples"), pipeline.graph_input_shape(graph, info))
+    sweep = run_sweep(graph, info, x, y, timesteps, "eventsim", progress=progress)
+    atomic_write_json(Path(out_dir or d) / "sweep.json", sweep)
+    return sweep
