@@ -34,6 +34,7 @@ class DatasetInfo:
     input_shape: tuple[int, int, int]
     num_classes: int
     description: str
+    augment: bool = False  # random crop (padding 4) + horizontal flip in training
 
 
 DATASETS = {

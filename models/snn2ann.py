@@ -23,6 +23,15 @@ Deviations and clarifications, named here as methods.md asks:
   bias-spread-over-T rule consistent at the first layer too.
 - ATA's noisy test uses ReLU(z) before the ANN dropout: a unit zeroed by dropout is
   not a noisy spike of the SNN.
+- Max-pool is taken on each step's current (SNN) and on the BN output (ANN), as the
+  released code does; sum_t maxpool(I(t)) may exceed maxpool(sum_t I(t)), so the two
+  branches agree exactly only for nets without max-pool (the equality tests use those).
+- Avg-pool is IF -> avgpool -> IF: the pooled spikes are the next IF's current, and on the
+  ANN side the pooled counts pass through ReLU and the SMU like any other layer.
+- Residual block: the block's IF receives conv_b's current plus the shortcut's (identity:
+  the input spikes; projection: a 1x1 conv + BN folded like every other layer).
+- The SNN branch runs step by step through all layers (not layer by layer over all T):
+  it never holds T steps of activations, which is what keeps its memory small.
 """
 from __future__ import annotations
 
@@ -30,8 +39,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from models.architectures import infer_shapes
-from models.neurons import NeuronConfig, run_if
+from models.architectures import infer_shapes, pool_kernel, resblock_has_projection
+from models.neurons import NeuronConfig
 
 BN_EPS = 1e-5
 ATA_RHO = 0.1
@@ -65,14 +74,30 @@ class ReSU(torch.autograd.Function):
 SMUS = {"stsu": STSU, "resu": ReSU}
 
 
+_BITS = torch.arange(8, dtype=torch.uint8)
+
+
+def membrane_dropout_(v: torch.Tensor, p: float) -> torch.Tensor:
+    """Inverted dropout of the membrane, in place. For p = 1/2 (the released setting) the
+    keep mask is unpacked from random bytes, 8 independent fair bits per byte: the same
+    distribution as ``F.dropout`` at a fraction of bernoulli_'s cost on the CPU."""
+    if p != 0.5:
+        return F.dropout(v, p, training=True)
+    n = v.numel()
+    r = torch.randint(0, 256, ((n + 7) // 8,), dtype=torch.uint8, device=v.device)
+    keep = ((r[:, None] >> _BITS.to(v.device)) & 1).view(-1)[:n].view(v.shape)
+    return v.mul_(keep).mul_(2.0)
+
+
 class SharedLayer(nn.Module):
-    """A conv or linear layer (+ BN + per-neuron thresholds) shared by both branches."""
+    """A conv or linear layer (+ BN [+ max-pool] + per-neuron thresholds) shared by both branches."""
 
     def __init__(self, spec: dict, in_shape: tuple, out_shape: tuple):
         super().__init__()
         self.spec = dict(spec)
         self.kind = spec["type"]
         self.neuron = bool(spec.get("neuron", False))
+        self.maxpool = int(spec.get("maxpool") or 0)
         if self.kind == "conv":
             self.op = nn.Conv2d(in_shape[0], spec["out_channels"], spec["kernel_size"],
                                 stride=spec["stride"], padding=spec["padding"], bias=True)
@@ -93,15 +118,88 @@ class SharedLayer(nn.Module):
         shape = (-1,) + (1,) * (w.dim() - 1)
         return w * a.view(shape), (a * (c - self.bn.running_mean) + self.bn.bias) / T
 
-    def snn_current(self, x: torch.Tensor, T: int) -> torch.Tensor:
-        w, b = self.folded(T)
+    def apply_folded(self, x: torch.Tensor, wb) -> torch.Tensor:
+        w, b = wb
         if self.kind == "conv":
-            return F.conv2d(x, w, b, stride=self.op.stride, padding=self.op.padding)
+            y = F.conv2d(x, w, b, stride=self.op.stride, padding=self.op.padding)
+            return F.max_pool2d(y, self.maxpool) if self.maxpool else y
         return F.linear(x, w, b)
+
+    def snn_current(self, x: torch.Tensor, T: int) -> torch.Tensor:
+        """Per-step input current (max-pool, when the spec has one, is taken on the current)."""
+        return self.apply_folded(x, self.folded(T))
 
     def ann(self, h: torch.Tensor) -> torch.Tensor:
         z = self.op(h)
-        return self.bn(z) if self.bn is not None else z
+        z = self.bn(z) if self.bn is not None else z
+        return F.max_pool2d(z, self.maxpool) if self.maxpool else z
+
+
+class PoolLayer(nn.Module):
+    """Average pooling between two IF layers: spikes -> avgpool -> IF (per-neuron thresholds)."""
+
+    def __init__(self, spec: dict, in_shape: tuple, out_shape: tuple):
+        super().__init__()
+        self.spec = dict(spec)
+        self.kind = "avgpool"
+        self.neuron = True
+        self.kernel = pool_kernel(spec, in_shape)
+        self.register_buffer("threshold", torch.rand(out_shape))
+        self.out_shape = tuple(out_shape)
+
+    def pool(self, x):
+        return F.avg_pool2d(x, self.kernel)
+
+
+class ResBlock(nn.Module):
+    """Basic residual block: a = IF(BN(conv_a x)); out = IF(BN(conv_b a) + shortcut(x))."""
+
+    def __init__(self, spec: dict, in_shape: tuple, out_shape: tuple):
+        super().__init__()
+        self.spec = dict(spec)
+        self.kind = "resblock"
+        self.neuron = True
+        ch, s = int(spec["out_channels"]), int(spec["stride"])
+        conv = {"type": "conv", "kernel_size": 3, "padding": 1, "bn": True}
+        self.a = SharedLayer({**conv, "name": spec["name"] + ".a", "out_channels": ch, "stride": s,
+                              "neuron": True}, in_shape, out_shape)
+        self.b = SharedLayer({**conv, "name": spec["name"] + ".b", "out_channels": ch, "stride": 1,
+                              "neuron": False}, out_shape, out_shape)
+        if resblock_has_projection(spec, in_shape):
+            self.shortcut = SharedLayer({"type": "conv", "name": spec["name"] + ".shortcut", "kernel_size": 1,
+                                         "padding": 0, "bn": True, "out_channels": ch, "stride": s,
+                                         "neuron": False}, in_shape, out_shape)
+        else:
+            self.shortcut = None
+        self.register_buffer("threshold", torch.rand(out_shape))
+        self.out_shape = tuple(out_shape)
+
+
+def build_layers(spec, input_shape, classes=(SharedLayer, PoolLayer, ResBlock)) -> nn.ModuleDict:
+    shared, pool, res = classes
+    layers = nn.ModuleDict()
+    for s, (i, o) in zip(spec, infer_shapes(spec, input_shape)):
+        if s["type"] in ("conv", "linear"):
+            layers[s["name"]] = shared(s, i, o)
+        elif s["type"] == "avgpool":
+            layers[s["name"]] = pool(s, i, o)
+        elif s["type"] == "resblock":
+            layers[s["name"]] = res(s, i, o)
+    return layers
+
+
+def neuron_units(spec, layers) -> list[tuple[str, nn.Module]]:
+    """(name, module holding ``threshold``) of every neuron layer, in the order both branches
+    produce counts / noisy fractions (a residual block gives ``<name>.a`` then ``<name>``)."""
+    out = []
+    for s in spec:
+        if s["type"] == "flatten" or not s.get("neuron"):
+            continue
+        layer = layers[s["name"]]
+        if s["type"] == "resblock":
+            out.append((s["name"] + ".a", layer.a))
+        out.append((s["name"], layer))
+    return out
 
 
 class SNN2ANNNet(nn.Module):
@@ -115,46 +213,93 @@ class SNN2ANNNet(nn.Module):
         self.ann_dropout = ann_dropout
         self.membrane_dropout = membrane_dropout
         self.neuron_cfg = NeuronConfig(reset="zero", threshold_test="gt", dt=1.0)
-        self.layers = nn.ModuleDict()
-        for s, (i, o) in zip(spec, infer_shapes(spec, input_shape)):
-            if s["type"] in ("conv", "linear"):
-                self.layers[s["name"]] = SharedLayer(s, i, o)
+        self.layers = build_layers(self.spec, input_shape)
         last = self.spec[-1]
         if last["type"] != "linear" or last.get("neuron"):
             raise ValueError("the last layer must be a linear classifier without neurons")
 
+    def neuron_units(self):
+        return neuron_units(self.spec, self.layers)
+
     # ---- SNN branch -------------------------------------------------------------
+    def _if(self, key, cur, th, mem):
+        """One IF step (hard reset to 0, strict >, membrane dropout in training), in place."""
+        v = mem.get(key)
+        v = cur.clone() if v is None else v.add_(cur)
+        fired = v > th
+        s = fired.to(cur.dtype)
+        v.masked_fill_(fired, 0.0)
+        if self.membrane_dropout > 0 and self.training:
+            v = membrane_dropout_(v, self.membrane_dropout)
+        mem[key] = v
+        return s
+
     @torch.no_grad()
     def snn_forward(self, x: torch.Tensor, record: bool = False):
-        """Run the SNN over T steps. Returns (logits, counts per neuron layer[, spikes])."""
+        """Run the SNN over T steps. Returns (logits, counts per neuron layer[, spikes]).
+
+        Step by step through all layers: only one step's activations, the membranes and
+        the counts are alive at any time (memory O(layers) instead of O(T x layers)).
+        The first layer's current is computed once (direct encoding: same input every step).
+        """
         T = self.timesteps
-        s_seq = None
-        counts, spikes = [], []
+        fold: dict[int, tuple] = {}
+
+        def cur(layer, h):
+            wb = fold.get(id(layer))
+            if wb is None:
+                wb = fold[id(layer)] = layer.folded(T)
+            return layer.apply_folded(h, wb)
+
+        mem: dict[str, torch.Tensor] = {}
+        counts: dict[str, torch.Tensor] = {}
+        rec: dict[str, list] = {}
+        static: dict[str, torch.Tensor] = {}
+        acc = None
         logits = None
-        for s in self.spec:
-            if s["type"] == "flatten":
-                if s_seq is None:
-                    x = x.flatten(1)
-                else:
-                    s_seq = s_seq.flatten(2)
-                continue
-            layer = self.layers[s["name"]]
-            if not layer.neuron:
-                logits = F.linear(s_seq.mean(0), layer.op.weight, layer.op.bias)
-                break
-            if s_seq is None:  # direct encoding: the same analog current at every step
-                cur = layer.snn_current(x, T)
-                currents = cur.unsqueeze(0).expand(T, *cur.shape)
-            else:
-                flat = s_seq.reshape(T * s_seq.shape[1], *s_seq.shape[2:])
-                cur = layer.snn_current(flat, T)
-                currents = cur.view(T, s_seq.shape[1], *cur.shape[1:])
-            s_seq = run_if(currents, layer.threshold, self.neuron_cfg,
-                           membrane_dropout=self.membrane_dropout, training=self.training)
-            counts.append(s_seq.sum(0))
+
+        def emit(key, s):
+            counts[key] = s.clone() if key not in counts else counts[key].add_(s)
             if record:
-                spikes.append(s_seq)
-        return (logits, counts, spikes) if record else (logits, counts)
+                rec.setdefault(key, []).append(s)
+
+        for t in range(T):
+            h, analog = x, True
+            for sp in self.spec:
+                typ, name = sp["type"], sp["name"]
+                if typ == "flatten":
+                    h = h.flatten(1)
+                    continue
+                layer = self.layers[name]
+                if typ in ("conv", "linear") and not layer.neuron:
+                    acc = h.clone() if acc is None else acc.add_(h)
+                    if t == T - 1:
+                        logits = F.linear(acc / T, layer.op.weight, layer.op.bias)
+                    break
+                if typ in ("conv", "linear"):
+                    if analog:  # direct encoding: the same analog current at every step
+                        if name not in static:
+                            static[name] = cur(layer, h)
+                        c = static[name]
+                    else:
+                        c = cur(layer, h)
+                    s = self._if(name, c, layer.threshold, mem)
+                elif typ == "avgpool":
+                    s = self._if(name, layer.pool(h), layer.threshold, mem)
+                elif typ == "resblock":
+                    s1 = self._if(name + ".a", cur(layer.a, h), layer.a.threshold, mem)
+                    emit(name + ".a", s1)
+                    c = cur(layer.b, s1) + (cur(layer.shortcut, h) if layer.shortcut is not None else h)
+                    s = self._if(name, c, layer.threshold, mem)
+                else:
+                    raise AssertionError(typ)
+                emit(name, s)
+                h, analog = s, False
+        keys = [k for k, _ in self.neuron_units()]
+        count_list = [counts[k] for k in keys]
+        if record:
+            return logits, count_list, [torch.stack(rec[k]) for k in keys]
+        return logits, count_list
 
     # ---- ANN branch -------------------------------------------------------------
     def ann_forward(self, x: torch.Tensor, counts=None):
@@ -163,34 +308,42 @@ class SNN2ANNNet(nn.Module):
         Returns (logits, per-layer noisy-spike fractions or [])."""
         T = self.timesteps
         h = x * T
-        i = 0
         noisy = []
         smu = SMUS[self.smu]
+        it = iter(counts) if counts is not None else None
+
+        def act(z):
+            r_clean = F.relu(z)
+            r = F.relu(F.dropout(z, self.ann_dropout, self.training)) if self.ann_dropout else r_clean
+            if it is None:
+                return r
+            n = next(it)
+            noisy.append(((n > 0) & (r_clean.detach() <= 0)).float().mean())
+            return smu.apply(r, n)
+
         for s in self.spec:
-            if s["type"] == "flatten":
+            typ = s["type"]
+            if typ == "flatten":
                 h = h.flatten(1)
                 continue
             layer = self.layers[s["name"]]
-            if not layer.neuron:
-                return layer.op(h / T), noisy
-            z = layer.ann(h)
-            r_clean = F.relu(z)
-            r = F.relu(F.dropout(z, self.ann_dropout, self.training)) if self.ann_dropout else r_clean
-            if counts is None:
-                h = r
-            else:
-                n = counts[i]
-                noisy.append(((n > 0) & (r_clean.detach() <= 0)).float().mean())
-                h = smu.apply(r, n)
-            i += 1
+            if typ in ("conv", "linear"):
+                if not layer.neuron:
+                    return layer.op(h / T), noisy
+                h = act(layer.ann(h))
+            elif typ == "avgpool":
+                h = act(layer.pool(h))
+            elif typ == "resblock":
+                h1 = act(layer.a.ann(h))
+                z = layer.b.ann(h1) + (layer.shortcut.ann(h) if layer.shortcut is not None else h)
+                h = act(z)
         raise AssertionError("unreachable: the spec ends with a classifier")
 
     @torch.no_grad()
     def adapt_thresholds(self, noisy_fractions) -> list[float]:
         """ATA: raise a layer's thresholds by 0.01 when its noisy-spike fraction > 0.1."""
         out = []
-        layers = [l for l in self.layers.values() if l.neuron]
-        for layer, rho in zip(layers, noisy_fractions):
+        for (_, layer), rho in zip(self.neuron_units(), noisy_fractions):
             rho = float(rho)
             if rho > ATA_RHO:
                 layer.threshold += ATA_STEP

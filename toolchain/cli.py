@@ -82,7 +82,10 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--profile", help="how to read the graph (eventsim; default spikebridge): "
                    + ", ".join(_profile_names()) + " (README: Profiles)")
     s.add_argument("--dt", type=float, help="time step; overrides the profile's dt (and the graph's)")
-    s.add_argument("--precision", default="float", choices=["float"], help="Lava precision")
+    s.add_argument("--precision", default="float", choices=["float", "fixed"],
+                   help="Lava precision: float (floating_pt) or fixed (Loihi fixed point, fixed_pt)")
+    s.add_argument("--allow-reset-to-zero", action="store_true",
+                   help="lava: run soft-reset (subtractive) neurons with Lava's reset to zero (an approximation)")
     s.add_argument("--out", required=True, help="OUT.npz")
 
     r = cmd("report", "write report.json, report.html and plots for a run directory, any NIR graph, "
@@ -114,6 +117,9 @@ def _parser() -> argparse.ArgumentParser:
 
     i = cmd("inspect", "print a graph's nodes, shapes, parameters, neuron semantics and backend support")
     i.add_argument("path", help="graph.nir or a checkpoint directory")
+    i.add_argument("--lava", action="store_true",
+                   help="the Lava lowering per layer: process, shape, weight bits and exponent, threshold, "
+                        "decays, quantisation error")
 
     c = cmd("convert", "convert a ReLU/Clip ANN in ONNX into an IF SNN (NIR) with threshold balancing")
     c.add_argument("model", help="model.onnx (input (N, *input_shape), one output: the logits)")
@@ -231,7 +237,8 @@ def cmd_simulate(args) -> int:
         x, labels = pipeline.dataset_samples(args.dataset, args.split, args.limit, shape)
         x_tb = pipeline.direct_encode(x, int(T))
     trace = pipeline.run_backend(graph, info, x_tb, args.backend, profile=args.profile, dt=args.dt,
-                                 precision=args.precision, progress=_progress(args))
+                                 precision=args.precision, progress=_progress(args),
+                                 allow_reset_to_zero=args.allow_reset_to_zero)
     summary = {"backend": args.backend, "samples": trace.batch, "timesteps": trace.timesteps,
                "synaptic_ops_per_sample": trace.per_sample("synaptic_ops"),
                "macs_per_sample": trace.per_sample("macs"),
@@ -247,8 +254,8 @@ def cmd_simulate(args) -> int:
 
 
 def cmd_inspect(args) -> int:
-    from toolchain.inspect import inspect_path
-    print(inspect_path(args.path))
+    from toolchain.inspect import inspect_lava, inspect_path
+    print(inspect_lava(args.path) if args.lava else inspect_path(args.path))
     return 0
 
 
