@@ -49,6 +49,7 @@ ACT_SHIFT = VTH_SHIFT = 6
 INPUT_FRAC_DEFAULT = 8     # analog inputs sent as round(x * 2**8)
 VTH_BITS_DEFAULT = 10      # vth in [1024, 2048): one threshold = 2**16..2**17 in v; v range +-64..128 thresholds
 GRADED_MAX = UV_MAX - 1    # 24-bit graded spike payload
+CLIP_PERCENTILE_DEFAULT = 97.0
 
 
 # ----------------------------------------------------------------------------- Lava's weight handling
@@ -173,8 +174,25 @@ def _rel(err, ref) -> float:
     return float(np.linalg.norm(err)) / n if n > 0 else float(np.linalg.norm(err))
 
 
-def quantize(plan, vth_bits: int = VTH_BITS_DEFAULT, input_frac: int | None = None) -> QPlan:
-    """Quantise a float Plan (``hardware.lava.plan.lower``) to Loihi fixed point."""
+def robust_max(m: np.ndarray, percentile: float) -> float:
+    """The weight magnitude the 8-bit range is fitted to: the given percentile of the rows'
+    largest |w| (100: the largest weight). Rows above it saturate at +-254/255."""
+    if m.size == 0:
+        return 0.0
+    rm = np.max(np.abs(m), axis=1)
+    rm = rm[rm > 0]
+    if rm.size == 0:
+        return 0.0
+    return float(np.percentile(rm, percentile)) if percentile < 100 else float(rm.max())
+
+
+def quantize(plan, vth_bits: int = VTH_BITS_DEFAULT, input_frac: int | None = None,
+             clip_percentile: float = CLIP_PERCENTILE_DEFAULT) -> QPlan:
+    """Quantise a float Plan (``hardware.lava.plan.lower``) to Loihi fixed point.
+
+    clip_percentile: the 8-bit weight range of a connection is fitted to this percentile of
+    its rows' largest |w| (per-neuron thresholds folded into the rows spread them over
+    orders of magnitude; fitting the largest would round most rows to zero)."""
     meta = plan.meta
     arrays = plan.arrays
     in_name = meta["input"]["name"]
@@ -205,7 +223,7 @@ def quantize(plan, vth_bits: int = VTH_BITS_DEFAULT, input_frac: int | None = No
     for p in meta["populations"]:
         name = p["name"]
         into = [c for c in conns if c["target"] == name]
-        mags = [float(np.max(np.abs(eff(c)))) if eff(c).size else 0.0 for c in into]
+        mags = [robust_max(eff(c), clip_percentile) for c in into]
         modes = [sign_mode(mats[c["id"]]) for c in into]
         lo = 1 << vth_bits
         vth = lo
@@ -236,6 +254,7 @@ def quantize(plan, vth_bits: int = VTH_BITS_DEFAULT, input_frac: int | None = No
             rows.append({"source": c["source"], "weight_exp": wexp, "sign_mode": mode,
                          "weight_bits": 7 if mode == "mixed" else 8,
                          "weight_max_int": int(np.max(np.abs(w))) if w.size else 0,
+                         "rows_saturated": int(np.sum(np.max(np.abs(w), axis=1) >= weight_limit(mode))),
                          "weight_rel_err": _rel(back - ref, ref)})
         b = np.asarray(arrays[name + "__bias"], dtype=np.float64)
         mant, bexp = quantize_bias(b * vth * 64.0)
@@ -267,7 +286,7 @@ def quantize(plan, vth_bits: int = VTH_BITS_DEFAULT, input_frac: int | None = No
             readouts.append(r)
             continue
         into = [c for c in conns if c["target"] == name]
-        mags = [float(np.max(np.abs(eff(c)))) if eff(c).size else 0.0 for c in into]
+        mags = [robust_max(eff(c), clip_percentile) for c in into]
         modes = [sign_mode(mats[c["id"]]) for c in into]
         top = max(mags) if mags else 0.0
         # a_out = sum_c (W_c . s) << e_c ~= y * scale; the dominant connection gets weight_exp 6
@@ -290,7 +309,8 @@ def quantize(plan, vth_bits: int = VTH_BITS_DEFAULT, input_frac: int | None = No
         layers.append({"name": name, "process": "Dense readout", "shape": r["shape"], "size": r["size"],
                        "depth": r["depth"], "out_scale": scale, "connections": rows})
     out.update({"populations": pops, "connections": qconns, "readouts": readouts,
-                "input_frac": frac, "vth_bits": vth_bits})
+                "input_frac": frac, "vth_bits": vth_bits,
+                "clip_percentile": clip_percentile})
     return QPlan(meta=out, arrays=qarr, layers=layers)
 
 

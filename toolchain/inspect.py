@@ -80,6 +80,14 @@ def inspect_checkpoint(path) -> str:
     return "\n".join(lines)
 
 
+def inspect_lava(path) -> str:
+    """`inspect --lava`: the Lava lowering and its fixed-point quantisation, per layer."""
+    from hardware.graph import load_graph
+    from hardware.lava.describe import describe
+
+    return f"graph {path}\n" + describe(load_graph(path))
+
+
 def inspect_path(path) -> str:
     p = Path(path)
     if p.is_dir():
