@@ -1,7 +1,9 @@
-"""Training loop for SNN2ANN (and, through the same loop, later methods).
+"""Training loop for SNN2ANN and the BPTT baseline (other methods: models/methods).
 
-Per batch: SNN branch without autograd -> spike counts; ANN branch with the SMU ->
-loss on the ANN logits (== SNN logits under STSU); backward; optimizer step; ATA.
+SNN2ANN, per batch: SNN branch without autograd -> spike counts; ANN branch with the
+SMU -> loss on the ANN logits (== SNN logits under STSU); backward; optimizer step; ATA.
+BPTT, per batch: the multi-step spiking net with surrogate gradients (models/bptt.py),
+loss on the mean-over-time logits; backward through all T steps; optimizer step.
 Adam (lr 1e-3, weight decay 5e-4 as released) with the learning rate x0.1 at 50%, 75%
 and 87.5% of the epochs (the released 100/150/175 of 200). Checkpoint every epoch.
 """
@@ -23,9 +25,10 @@ from hardware.fileio import atomic_path, atomic_write_text
 from models.architectures import build_spec
 from models.checkpoint import save_checkpoint
 from models.datasets import dataset_info, load_dataset
+from models.bptt import BPTTNet
 from models.snn2ann import SNN2ANNNet
 
-METHODS = ("snn2ann",)
+METHODS = ("snn2ann", "bptt")
 
 
 @dataclass
@@ -44,6 +47,12 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     limit_train: int | None = None
+    limit_test: int | None = None
+    neuron: str = "lif"  # bptt: if | lif
+    surrogate: str = "atan"  # bptt: rectangular | atan | sigmoid
+    tau: float = 2.0  # bptt LIF time constant, in steps
+    v_threshold: float = 1.0  # bptt threshold
+    augment: bool | None = None  # random crop + flip; None: on for 32x32 / 64x64 datasets
     extra: dict = field(default_factory=dict)
 
 
@@ -63,27 +72,74 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def make_model(cfg: TrainConfig, input_shape, num_classes) -> SNN2ANNNet:
+def make_model(cfg: TrainConfig, input_shape, num_classes):
     spec = build_spec(cfg.arch, input_shape, num_classes)
+    if cfg.method == "bptt":
+        from models.bptt import NEURONS, SURROGATES
+        if cfg.neuron not in NEURONS:
+            raise InputError(f"unknown neuron {cfg.neuron!r}; known: {', '.join(NEURONS)}")
+        if cfg.surrogate not in SURROGATES:
+            raise InputError(f"unknown surrogate {cfg.surrogate!r}; known: {', '.join(SURROGATES)}")
+        if not cfg.tau > 1.0 and cfg.neuron == "lif":
+            raise InputError("--tau must be > 1 (in steps)")
+        return BPTTNet(spec, input_shape, cfg.timesteps, neuron=cfg.neuron, surrogate=cfg.surrogate,
+                       tau=cfg.tau, v_threshold=cfg.v_threshold)
+    if cfg.smu not in ("stsu", "resu"):
+        raise InputError(f"unknown spiking mapping unit {cfg.smu!r}; use stsu or resu")
     return SNN2ANNNet(spec, input_shape, cfg.timesteps, smu=cfg.smu, ann_dropout=cfg.ann_dropout,
                       membrane_dropout=cfg.membrane_dropout)
 
 
+def neuron_meta(cfg: TrainConfig) -> dict:
+    """model.json's ``neuron``: the semantics the exporters write (docs/nir-conventions.md)."""
+    if cfg.method == "bptt":
+        return {"model": cfg.neuron.upper(), "reset": "zero", "threshold_test": "gt", "v_init": 0.0,
+                "threshold": cfg.v_threshold, "tau": cfg.tau if cfg.neuron == "lif" else None,
+                "r": 1.0, "v_leak": 0.0, "dt": 1.0, "encoding": "direct", "surrogate": cfg.surrogate}
+    return {"model": "IF", "reset": "zero", "threshold_test": "gt", "v_init": 0.0,
+            "threshold": "per-neuron", "dt": 1.0, "encoding": "direct"}
+
+
 @torch.no_grad()
-def evaluate(model: SNN2ANNNet, x: torch.Tensor, y: torch.Tensor, batch_size: int = 256) -> dict:
-    """SNN test accuracy (the reported one), plain-ANN accuracy, spikes per sample."""
+def evaluate(model, x: torch.Tensor, y: torch.Tensor, batch_size: int = 256) -> dict:
+    """SNN test accuracy (the reported one), plain-ANN accuracy (SNN2ANN), spikes per sample."""
     model.eval()
     snn_ok = ann_ok = 0
     spikes = 0.0
+    is_bptt = isinstance(model, BPTTNet)
     for i in range(0, len(x), batch_size):
         xb, yb = x[i:i + batch_size], y[i:i + batch_size]
-        logits, counts = model.snn_forward(xb)
+        logits, counts = model(xb) if is_bptt else model.snn_forward(xb)
         snn_ok += int((logits.argmax(1) == yb).sum())
         spikes += float(sum(c.sum() for c in counts))
-        ann_logits, _ = model.ann_forward(xb)
-        ann_ok += int((ann_logits.argmax(1) == yb).sum())
+        if not is_bptt:
+            ann_logits, _ = model.ann_forward(xb)
+            ann_ok += int((ann_logits.argmax(1) == yb).sum())
     n = max(len(x), 1)
-    return {"snn_test_accuracy": snn_ok / n, "ann_test_accuracy": ann_ok / n, "spikes_per_sample": spikes / n}
+    out = {"snn_test_accuracy": snn_ok / n, "spikes_per_sample": spikes / n}
+    if not is_bptt:
+        out["ann_test_accuracy"] = ann_ok / n
+    return out
+
+
+def train_step(model, opt, xb, yb) -> tuple[torch.Tensor, float | None]:
+    """One optimisation step; returns (loss, mean noisy-spike fraction or None)."""
+    if isinstance(model, BPTTNet):
+        logits, _ = model(xb)
+        loss = F.cross_entropy(logits, yb)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return loss.detach(), None
+    _, counts = model.snn_forward(xb)
+    logits, noisy = model.ann_forward(xb, counts)
+    del counts
+    loss = F.cross_entropy(logits, yb)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    rhos = model.adapt_thresholds(noisy)
+    return loss.detach(), (float(np.mean(rhos)) if rhos else 0.0)
 
 
 def _milestones(epochs: int) -> list[int]:
@@ -109,6 +165,9 @@ def train(cfg: TrainConfig, out_dir, progress: bool = True, resume: bool = False
     xte, yte = load_dataset(cfg.dataset, "test")
     if cfg.limit_train:
         xtr, ytr = xtr[:cfg.limit_train], ytr[:cfg.limit_train]
+    if cfg.limit_test:
+        xte, yte = xte[:cfg.limit_test], yte[:cfg.limit_test]
+    use_aug = info.augment if cfg.augment is None else bool(cfg.augment)
     xtr_t, ytr_t = torch.from_numpy(xtr).to(device), torch.from_numpy(ytr).to(device)
     xte_t, yte_t = torch.from_numpy(xte).to(device), torch.from_numpy(yte).to(device)
 
@@ -116,16 +175,16 @@ def train(cfg: TrainConfig, out_dir, progress: bool = True, resume: bool = False
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, _milestones(cfg.epochs), gamma=0.1)
     gen = torch.Generator().manual_seed(cfg.seed)
+    aug_gen = torch.Generator().manual_seed(cfg.seed + 1)
     history: list[dict] = []
     start_epoch = 0
     if resume and (out / "train_state.pt").is_file():
-        start_epoch, history = _resume(out, model, opt, sched, gen, device)
+        start_epoch, history = _resume(out, model, opt, sched, gen, aug_gen, device)
 
     meta = {"arch": cfg.arch, "method": cfg.method, "timesteps": cfg.timesteps,
             "input_shape": list(info.input_shape), "num_classes": info.num_classes,
-            "dataset": cfg.dataset, "layers": model.spec, "smu": cfg.smu,
-            "neuron": {"model": "IF", "reset": "zero", "threshold_test": "gt", "v_init": 0.0,
-                       "threshold": "per-neuron", "dt": 1.0, "encoding": "direct"},
+            "dataset": cfg.dataset, "layers": model.spec, "neuron": neuron_meta(cfg),
+            **({"smu": cfg.smu} if cfg.method == "snn2ann" else {}),
             "seed": cfg.seed, "config": asdict(cfg)}
     bar_factory = _bar_factory(progress)
     for epoch in range(start_epoch, cfg.epochs):
@@ -137,48 +196,58 @@ def train(cfg: TrainConfig, out_dir, progress: bool = True, resume: bool = False
         for i in bar:
             idx = perm[i:i + cfg.batch_size]
             xb, yb = xtr_t[idx], ytr_t[idx]
-            _, counts = model.snn_forward(xb)
-            logits, noisy = model.ann_forward(xb, counts)
-            loss = F.cross_entropy(logits, yb)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            rhos = model.adapt_thresholds(noisy)
-            noisy_acc.append(float(np.mean(rhos)) if rhos else 0.0)
-            tot_loss += float(loss.detach()) * len(idx)
+            if use_aug:
+                from models.augment import crop_flip
+                xb = crop_flip(xb, aug_gen, padding=4)
+            loss, noisy = train_step(model, opt, xb, yb)
+            if noisy is not None:
+                noisy_acc.append(noisy)
+            tot_loss += float(loss) * len(idx)
             n_seen += len(idx)
             if hasattr(bar, "set_postfix"):
-                bar.set_postfix(loss=f"{tot_loss / n_seen:.3f}", noisy=f"{noisy_acc[-1]:.3f}")
+                post = {"loss": f"{tot_loss / n_seen:.3f}"}
+                if noisy is not None:
+                    post["noisy"] = f"{noisy:.3f}"
+                bar.set_postfix(**post)
         sched.step()
         train_seconds = time.perf_counter() - t0
         ev = evaluate(model, xte_t, yte_t)
         row = {"epoch": epoch + 1, "loss": tot_loss / max(n_seen, 1), **ev,
-               "noisy_fraction": float(np.mean(noisy_acc)) if noisy_acc else 0.0,
+               **({"noisy_fraction": float(np.mean(noisy_acc)) if noisy_acc else 0.0}
+                  if cfg.method == "snn2ann" else {}),
                "seconds": train_seconds, "lr": opt.param_groups[0]["lr"]}
         history.append(row)
         if hasattr(bar, "write"):
-            bar.write(f"epoch {epoch + 1}: loss {row['loss']:.4f}  ANN acc {ev['ann_test_accuracy']:.4f}  "
-                      f"SNN acc {ev['snn_test_accuracy']:.4f}  noisy {row['noisy_fraction']:.3f}  "
-                      f"{train_seconds:.1f}s")
+            ann = f"ANN acc {ev['ann_test_accuracy']:.4f}  " if "ann_test_accuracy" in ev else ""
+            noisy_s = f"noisy {row['noisy_fraction']:.3f}  " if "noisy_fraction" in row else ""
+            bar.write(f"epoch {epoch + 1}: loss {row['loss']:.4f}  {ann}"
+                      f"SNN acc {ev['snn_test_accuracy']:.4f}  {noisy_s}{train_seconds:.1f}s")
         state = {"epoch": epoch + 1, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                 "generator": gen.get_state(), "torch_rng": torch.get_rng_state()}
+                 "generator": gen.get_state(), "aug_generator": aug_gen.get_state(),
+                 "torch_rng": torch.get_rng_state()}
+        if device.type == "cuda":
+            state["cuda_rng"] = torch.cuda.get_rng_state(device)
         save_checkpoint(out, model.state_dict(), {**meta, "metrics": row}, train_state=state)
         atomic_write_text(out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
     _plot_curves(history, out / "curves.png")
     return history[-1] if history else {}
 
 
-def _resume(out: Path, model, opt, sched, gen, device):
+def _resume(out: Path, model, opt, sched, gen, aug_gen, device):
     from models.checkpoint import build_model, load_checkpoint  # noqa: F401 (validation)
     from models.checkpoint import load_tensors, load_train_state
 
     tensors = load_tensors(out)
     model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in tensors.items()}, strict=False)
-    state = load_train_state(out / "train_state.pt", map_location=device, required=("epoch", "optimizer", "scheduler", "generator", "torch_rng"))
+    state = load_train_state(out / "train_state.pt", map_location="cpu", required=("epoch", "optimizer", "scheduler", "generator", "torch_rng"))
     opt.load_state_dict(state["optimizer"])
     sched.load_state_dict(state["scheduler"])
     gen.set_state(state["generator"])
+    if "aug_generator" in state:
+        aug_gen.set_state(state["aug_generator"])
     torch.set_rng_state(state["torch_rng"])
+    if "cuda_rng" in state and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda_rng"], device)
     history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
     return int(state["epoch"]), history[: int(state["epoch"])]
 
@@ -202,7 +271,8 @@ def _plot_curves(history: list[dict], path: Path) -> None:
     ax[0].plot(ep, [h["loss"] for h in history])
     ax[0].set_xlabel("epoch"); ax[0].set_ylabel("loss"); ax[0].set_title("training loss")
     ax[1].plot(ep, [h["snn_test_accuracy"] for h in history], label="SNN (reported)")
-    ax[1].plot(ep, [h["ann_test_accuracy"] for h in history], label="plain ANN (shared weights)")
+    if all("ann_test_accuracy" in h for h in history):
+        ax[1].plot(ep, [h["ann_test_accuracy"] for h in history], label="plain ANN (shared weights)")
     ax[1].set_xlabel("epoch"); ax[1].set_ylabel("test accuracy"); ax[1].legend(); ax[1].set_title("accuracy")
     fig.tight_layout()
     with atomic_path(path) as tmp:

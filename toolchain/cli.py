@@ -47,7 +47,7 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--skip-lava", action="store_true", help="do not run the Lava backend")
 
     t = cmd("train", "train a spiking network and write a checkpoint directory")
-    t.add_argument("--method", default="snn2ann", help="snn2ann")
+    t.add_argument("--method", default="snn2ann", help="snn2ann | qcfs | parallel | bridge | lasnn | ann")
     t.add_argument("--arch", default="cnn", help="mlp | cnn")
     t.add_argument("--dataset", default="digits", help="digits | fashion-mnist")
     t.add_argument("--timesteps", type=int, default=4)
@@ -59,6 +59,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--resume", action="store_true", help="continue the run in --out where it stopped")
     t.add_argument("--out", required=True, help="checkpoint directory")
+    from models.methods.options import add_train_options
+    add_train_options(t)
 
     e = cmd("export", "export a checkpoint to NIR (the SNN) or ONNX (the ANN branch)")
     e.add_argument("checkpoint", help="checkpoint directory (weights.safetensors + model.json)")
@@ -80,7 +82,10 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--profile", help="how to read the graph (eventsim; default spikebridge): "
                    + ", ".join(_profile_names()) + " (README: Profiles)")
     s.add_argument("--dt", type=float, help="time step; overrides the profile's dt (and the graph's)")
-    s.add_argument("--precision", default="float", choices=["float"], help="Lava precision")
+    s.add_argument("--precision", default="float", choices=["float", "fixed"],
+                   help="Lava precision: float (floating_pt) or fixed (Loihi fixed point, fixed_pt)")
+    s.add_argument("--allow-reset-to-zero", action="store_true",
+                   help="lava: run soft-reset (subtractive) neurons with Lava's reset to zero (an approximation)")
     s.add_argument("--out", required=True, help="OUT.npz")
 
     r = cmd("report", "write report.json, report.html and plots for a run directory, any NIR graph, "
@@ -112,6 +117,9 @@ def _parser() -> argparse.ArgumentParser:
 
     i = cmd("inspect", "print a graph's nodes, shapes, parameters, neuron semantics and backend support")
     i.add_argument("path", help="graph.nir or a checkpoint directory")
+    i.add_argument("--lava", action="store_true",
+                   help="the Lava lowering per layer: process, shape, weight bits and exponent, threshold, "
+                        "decays, quantisation error")
 
     c = cmd("convert", "convert a ReLU/Clip ANN in ONNX into an IF SNN (NIR) with threshold balancing")
     c.add_argument("model", help="model.onnx (input (N, *input_shape), one output: the logits)")
@@ -128,6 +136,11 @@ def _parser() -> argparse.ArgumentParser:
                    help="also report ONNX vs SNN (eventsim) accuracy on DATASET's test split")
     c.add_argument("--limit", type=int, help="with --evaluate: first N test samples")
     c.add_argument("--out", required=True, help="graph.nir")
+
+    b = sub.add_parser("bench", help="benchmarks (prints JSON)", description="benchmarks (prints JSON)",
+                       epilog="example: spikebridge bench methods --help")
+    b.add_argument("which", choices=["methods"], help="methods: every training method at T = 1, 2, 4, 8")
+    b.add_argument("bench_args", nargs=argparse.REMAINDER, help="options of the benchmark (see its --help)")
 
     cmd("doctor", "check the environments: Python, packages, the Lava interpreter and whether Lava runs")
     return p
@@ -173,6 +186,10 @@ def cmd_train(args) -> int:
     cfg = TrainConfig(method=args.method, arch=args.arch, dataset=args.dataset, timesteps=args.timesteps,
                       epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, smu=args.smu,
                       seed=args.seed, device=args.device)
+    from models.methods.options import extra_from_args
+    cfg.extra.update(extra_from_args(args))
+    if getattr(args, "limit_train", None):
+        cfg.limit_train = args.limit_train
     row = train(cfg, args.out, progress=_progress(args), resume=args.resume)
     print(json.dumps({"checkpoint": args.out, **row}))
     return 0
@@ -220,7 +237,8 @@ def cmd_simulate(args) -> int:
         x, labels = pipeline.dataset_samples(args.dataset, args.split, args.limit, shape)
         x_tb = pipeline.direct_encode(x, int(T))
     trace = pipeline.run_backend(graph, info, x_tb, args.backend, profile=args.profile, dt=args.dt,
-                                 precision=args.precision, progress=_progress(args))
+                                 precision=args.precision, progress=_progress(args),
+                                 allow_reset_to_zero=args.allow_reset_to_zero)
     summary = {"backend": args.backend, "samples": trace.batch, "timesteps": trace.timesteps,
                "synaptic_ops_per_sample": trace.per_sample("synaptic_ops"),
                "macs_per_sample": trace.per_sample("macs"),
@@ -236,8 +254,8 @@ def cmd_simulate(args) -> int:
 
 
 def cmd_inspect(args) -> int:
-    from toolchain.inspect import inspect_path
-    print(inspect_path(args.path))
+    from toolchain.inspect import inspect_lava, inspect_path
+    print(inspect_lava(args.path) if args.lava else inspect_path(args.path))
     return 0
 
 
@@ -302,7 +320,16 @@ def cmd_report(args) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "export": cmd_export, "simulate": cmd_simulate, "inspect": cmd_inspect,
+def cmd_bench(args) -> int:
+    import importlib.util
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_methods.py"
+    spec = importlib.util.spec_from_file_location("bench_methods", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.main(args.bench_args, progress=_progress(args))
+
+
+COMMANDS = {"bench": cmd_bench, "train": cmd_train, "export": cmd_export, "simulate": cmd_simulate, "inspect": cmd_inspect,
             "doctor": cmd_doctor, "demo": cmd_demo, "report": cmd_report}
 
 def cmd_convert(args) -> int:
@@ -311,6 +338,8 @@ def cmd_convert(args) -> int:
 
     if args.calibration_limit is not None and args.calibration_limit < 1:
         raise InputError("--calibration-limit must be at least 1")
+    from toolchain.safety import load_onnx
+    load_onnx(args.model)  # dims, sizes, nesting and external data checked before conversion
     model = load_onnx_safely(args.model)
     x = calibration_samples(args.calibration, args.calibration_limit)
     graph, summary = convert_onnx(model, x, args.timesteps, percentile=args.percentile, readout=args.readout,

@@ -126,7 +126,13 @@ def report_run_dir(run_dir, out=None, *, energy_models=None, first_layer: str = 
         accuracy = dict(run["accuracy"])
     except (ValueError, KeyError, TypeError) as e:
         raise InputError(f"run.json is malformed ({e})", file=str(d / "run.json")) from None
+    for k, v in accuracy.items():
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1):
+            raise InputError(f"must be a number in [0, 1] or null, got {str(v)[:40]!r}", file=str(d / "run.json"),
+                             place=f"accuracy.{str(k)[:40]}")
     graph = load_graph(d / "graph.nir")
+    from hardware.graph import analyse
+    analyse(graph, file=str(d / "graph.nir"))  # graph problems are reported with the file's name
     trace = pipeline.load_trace_npz(d / "eventsim.npz", backend="eventsim")
     extra = {k: run.get(k) for k in ("dataset", "split", "samples", "train", "lava", "onnx", "eventsim")}
     if sweep is None and (d / "sweep.json").is_file():
