@@ -80,11 +80,23 @@ def train(cfg, out_dir, progress=True, resume=False) -> dict:
     spec = C.default_spec(cfg, info)
     history: list[dict] = []
     clock = C.timer()
-    ann = C.Stack(spec, info.input_shape, bn_init=THRESHOLD).to(device)
-    act_for = lambda e: sharp_act(*sharpen_schedule(e, cfg.epochs))  # noqa: E731
-    C.fit_ann(ann, act_for, cfg, data, cfg.epochs, progress, "bridge-ann", history)
-    pre_seconds = clock()
-    ann_acc = history[-1]["ann_test_accuracy"]  # the step-activation ANN == the T=1 SNN
+    init = (cfg.extra or {}).get("init")
+    if init:  # reuse the pretraining of an earlier bridge run (benchmarks: one pretraining for every T)
+        from models.checkpoint import load_checkpoint
+        imeta, itensors = load_checkpoint(init)
+        if imeta["method"] != "bridge" or imeta["layers"] != spec:
+            raise InputError(f"--init {init} is not a bridge checkpoint of this architecture")
+        ann = C.Stack(spec, info.input_shape, bn_init=THRESHOLD)
+        C.load_state(ann, itensors, str(init))
+        ann = ann.to(device)
+        pre_seconds = float(imeta.get("metrics", {}).get("pretrain_seconds", 0.0))
+        ann_acc = imeta.get("metrics", {}).get("ann_test_accuracy")
+    else:
+        ann = C.Stack(spec, info.input_shape, bn_init=THRESHOLD).to(device)
+        act_for = lambda e: sharp_act(*sharpen_schedule(e, cfg.epochs))  # noqa: E731
+        C.fit_ann(ann, act_for, cfg, data, cfg.epochs, progress, "bridge-ann", history)
+        pre_seconds = clock()
+        ann_acc = history[-1]["ann_test_accuracy"]  # the step-activation ANN == the T=1 SNN
     snn = C.SpikingStack(spec, info.input_shape, DECAY, THRESHOLD).to(device)
     snn.load_state_dict(ann.state_dict())  # one to one, no rescaling
     snn.eval()
@@ -97,7 +109,7 @@ def train(cfg, out_dir, progress=True, resume=False) -> dict:
     snn = snn.cpu().eval()
     acc, spikes = C.deployed_accuracy(C.lif_deployed(snn, DECAY, THRESHOLD), data[3].cpu(), data[4].cpu(),
                                       cfg.timesteps)
-    row = {"epoch": cfg.epochs + ft, "loss": history[-1]["loss"], "ann_test_accuracy": ann_acc,
+    row = {"epoch": (0 if init else cfg.epochs) + ft, "loss": history[-1]["loss"] if history else None, "ann_test_accuracy": ann_acc,
            "snn_test_accuracy": acc, "snn_test_accuracy_before_finetune": acc0, "spikes_per_sample": spikes,
            "seconds": pre_seconds + ft_seconds, "pretrain_seconds": pre_seconds, "finetune_seconds": ft_seconds,
            "finetune_epochs": ft}

@@ -351,7 +351,7 @@ def load_data(cfg, device):
     xte, yte = load_dataset(cfg.dataset, "test")
     if cfg.limit_train:
         xtr, ytr = xtr[:cfg.limit_train], ytr[:cfg.limit_train]
-    lt = cfg.extra.get("limit_test") if cfg.extra else None
+    lt = getattr(cfg, "limit_test", None) or ((cfg.extra or {}).get("limit_test"))
     if lt:
         xte, yte = xte[:int(lt)], yte[:int(lt)]
     t = lambda a: torch.from_numpy(a).to(device)  # noqa: E731

@@ -1,0 +1,218 @@
+"""`spikebridge bench methods`: every training method at T = 1, 2, 4, 8 (prints JSON).
+
+Per (method, T): SNN test accuracy in torch (the deployed network, exactly what the NIR
+graph states), the parallel (windowed-neuron) accuracy next to the deployed sequential-IF
+one for ``parallel``, the method's own ANN accuracy, training wall time, and, from the
+exported NIR graph run through hardware.eventsim on the first ``--eventsim-limit`` test
+samples: eventsim accuracy, spikes per sample, synaptic ops per sample.
+
+What is trained once and shared (its time is added to every T's training time and also
+reported as ``shared_seconds``): the ReLU ANN teacher of lasnn; the QCFS ANN (L levels)
+that qcfs converts at every T and parallel calibrates at every T; the bridge pretraining
+(sharpened-ReLU ANN), fine-tuned by BPTT separately at every T. snn2ann trains at every T
+(models.train). BPTT stages (bridge fine-tune, lasnn student) use the first
+``--bptt-limit`` training samples (BPTT costs T times an ANN step).
+
+Writes OUT/bench.json, OUT/accuracy_vs_T.png and the checkpoints; prints the JSON.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+ALL = ("snn2ann", "qcfs", "parallel", "bridge", "lasnn")
+
+
+def _parser():
+    p = argparse.ArgumentParser(prog="spikebridge bench methods", description=__doc__.splitlines()[0])
+    p.add_argument("--dataset", default="fashion-mnist")
+    p.add_argument("--arch", default="cnn")
+    p.add_argument("--timesteps", default="1,2,4,8", help="comma-separated T values")
+    p.add_argument("--methods", default=",".join(ALL))
+    p.add_argument("--epochs", type=int, default=3, help="ANN / snn2ann epochs")
+    p.add_argument("--finetune-epochs", type=int, default=1, help="bridge BPTT epochs per T")
+    p.add_argument("--student-epochs", type=int, default=2, help="lasnn student epochs per T")
+    p.add_argument("--limit-train", type=int, default=2000)
+    p.add_argument("--bptt-limit", type=int, default=500, help="training samples of the BPTT stages")
+    p.add_argument("--limit-test", type=int, default=1000, help="test samples of the torch accuracies")
+    p.add_argument("--eventsim-limit", type=int, default=200, help="test samples run through eventsim")
+    p.add_argument("--L", type=int, default=4, help="QCFS levels")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="runs/bench-methods")
+    return p
+
+
+def _cfg(args, **kw):
+    from models.train import TrainConfig
+
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    base = dict(arch=args.arch, dataset=args.dataset, epochs=args.epochs, batch_size=args.batch_size,
+                seed=args.seed, device="cpu", limit_train=args.limit_train)
+    base.update(kw)
+    extra = dict(base.pop("extra", {}))
+    if "limit_test" in names:
+        base["limit_test"] = args.limit_test
+    else:
+        extra["limit_test"] = args.limit_test
+    return TrainConfig(**base, extra=extra)
+
+
+def _eventsim(ckpt: Path, x: np.ndarray, y: np.ndarray) -> dict:
+    from exporters.nir_export import checkpoint_to_nir, write_nir
+    from hardware.eventsim import simulate
+    from hardware.graph import analyse, classify, graph_meta, load_graph
+
+    write_nir(checkpoint_to_nir(ckpt), ckpt / "graph.nir")
+    graph = load_graph(ckpt / "graph.nir")
+    info = analyse(graph, file=str(ckpt / "graph.nir"))
+    T = int(graph_meta(graph)["timesteps"])
+    xt = np.broadcast_to(x[None], (T, *x.shape))
+    tr = simulate(graph, xt, record_spikes=False, info=info, max_batch=100)
+    out = tr.outputs[next(iter(tr.outputs))]
+    pred = classify(out, graph_meta(graph)["readout"])
+    return {"eventsim_accuracy": float((pred == y).mean()), "eventsim_samples": int(len(y)),
+            "spikes_per_sample": tr.per_sample("spikes"), "synaptic_ops_per_sample": tr.per_sample("synaptic_ops")}
+
+
+def _retime(ckpt_src: Path, ckpt_dst: Path, T: int):
+    """A copy of a conversion checkpoint with another T (the converted SNN is re-run at T)."""
+    from models.checkpoint import load_tensors, read_meta, save_checkpoint
+    import torch
+
+    meta = read_meta(ckpt_src)
+    tensors = {k: torch.from_numpy(np.array(v)) for k, v in load_tensors(ckpt_src).items()}
+    meta = {k: v for k, v in meta.items() if k not in ("format", "format_version")}
+    meta["timesteps"] = T
+    save_checkpoint(ckpt_dst, tensors, meta)
+    return meta
+
+
+def run(args, progress: bool = False) -> dict:
+    import torch
+
+    from models.checkpoint import load_checkpoint
+    from models.datasets import load_dataset
+    from models.train import train
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    Ts = [int(t) for t in str(args.timesteps).split(",") if t.strip()]
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    xte, yte = load_dataset(args.dataset, "test")
+    xe, ye = xte[:args.eventsim_limit], yte[:args.eventsim_limit]
+    rows, shared = [], {}
+    log = (lambda *a: print(*a, file=sys.stderr, flush=True)) if progress else (lambda *a: None)
+
+    def record(method, T, ckpt, row, seconds, ann_acc, **more):
+        r = {"method": method, "T": T, "ann_test_accuracy": ann_acc, "snn_test_accuracy": row["snn_test_accuracy"],
+             "train_seconds": seconds, **more}
+        r.update(_eventsim(ckpt, xe, ye))
+        r["torch_spikes_per_sample"] = row.get("spikes_per_sample")
+        rows.append(r)
+        log(json.dumps(r))
+
+    if "lasnn" in methods:
+        t0 = time.perf_counter()
+        train(_cfg(args, method="ann", timesteps=1), out / "ann", progress)
+        shared["ann_seconds"] = time.perf_counter() - t0
+    if "qcfs" in methods or "parallel" in methods:
+        t0 = time.perf_counter()
+        qrow = train(_cfg(args, method="qcfs", timesteps=args.L, extra={"L": args.L}), out / "qcfs-ann", progress)
+        shared["qcfs_ann_seconds"] = time.perf_counter() - t0
+        shared["qcfs_ann_test_accuracy"] = qrow["ann_test_accuracy"]
+    if "bridge" in methods:
+        t0 = time.perf_counter()
+        brow = train(_cfg(args, method="bridge", timesteps=1, extra={"finetune_epochs": 0}), out / "bridge-ann",
+                     progress)
+        shared["bridge_pretrain_seconds"] = time.perf_counter() - t0
+        shared["bridge_ann_test_accuracy"] = brow["ann_test_accuracy"]
+
+    for T in Ts:
+        for m in methods:
+            ck = out / f"{m}-T{T}"
+            t0 = time.perf_counter()
+            if m == "snn2ann":
+                row = train(_cfg(args, method="snn2ann", timesteps=T), ck, progress)
+                record(m, T, ck, row, time.perf_counter() - t0, row["ann_test_accuracy"])
+            elif m == "qcfs":
+                from models.methods import common as C
+                from models.methods import qcfs as Q
+                meta = _retime(out / "qcfs-ann", ck, T)
+                _, tensors = load_checkpoint(ck)
+                model = Q.build_model(meta, tensors)
+                n = args.limit_test
+                acc, spikes = C.deployed_accuracy(Q.deployed(model), torch.from_numpy(xte[:n]),
+                                                  torch.from_numpy(yte[:n]), T)
+                secs = shared["qcfs_ann_seconds"] + time.perf_counter() - t0
+                record(m, T, ck, {"snn_test_accuracy": acc, "spikes_per_sample": spikes}, secs,
+                       shared["qcfs_ann_test_accuracy"], L=args.L)
+            elif m == "parallel":
+                row = train(_cfg(args, method="parallel", timesteps=T, extra={"teacher": str(out / "qcfs-ann")}),
+                            ck, progress)
+                secs = shared["qcfs_ann_seconds"] + time.perf_counter() - t0
+                record(m, T, ck, row, secs, row["ann_test_accuracy"], L=args.L,
+                       parallel_test_accuracy=row["parallel_test_accuracy"],
+                       sequential_if_test_accuracy=row["sequential_if_test_accuracy"])
+            elif m == "bridge":
+                row = train(_cfg(args, method="bridge", timesteps=T, limit_train=args.bptt_limit,
+                                 extra={"init": str(out / "bridge-ann"), "finetune_epochs": args.finetune_epochs}),
+                            ck, progress)
+                secs = shared["bridge_pretrain_seconds"] + time.perf_counter() - t0
+                record(m, T, ck, row, secs, row["ann_test_accuracy"],
+                       snn_test_accuracy_before_finetune=row["snn_test_accuracy_before_finetune"])
+            elif m == "lasnn":
+                row = train(_cfg(args, method="lasnn", timesteps=T, epochs=args.student_epochs,
+                                 limit_train=args.bptt_limit, extra={"teacher": str(out / "ann")}), ck, progress)
+                secs = shared["ann_seconds"] + time.perf_counter() - t0
+                record(m, T, ck, row, secs, row["ann_test_accuracy"])
+            else:
+                raise SystemExit(f"unknown method {m!r}; known: {', '.join(ALL)}")
+    result = {"settings": vars(args), "shared": shared, "rows": rows, "png": str(out / "accuracy_vs_T.png")}
+    _plot(rows, out / "accuracy_vs_T.png")
+    from hardware.fileio import atomic_write_json
+    atomic_write_json(out / "bench.json", result)
+    return result
+
+
+def _plot(rows, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from hardware.fileio import atomic_path
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for m in dict.fromkeys(r["method"] for r in rows):
+        rs = sorted((r for r in rows if r["method"] == m), key=lambda r: r["T"])
+        line, = ax.plot([r["T"] for r in rs], [r["snn_test_accuracy"] for r in rs], "o-", label=m)
+        if m == "parallel":
+            ax.plot([r["T"] for r in rs], [r["parallel_test_accuracy"] for r in rs], "s--",
+                    color=line.get_color(), label="parallel (windowed)")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("T (time steps)"); ax.set_ylabel("SNN test accuracy"); ax.legend(); ax.grid(alpha=0.3)
+    ax.set_title("accuracy vs T per method")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+
+
+def main(argv=None, progress: bool = False) -> int:
+    args = _parser().parse_args(argv)
+    print(json.dumps(run(args, progress)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,35 @@
+"""Command-line options of the qcfs, parallel, bridge and lasnn methods (registers nothing).
+
+``add_train_options(parser)`` adds them to ``spikebridge train``; ``extra_from_args(args)``
+turns the parsed values into ``TrainConfig.extra`` (only the ones given).
+"""
+from __future__ import annotations
+
+OPTIONS = [
+    ("--L", int, "L", "qcfs/parallel: QCFS quantization levels of the ANN (default 4)"),
+    ("--source", str, "source", "parallel: qcfs (QCFS ANN, default) | relu (training-free from a ReLU ANN)"),
+    ("--teacher", str, "teacher", "lasnn: ANN teacher checkpoint (ann, qcfs or snn2ann; default: train one); "
+                                  "parallel: the source ANN checkpoint (skips training)"),
+    ("--teacher-epochs", int, "teacher_epochs", "lasnn: epochs of the on-the-fly teacher (default --epochs)"),
+    ("--finetune-epochs", int, "finetune_epochs", "bridge: BPTT fine-tune epochs (default epochs // 4, >= 1)"),
+    ("--width", float, "width", "lasnn: student width multiplier (default 0.5)"),
+    ("--alpha", float, "alpha", "lasnn: KD weight (default 1)"),
+    ("--kd-tau", float, "tau", "lasnn: KD temperature (default 4)"),
+    ("--beta", float, "beta", "lasnn: attention-transfer weight (default 1)"),
+    ("--limit-test", int, "limit_test", "evaluate on the first N test samples only (qcfs/parallel/bridge/lasnn/ann)"),
+]
+
+
+def add_train_options(parser) -> None:
+    have = set(parser._option_string_actions)
+    g = parser.add_argument_group("qcfs / parallel / bridge / lasnn options")
+    for flag, typ, dest, help_ in OPTIONS:
+        if flag not in have:
+            g.add_argument(flag, type=typ, dest=f"m_{dest}", help=help_)
+    if "--limit-train" not in have:
+        g.add_argument("--limit-train", type=int, dest="limit_train", help="train on the first N samples only")
+
+
+def extra_from_args(args) -> dict:
+    return {dest: getattr(args, f"m_{dest}") for _, _, dest, _ in OPTIONS
+            if getattr(args, f"m_{dest}", None) is not None}
