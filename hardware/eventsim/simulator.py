@@ -118,6 +118,17 @@ def run(graph, x, profile: str | Profile = "spikebridge", dt: float | None = Non
     return acts, info, prof, step_dt
 
 
+MEMORY_BUDGET_BYTES = 1 << 30  # activations of one slice of the batch (auto max_batch)
+
+
+def auto_max_batch(info: GraphInfo, T: int, budget: int | None = None) -> int:
+    """Samples per slice so that every node's float64 (T, slice, *shape) activation fits
+    in ``budget`` bytes together (default MEMORY_BUDGET_BYTES; at least 1)."""
+    budget = MEMORY_BUDGET_BYTES if budget is None else budget
+    per_sample = 8 * T * sum(int(np.prod(s)) for s in info.shapes.values())
+    return max(1, int(budget // max(per_sample, 1)))
+
+
 def simulate(graph, x, profile: str | Profile = "spikebridge", dt: float | None = None,
              record_spikes: bool = True, info: GraphInfo | None = None,
              max_batch: int | None = None) -> Trace:
@@ -129,13 +140,16 @@ def simulate(graph, x, profile: str | Profile = "spikebridge", dt: float | None 
     spikes (bool) per spiking neuron node when ``record_spikes``, and exact counts
     (hardware.eventsim.counts). Memory grows with every node's (T, batch, *shape)
     float64 activation: ``max_batch`` runs the batch in slices of that size and joins
-    the results (identical to one run, since samples never interact).
+    the results (identical to one run, since samples never interact); by default it is
+    chosen so that one slice's activations stay below MEMORY_BUDGET_BYTES (1 GiB).
     """
     prof = get_profile(profile)
     if info is None:
         graph = adapt_graph(graph, prof)
         info = analyse(graph)
     x = np.asarray(x)
+    if max_batch is None and x.ndim >= 2:
+        max_batch = auto_max_batch(info, int(x.shape[0]))
     if max_batch is not None and x.ndim >= 2 and x.shape[1] > max_batch >= 1:
         parts = [simulate(graph, x[:, i:i + max_batch], prof, dt, record_spikes, info)
                  for i in range(0, x.shape[1], max_batch)]
