@@ -209,3 +209,11 @@ def test_cli_report_on_any_graph(tmp_path):
     code, _, err = run_cli("report", "--compare", out, tmp_path / "nope", "--out", bad)
     assert code == 3 and one_line(err), err
     assert not bad.exists() or not any(bad.iterdir())
+
+
+def test_measured_baseline_from_a_hostile_run_json_is_dropped_not_fatal():
+    for bad in ("fast", [1, 2], {"latency_seconds_per_sample": "1e-3"},
+                {"latency_seconds_per_sample": float("nan")}, {"provider": 3}):
+        assert build_report(graph(), trace(), measured=bad)["measured"] == {}
+    got = build_report(graph(), trace(), measured={"latency_seconds_per_sample": 1e-3, "x": "<b>"})
+    assert got["measured"]["onnx"]["latency_seconds_per_sample"] == 1e-3 and "x" not in got["measured"]["onnx"]

@@ -301,11 +301,17 @@ FIRST_LAYER_TEXT = {
 
 def _measured(m: dict | None) -> dict:
     """The measured ONNX baseline, labelled; {} when none."""
-    if not m:
+    if not isinstance(m, dict) or not m:
         return {}
-    keep = ("latency_seconds_per_sample", "throughput_samples_per_second", "accuracy",
-            "threads", "provider")
-    out = {k: m.get(k) for k in keep if k in m}
+    out = {}
+    for k in ("latency_seconds_per_sample", "throughput_samples_per_second", "accuracy", "threads"):
+        v = m.get(k)
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0:
+            out[k] = v
+    if isinstance(m.get("provider"), str):
+        out["provider"] = m["provider"][:100]
+    if not out:
+        return {}
     return {"onnx": {**out, "label": "measured (onnxruntime on this CPU, wall clock)"}}
 
 
