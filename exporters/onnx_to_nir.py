@@ -170,6 +170,7 @@ class _Parser:
             self.uses[o.name] = self.uses.get(o.name, 0) + 1
         self.problems: list[str] = []
         self.names: set = set()
+        self.final_softmax: str | None = None  # a dropped final Softmax/LogSoftmax
         dyn = [i for i in g.input if i.name not in self.consts]
         if len(dyn) != 1:
             raise OnnxModelError(f"the model must have exactly one (non-initializer) input, has "
@@ -258,6 +259,9 @@ class _Parser:
 
     def op_Softmax(self, node, a):
         if any(o.name == node.output[0] for o in self.model.graph.output):
+            if int(a.get("axis", -1)) not in (-1, 1):
+                raise _Skip("only a Softmax over the class axis is supported")
+            self.final_softmax = node.op_type
             self.alias(node, self.src(node))  # argmax-invariant final normalisation
         else:
             raise _Skip("Softmax is only accepted as the model's final operator")
@@ -570,7 +574,7 @@ def convert_onnx(model, calibration: np.ndarray, timesteps: int, percentile: flo
     except Exception as e:  # noqa: BLE001 - onnxruntime rejects the model itself
         raise OnnxModelError(f"onnxruntime cannot run the model ({type(e).__name__}: "
                              f"{' '.join(str(e).split())[:300]})", file) from None
-    mine = acts[out_idx][:n_check].reshape(ref.shape)
+    mine = _softmax(acts[out_idx][:n_check], parser.final_softmax).reshape(ref.shape)
     check = float(np.abs(mine - ref).max())
     if check > check_tolerance * (1.0 + float(np.abs(ref).max())):
         raise OnnxModelError(f"the parsed network does not reproduce onnxruntime's output (max |diff| "
@@ -591,6 +595,14 @@ def convert_onnx(model, calibration: np.ndarray, timesteps: int, percentile: flo
     if out_lam is not None:
         report["thresholds"]["output_if"] = out_lam
     return graph, report
+
+
+def _softmax(z: np.ndarray, kind: str | None) -> np.ndarray:
+    if kind is None:
+        return z
+    z = z.reshape(len(z), -1)
+    lse = np.log(np.exp(z - z.max(1, keepdims=True)).sum(1, keepdims=True)) + z.max(1, keepdims=True)
+    return z - lse if kind == "LogSoftmax" else np.exp(z - lse)
 
 
 def _reachable(layers, out_idx) -> list[int]:
