@@ -134,6 +134,12 @@ register_profile(Profile(
     description="Lava floating_pt: u = u(1-du) + a_in, v = v(1-dv) + u + bias with du = "
                 "dt/tau_syn (1 without a current), dv = dt/tau; reset to 0; v > vth; every "
                 "Dense/Conv delays its output by one step (raw, unaligned outputs)"))
+register_profile(Profile(
+    name="loihi-fixed", honour_metadata=True, dt_from_graph=True, default_dt=1.0,
+    source="lava-nc 0.10.0 fixed_pt PyLifResetModelBitAcc / PyDenseModelBitAcc / PySparseModelBitAcc",
+    description="Loihi fixed point, bit-exact with Lava fixed_pt: the graph quantised by "
+                "hardware.fixedpoint and run by the integer model in eventsim/loihi_fixed.py "
+                "(aligned outputs; whole-graph, not node by node)"))
 
 
 def get_profile(profile: str | Profile) -> Profile:

@@ -144,6 +144,9 @@ def simulate(graph, x, profile: str | Profile = "spikebridge", dt: float | None 
     chosen so that one slice's activations stay below MEMORY_BUDGET_BYTES (1 GiB).
     """
     prof = get_profile(profile)
+    if prof.name == "loihi-fixed":  # whole-graph integer model, bit-exact with Lava fixed_pt
+        from .loihi_fixed import simulate_fixed
+        return simulate_fixed(graph, x, dt=dt, record_spikes=record_spikes)
     if info is None:
         graph = adapt_graph(graph, prof)
         info = analyse(graph)
