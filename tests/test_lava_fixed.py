@@ -358,3 +358,36 @@ def test_run_lava_fixed_equals_loihi_fixed_profile():
         for k in a.meta["final_state"]:
             np.testing.assert_array_equal(a.meta["final_state"][k], b.meta["final_state"][k])
         assert b.meta["select_tag"] == "fixed_pt" and "fixed_point" in b.meta
+
+
+# ----------------------------------------------------------------------------- the demo network
+
+
+@pytest.mark.lava
+def test_demo_network_on_digits_bit_exact_and_within_two_points():
+    """The SNN2ANN CNN on the 360 digits test images: Lava fixed_pt and loihi-fixed give the
+    same spikes and outputs bit for bit, and the fixed-point accuracy is within 2 points of
+    the torch SNN."""
+    import json
+
+    from exporters.nir_export import checkpoint_to_nir
+    from hardware.graph import analyse, classify
+    from tests._trained import trained_checkpoint
+    from toolchain import pipeline
+
+    ckpt = trained_checkpoint()
+    torch_acc = [json.loads(line) for line in (ckpt / "metrics.jsonl").read_text().splitlines()][-1][
+        "snn_test_accuracy"]
+    g = checkpoint_to_nir(ckpt)
+    info = analyse(g)
+    x, y = pipeline.dataset_samples("digits", "test", None, pipeline.graph_input_shape(g, info))
+    T = int(g.metadata["spikebridge"]["timesteps"])
+    xt = pipeline.direct_encode(x, T)
+    ref = fixed_trace(g, xt)
+    lav = run_lava(g, np.ascontiguousarray(xt), precision="fixed", timeout_s=900)
+    for n in ref.spikes:
+        np.testing.assert_array_equal(lav.spikes[n], ref.spikes[n], err_msg=n)
+    np.testing.assert_array_equal(lav.outputs["output"], ref.outputs["output"])
+    acc = float(np.mean(classify(lav.outputs["output"], "sum") == y))
+    print(f"digits: torch SNN {torch_acc:.4f}, Lava fixed_pt {acc:.4f}")
+    assert acc >= torch_acc - 0.02
