@@ -78,7 +78,7 @@ def run_demo(out, epochs: int = 30, timesteps: int = 4, seed: int = 0, device: s
     _stage(f"    eventsim accuracy {acc_e:.4f}, {tr_e.per_sample('synaptic_ops'):.0f} synaptic ops/sample, "
            f"{tr_e.meta['samples_per_second']:.0f} samples/s")
 
-    acc_l = None
+    acc_l = acc_q = None
     lava_info = {"ran": False}
     if lava:
         _stage(f"4/5 Lava (floating point) on the {len(x)} test samples")
@@ -91,6 +91,15 @@ def run_demo(out, epochs: int = 30, timesteps: int = 4, seed: int = 0, device: s
                      "synaptic_ops_per_sample": tr_l.per_sample("synaptic_ops")}
         _stage(f"    lava accuracy {acc_l:.4f} ({tr_l.meta['samples_per_second']:.0f} samples/s, "
                f"agreement with eventsim {agree:.4f})")
+        _stage(f"4/5 Lava fixed point (Loihi formats, fixed_pt) on the {len(x)} test samples")
+        tr_q = pipeline.run_backend(graph, info, x_tb, "lava", precision="fixed", progress=progress,
+                                    desc="lava fixed")
+        acc_q, _ = pipeline.accuracy_of(graph, tr_q, y)
+        lava_info["fixed"] = {"accuracy": acc_q, "samples_per_second": tr_q.meta["samples_per_second"],
+                              "quantization_cost_vs_lava_float": acc_l - acc_q,
+                              "quantization_cost_vs_torch": last["snn_test_accuracy"] - acc_q,
+                              "layers": tr_q.meta.get("fixed_point", {}).get("layers")}
+        _stage(f"    lava fixed-point accuracy {acc_q:.4f} (quantisation cost {acc_l - acc_q:+.4f} vs float)")
     else:
         _stage("4/5 Lava skipped (--skip-lava)")
 
@@ -98,6 +107,7 @@ def run_demo(out, epochs: int = 30, timesteps: int = 4, seed: int = 0, device: s
     onnx_info = onnx_baseline(out / "model.onnx", x, y)
     run = {"dataset": DATASET, "split": "test", "samples": int(len(x)), "timesteps": timesteps, "seed": seed,
            "accuracy": {"torch": last["snn_test_accuracy"], "eventsim": acc_e, "lava": acc_l,
+                        "lava_fixed": acc_q,
                         "onnx_ann": onnx_info["accuracy"]},
            "train": last, "lava": lava_info, "onnx": onnx_info,
            "eventsim": {"samples_per_second": tr_e.meta["samples_per_second"]},
