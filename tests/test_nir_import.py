@@ -188,3 +188,30 @@ def test_unsupported_node_is_named():
     with pytest.raises(UnsupportedError, match="Delay"):
         graph_to_torch(g)
     assert issubclass(UnsupportedError, InputError)
+
+
+def test_inspect_displays_third_party_graphs(tmp_path, capsys):
+    """Graphs as nirtorch-based exporters write them (no spikebridge metadata, the trace
+    sample's batch dimension in the Input, LIF/CubaLIF with tau in seconds) display."""
+    from toolchain.cli import main
+    rng = np.random.default_rng(0)
+    nodes = {
+        "input": nir.Input(input_type={"input": np.array([4, 10])}),
+        "0": nir.Linear(weight=rng.normal(0, 1, (6, 10)).astype(F32)),
+        "1": nir.CubaLIF(tau_syn=np.full(6, 5e-3, F32), tau_mem=np.full(6, 1e-2, F32), r=np.ones(6, F32),
+                         v_leak=np.zeros(6, F32), v_threshold=np.ones(6, F32), v_reset=np.zeros(6, F32),
+                         w_in=np.ones(6, F32)),
+        "output": nir.Output(output_type={"output": np.array([4, 6])}),
+    }
+    g = nir.NIRGraph(nodes=nodes, edges=[("input", "0"), ("0", "1"), ("1", "output")], type_check=False)
+    write_nir(g, tmp_path / "peer.nir")
+    assert main(["inspect", str(tmp_path / "peer.nir")]) == 0
+    out = capsys.readouterr().out
+    assert "CubaLIF" in out and "Linear" in out and "tau_mem" in out
+    # a clean plain-NIR graph shows shapes, synapses and backend support
+    g2 = recurrent_graph()
+    g2.nodes["if"].metadata = {}
+    write_nir(g2, tmp_path / "plain.nir")
+    assert main(["inspect", str(tmp_path / "plain.nir"), "--profile", "nir"]) == 0
+    out = capsys.readouterr().out
+    assert "no spikebridge metadata" in out and "eventsim: runs this graph" in out and "torch:" in out

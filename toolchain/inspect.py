@@ -27,15 +27,64 @@ def _param_summary(node) -> str:
     return ", ".join(parts)
 
 
-def inspect_graph(path) -> str:
+# neuron-semantics fields a profile may define (the set grows with the library profiles)
+_PROFILE_FIELDS = ("integrator", "decay", "reset", "default_reset", "reset_timing", "threshold_test",
+                   "default_threshold_test", "if_input", "current_input", "multi_spike")
+
+
+def _analysed(graph, path, profile):
+    """(graph, info, note): the graph as read, or adapted the way a library profile reads
+    it (third-party exporters write their trace sample's batch/time dims into the Input
+    node); info None with the problem as note when neither analyses."""
+    from hardware.errors import InputError
+    from hardware.graph import analyse
+
+    try:
+        return graph, analyse(graph, file=str(path)), ""
+    except InputError as e:
+        first = e
+    try:  # the library-profile adaptation (hardware/eventsim/adapt.py) when present
+        from hardware.eventsim import PROFILES
+        from hardware.eventsim.adapt import adapt_graph
+    except ImportError:
+        return graph, None, str(first)
+    names = [profile] if profile else [n for n, p in PROFILES.items() if getattr(p, "strip_io_dims", False)]
+    for name in names:
+        try:
+            adapted = adapt_graph(graph, name)
+            if adapted is graph:
+                continue
+            return adapted, analyse(adapted, file=str(path)), (
+                "Input/Output shapes adapted as the library profiles read them (the leading "
+                f"batch/time dimensions the exporter wrote into the Input dropped; profile {name})")
+        except InputError:
+            continue
+    return graph, None, str(first)
+
+
+def inspect_graph(path, profile: str | None = None) -> str:
     from hardware.eventsim import KERNELS, fanout
-    from hardware.graph import analyse, graph_meta, load_graph, neuron_semantics
+    from hardware.graph import graph_meta, load_graph, neuron_semantics
 
     graph = load_graph(path)
-    info = analyse(graph, file=str(path))
+    graph, info, note = _analysed(graph, path, profile)
     meta = graph_meta(graph, file=str(path))
-    lines = [f"graph {path}", f"metadata: {meta}", "",
-             f"{'node':<16}{'type':<11}{'output':<12}{'synapses':>10}  parameters / neuron semantics"]
+    lines = [f"graph {path}", f"metadata: {meta}"]
+    if info is None:  # still show what the file holds, then why it cannot run
+        lines += ["", f"{'node':<16}{'type':<11}parameters / neuron semantics"]
+        for name, node in graph.nodes.items():
+            lines.append(f"{name:<16}{type(node).__name__:<11}{_param_summary(node)}")
+        lines += ["", f"nodes: {len(graph.nodes)}, edges: {len(graph.edges)}",
+                  "", f"cannot analyse the graph: {note}"]
+        return "\n".join(lines)
+    if note:
+        lines.append(f"note: {note}")
+    prof = None
+    if profile:
+        from hardware.eventsim import get_profile
+        prof = get_profile(profile)
+        lines.append(f"profile {prof.name}: {prof.description}")
+    lines += ["", f"{'node':<16}{'type':<11}{'output':<12}{'synapses':>10}  parameters / neuron semantics"]
     total_syn = 0
     for name in info.order:
         node = graph.nodes[name]
@@ -49,8 +98,13 @@ def inspect_graph(path) -> str:
         total_syn += syn
         desc = _param_summary(node)
         if typ in ("IF", "LIF", "CubaLIF"):
-            sem = neuron_semantics(node, name=name, file=str(path))
+            if prof is not None and not prof.honour_metadata:
+                sem = {k: getattr(prof, k) for k in _PROFILE_FIELDS if getattr(prof, k, None) is not None}
+            else:
+                sem = neuron_semantics(node, name=name, file=str(path))
             desc += "; " + ", ".join(f"{k}={v if np.ndim(v) == 0 else 'array'}" for k, v in sem.items())
+            if "spikebridge" not in (getattr(node, "metadata", None) or {}):
+                desc += " (no spikebridge metadata)"
         lines.append(f"{name:<16}{typ:<11}{_fmt_shape(info.shapes[name]):<12}{syn:>10}  {desc}")
     lines += ["", f"nodes: {len(info.order)}, edges: {len(graph.edges)}, synapses (nonzero weights): {total_syn}", ""]
     unsupported = sorted({t for t in info.types.values() if t not in KERNELS})
@@ -61,6 +115,12 @@ def inspect_graph(path) -> str:
         lines.append("lava:     runs this graph (precision float)")
     except Exception as e:  # the planner names every problem
         lines.append(f"lava:     cannot run it: {e}")
+    try:
+        from exporters.nir_import import SUPPORTED
+        bad = sorted({t for t in info.types.values() if t not in SUPPORTED})
+        lines.append("torch:    " + ("exporters.nir_import rebuilds it (spikebridge profile)" if not bad else f"cannot rebuild {', '.join(bad)}"))
+    except ImportError:
+        pass
     return "\n".join(lines)
 
 
@@ -88,8 +148,8 @@ def inspect_lava(path) -> str:
     return f"graph {path}\n" + describe(load_graph(path))
 
 
-def inspect_path(path) -> str:
+def inspect_path(path, profile: str | None = None) -> str:
     p = Path(path)
     if p.is_dir():
         return inspect_checkpoint(p)
-    return inspect_graph(p)
+    return inspect_graph(p, profile)
