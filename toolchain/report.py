@@ -587,7 +587,7 @@ def _html_energy(report, plots) -> str:
         out.append(f"<h3>{_e(name)} <span class=\"note\">({_e(r.get('kind'))}, first layer: "
                    f"{_e(r.get('first_layer'))})</span></h3>"
                    f"<p class=\"note\">{_e(r.get('description', ''))}</p>"
-                   "<div style=\"display:flex;gap:2em;flex-wrap:wrap\">"
+                   "<div style=\"display:flex;gap:2em;flex-wrap:wrap;align-items:flex-start\">"
                    + _table(["operation", "pJ / sample"], ops, (1,))
                    + _table(["node", "pJ / sample"], nodes, (1,)) + "</div>")
     return "".join(out)
