@@ -254,7 +254,8 @@ def main(argv=None, progress=False) -> int:
     ap.add_argument("--lava-samples", type=int, default=8)
     ap.add_argument("--no-lava", action="store_true")
     ap.add_argument("--repeat", type=int, default=2, help="best of N timings")
-    ap.add_argument("--png", default=str(ROOT / "benchmarks" / "bench_simulate.png"))
+    ap.add_argument("--png", help="scaling curves (default benchmarks/bench_simulate.png; "
+                                  "none with --quick unless given)")
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args(argv)
     rates = [float(r) for r in a.rates.split(",")]
@@ -262,6 +263,8 @@ def main(argv=None, progress=False) -> int:
     B, T = a.batch, a.timesteps
     if a.quick:
         B, T, rates, tsweep, a.repeat, a.lava_samples = 8, 4, [0.02, 0.2], [2, 4], 1, 2
+    elif a.png is None:
+        a.png = str(ROOT / "benchmarks" / "bench_simulate.png")
     rng = np.random.default_rng(a.seed)
     try:
         import torch
@@ -330,6 +333,10 @@ def main(argv=None, progress=False) -> int:
     # the layer's input comes from the Input node, so counts file its events under macs
     # (one definition: by source); here every one is an input spike through a weight
     ops = tr.counts["linear0"]["synaptic_ops"].sum() + tr.counts["linear0"]["macs"].sum()
+    # what this machine's float64 BLAS does right now (the shared machine's load shows here)
+    xa = rng.random((xs.shape[0], xs.shape[1]))
+    t_mm, _ = timed(lambda: xa @ wt, a.repeat)
+    res["machine"]["float64_gemm_gmacs_now"] = xs.shape[0] * wt.shape[0] * wt.shape[1] / t_mm / 1e9
     res["dense_layer_5pct"] = {"shape": [lspec["in_shape"][0]] * 2, "T": T, "batch": B * 4,
                                "synaptic_ops": int(ops), "eventsim_s": t_ev,
                                "eventsim_synaptic_ops_per_s": ops / t_ev,
@@ -412,6 +419,12 @@ def plot(res, path):
                 title=f"cost vs activity (T={res['timesteps']}, batch {res['batch']})")
     axes[1].set(xscale="log", yscale="log", xlabel="T", ylabel="ms per time step (batch)",
                 title="cost vs T (5 % input rate)")
+    ts = sorted({r["T"] for r in res["timesteps_sweep"]})
+    if ts:
+        from matplotlib.ticker import NullFormatter, ScalarFormatter
+        axes[1].set_xticks(ts)
+        axes[1].xaxis.set_major_formatter(ScalarFormatter())
+        axes[1].xaxis.set_minor_formatter(NullFormatter())
     for ax in axes:
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7)

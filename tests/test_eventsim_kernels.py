@@ -70,3 +70,15 @@ def test_auto_max_batch_bounds_memory_and_keeps_results(monkeypatch):
     for n in a.counts:
         for k in a.counts[n]:
             np.testing.assert_array_equal(a.counts[n][k], b.counts[n][k])
+
+
+def test_bench_simulate_quick_prints_json(capsys):
+    """The benchmark stays runnable (tiny sizes, no Lava; snnTorch only if installed)."""
+    import json
+
+    from toolchain.cli import main
+    assert main(["--no-progress", "bench", "simulate", "--quick", "--no-lava"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["summary"]["all_equal_dense_ref"] is True
+    assert {r["graph"] for r in res["activity"]} == {"dense", "conv"}
+    assert res["lava"] == {"skipped": "--no-lava"} and "png" not in res

@@ -140,8 +140,10 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--out", required=True, help="graph.nir")
 
     b = sub.add_parser("bench", help="benchmarks (prints JSON)", description="benchmarks (prints JSON)",
-                       epilog="example: spikebridge bench methods --help")
-    b.add_argument("which", choices=["methods"], help="methods: every training method at T = 1, 2, 4, 8")
+                       epilog="example: spikebridge bench methods --help  |  spikebridge bench simulate --quick")
+    b.add_argument("which", choices=["methods", "simulate"],
+                   help="methods: every training method at T = 1, 2, 4, 8; simulate: eventsim vs a dense "
+                        "per-step reference, snnTorch (if installed) and Lava, over activity and T")
     b.add_argument("bench_args", nargs=argparse.REMAINDER, help="options of the benchmark (see its --help)")
 
     cmd("doctor", "check the environments: Python, packages, the Lava interpreter and whether Lava runs")
@@ -324,8 +326,8 @@ def cmd_report(args) -> int:
 
 def cmd_bench(args) -> int:
     import importlib.util
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_methods.py"
-    spec = importlib.util.spec_from_file_location("bench_methods", path)
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"bench_{args.which}.py"
+    spec = importlib.util.spec_from_file_location(f"bench_{args.which}", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod.main(args.bench_args, progress=_progress(args))
