@@ -7,7 +7,13 @@ Weights are read with safetensors only; nothing is ever unpickled. Optimizer sta
 """
 from __future__ import annotations
 
+import io
 import json
+import os
+import pickletools
+import re
+import stat
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +24,8 @@ from hardware.fileio import atomic_path, atomic_write_json
 FORMAT = "spikebridge-checkpoint"
 FORMAT_VERSION = 1
 MAX_JSON_BYTES = 4 * 1024 * 1024
+MAX_STATE_BYTES = 4 << 30  # train_state.pt (all zip members, uncompressed)
+MAX_PICKLE_BYTES = 64 << 20  # the pickle program itself (tensors live in other members)
 REQUIRED = {"format": str, "format_version": int, "arch": str, "method": str, "timesteps": int,
             "input_shape": list, "num_classes": int, "layers": list, "neuron": dict}
 
@@ -73,12 +81,52 @@ def read_meta(ckpt_dir) -> dict:
         for layer in meta["layers"]:
             if not isinstance(layer, dict) or not isinstance(layer.get("name"), str):
                 raise CheckpointError("every layer must be an object with a name", file=str(path), place="layers")
-        infer_shapes(meta["layers"], shape)
+        _check_layers(meta["layers"], str(path))
+        shapes = infer_shapes(meta["layers"], shape)
+        _check_size(meta["layers"], shapes, str(path))
     except CheckpointError:
         raise
     except (InputError, KeyError, TypeError, ValueError, ZeroDivisionError) as e:
         raise CheckpointError(f"invalid layer list ({e})", file=str(path), place="layers") from None
     return meta
+
+
+_NAME_OK = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+_INT_FIELDS = ("out_channels", "out_features", "kernel_size", "stride", "padding")
+MAX_PARAMETERS = 1 << 28  # 1 GiB of float32 weights: far beyond what the CPU backends run
+
+
+def _check_layers(layers: list, file: str) -> None:
+    """Layer names become torch module names and NIR node names: identifiers only; sizes are
+    bounded integers (a declared size is checked before anything is allocated)."""
+    for i, layer in enumerate(layers):
+        name = layer["name"]
+        if not _NAME_OK.match(name):
+            raise CheckpointError(f"layer name {name!r} is not an identifier (letters, digits, _; at most 64)",
+                                  file=file, place=f"layers[{i}].name")
+        for k in _INT_FIELDS:
+            if k in layer:
+                v = layer[k]
+                lo = 0 if k == "padding" else 1
+                if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= 1 << 20:
+                    raise CheckpointError(f"{k} must be an integer in {lo}..{1 << 20}, got {v!r}", file=file,
+                                          place=f"layers[{i}].{k}")
+
+
+def _check_size(layers: list, shapes, file: str) -> None:
+    total = 0
+    for i, (layer, (ins, outs)) in enumerate(zip(layers, shapes)):
+        if any(int(d) < 1 for d in outs):
+            raise CheckpointError(f"output shape {tuple(outs)} is empty", file=file, place=f"layers[{i}]")
+        if layer.get("type") == "conv":
+            total += int(layer["out_channels"]) * int(ins[0]) * int(layer["kernel_size"]) ** 2
+        elif layer.get("type") == "resblock":
+            total += int(layer["out_channels"]) * (int(ins[0]) + int(layer["out_channels"])) * 9
+        elif layer.get("type") == "linear":
+            total += int(layer["out_features"]) * int(ins[0])
+        if total > MAX_PARAMETERS:
+            raise CheckpointError(f"the layers declare more than {MAX_PARAMETERS} parameters", file=file,
+                                  place=f"layers[{i}]")
 
 
 def _reject_constant(name):
@@ -98,6 +146,8 @@ def load_tensors(ckpt_dir) -> dict[str, np.ndarray]:
         raise CheckpointError(f"not a valid safetensors file ({str(e).splitlines()[0] if str(e) else type(e).__name__})",
                               file=str(path)) from None
     for k, v in tensors.items():
+        if v.dtype.kind != "f":
+            raise CheckpointError(f"tensor dtype {v.dtype} is not floating point", file=str(path), place=k)
         if v.dtype.kind == "f" and not np.all(np.isfinite(v)):
             raise CheckpointError("tensor has NaN or Inf values", file=str(path), place=k)
     return tensors
@@ -116,6 +166,9 @@ def build_model(meta: dict, tensors: dict[str, np.ndarray], file: str | None = N
     other = method_registry.get(meta["method"])
     if other is not None and other.build_model is not None:
         return other.build_model(meta, tensors, file)
+    if meta["method"] == "bptt":
+        from models.bptt import build_bptt_model
+        return build_bptt_model(meta, tensors, file)
     model = SNN2ANNNet(meta["layers"], meta["input_shape"], meta["timesteps"],
                        smu=meta.get("smu", "stsu"))
     own = model.state_dict()
@@ -131,3 +184,122 @@ def build_model(meta: dict, tensors: dict[str, np.ndarray], file: str | None = N
     model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in tensors.items()}, strict=False)
     model.eval()
     return model
+
+
+# ---- train_state.pt: torch.load(weights_only=True) only, after naming every unsafe global ----
+
+_STRING_OPS = {"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE", "STRING", "BINSTRING",
+               "SHORT_BINSTRING"}
+
+
+def scan_pickle_globals(data: bytes) -> list[str]:
+    """Every ``module.name`` a pickle program imports (GLOBAL, INST, STACK_GLOBAL), in order,
+    without executing it. Raises ValueError on a malformed program."""
+    found: list[str] = []
+    strings: list = []  # values pushed recently (None for non-strings)
+    memo: dict = {}
+    try:
+        for op, arg, _ in pickletools.genops(io.BytesIO(data)):
+            name = op.name
+            if name in ("GLOBAL", "INST"):
+                found.append(str(arg).replace(" ", "."))
+            elif name == "STACK_GLOBAL":
+                mod, qual = (strings[-2:] + [None, None])[:2] if len(strings) >= 2 else (None, None)
+                found.append(f"{mod}.{qual}" if isinstance(mod, str) and isinstance(qual, str) else "<dynamic>")
+            if name in _STRING_OPS:
+                strings.append(arg if isinstance(arg, str) else str(arg))
+            elif name in ("MEMOIZE",):
+                memo[len(memo)] = strings[-1] if strings else None
+            elif name in ("BINPUT", "LONG_BINPUT", "PUT"):
+                memo[arg] = strings[-1] if strings else None
+            elif name in ("BINGET", "LONG_BINGET", "GET"):
+                strings.append(memo.get(arg))
+            elif name not in ("STACK_GLOBAL", "GLOBAL", "INST", "PROTO", "FRAME"):
+                strings.append(None)
+    except Exception as e:  # noqa: BLE001 - pickletools raises ValueError and others
+        raise ValueError(f"malformed pickle ({type(e).__name__}: {' '.join(str(e).split())[:120]})") from None
+    return found
+
+
+def _allowed_globals() -> set[str]:
+    try:
+        import torch._weights_only_unpickler as wo  # what torch.load(weights_only=True) accepts
+        allowed = {str(k) for k in wo._get_allowed_globals()}
+    except Exception:  # noqa: BLE001 - private API moved: fall back to a prefix rule below
+        allowed = set()
+    return allowed | {"collections.OrderedDict", "builtins.set", "builtins.frozenset", "builtins.bytearray",
+                      "_codecs.encode"}
+
+
+def _is_allowed(g: str, allowed: set[str]) -> bool:
+    if g in allowed:
+        return True
+    mod = g.rsplit(".", 1)[0]
+    # torch's storage/tensor types and rebuild helpers, as torch itself allows them
+    return g.startswith("torch.") and (mod in ("torch", "torch._utils", "torch.serialization")
+                                       or g.endswith("Storage"))
+
+
+def load_train_state(path, map_location="cpu", required: tuple = ()) -> dict:
+    """Read a torch file (``train_state.pt``) safely: bounded sizes, no path-traversal zip
+    members, every imported global checked (the error names all unsafe ones) and then
+    ``torch.load(weights_only=True)``. Returns a dict; raises CheckpointError."""
+    file = str(path)
+    try:
+        st = os.stat(file)
+    except OSError as e:
+        raise CheckpointError(f"cannot open: {e.strerror}", file, "file") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise CheckpointError("not a regular file", file, "file")
+    if st.st_size > MAX_STATE_BYTES:
+        raise CheckpointError(f"file is {st.st_size} bytes, above the limit {MAX_STATE_BYTES}", file, "file")
+    place = "pickle"
+    if zipfile.is_zipfile(file):
+        try:
+            with zipfile.ZipFile(file) as z:
+                infos = z.infolist()
+                for i in infos:
+                    n = i.filename
+                    if n.startswith(("/", "\\")) or ".." in n.replace("\\", "/").split("/"):
+                        raise CheckpointError(f"zip member name {n!r} escapes the archive", file, n)
+                total = sum(i.file_size for i in infos)
+                if total > MAX_STATE_BYTES:
+                    raise CheckpointError(f"zip members declare {total} bytes, above {MAX_STATE_BYTES}", file, "zip")
+                pkl = [i for i in infos if i.filename.endswith("data.pkl")]
+                if len(pkl) != 1:
+                    raise CheckpointError(f"expected one data.pkl member, found {len(pkl)}", file, "zip")
+                place = pkl[0].filename
+                if pkl[0].file_size > MAX_PICKLE_BYTES:
+                    raise CheckpointError(f"pickle of {pkl[0].file_size} bytes exceeds {MAX_PICKLE_BYTES}", file,
+                                          place)
+                data = z.read(pkl[0])
+        except CheckpointError:
+            raise
+        except Exception as e:  # noqa: BLE001 - BadZipFile, CRC errors, truncation
+            raise CheckpointError(f"not a readable torch zip ({type(e).__name__})", file, "zip") from None
+    else:
+        if st.st_size > MAX_PICKLE_BYTES:
+            raise CheckpointError(f"pickle of {st.st_size} bytes exceeds {MAX_PICKLE_BYTES}", file, place)
+        with open(file, "rb") as f:
+            data = f.read()
+    try:
+        globs = scan_pickle_globals(data)
+    except ValueError as e:
+        raise CheckpointError(f"not a torch file: {e}", file, place) from None
+    allowed = _allowed_globals()
+    unsafe = sorted({g for g in globs if not _is_allowed(g, allowed)})
+    if unsafe:
+        raise CheckpointError(f"refusing to load: unsafe pickle globals {', '.join(unsafe)} (only "
+                              "torch.load(weights_only=True) data is accepted)", file, place)
+    import torch
+    try:
+        state = torch.load(file, weights_only=True, map_location=map_location)
+    except Exception as e:  # noqa: BLE001 - UnpicklingError, RuntimeError on corrupt archives
+        msg = " ".join(str(e).split())[:200] or type(e).__name__
+        raise CheckpointError(f"torch.load(weights_only=True) refused the file ({msg})", file, place) from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"expected a dict, got {type(state).__name__}", file, place)
+    missing = [k for k in required if k not in state]
+    if missing:
+        raise CheckpointError(f"missing keys {', '.join(map(repr, missing))}", file, place)
+    return state

@@ -42,7 +42,7 @@ def _run_job(job: dict):
             load_onnx(job["onnx"])
         else:
             from models.checkpoint import load_train_state
-            load_train_state(job["pt"])
+            load_train_state(job["pt"], required=("epoch", "optimizer", "scheduler", "generator", "torch_rng"))
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 3

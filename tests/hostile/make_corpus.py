@@ -542,8 +542,9 @@ def build(out_dir) -> list[Case]:  # noqa: C901 - one long list of cases
 
     def npz_bomb(p):
         with zipfile.ZipFile(p, "w", zipfile.ZIP_DEFLATED) as z:
-            hdr = b"\x93NUMPY\x01\x00" + b"{'descr': '<f8', 'fortran_order': False, 'shape': (4, 2, 8388608), }"
-            hdr = hdr + b" " * (63 - (len(hdr) % 64)) + b"\n"
+            d_ = b"{'descr': '<f8', 'fortran_order': False, 'shape': (4, 2, 8388608), }"
+            d_ = d_ + b" " * (63 - ((10 + len(d_)) % 64)) + b"\n"
+            hdr = b"\x93NUMPY\x01\x00" + struct.pack("<H", len(d_)) + d_
             with z.open("output.npy", "w", force_zip64=True) as m:
                 m.write(hdr)
                 chunk = b"\0" * (16 << 20)
