@@ -87,6 +87,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--allow-reset-to-zero", action="store_true",
                    help="lava: run soft-reset (subtractive) neurons with Lava's reset to zero (an approximation)")
     s.add_argument("--out", required=True, help="OUT.npz")
+    s.add_argument("--max-memory", help="refuse a run whose estimated memory exceeds this (e.g. 8GiB; "
+                   "default: 4 GiB or half the RAM, whichever is smaller)")
 
     r = cmd("report", "write report.json, report.html and plots for a run directory, any NIR graph, "
                       "or two runs side by side (--compare)")
@@ -240,6 +242,9 @@ def cmd_simulate(args) -> int:
             raise InputError("the graph states no timesteps; pass --timesteps", file=args.graph)
         x, labels = pipeline.dataset_samples(args.dataset, args.split, args.limit, shape)
         x_tb = pipeline.direct_encode(x, int(T))
+    from hardware.memory import check_memory, estimate_eventsim, parse_size
+    check_memory(estimate_eventsim(graph, info, x_tb.shape[0], x_tb.shape[1]),
+                 parse_size(args.max_memory) if args.max_memory else None, file=args.graph)
     trace = pipeline.run_backend(graph, info, x_tb, args.backend, profile=args.profile, dt=args.dt,
                                  precision=args.precision, progress=_progress(args),
                                  allow_reset_to_zero=args.allow_reset_to_zero)
