@@ -48,6 +48,14 @@ def load_run_report(path) -> tuple[dict, str]:
         raise InputError(f"not valid JSON ({e})", file=str(f)) from None
     if not isinstance(data, dict) or "schema_version" not in data or "energy" not in data:
         raise InputError("not a spikebridge report.json (no schema_version/energy)", file=str(f))
+    mj = f.parent / "checkpoint" / "model.json"  # a demo run: the training method, for the label
+    if "method" not in data and mj.is_file() and mj.stat().st_size < (1 << 20):
+        try:
+            m = json.loads(mj.read_text()).get("method")
+            if isinstance(m, str):
+                data["method"] = m[:40]
+        except (ValueError, UnicodeDecodeError, AttributeError):
+            pass
     return data, p.name if p.is_dir() else p.parent.name
 
 
@@ -67,6 +75,8 @@ def _row(a, b) -> dict:
 
 
 def _method(rep: dict):
+    if isinstance(rep.get("method"), str):
+        return rep["method"]
     train = ((rep.get("extra") or {}).get("train")) or {}
     return train.get("method") if isinstance(train, dict) else None
 
@@ -141,7 +151,14 @@ def render_compare_html(cmp: dict, png: bytes | None) -> str:
 
     ra, rb = cmp["runs"]["a"], cmp["runs"]["b"]
     fields = ("label", "method", "backend", "timesteps", "samples", "first_layer", "graph_sha256")
-    runs = _report._table(["", "A", "B"], [[e(k), e(ra.get(k)), e(rb.get(k))] for k in fields])
+    def cell(k, v):
+        if v is None:
+            return "n/a"
+        return e(str(v)[:16] + "...") if k == "graph_sha256" else e(v)
+
+    same = "same graph" if ra.get("graph_sha256") == rb.get("graph_sha256") else "different graphs"
+    runs = _report._table(["", "A", "B"], [[e(k), cell(k, ra.get(k)), cell(k, rb.get(k))] for k in fields]) \
+        + f"<p class=\"note\">{same} (sha256 in compare.json)</p>"
     acc = _report._table(["backend", "A", "B", "B / A"],
                          [[e(k)] + trio(r, True) for k, r in cmp["accuracy"].items()], (1, 2, 3))
     act = _report._table(["per sample", "A", "B", "B / A"],
