@@ -42,7 +42,9 @@ def save_checkpoint(out_dir, state_dict: dict, meta: dict, train_state: dict | N
         save_file(tensors, str(tmp))
     if train_state is not None:
         with atomic_path(out / "train_state.pt") as tmp:
-            torch.save(train_state, str(tmp))
+            # the weights again, so that optimizer state and weights always come from the same
+            # epoch (a kill between the two renames must not pair epoch k's state with k+1's weights)
+            torch.save({**train_state, "model": tensors}, str(tmp))
     atomic_write_json(out / "model.json", {"format": FORMAT, "format_version": FORMAT_VERSION, **meta})
 
 

@@ -240,6 +240,8 @@ def _resume(out: Path, model, opt, sched, gen, aug_gen, device):
     tensors = load_tensors(out)
     model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in tensors.items()}, strict=False)
     state = load_train_state(out / "train_state.pt", map_location="cpu", required=("epoch", "optimizer", "scheduler", "generator", "torch_rng"))
+    if isinstance(state.get("model"), dict):  # the weights saved with this optimizer state (same epoch)
+        model.load_state_dict(state["model"], strict=False)
     opt.load_state_dict(state["optimizer"])
     sched.load_state_dict(state["scheduler"])
     gen.set_state(state["generator"])
