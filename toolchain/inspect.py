@@ -74,9 +74,10 @@ def inspect_graph(path, profile: str | None = None) -> str:
         lines += ["", f"{'node':<16}{'type':<11}parameters / neuron semantics"]
         for name, node in graph.nodes.items():
             lines.append(f"{name:<16}{type(node).__name__:<11}{_param_summary(node)}")
-        lines += ["", f"nodes: {len(graph.nodes)}, edges: {len(graph.edges)}",
-                  "", f"cannot analyse the graph: {note}"]
-        return "\n".join(lines)
+        lines += ["", f"nodes: {len(graph.nodes)}, edges: {len(graph.edges)}"]
+        print("\n".join(lines), flush=True)  # what the file holds (stdout), then the rejection: exit 3
+        from hardware.errors import GraphError
+        raise GraphError(note)  # ``note`` already names the file, the place and the rule
     if note:
         lines.append(f"note: {note}")
     prof = None

@@ -88,7 +88,7 @@ class _Payload:
 
 
 def _pickle_bytes(obj) -> bytes:
-    return pickle.dumps(obj, protocol=2)
+    return pickle.dumps(obj, protocol=4)
 
 
 def _raw_pickle_global(module: str, name: str, arg_pickle: bytes) -> bytes:
@@ -414,11 +414,11 @@ def build(out_dir) -> list[Case]:  # noqa: C901 - one long list of cases
         raw = _pickle_bytes({"epoch": 1, "optimizer": obj})
         pt(f"pt_raw_{name}", f"raw pickle calling {name}", raw)
         pt(f"pt_zip_{name}", f"torch zip whose data.pkl calls {name}", torch_zip(raw))
-    arg = _pickle_bytes(touch)[2:-1]  # the string opcode without PROTO/STOP
+    arg = pickle.dumps(touch, protocol=2)[2:-1]  # the string opcode without PROTO/STOP
     pt("pt_raw_posix_system", "hand-made GLOBAL posix.system", _raw_pickle_global("posix", "system", b"(" + arg + b"t"))
     pt("pt_raw_nt_system", "hand-made GLOBAL nt.system", _raw_pickle_global("nt", "system", b"(" + arg + b"t"))
-    pt("pt_raw_runpy", "runpy._run_code", _raw_pickle_global("runpy", "_run_code", b"(" + _pickle_bytes(
-        code)[2:-1] + b"}t"))
+    pt("pt_raw_runpy", "runpy._run_code", _raw_pickle_global("runpy", "_run_code", b"(" + pickle.dumps(
+        code, protocol=2)[2:-1] + b"}t"))
     pt("pt_truncated", "truncated torch zip", torch_zip(_pickle_bytes({"epoch": 1}))[:200])
     pt("pt_random", "random bytes", rng.bytes(500))
     pt("pt_empty", "empty file", b"")
