@@ -38,9 +38,9 @@ that stay plain IF neurons with binary spikes:
   is negative or two classes saturate, so it is opt-in. ``readout`` in the graph
   metadata says which one a graph uses.
 
-The ONNX file is loaded with a minimal safety check written here (toolchain/safety.py
-did not exist when this was written): bounded file size, no external data outside the
-model's directory, no subgraphs. Before converting, the parsed network is evaluated in
+The ONNX file is loaded with a minimal safety check written here (exporters may not
+import toolchain/, so toolchain/safety.py's fuller loader is used by the CLI when present):
+bounded file size, no external data outside the model's directory, no subgraphs. Before converting, the parsed network is evaluated in
 float64 and compared with onnxruntime on the calibration samples, so an operator whose
 semantics were misread is an error, not a silently wrong graph.
 """
@@ -62,6 +62,7 @@ from hardware.errors import DatasetError, InputError, UnsupportedError
 META_KEY = "spikebridge"
 MAX_ONNX_BYTES = 2 << 30
 MAX_EXTERNAL_BYTES = 4 << 30
+MAX_CALIBRATION_BYTES = 2 << 30
 DEFAULT_PERCENTILE = 99.9
 SUPPORTED_OPS = ("Gemm", "MatMul", "Add", "Conv", "Relu", "Clip", "AveragePool", "GlobalAveragePool",
                  "Flatten", "Reshape", "BatchNormalization", "Identity", "Dropout", "Constant", "Softmax",
@@ -733,12 +734,18 @@ def calibration_samples(spec: str, limit: int | None = 1000) -> np.ndarray:
         if not p.is_file():
             raise DatasetError("calibration file not found", str(p))
         try:
-            x = np.load(p, allow_pickle=False)
+            x = np.load(p, allow_pickle=False, mmap_mode="r")
         except (ValueError, OSError, EOFError) as e:
             raise DatasetError(f"not a readable .npy array ({str(e).splitlines()[0] if str(e) else type(e).__name__})",
                                str(p)) from None
         if not isinstance(x, np.ndarray) or x.dtype.kind not in "biuf" or x.ndim < 2 or len(x) < 1:
             raise DatasetError("calibration samples must be a numeric array (N, *input_shape)", str(p))
+        if limit is not None:
+            x = x[:limit]
+        if x.nbytes > MAX_CALIBRATION_BYTES:
+            raise DatasetError(f"calibration samples use {x.nbytes} bytes, above the {MAX_CALIBRATION_BYTES}-byte "
+                               "limit (lower --calibration-limit)", str(p))
+        x = np.array(x)
         if not np.all(np.isfinite(x)):
             raise DatasetError("calibration samples have NaN or Inf values", str(p))
     else:

@@ -349,7 +349,11 @@ def cmd_convert(args) -> int:
         raise InputError("--calibration-limit must be at least 1")
     from toolchain.safety import load_onnx
     load_onnx(args.model)  # dims, sizes, nesting and external data checked before conversion
-    model = load_onnx_safely(args.model)
+    try:  # the shared safe loader when present (toolchain/safety.py), else the converter's own check
+        from toolchain.safety import load_onnx
+    except ImportError:
+        load_onnx = load_onnx_safely
+    model = load_onnx(args.model)
     x = calibration_samples(args.calibration, args.calibration_limit)
     graph, summary = convert_onnx(model, x, args.timesteps, percentile=args.percentile, readout=args.readout,
                                   file=args.model)
