@@ -112,7 +112,8 @@ def _parser() -> argparse.ArgumentParser:
                         "default) or once per sample (once)")
     r.add_argument("--sweep", metavar="FILE", help="accuracy vs T: .json or .npy of (T, accuracy) rows")
     r.add_argument("--sweep-timesteps", metavar="T1,T2,...",
-                   help="run eventsim at each T on the dataset and plot accuracy vs T (e.g. 1,2,4,8)")
+                   help="re-run at each T on the dataset (a graph: --backend; a run directory: eventsim "
+                        "on its dataset) and plot accuracy vs T, e.g. 1,2,4,8")
     r.add_argument("--weight-bits", type=int, help="weight bit width for the core mapping (default: "
                                                     "graph metadata, else 8)")
     r.add_argument("--max-chips", type=int, help="refuse a mapping that needs more chips")
