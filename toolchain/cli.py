@@ -258,6 +258,15 @@ def cmd_simulate(args) -> int:
         acc, preds = pipeline.accuracy_of(graph, trace, labels)
         extra = {"accuracy": np.float64(acc), "labels": labels, "predictions": preds}
         summary["accuracy"] = acc
+        if trace.meta.get("approximation"):  # soft reset run as reset to zero: say what it costs
+            exact = pipeline.run_backend(graph, info, x_tb, "eventsim", progress=False)
+            acc_soft, _ = pipeline.accuracy_of(graph, exact, labels)
+            summary["reset_to_zero"] = {"approximation": trace.meta["approximation"],
+                                        "eventsim_soft_reset_accuracy": acc_soft,
+                                        "accuracy_cost": acc_soft - acc}
+    if args.backend == "lava":
+        summary["lava"] = {"precision": args.precision, "delay_steps_raw": trace.meta.get("lava_delay_steps"),
+                           "timing": "outputs aligned (delay removed); raw Lava step = k*window + j + delay + 1"}
     pipeline.save_trace_npz(args.out, trace, extra)
     print(json.dumps(summary))
     return 0
