@@ -107,3 +107,25 @@ def test_method_option_errors_exit_3(ckpts, capsys):
                  "--out", str(out / "g.nir")]) == 3
     err = capsys.readouterr().err
     assert err.count("error:") == 3 and "Traceback" not in err
+
+
+def test_onnx_export_of_the_anns_matches_torch(ckpts):
+    import onnxruntime as ort
+    import torch
+
+    from models.checkpoint import build_model, load_checkpoint
+    from models.datasets import load_dataset
+    from models.methods import common as C
+
+    x, _ = load_dataset("digits", "test")
+    x = x[:32]
+    for name in ("qcfs", "ann"):
+        out = ckpts["tmp"] / f"{name}.onnx"
+        assert main(["--no-progress", "export", str(ckpts[name]), "--format", "onnx", "--out", str(out)]) == 0
+        sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+        y = sess.run(None, {"input": x})[0]
+        meta, t = load_checkpoint(ckpts[name])
+        net = build_model(meta, t)
+        with torch.no_grad():
+            ref = net.ann(torch.from_numpy(x)) if name == "qcfs" else net(torch.from_numpy(x), C.relu_act)
+        np.testing.assert_allclose(y, ref.numpy(), rtol=1e-4, atol=1e-4)

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -461,7 +462,8 @@ def fit_ann(model: Stack, act_for_epoch, cfg, data, epochs: int, progress: bool 
     epoch to ``history`` (stage, epoch, loss, ann_test_accuracy, seconds)."""
     _, xtr, ytr, xte, yte = data
     history = history if history is not None else []
-    opt, sched = make_optimizer(model.parameters(), cfg, epochs)
+    params = model.param_groups(cfg) if hasattr(model, "param_groups") else model.parameters()
+    opt, sched = make_optimizer(params, cfg, epochs)
     gen = torch.Generator().manual_seed(cfg.seed)
     for e in range(epochs):
         act = act_for_epoch(e)
@@ -482,7 +484,7 @@ def fit_ann(model: Stack, act_for_epoch, cfg, data, epochs: int, progress: bool 
                         "seconds": secs, "lr": opt.param_groups[0]["lr"]})
         if progress:
             print(f"[{label}] epoch {e + 1}/{epochs}: loss {tot / max(n, 1):.4f} ANN acc {acc:.4f} {secs:.1f}s",
-                  flush=True)
+                  file=sys.stderr, flush=True)
     return history
 
 
@@ -526,5 +528,75 @@ def fit_snn(model: "SpikingStack", T: int, cfg, data, epochs: int, loss_fn=None,
                         "spikes_per_sample": spikes, "seconds": secs})
         if progress:
             print(f"[{label}] epoch {e + 1}/{epochs}: loss {tot / max(n, 1):.4f} SNN acc {acc:.4f} {secs:.1f}s",
-                  flush=True)
+                  file=sys.stderr, flush=True)
     return history
+
+
+def quantised_ann_onnx(model: Stack, meta: dict, acts: dict):
+    """The ANN of a conversion method as ONNX (opset 17): Conv/Gemm -> BatchNormalization
+    (running statistics) -> per neuron layer the quantiser
+        y = scale * Clip(Floor((z + psi) * k + phi), 0, levels)
+    with ``acts[name] = (psi, k, phi, levels, scale)`` (per-channel arrays or scalars):
+    QCFS is psi = 0, k = L / lambda, phi = 1/2, levels = L, scale = lambda / L."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    inits, nodes = [], []
+
+    def const(name, arr):
+        inits.append(numpy_helper.from_array(np.asarray(arr, dtype=np.float32), name))
+        return name
+
+    cur = "input"
+    with torch.no_grad():
+        for s in model.spec:
+            name = s["name"]
+            if s["type"] == "flatten":
+                nodes.append(helper.make_node("Flatten", [cur], [f"{name}_out"], axis=1, name=name))
+                cur = f"{name}_out"
+                continue
+            blk = model.layers[name]
+            w = blk.op.weight.detach().cpu().numpy()
+            b = blk.op.bias.detach().cpu().numpy()
+            if s["type"] == "conv":
+                p = s["padding"]
+                nodes.append(helper.make_node("Conv", [cur, const(f"{name}.w", w), const(f"{name}.b", b)], [f"{name}_z"],
+                                              name=name, strides=[s["stride"]] * 2, pads=[p] * 4,
+                                              kernel_shape=[s["kernel_size"]] * 2))
+            else:
+                nodes.append(helper.make_node("Gemm", [cur, const(f"{name}.w", w), const(f"{name}.b", b)], [f"{name}_z"],
+                                              name=name, transB=1))
+            cur = f"{name}_z"
+            if not blk.neuron:
+                break
+            if blk.bn is not None:
+                args = [const(f"{name}.bn.{k}", getattr(blk.bn, k).detach().cpu().numpy())
+                        for k in ("weight", "bias", "running_mean", "running_var")]
+                nodes.append(helper.make_node("BatchNormalization", [cur] + args, [f"{name}_bn"], name=f"{name}_bn",
+                                              epsilon=BN_EPS))
+                cur = f"{name}_bn"
+            psi, k, phi, levels, scale = acts[name]
+            shape = (-1, 1, 1) if s["type"] == "conv" else (-1,)
+
+            def per(v, tag):
+                v = np.asarray(v, dtype=np.float32)
+                return const(f"{name}.{tag}", v.reshape(shape) if v.ndim else v)
+            steps = [("Add", per(psi, "psi")), ("Mul", per(k, "k")), ("Add", per(phi, "phi"))]
+            for i, (op, c) in enumerate(steps):
+                nodes.append(helper.make_node(op, [cur, c], [f"{name}_q{i}"], name=f"{name}_q{i}"))
+                cur = f"{name}_q{i}"
+            nodes.append(helper.make_node("Floor", [cur], [f"{name}_floor"], name=f"{name}_floor"))
+            nodes.append(helper.make_node("Clip", [f"{name}_floor", const(f"{name}.lo", 0.0),
+                                                   const(f"{name}.hi", float(levels))], [f"{name}_clip"],
+                                          name=f"{name}_clip"))
+            nodes.append(helper.make_node("Mul", [f"{name}_clip", per(scale, "scale")], [f"{name}_act"],
+                                          name=f"{name}_act"))
+            cur = f"{name}_act"
+    nodes.append(helper.make_node("Identity", [cur], ["logits"], name="logits"))
+    inp = helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", *meta["input_shape"]])
+    out = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", int(meta["num_classes"])])
+    graph = helper.make_graph(nodes, f"spikebridge_{meta['method']}_ann", [inp], [out], initializer=inits)
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="spikebridge")
+    m.ir_version = 8
+    onnx.checker.check_model(m, full_check=True)
+    return m

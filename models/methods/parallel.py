@@ -304,6 +304,17 @@ def to_nir(meta, tensors, file=None):
     return C.deployed_to_nir(deployed(build_model(meta, tensors, file), "IF"), meta)
 
 
-register(MethodSpec("parallel", train=train, build_model=build_model, to_nir=to_nir, to_onnx=Q.no_onnx,
+def to_onnx(meta, tensors, file=None):
+    """The calibrated proxy ANN (== the windowed-neuron SNN's rates) as ONNX."""
+    net = build_model(meta, tensors, file)
+    T = net.T
+    acts = {}
+    for blk in net.neuron_blocks():
+        th = net.cal(blk, "theta").numpy()
+        acts[blk.spec["name"]] = (net.cal(blk, "psi").numpy(), T / th, net.cal(blk, "phi").numpy(), T, th / T)
+    return C.quantised_ann_onnx(net, meta, acts)
+
+
+register(MethodSpec("parallel", train=train, build_model=build_model, to_nir=to_nir, to_onnx=to_onnx,
                     description="parallel conversion (windowed neuron, DA-QCFS calibration) from a QCFS or "
                                 "ReLU ANN; exported as sequential IF"))
