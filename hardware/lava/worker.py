@@ -1,6 +1,7 @@
-"""Lava worker: runs ONE job on the Lava interpreter (Python 3.10, lava-nc 0.10.0, numpy < 2).
+"""Lava worker on the Lava interpreter (Python 3.10, lava-nc 0.10.0, numpy < 2).
 
-    python worker.py JOBDIR
+    python worker.py JOBDIR              one job, then exit
+    python worker.py --serve WORKDIR     persistent: job directories on stdin, "<code> <dir>" on stdout
 
 reads  JOBDIR/plan.json, JOBDIR/plan.npz (plain arrays), JOBDIR/inputs.npy (T, batch, n_in)
 writes JOBDIR/out.npz (renamed into place when complete) and JOBDIR/out.json (timings),
@@ -8,14 +9,18 @@ writes JOBDIR/out.npz (renamed into place when complete) and JOBDIR/out.json (ti
 
 Standalone on purpose: imports only stdlib, numpy, scipy and lava (never spikebridge).
 
-All samples of a chunk run in ONE compiled network. Sample k occupies source steps
-kP+1 .. kP+T (P = window >= T). Lava's RingBuffer source sends data[(t-1) % L] at step t
-(t starts at 1); every Dense/Sparse outputs at step t what it received at t-1, so a
-population behind d synaptic layers sees sample k's step j at Lava step kP + j + d.
-LIFReset zeroes u and v when time_step % P == reset_offset, before integrating, so
-reset_offset = (1 + d) % P starts every window clean. Spikes a population emits in the
-steps after its window (bias-driven) reach the next layer at steps <= (k+1)P + d + 1,
-i.e. no later than the reset that opens that layer's next window: no leakage with P = T.
+All samples of a chunk run in ONE compiled network (class Net). Sample k occupies source
+steps kP+1 .. kP+T (P = window >= T); the network runs in periods of
+L = ceil(((nb-1)P + T + D) / P) * P steps (whole windows), one period per job: the
+FileSource sends column (t-1) % L of the job's input file (reloaded at each period start),
+every Dense/Sparse outputs at step t what it received at t-1, so a population behind d
+synaptic layers sees sample k's step j at Lava step kP + j + d + 1 (mod L), where the
+WindowSink records it; sinks write their arrays at every t % L == 0. LIFReset zeroes u
+and v when time_step % P == (1 + d) % P, before integrating, so every window starts clean.
+Spikes a population emits after its window (bias-driven) reach the next layer no later
+than the reset that opens that layer's next window: no leakage between samples or jobs.
+A persistent worker keeps the last Net running (paused) and reuses it for the next job
+with the same plan and batch (no recompilation).
 
 The process exits through os._exit after writing results or the error line: stop() after
 an error inside a process model can hang, and a runtime left unstopped hangs interpreter exit.
