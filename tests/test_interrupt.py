@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-KILLS = int(os.environ.get("SPIKEBRIDGE_KILLS", "6"))
+KILLS = int(os.environ.get("SPIKEBRIDGE_KILLS", "4"))  # more: SPIKEBRIDGE_KILLS=50
 
 
 def _env():
