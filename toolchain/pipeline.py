@@ -33,7 +33,8 @@ def load_input_npy(path, input_shape: tuple[int, ...]) -> np.ndarray:
         raise DatasetError("input file not found", file=str(p))
     try:
         arr = np.load(p, allow_pickle=False, mmap_mode="r")
-    except (ValueError, OSError, EOFError) as e:
+    except Exception as e:  # noqa: BLE001 - numpy parses the header with tokenize/ast: crafted ones raise
+                            # ValueError, SyntaxError, tokenize.TokenError, ...
         raise DatasetError(f"not a readable .npy array ({str(e).splitlines()[0] if str(e) else type(e).__name__})",
                            file=str(p)) from None
     if not isinstance(arr, np.ndarray):
@@ -157,7 +158,7 @@ def load_trace_npz(path, backend: str) -> Trace:
             data = {k: z[k] for k in z.files}
     except InputError:
         raise
-    except (OSError, ValueError, EOFError, MemoryError, zipfile.BadZipFile) as e:
+    except Exception as e:  # noqa: BLE001 - BadZipFile, MemoryError, crafted .npy headers (TokenError, ...)
         raise InputError(f"not a readable .npz ({' '.join(str(e).split())[:200] or type(e).__name__})",
                          file=str(p), place="archive") from None
     outputs, counts, spikes = {}, {}, {}
