@@ -40,8 +40,8 @@ class Profile:
                      v[t+1] = beta*v[t] + I - s[t]*theta; for 'zero' this is identical).
     threshold_test:  None: the file's (our metadata, else '>'); 'gt' (>) or 'ge' (>=).
     current_input:   CubaLIF / CubaLI: 'euler': i <- i + dt/tau_syn*(w_in*I - i), then the
-                     membrane integrates the NEW current; 'jump' (Norse): the membrane
-                     integrates the OLD current, then i <- i - dt/tau_syn*i + w_in*I.
+                     membrane integrates the new current; 'jump' (Norse): j = i + w_in*I
+                     (unscaled), the membrane integrates j, then i <- j - dt/tau_syn*j.
     if_input:        IF: 'dt': v <- v + dt*r*I (plain NIR); 'step': v <- v + r*I (dt ignored).
     synaptic_delay:  steps of delay added by every synaptic node (Affine, Linear, Conv,
                      pools, Scale): Lava delivers a_out at t what arrived at t-1. The bias
@@ -111,9 +111,11 @@ register_profile(Profile(
     integrator="euler", reset="zero", threshold_test="gt", current_input="jump",
     if_input="step",
     source="norse 1.1 (torch/utils/export_nir.py, functional/lif.py, lif_box.py, iaf.py)",
-    description="LIFCell -> CubaLIF, LIFBoxCell -> LIF, dt = 1e-3, Euler; the membrane sees "
-                "the previous current and input spikes jump into the current unscaled; "
-                "reset to v_reset; IF ignores dt"))
+    description="LIFCell -> CubaLIF, LIFBoxCell -> LIF; Norse runs Euler at dt = 1e-3 but "
+                "writes tau = dt/tau_inv (= dt*tau), so the file is read at dt = 1e-6; "
+                "CubaLIF: the input jumps into the current unscaled, the membrane integrates "
+                "that current, then it decays; reset to v_reset; v > theta; IF: v += I "
+                "(dt ignored)"))
 register_profile(Profile(
     name="sinabs", honour_metadata=False, strip_io_dims=True, dt_from_graph=False, default_dt=1.0,
     integrator="exact", reset="subtract", threshold_test="ge", multi_spike=True,
