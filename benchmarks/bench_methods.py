@@ -39,7 +39,11 @@ def _parser():
     p.add_argument("--arch", default="cnn")
     p.add_argument("--timesteps", default="1,2,4,8", help="comma-separated T values")
     p.add_argument("--methods", default=",".join(ALL))
-    p.add_argument("--epochs", type=int, default=3, help="ANN / snn2ann epochs")
+    p.add_argument("--epochs", type=int, default=3, help="ANN epochs (teacher, QCFS ANN, bridge pretraining)")
+    p.add_argument("--snn2ann-epochs", type=int, help="snn2ann epochs per T (default --epochs)")
+    p.add_argument("--reuse", action="store_true",
+                   help="reuse OUT/ann, OUT/qcfs-ann, OUT/bridge-ann from an earlier run with the same settings "
+                        "(their recorded training time is used)")
     p.add_argument("--finetune-epochs", type=int, default=1, help="bridge BPTT epochs per T")
     p.add_argument("--student-epochs", type=int, default=2, help="lasnn student epochs per T")
     p.add_argument("--limit-train", type=int, default=2000)
@@ -122,28 +126,33 @@ def run(args, progress: bool = False) -> dict:
         rows.append(r)
         log(json.dumps(r))
 
+    def shared_run(name, cfg):
+        if args.reuse and (out / name / "model.json").is_file():
+            row = json.loads((out / name / "model.json").read_text())["metrics"]
+            return row, float(row["seconds"])
+        t0 = time.perf_counter()
+        row = train(cfg, out / name, progress)
+        return row, time.perf_counter() - t0
+
     if "lasnn" in methods:
-        t0 = time.perf_counter()
-        train(_cfg(args, method="ann", timesteps=1), out / "ann", progress)
-        shared["ann_seconds"] = time.perf_counter() - t0
+        _, shared["ann_seconds"] = shared_run("ann", _cfg(args, method="ann", timesteps=1))
     if "qcfs" in methods or "parallel" in methods:
-        t0 = time.perf_counter()
-        qrow = train(_cfg(args, method="qcfs", timesteps=args.L, extra={"L": args.L}), out / "qcfs-ann", progress)
-        shared["qcfs_ann_seconds"] = time.perf_counter() - t0
+        qrow, shared["qcfs_ann_seconds"] = shared_run(
+            "qcfs-ann", _cfg(args, method="qcfs", timesteps=args.L, extra={"L": args.L}))
         shared["qcfs_ann_test_accuracy"] = qrow["ann_test_accuracy"]
     if "bridge" in methods:
-        t0 = time.perf_counter()
-        brow = train(_cfg(args, method="bridge", timesteps=1, extra={"finetune_epochs": 0}), out / "bridge-ann",
-                     progress)
-        shared["bridge_pretrain_seconds"] = time.perf_counter() - t0
+        brow, shared["bridge_pretrain_seconds"] = shared_run(
+            "bridge-ann", _cfg(args, method="bridge", timesteps=1, extra={"finetune_epochs": 0}))
         shared["bridge_ann_test_accuracy"] = brow["ann_test_accuracy"]
+    methods = [m for m in methods if m != "snn2ann"] + (["snn2ann"] if "snn2ann" in methods else [])
 
     for T in Ts:
         for m in methods:
             ck = out / f"{m}-T{T}"
             t0 = time.perf_counter()
             if m == "snn2ann":
-                row = train(_cfg(args, method="snn2ann", timesteps=T), ck, progress)
+                row = train(_cfg(args, method="snn2ann", timesteps=T, epochs=args.snn2ann_epochs or args.epochs),
+                            ck, progress)
                 record(m, T, ck, row, time.perf_counter() - t0, row["ann_test_accuracy"])
             elif m == "qcfs":
                 from models.methods import common as C
@@ -178,9 +187,15 @@ def run(args, progress: bool = False) -> dict:
                 record(m, T, ck, row, secs, row["ann_test_accuracy"])
             else:
                 raise SystemExit(f"unknown method {m!r}; known: {', '.join(ALL)}")
+        _write(args, shared, rows, out)  # after every T: a partial result survives an interrupted run
+    return _write(args, shared, rows, out)
+
+
+def _write(args, shared, rows, out: Path) -> dict:
+    from hardware.fileio import atomic_write_json
+
     result = {"settings": vars(args), "shared": shared, "rows": rows, "png": str(out / "accuracy_vs_T.png")}
     _plot(rows, out / "accuracy_vs_T.png")
-    from hardware.fileio import atomic_write_json
     atomic_write_json(out / "bench.json", result)
     return result
 

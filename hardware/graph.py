@@ -204,13 +204,13 @@ def load_graph(path: str | os.PathLike, limits: LoadLimits | None = None) -> nir
     try:
         st = os.stat(file)
     except OSError as e:
-        raise GraphError(f"cannot open: {e.strerror}", file) from None
+        raise GraphError(f"cannot open: {e.strerror}", file, "file") from None
     if not stat.S_ISREG(st.st_mode):
-        raise GraphError("not a regular file", file)
+        raise GraphError("not a regular file", file, "file")
     try:
         f = h5py.File(file, "r", locking=False)
     except Exception as e:  # noqa: BLE001 - any failure to open is a bad file
-        raise GraphError(f"not a readable HDF5 file ({type(e).__name__})", file) from None
+        raise GraphError(f"not a readable HDF5 file ({type(e).__name__})", file, "file") from None
     try:
         with f:
             try:
@@ -221,11 +221,11 @@ def load_graph(path: str | os.PathLike, limits: LoadLimits | None = None) -> nir
             except InputError:
                 raise
             except Exception as e:  # noqa: BLE001 - corrupt/truncated data
-                raise GraphError(f"corrupt HDF5 content ({type(e).__name__}: {e})", file) from None
+                raise GraphError(f"corrupt HDF5 content ({type(e).__name__}: {e})", file, "data") from None
     except InputError:
         raise
     except Exception as e:  # noqa: BLE001 - closing a corrupt file
-        raise GraphError(f"corrupt HDF5 file ({type(e).__name__})", file) from None
+        raise GraphError(f"corrupt HDF5 file ({type(e).__name__})", file, "file") from None
     if data.get("type") != "NIRGraph":
         raise GraphError("root node is not a NIRGraph", file, "/node/type")
     _check_node_dict(data, file, "/node")

@@ -13,6 +13,7 @@ import os
 import pickletools
 import re
 import stat
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -52,24 +53,24 @@ def read_meta(ckpt_dir) -> dict:
     d = Path(ckpt_dir)
     path = d / "model.json"
     if not d.is_dir():
-        raise CheckpointError("not a checkpoint directory (expected weights.safetensors + model.json)", file=str(d))
+        raise CheckpointError("not a checkpoint directory (expected weights.safetensors + model.json)", file=str(d), place="directory")
     if not path.is_file():
-        raise CheckpointError("model.json is missing", file=str(d))
+        raise CheckpointError("model.json is missing", file=str(d), place="model.json")
     if path.stat().st_size > MAX_JSON_BYTES:
-        raise CheckpointError(f"model.json is larger than {MAX_JSON_BYTES} bytes", file=str(path))
+        raise CheckpointError(f"model.json is larger than {MAX_JSON_BYTES} bytes", file=str(path), place="file")
     try:
         meta = json.loads(path.read_text(encoding="utf-8"), parse_constant=_reject_constant)
     except (UnicodeDecodeError, json.JSONDecodeError, ValueError, RecursionError) as e:
-        raise CheckpointError(f"not valid JSON ({str(e).splitlines()[0]})", file=str(path)) from None
+        raise CheckpointError(f"not valid JSON ({str(e).splitlines()[0]})", file=str(path), place="file") from None
     if not isinstance(meta, dict):
-        raise CheckpointError("top level must be an object", file=str(path))
+        raise CheckpointError("top level must be an object", file=str(path), place="top level")
     for key, typ in REQUIRED.items():
         if key not in meta:
-            raise CheckpointError(f"missing field {key!r}", file=str(path))
+            raise CheckpointError(f"missing field {key!r}", file=str(path), place=key)
         if not isinstance(meta[key], typ) or isinstance(meta[key], bool):
-            raise CheckpointError(f"field {key!r} must be {typ.__name__}", file=str(path))
+            raise CheckpointError(f"field {key!r} must be {typ.__name__}", file=str(path), place=key)
     if meta["format"] != FORMAT or meta["format_version"] != FORMAT_VERSION:
-        raise CheckpointError(f"unsupported format {meta['format']!r} v{meta['format_version']}", file=str(path))
+        raise CheckpointError(f"unsupported format {meta['format']!r} v{meta['format_version']}", file=str(path), place="format")
     if not 1 <= meta["timesteps"] <= 100000:
         raise CheckpointError("timesteps must be in 1..100000", file=str(path), place="timesteps")
     shape = meta["input_shape"]
@@ -141,12 +142,12 @@ def load_tensors(ckpt_dir) -> dict[str, np.ndarray]:
 
     path = Path(ckpt_dir) / "weights.safetensors"
     if not path.is_file():
-        raise CheckpointError("weights.safetensors is missing", file=str(Path(ckpt_dir)))
+        raise CheckpointError("weights.safetensors is missing", file=str(Path(ckpt_dir)), place="weights.safetensors")
     try:
         tensors = load_file(str(path))
     except Exception as e:  # safetensors raises its own error types for malformed headers
         raise CheckpointError(f"not a valid safetensors file ({str(e).splitlines()[0] if str(e) else type(e).__name__})",
-                              file=str(path)) from None
+                              file=str(path), place="file") from None
     for k, v in tensors.items():
         if v.dtype.kind != "f":
             raise CheckpointError(f"tensor dtype {v.dtype} is not floating point", file=str(path), place=k)
@@ -295,7 +296,9 @@ def load_train_state(path, map_location="cpu", required: tuple = ()) -> dict:
                               "torch.load(weights_only=True) data is accepted)", file, place)
     import torch
     try:
-        state = torch.load(file, weights_only=True, map_location=map_location)
+        with warnings.catch_warnings():  # torch warns about pickle protocols on stderr
+            warnings.simplefilter("ignore")
+            state = torch.load(file, weights_only=True, map_location=map_location)
     except Exception as e:  # noqa: BLE001 - UnpicklingError, RuntimeError on corrupt archives
         msg = " ".join(str(e).split())[:200] or type(e).__name__
         raise CheckpointError(f"torch.load(weights_only=True) refused the file ({msg})", file, place) from None

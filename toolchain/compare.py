@@ -44,8 +44,8 @@ def load_run_report(path) -> tuple[dict, str]:
         raise InputError("not found", file=str(p))
     try:
         data = json.loads(f.read_text(), parse_constant=lambda c: None)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise InputError(f"not valid JSON ({e})", file=str(f)) from None
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:  # RecursionError: deeply nested arrays
+        raise InputError(f"not valid JSON ({e})", file=str(f), place="file") from None
     if not isinstance(data, dict) or "schema_version" not in data or "energy" not in data:
         raise InputError("not a spikebridge report.json (no schema_version/energy)", file=str(f))
     mj = f.parent / "checkpoint" / "model.json"  # a demo run: the training method, for the label

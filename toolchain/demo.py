@@ -135,7 +135,7 @@ def report_run_dir(run_dir, out=None, *, energy_models=None, first_layer: str = 
         run = json.loads((d / "run.json").read_text())
         accuracy = dict(run["accuracy"])
     except (ValueError, KeyError, TypeError) as e:
-        raise InputError(f"run.json is malformed ({e})", file=str(d / "run.json")) from None
+        raise InputError(f"run.json is malformed ({e})", file=str(d / "run.json"), place="file") from None
     for k, v in accuracy.items():
         if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1):
             raise InputError(f"must be a number in [0, 1] or null, got {str(v)[:40]!r}", file=str(d / "run.json"),

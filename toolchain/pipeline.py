@@ -177,7 +177,7 @@ def load_trace_npz(path, backend: str) -> Trace:
     if len(outputs) > 1:
         outputs.pop("output", None)  # the alias written when there is exactly one Output node
     if not outputs:
-        raise InputError("no output arrays in the file", file=str(p))
+        raise InputError("no output arrays in the file", file=str(p), place="arrays")
     first = next(iter(outputs.values()))
     return Trace(timesteps=first.shape[0], batch=first.shape[1], outputs=outputs, counts=counts,
                  spikes=spikes, backend=backend)

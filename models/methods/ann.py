@@ -32,7 +32,7 @@ def train_relu_ann(cfg, data, progress=False, history=None) -> C.Stack:
 def train(cfg, out_dir, progress=True, resume=False) -> dict:
     from models.train import pick_device
 
-    C.check_cfg(cfg)
+    C.check_cfg(cfg, resume)
     data = C.load_data(cfg, pick_device(cfg.device))
     history: list[dict] = []
     clock = C.timer()

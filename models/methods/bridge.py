@@ -68,7 +68,7 @@ def sharp_act(a: float, b: float):
 def train(cfg, out_dir, progress=True, resume=False) -> dict:
     from models.train import pick_device
 
-    C.check_cfg(cfg)
+    C.check_cfg(cfg, resume)
     ft = int((cfg.extra or {}).get("finetune_epochs", max(1, cfg.epochs // 4)))
     if ft < 0:
         raise InputError("--finetune-epochs must be >= 0")

@@ -359,7 +359,9 @@ def load_data(cfg, device):
     return info, t(xtr), t(ytr), t(xte), t(yte)
 
 
-def check_cfg(cfg) -> None:
+def check_cfg(cfg, resume: bool = False) -> None:
+    if resume:
+        raise InputError(f"--resume is not supported for method {cfg.method!r} (its runs are short: rerun it)")
     if cfg.timesteps < 1 or cfg.epochs < 1 or cfg.batch_size < 1:
         raise InputError("--timesteps, --epochs and --batch-size must be positive")
 

@@ -83,7 +83,7 @@ def train(cfg, out_dir, progress=True, resume=False) -> dict:
     from models.train import TrainConfig, pick_device
     from models.methods import ann as A
 
-    C.check_cfg(cfg)
+    C.check_cfg(cfg, resume)
     o = _opts(cfg)
     out = Path(out_dir)
     device = pick_device(cfg.device)

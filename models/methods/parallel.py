@@ -258,7 +258,7 @@ def _par_acc(net, x, y, T, batch_size=500):
 def train(cfg, out_dir, progress=True, resume=False) -> dict:
     from models.train import pick_device
 
-    C.check_cfg(cfg)
+    C.check_cfg(cfg, resume)
     out = Path(out_dir)
     data = C.load_data(cfg, pick_device(cfg.device))
     info, xtr, _, xte, yte = data

@@ -113,7 +113,7 @@ def train_qcfs_ann(cfg, data, progress=False, history=None) -> QCFSNet:
 def train(cfg, out_dir, progress=True, resume=False) -> dict:
     from models.train import pick_device
 
-    C.check_cfg(cfg)
+    C.check_cfg(cfg, resume)
     out = Path(out_dir)
     data = C.load_data(cfg, pick_device(cfg.device))
     info, _, _, xte, yte = data
