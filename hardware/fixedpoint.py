@@ -50,6 +50,7 @@ INPUT_FRAC_DEFAULT = 8     # analog inputs sent as round(x * 2**8)
 VTH_BITS_DEFAULT = 10      # vth in [1024, 2048): one threshold = 2**16..2**17 in v; v range +-64..128 thresholds
 GRADED_MAX = UV_MAX - 1    # 24-bit graded spike payload
 CLIP_PERCENTILE_DEFAULT = 97.0
+OUTLIER_FACTOR = 4.0
 
 
 # ----------------------------------------------------------------------------- Lava's weight handling
@@ -175,24 +176,31 @@ def _rel(err, ref) -> float:
 
 
 def robust_max(m: np.ndarray, percentile: float) -> float:
-    """The weight magnitude the 8-bit range is fitted to: the given percentile of the rows'
-    largest |w| (100: the largest weight). Rows above it saturate at +-254/255."""
+    """The weight magnitude the 8-bit range is fitted to: the largest |w|, unless it lies
+    more than OUTLIER_FACTOR times above the given percentile of the rows' largest |w|
+    (rows of neurons with tiny folded thresholds); then that percentile, and the rows
+    above it saturate at +-254/255."""
     if m.size == 0:
         return 0.0
     rm = np.max(np.abs(m), axis=1)
     rm = rm[rm > 0]
     if rm.size == 0:
         return 0.0
-    return float(np.percentile(rm, percentile)) if percentile < 100 else float(rm.max())
+    top = float(rm.max())
+    if percentile >= 100:
+        return top
+    p = float(np.percentile(rm, percentile, method="lower"))
+    return top if top <= OUTLIER_FACTOR * p else p
 
 
 def quantize(plan, vth_bits: int = VTH_BITS_DEFAULT, input_frac: int | None = None,
              clip_percentile: float = CLIP_PERCENTILE_DEFAULT) -> QPlan:
     """Quantise a float Plan (``hardware.lava.plan.lower``) to Loihi fixed point.
 
-    clip_percentile: the 8-bit weight range of a connection is fitted to this percentile of
-    its rows' largest |w| (per-neuron thresholds folded into the rows spread them over
-    orders of magnitude; fitting the largest would round most rows to zero)."""
+    clip_percentile: when a connection's largest row lies more than OUTLIER_FACTOR times above
+    this percentile of its rows' largest |w|, the 8-bit range is fitted to the percentile
+    (per-neuron thresholds folded into the rows spread them over orders of magnitude;
+    fitting the largest would round most rows to zero)."""
     meta = plan.meta
     arrays = plan.arrays
     in_name = meta["input"]["name"]
@@ -254,7 +262,8 @@ def quantize(plan, vth_bits: int = VTH_BITS_DEFAULT, input_frac: int | None = No
             rows.append({"source": c["source"], "weight_exp": wexp, "sign_mode": mode,
                          "weight_bits": 7 if mode == "mixed" else 8,
                          "weight_max_int": int(np.max(np.abs(w))) if w.size else 0,
-                         "rows_saturated": int(np.sum(np.max(np.abs(w), axis=1) >= weight_limit(mode))),
+                         "rows_saturated": int(np.sum(np.max(np.abs(m), axis=1) * vth / 2.0 ** wexp
+                                                      > weight_limit(mode) + 1)) if m.size else 0,
                          "weight_rel_err": _rel(back - ref, ref)})
         b = np.asarray(arrays[name + "__bias"], dtype=np.float64)
         mant, bexp = quantize_bias(b * vth * 64.0)
