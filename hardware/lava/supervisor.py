@@ -126,7 +126,9 @@ def kill_group(proc: subprocess.Popen, shm: set[str], grace_s: float = KILL_GRAC
             os.unlink(path)
 
 
-class _Terminated(BaseException):
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM while a job runs: unwinds like Ctrl-C (cleanup, exit 130 from the CLI)."""
+
     pass
 
 
