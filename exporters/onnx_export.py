@@ -16,7 +16,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from hardware.fileio import atomic_path
-from models.architectures import infer_shapes
+from models.architectures import infer_shapes, pool_kernel, resblock_has_projection
 from models.checkpoint import load_checkpoint
 
 OPSET = 17
@@ -30,6 +30,11 @@ def checkpoint_to_onnx(ckpt_dir) -> onnx.ModelProto:
     other = method_registry.get(meta["method"])
     if other is not None and other.to_onnx is not None:
         return other.to_onnx(meta, t, str(ckpt_dir))
+    if meta["method"] == "bptt":
+        from hardware.errors import UnsupportedError
+        raise UnsupportedError("a BPTT model has no ANN branch to export as ONNX; export it as NIR "
+                               "(--format nir) or as one SNN step (--format onnx-step where available)",
+                               file=str(ckpt_dir), place="method")
     build_model(meta, t, file=str(ckpt_dir))  # validates names and shapes against the spec
     T = float(meta["timesteps"])
     inits, nodes = [], []
@@ -38,41 +43,73 @@ def checkpoint_to_onnx(ckpt_dir) -> onnx.ModelProto:
         inits.append(numpy_helper.from_array(np.asarray(arr, dtype=np.float32), name))
         return name
 
+    state = {"first": True}
+
+    def synapse(key, node, spec, src, alpha=1.0):
+        """Conv/Gemm (+ BN) (+ MaxPool) of the tensors under ``layers.<key>``; returns the output name."""
+        w = t[f"layers.{key}.op.weight"].astype(np.float32)
+        b = t[f"layers.{key}.op.bias"].astype(np.float32)
+        if state["first"]:
+            w = w * T
+            state["first"] = False
+        if spec["type"] == "conv":
+            p, k = spec["padding"], spec["kernel_size"]
+            nodes.append(helper.make_node("Conv", [src, const(f"{node}.weight", w), const(f"{node}.bias", b)],
+                                          [f"{node}_z"], name=node, strides=[spec["stride"]] * 2,
+                                          pads=[p, p, p, p], kernel_shape=[k, k]))
+        else:
+            nodes.append(helper.make_node("Gemm", [src, const(f"{node}.weight", w), const(f"{node}.bias", b)],
+                                          [f"{node}_z"], name=node, transB=1, alpha=alpha))
+        out = f"{node}_z"
+        if spec.get("bn"):
+            args = [const(f"{node}.bn.{k}", t[f"layers.{key}.bn.{k}"])
+                    for k in ("weight", "bias", "running_mean", "running_var")]
+            nodes.append(helper.make_node("BatchNormalization", [out] + args, [f"{node}_bn"],
+                                          name=f"{node}_bn", epsilon=1e-5))
+            out = f"{node}_bn"
+        if spec.get("maxpool"):
+            m = int(spec["maxpool"])
+            nodes.append(helper.make_node("MaxPool", [out], [f"{node}_mp"], name=f"{node}_mp",
+                                          kernel_shape=[m, m], strides=[m, m]))
+            out = f"{node}_mp"
+        return out
+
+    def relu(src, node):
+        nodes.append(helper.make_node("Relu", [src], [f"{node}_relu"], name=f"{node}_relu"))
+        return f"{node}_relu"
+
     cur = "input"
-    first = True
     shapes = infer_shapes(meta["layers"], meta["input_shape"])
-    for spec, _ in zip(meta["layers"], shapes):
+    for spec, (in_shape, _) in zip(meta["layers"], shapes):
         name = spec["name"]
-        if spec["type"] == "flatten":
+        typ = spec["type"]
+        if typ == "flatten":
             nodes.append(helper.make_node("Flatten", [cur], [f"{name}_out"], axis=1, name=name))
             cur = f"{name}_out"
             continue
-        w = t[f"layers.{name}.op.weight"].astype(np.float32)
-        b = t[f"layers.{name}.op.bias"].astype(np.float32)
-        if first:
-            w = w * T
-            first = False
-        is_classifier = not spec.get("neuron")
-        if spec["type"] == "conv":
-            p = spec["padding"]
-            nodes.append(helper.make_node("Conv", [cur, const(f"{name}.weight", w), const(f"{name}.bias", b)],
-                                          [f"{name}_z"], name=name, strides=[spec["stride"]] * 2,
-                                          pads=[p, p, p, p], kernel_shape=[spec["kernel_size"]] * 2))
-        else:
-            nodes.append(helper.make_node("Gemm", [cur, const(f"{name}.weight", w), const(f"{name}.bias", b)],
-                                          [f"{name}_z"], name=name, transB=1,
-                                          alpha=(1.0 / T) if is_classifier else 1.0))
-        cur = f"{name}_z"
-        if is_classifier:
+        if typ in ("conv", "linear") and not spec.get("neuron"):
+            cur = synapse(name, name, spec, cur, alpha=1.0 / T)
             break
-        if spec.get("bn"):
-            args = [const(f"{name}.bn.{k}", t[f"layers.{name}.bn.{k}"])
-                    for k in ("weight", "bias", "running_mean", "running_var")]
-            nodes.append(helper.make_node("BatchNormalization", [cur] + args, [f"{name}_bn"],
-                                          name=f"{name}_bn", epsilon=1e-5))
-            cur = f"{name}_bn"
-        nodes.append(helper.make_node("Relu", [cur], [f"{name}_relu"], name=f"{name}_relu"))
-        cur = f"{name}_relu"
+        if typ in ("conv", "linear"):
+            cur = relu(synapse(name, name, spec, cur), name)
+        elif typ == "avgpool":
+            k = pool_kernel(spec, in_shape)
+            nodes.append(helper.make_node("AveragePool", [cur], [f"{name}_pool"], name=name,
+                                          kernel_shape=[k, k], strides=[k, k]))
+            cur = relu(f"{name}_pool", name)
+        elif typ == "resblock":
+            ch, st = spec["out_channels"], spec["stride"]
+            conv = {"type": "conv", "padding": 1, "kernel_size": 3, "bn": True}
+            h1 = relu(synapse(f"{name}.a", f"{name}_a", {**conv, "stride": st}, cur), f"{name}_a")
+            zb = synapse(f"{name}.b", f"{name}_b", {**conv, "stride": 1}, h1)
+            if resblock_has_projection(spec, in_shape):
+                short = synapse(f"{name}.shortcut", f"{name}_shortcut",
+                                {"type": "conv", "padding": 0, "kernel_size": 1, "bn": True, "stride": st}, cur)
+            else:
+                short = cur
+            nodes.append(helper.make_node("Add", [zb, short], [f"{name}_sum"], name=f"{name}_add"))
+            cur = relu(f"{name}_sum", name)
+            del ch
     nodes.append(helper.make_node("Identity", [cur], ["logits"], name="logits"))
     inp = helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", *meta["input_shape"]])
     out = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", int(meta["num_classes"])])

@@ -87,7 +87,8 @@ def _resnet(name, stages):
                 layers.append({"name": f"block{b}", "type": "resblock", "out_channels": ch,
                                "stride": stride, "neuron": True})
                 cin = ch
-        return layers + [{"name": "gap", "type": "avgpool", "kernel_size": "global", "neuron": True},
+        hw = infer_shapes(layers, input_shape)[-1][1][1]  # global average pool over the last map
+        return layers + [{"name": "gap", "type": "avgpool", "kernel_size": int(hw), "neuron": True},
                          {"name": "flatten", "type": "flatten"},
                          _fc("classifier", num_classes, neuron=False)]
     return build

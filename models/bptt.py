@@ -263,3 +263,32 @@ class BPTTNet(nn.Module):
             h = fire(cur, seq)
             seq = True
         raise AssertionError("unreachable: the spec ends with a classifier")
+
+
+def build_bptt_model(meta: dict, tensors: dict, file: str | None = None) -> BPTTNet:
+    """Rebuild a BPTT checkpoint's model (weights checked by name and shape)."""
+    import numpy as np
+
+    from hardware.errors import CheckpointError
+
+    n = meta.get("neuron", {})
+    kind = str(n.get("model", "LIF")).lower()
+    try:
+        model = BPTTNet(meta["layers"], meta["input_shape"], meta["timesteps"], neuron=kind,
+                        surrogate=str(n.get("surrogate", "atan")), tau=float(n.get("tau") or 2.0),
+                        v_threshold=float(n.get("threshold", 1.0)), reset=str(n.get("reset", "zero")))
+    except (ValueError, TypeError) as e:
+        raise CheckpointError(f"invalid BPTT neuron settings ({e})", file=file, place="neuron") from None
+    own = model.state_dict()
+    missing = [k for k, v in own.items() if v.dtype != torch.long and k not in tensors]
+    if missing:
+        raise CheckpointError(f"weights missing for {', '.join(missing[:5])}", file=file, place="weights.safetensors")
+    for k, v in tensors.items():
+        if k not in own:
+            raise CheckpointError("unexpected tensor", file=file, place=k)
+        if tuple(own[k].shape) != tuple(v.shape):
+            raise CheckpointError(f"shape {tuple(v.shape)} does not match the architecture's {tuple(own[k].shape)}",
+                                  file=file, place=k)
+    model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in tensors.items()}, strict=False)
+    model.eval()
+    return model

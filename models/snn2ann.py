@@ -74,19 +74,21 @@ class ReSU(torch.autograd.Function):
 SMUS = {"stsu": STSU, "resu": ReSU}
 
 
-_BITS = torch.arange(8, dtype=torch.uint8)
+# row b of _KEEP2: the 8 bits of byte b, times 2 (inverted-dropout scale for p = 1/2)
+_KEEP2 = ((torch.arange(256)[:, None] >> torch.arange(8)) & 1).to(torch.float32) * 2.0
 
 
 def membrane_dropout_(v: torch.Tensor, p: float) -> torch.Tensor:
     """Inverted dropout of the membrane, in place. For p = 1/2 (the released setting) the
-    keep mask is unpacked from random bytes, 8 independent fair bits per byte: the same
+    keep mask is looked up from random bytes, 8 independent fair bits per byte: the same
     distribution as ``F.dropout`` at a fraction of bernoulli_'s cost on the CPU."""
     if p != 0.5:
         return F.dropout(v, p, training=True)
     n = v.numel()
-    r = torch.randint(0, 256, ((n + 7) // 8,), dtype=torch.uint8, device=v.device)
-    keep = ((r[:, None] >> _BITS.to(v.device)) & 1).view(-1)[:n].view(v.shape)
-    return v.mul_(keep).mul_(2.0)
+    r = torch.randint(0, 256, ((n + 7) // 8,), device=v.device)
+    table = _KEEP2 if _KEEP2.device == v.device and _KEEP2.dtype == v.dtype else _KEEP2.to(v.device, v.dtype)
+    keep = table[r].view(-1)[:n].view(v.shape)
+    return v.mul_(keep)
 
 
 class SharedLayer(nn.Module):

@@ -1,0 +1,251 @@
+"""Training-cost benchmark: SNN2ANN against the BPTT baseline on the same architecture,
+data, epochs and seed, in one run (``spikebridge bench train``; JSON on stdout).
+
+Every (method, T) runs in its own worker process (``--worker``), so one run's memory
+never shows up in another's. A worker loads the data and builds the model, then takes
+its baseline: resident set size (RSS, from /proc/self/statm) on the CPU, or
+``torch.cuda.memory_allocated`` on a GPU. During the training epochs a sampling thread
+reads RSS every 2 ms (on a GPU: ``torch.cuda.max_memory_allocated``); the reported peak
+is the maximum minus the baseline. Seconds per epoch are the training loop's wall time
+(evaluation excluded); the final SNN test accuracy and spikes per sample come from the
+test split after the last epoch.
+
+Pairs are given as SNN2ANN_T:BPTT_T (default 4:4, 8:8 and the paper's 5:8). Ratios are
+SNN2ANN / BPTT for time and memory and SNN2ANN - BPTT for accuracy.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * PAGE
+
+
+class PeakSampler:
+    """Maximum RSS seen by a background thread reading /proc/self/statm every ``period`` s."""
+
+    def __init__(self, period: float = 0.002):
+        self.period, self.peak, self._stop = period, rss_bytes(), threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, rss_bytes())
+            time.sleep(self.period)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, rss_bytes())
+
+
+def _warm_up(model, xb, yb) -> None:
+    """One training step on a copy (RNG state restored), then give freed memory back to the
+    OS: the baseline then includes the libraries' lazily loaded code and workspaces
+    (oneDNN kernels, thread pools), which are not the method's training memory."""
+    import copy
+    import ctypes
+    import gc
+
+    import torch
+
+    from models.train import train_step
+
+    state = torch.get_rng_state()
+    m = copy.deepcopy(model)
+    train_step(m, torch.optim.Adam(m.parameters()), xb, yb)
+    del m
+    gc.collect()
+    torch.set_rng_state(state)
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:  # not glibc: the baseline is taken as is
+        pass
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def worker(a) -> dict:
+    import numpy as np
+    import torch
+
+    from models.datasets import dataset_info, load_dataset
+    from models.train import (TrainConfig, _milestones, evaluate, make_model, pick_device, seed_everything,
+                              train_step)
+
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    cfg = TrainConfig(method=a.method, arch=a.arch, dataset=a.dataset, timesteps=a.timesteps, epochs=a.epochs,
+                      batch_size=a.batch_size, lr=a.lr, seed=a.seed, device=a.device, neuron=a.neuron,
+                      surrogate=a.surrogate)
+    device = pick_device(a.device)
+    seed_everything(a.seed)
+    info = dataset_info(a.dataset)
+    xtr, ytr = load_dataset(a.dataset, "train")
+    xte, yte = load_dataset(a.dataset, "test")
+    if a.limit:
+        xtr, ytr = xtr[:a.limit], ytr[:a.limit]
+    if a.limit_test:
+        xte, yte = xte[:a.limit_test], yte[:a.limit_test]
+    xtr_t, ytr_t = torch.from_numpy(xtr).to(device), torch.from_numpy(ytr).to(device)
+    xte_t, yte_t = torch.from_numpy(xte).to(device), torch.from_numpy(yte).to(device)
+    model = make_model(cfg, info.input_shape, info.num_classes).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, _milestones(cfg.epochs), gamma=0.1)
+    gen = torch.Generator().manual_seed(a.seed)
+    cuda = device.type == "cuda"
+    _warm_up(model, xtr_t[:cfg.batch_size], ytr_t[:cfg.batch_size])
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+    else:
+        base = rss_bytes()
+    epoch_s, losses = [], []
+    with PeakSampler() as sampler:
+        for _ in range(cfg.epochs):
+            model.train()
+            t0 = time.perf_counter()
+            perm = torch.randperm(len(xtr_t), generator=gen).to(device)
+            tot = 0.0
+            for i in range(0, len(perm), cfg.batch_size):
+                idx = perm[i:i + cfg.batch_size]
+                loss, _ = train_step(model, opt, xtr_t[idx], ytr_t[idx])
+                tot += float(loss) * len(idx)
+            if cuda:
+                torch.cuda.synchronize()
+            sched.step()
+            epoch_s.append(time.perf_counter() - t0)
+            losses.append(tot / len(perm))
+    peak = (torch.cuda.max_memory_allocated(device) if cuda else sampler.peak) - base
+    ev = evaluate(model, xte_t, yte_t)
+    return {"method": a.method, "timesteps": a.timesteps, "device": device.type,
+            "threads": torch.get_num_threads(), "seconds_per_epoch": float(np.mean(epoch_s)),
+            "epoch_seconds": epoch_s, "peak_memory_mib": peak / 2**20,
+            "memory_kind": "cuda_max_memory_allocated" if cuda else "rss",
+            "snn_test_accuracy": ev["snn_test_accuracy"], "spikes_per_sample": ev["spikes_per_sample"],
+            "final_loss": losses[-1], "train_samples": len(xtr), "test_samples": len(xte)}
+
+
+def _common(p):
+    p.add_argument("--dataset", default="fashion-mnist")
+    p.add_argument("--arch", default="cnn")
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto|cpu|cuda")
+    p.add_argument("--neuron", default="lif", help="BPTT neuron: if | lif")
+    p.add_argument("--surrogate", default="atan", help="BPTT surrogate: rectangular | atan | sigmoid")
+    p.add_argument("--limit", type=int, help="first N training samples (default: all)")
+    p.add_argument("--limit-test", type=int, help="first N test samples (default: all)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per worker (default 1)")
+
+
+def add_arguments(p):
+    _common(p)
+    p.add_argument("--pairs", default="4:4,8:8,5:8", help="SNN2ANN_T:BPTT_T pairs (default 4:4,8:8,5:8)")
+    p.add_argument("--parallel", type=int, default=1, help="workers running at once (default 1: sequential)")
+    p.add_argument("--out", help="also write the JSON to this file (atomically)")
+
+
+def parse_pairs(text: str) -> list[tuple[int, int]]:
+    from hardware.errors import InputError
+    pairs = []
+    for item in text.split(","):
+        try:
+            a, b = (int(v) for v in item.split(":"))
+        except ValueError:
+            raise InputError(f"--pairs: {item!r} is not SNN2ANN_T:BPTT_T") from None
+        if a < 1 or b < 1:
+            raise InputError(f"--pairs: {item!r}: timesteps must be positive")
+        pairs.append((a, b))
+    return pairs
+
+
+def run(a) -> dict:
+    from hardware.errors import BackendError, InputError
+    if a.epochs < 1 or a.batch_size < 1:
+        raise InputError("--epochs and --batch-size must be positive")
+    pairs = parse_pairs(a.pairs)
+    jobs = sorted({("snn2ann", s) for s, _ in pairs} | {("bptt", b) for _, b in pairs})
+    common = ["--dataset", a.dataset, "--arch", a.arch, "--epochs", str(a.epochs), "--batch-size",
+              str(a.batch_size), "--lr", str(a.lr), "--seed", str(a.seed), "--device", a.device,
+              "--neuron", a.neuron, "--surrogate", a.surrogate, "--threads", str(a.threads)]
+    if a.limit:
+        common += ["--limit", str(a.limit)]
+    if a.limit_test:
+        common += ["--limit-test", str(a.limit_test)]
+
+    def one(job):
+        method, T = job
+        cmd = [sys.executable, "-m", "benchmarks.bench_train", "--worker", method, "--timesteps", str(T), *common]
+        res = subprocess.run(cmd, capture_output=True, text=True)
+        if res.returncode != 0:
+            tail = (res.stderr.strip().splitlines() or ["no output"])[-1]
+            if res.returncode == 3:
+                raise InputError(tail.removeprefix("error: "))
+            raise BackendError(f"benchmark worker {method} T={T} failed: {tail}")
+        return job, json.loads(res.stdout.strip().splitlines()[-1])
+
+    with ThreadPoolExecutor(max_workers=max(1, a.parallel)) as ex:
+        results = dict(ex.map(one, jobs))
+    comparisons = []
+    for s, b in pairs:
+        rs, rb = results[("snn2ann", s)], results[("bptt", b)]
+        comparisons.append({
+            "snn2ann_T": s, "bptt_T": b,
+            "time_ratio": rs["seconds_per_epoch"] / rb["seconds_per_epoch"],
+            "memory_ratio": rs["peak_memory_mib"] / rb["peak_memory_mib"] if rb["peak_memory_mib"] > 0 else None,
+            "accuracy_difference": rs["snn_test_accuracy"] - rb["snn_test_accuracy"],
+            "spike_ratio": rs["spikes_per_sample"] / rb["spikes_per_sample"] if rb["spikes_per_sample"] else None,
+        })
+    return {"benchmark": "train", "settings": {k: v for k, v in vars(a).items() if k not in ("out", "func")},
+            "runs": [dict(results[j]) for j in jobs], "comparisons": comparisons}
+
+
+def main(argv=None) -> int:
+    if argv is None:
+        argv = sys.argv[1:]
+    if "--worker" in argv:  # internal: one (method, T) in this process
+        p = argparse.ArgumentParser()
+        p.add_argument("--worker", dest="method", choices=["snn2ann", "bptt"])
+        p.add_argument("--timesteps", type=int, required=True)
+        _common(p)
+        a = p.parse_args(argv)
+        from hardware.errors import InputError
+        try:
+            print(json.dumps(worker(a)))
+        except InputError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 3
+        return 0
+    p = argparse.ArgumentParser(prog="bench_train", description=__doc__.splitlines()[0])
+    add_arguments(p)
+    a = p.parse_args(argv)
+    out = run(a)
+    text = json.dumps(out, indent=1)
+    if a.out:
+        from hardware.fileio import atomic_write_text
+        atomic_write_text(a.out, text + "\n")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
