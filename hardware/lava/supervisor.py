@@ -286,8 +286,8 @@ class _Persistent:
                 buf += chunk
                 if b"\n" in buf:
                     return buf.split(b"\n", 1)[0].decode(errors="replace").strip()
-            if now - last_scan > 0.5:
-                self.shm |= _shm_of(_group_pids(self.proc.pid))
+            if now - last_scan > 0.5:  # segments seen (pruned of those already gone)
+                self.shm = {p for p in self.shm if os.path.exists(p)} | _shm_of(_group_pids(self.proc.pid))
                 last_scan = now
             if tmp is not None and progress is not None:
                 last = _report_progress(tmp, progress, last)
