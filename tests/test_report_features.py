@@ -217,3 +217,10 @@ def test_measured_baseline_from_a_hostile_run_json_is_dropped_not_fatal():
         assert build_report(graph(), trace(), measured=bad)["measured"] == {}
     got = build_report(graph(), trace(), measured={"latency_seconds_per_sample": 1e-3, "x": "<b>"})
     assert got["measured"]["onnx"]["latency_seconds_per_sample"] == 1e-3 and "x" not in got["measured"]["onnx"]
+
+
+def test_deeply_nested_sweep_json_is_an_input_error(tmp_path):
+    f = tmp_path / "deep.json"
+    f.write_text("[" * 100000 + "]" * 100000)
+    with pytest.raises(InputError, match="deep.json"):
+        load_sweep(f)

@@ -54,7 +54,7 @@ def load_run_report(path) -> tuple[dict, str]:
             m = json.loads(mj.read_text()).get("method")
             if isinstance(m, str):
                 data["method"] = m[:40]
-        except (ValueError, UnicodeDecodeError, AttributeError):
+        except (ValueError, UnicodeDecodeError, AttributeError, RecursionError):
             pass
     return data, p.name if p.is_dir() else p.parent.name
 

@@ -372,7 +372,7 @@ def load_sweep(path) -> list[dict]:
     else:
         try:
             data = json.loads(p.read_text(), parse_constant=lambda c: float("nan"))
-        except (ValueError, UnicodeDecodeError) as e:
+        except (ValueError, UnicodeDecodeError, RecursionError) as e:  # deeply nested arrays
             raise InputError(f"not valid JSON ({e})", file=str(p)) from None
     try:
         return normalise_sweep(data)
