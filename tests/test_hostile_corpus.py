@@ -60,6 +60,9 @@ def _jobs(root: Path, cases, x: Path) -> list[dict]:
             out = outdir / f"{c.id}.npz"
             jobs.append(dict(argv=["simulate", str(p), "--input", str(x), "--out", str(out)], absent=[str(out)]))
             jobs.append(dict(argv=["inspect", str(p)], absent=[]))
+            rep = outdir / f"{c.id}_report"
+            jobs.append(dict(argv=["report", str(p), "--input", str(x), "--out", str(rep)],
+                             absent=[str(rep / "report.json"), str(rep / "report.html")]))
             run = root / "runs" / c.id
             shutil.copytree(Path(c.path).parents[1] / "_bases" / "run", run)
             shutil.copy(p, run / "graph.nir")
@@ -82,6 +85,10 @@ def _jobs(root: Path, cases, x: Path) -> list[dict]:
                 out = outdir / f"{c.id}.converted"
                 jobs.append(dict(argv=["convert", str(p), "--timesteps", "4", "--calibration", str(x.with_name("calib.npy")),
                                        "--out", str(out)], absent=[str(out)]))
+        elif c.kind == "report.json":
+            out = outdir / f"{c.id}_compare"
+            jobs.append(dict(argv=["report", "--compare", str(p), str(p), "--out", str(out)],
+                             absent=[str(out / "compare.json"), str(out / "compare.html")]))
         elif c.kind == "rundir":
             jobs.append(dict(argv=["report", str(cont)],
                              absent=[str(cont / "report.json"), str(cont / "report.html")], unchanged=str(cont)))

@@ -47,7 +47,7 @@ def load_run_report(path) -> tuple[dict, str]:
     except (ValueError, UnicodeDecodeError, RecursionError) as e:  # RecursionError: deeply nested arrays
         raise InputError(f"not valid JSON ({e})", file=str(f), place="file") from None
     if not isinstance(data, dict) or "schema_version" not in data or "energy" not in data:
-        raise InputError("not a spikebridge report.json (no schema_version/energy)", file=str(f))
+        raise InputError("not a spikebridge report.json (no schema_version/energy)", file=str(f), place="top level")
     mj = f.parent / "checkpoint" / "model.json"  # a demo run: the training method, for the label
     if "method" not in data and mj.is_file() and mj.stat().st_size < (1 << 20):
         try:

@@ -554,6 +554,17 @@ def build(out_dir) -> list[Case]:  # noqa: C901 - one long list of cases
     run_case("run_nir_soft_link", "graph.nir", "graph with a soft link", lambda p: _h5(
         p, base_nir, lambda f: f["node"].__setitem__("evil", h5py.SoftLink("/"))))
 
+    # ---------------- report.json read by `report --compare` ----------------
+    cj = out / "compare"
+    cj.mkdir(exist_ok=True)
+    for cid, note, data in (("cmp_deep_nesting", "100k nested arrays", b"[" * 100_000 + b"]" * 100_000),
+                            ("cmp_random", "random bytes", rng.bytes(200)),
+                            ("cmp_list", "top level is a list", b"[1, 2]"),
+                            ("cmp_no_schema", "an object without schema_version", b'{"accuracy": NaN}')):
+        p = cj / f"{cid}.json"
+        p.write_bytes(data)
+        cases.append(Case(cid, "report.json", str(p), str(p), note))
+
     (out / "corpus.json").write_text(json.dumps([asdict(c) for c in cases], indent=1))
     return cases
 
