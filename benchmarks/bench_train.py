@@ -24,6 +24,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
@@ -194,8 +195,9 @@ def run(a) -> dict:
 
     def one(job):
         method, T = job
-        cmd = [sys.executable, "-m", "benchmarks.bench_train", "--worker", method, "--timesteps", str(T), *common]
-        res = subprocess.run(cmd, capture_output=True, text=True)
+        cmd = [sys.executable, os.path.abspath(__file__), "--worker", method, "--timesteps", str(T), *common]
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")]))}
+        res = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if res.returncode != 0:
             tail = (res.stderr.strip().splitlines() or ["no output"])[-1]
             if res.returncode == 3:
@@ -219,7 +221,7 @@ def run(a) -> dict:
             "runs": [dict(results[j]) for j in jobs], "comparisons": comparisons}
 
 
-def main(argv=None) -> int:
+def main(argv=None, progress: bool = True) -> int:
     if argv is None:
         argv = sys.argv[1:]
     if "--worker" in argv:  # internal: one (method, T) in this process

@@ -8,6 +8,20 @@
   or ``~/.cache/spikebridge/fashion-mnist``, downloading there on first use. Every
   file is checked against the SHA-256 of its decompressed content before use.
 
+- ``cifar10`` / ``cifar100``: the BINARY distributions (cifar-10-binary.tar.gz,
+  cifar-100-binary.tar.gz; never the pickled python version), read straight from the
+  archive with ``tarfile`` + ``numpy.frombuffer`` (records of label byte(s) + 3072 bytes
+  CHW; CIFAR-100 uses the fine label). 32x32x3; augmentation on.
+- ``tiny-imagenet``: tiny-imagenet-200.zip; JPEGs decoded with PIL to 64x64x3, labels by
+  the order of wnids.txt; the test split is the labelled ``val`` set (the official test
+  labels are not public). Decoded arrays are cached as .npy (loaded with
+  allow_pickle=False). Augmentation on.
+  Archives live in ``$SPIKEBRIDGE_DATA_DIR/<name>`` or ``~/.cache/spikebridge/<name>`` and
+  are downloaded there on first use. Each archive is checked against the official MD5
+  that the dataset's page publishes and against a SHA-256: the pinned one where this
+  file has it, else the one recorded next to the archive (``<archive>.sha256``) when it
+  first passed the MD5 check, so a later change of the file is always caught.
+
 Parsing never unpickles: idx files are read with ``numpy.frombuffer`` after their
 header has been validated.
 """
@@ -25,7 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from hardware.errors import DatasetError
-from hardware.fileio import atomic_write_bytes
+from hardware.fileio import atomic_path, atomic_write_bytes
 
 
 @dataclass(frozen=True)
@@ -40,6 +54,11 @@ class DatasetInfo:
 DATASETS = {
     "digits": DatasetInfo("digits", (1, 8, 8), 10, "scikit-learn 8x8 digits, 1437 train / 360 test"),
     "fashion-mnist": DatasetInfo("fashion-mnist", (1, 28, 28), 10, "Fashion-MNIST 28x28, 60000 train / 10000 test"),
+    "cifar10": DatasetInfo("cifar10", (3, 32, 32), 10, "CIFAR-10 (binary version), 50000 train / 10000 test", True),
+    "cifar100": DatasetInfo("cifar100", (3, 32, 32), 100, "CIFAR-100 (binary version, fine labels), 50000 / 10000",
+                            True),
+    "tiny-imagenet": DatasetInfo("tiny-imagenet", (3, 64, 64), 200,
+                                 "Tiny ImageNet 64x64, 100000 train / 10000 val (used as test)", True),
 }
 
 DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
@@ -66,6 +85,10 @@ def load_dataset(name: str, split: str = "test") -> tuple[np.ndarray, np.ndarray
         raise DatasetError(f"unknown split {split!r}; use train or test", place=name)
     if name == "digits":
         return _digits(split)
+    if name in ("cifar10", "cifar100"):
+        return load_cifar(name, split)
+    if name == "tiny-imagenet":
+        return load_tiny_imagenet(split)
     return _fashion(split)
 
 
@@ -80,9 +103,9 @@ def _digits(split: str):
     return (xtr, ytr) if split == "train" else (xte, yte)
 
 
-def _cache_dir() -> Path:
+def _cache_dir(name: str = "fashion-mnist") -> Path:
     base = os.environ.get("SPIKEBRIDGE_DATA_DIR")
-    return (Path(base) if base else Path.home() / ".cache" / "spikebridge") / "fashion-mnist"
+    return (Path(base) if base else Path.home() / ".cache" / "spikebridge") / name
 
 
 def _read_verified(fname: str, sha: str, size: int) -> bytes:
@@ -144,3 +167,164 @@ def _fashion(split: str):
     labels = parse_idx(_read_verified(fl, sl, nl), fl)
     x = (images.astype(np.float32) / 255.0)[:, None, :, :]
     return x, labels.astype(np.int64)
+
+
+# ---- CIFAR-10/100 (binary) and Tiny ImageNet -----------------------------------------
+
+# (url, file name, official MD5 from the dataset's page, pinned SHA-256 or None, max bytes)
+ARCHIVES = {
+    "cifar10": ("https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz", "cifar-10-binary.tar.gz",
+                "c32a1d4ab5d03f1284b67883e8d87530", None, 200 << 20),
+    "cifar100": ("https://www.cs.toronto.edu/~kriz/cifar-100-binary.tar.gz", "cifar-100-binary.tar.gz",
+                 "03b5dce01913d631647c71ecec9e9cb8", None, 200 << 20),
+    "tiny-imagenet": ("http://cs231n.stanford.edu/tiny-imagenet-200.zip", "tiny-imagenet-200.zip",
+                      "90528d7ca1a48142e341f4ef8d21d0de", None, 300 << 20),
+}
+CIFAR_RECORD = 3072
+CIFAR_MEMBERS = {
+    "cifar10": {"train": [f"cifar-10-batches-bin/data_batch_{i}.bin" for i in range(1, 6)],
+                "test": ["cifar-10-batches-bin/test_batch.bin"]},
+    "cifar100": {"train": ["cifar-100-binary/train.bin"], "test": ["cifar-100-binary/test.bin"]},
+}
+
+
+def _digest(path: Path, algo: str) -> str:
+    h = hashlib.new(algo)
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def archive_path(name: str) -> Path:
+    """The verified archive of ``name`` (downloaded on first use)."""
+    url, fname, md5, sha, max_bytes = ARCHIVES[name]
+    path = _cache_dir(name) / fname
+    if not path.is_file():
+        try:
+            with urllib.request.urlopen(url, timeout=60) as resp:  # noqa: S310 (fixed URL; content checked)
+                blob = resp.read(max_bytes + 1)
+        except OSError as e:
+            raise DatasetError(f"{name}: {fname} not found in {path.parent} and the download failed ({e}); "
+                               f"download {url} and place it there", place=fname) from None
+        if len(blob) > max_bytes:
+            raise DatasetError(f"download larger than {max_bytes} bytes", file=url)
+        if hashlib.md5(blob).hexdigest() != md5:  # noqa: S324 (the checksum the dataset publishes)
+            raise DatasetError("downloaded archive failed its MD5 check", file=url)
+        atomic_write_bytes(path, blob)
+    pin = path.with_name(path.name + ".sha256")
+    got = _digest(path, "sha256")
+    want = sha or (pin.read_text().split()[0] if pin.is_file() else None)
+    if want is None:
+        if _digest(path, "md5") != md5:
+            raise DatasetError(f"archive does not match the official {name} MD5", file=str(path))
+        atomic_write_bytes(pin, f"{got}  {fname}\n".encode())
+    elif got != want:
+        raise DatasetError(f"archive does not match its SHA-256 {want}", file=str(path))
+    return path
+
+
+def parse_cifar_binary(data: bytes, label_bytes: int, where: str) -> tuple[np.ndarray, np.ndarray]:
+    """Records of ``label_bytes`` label byte(s) + 3072 image bytes (CHW, 32x32x3).
+    The last label byte is the label (CIFAR-100's fine label). Returns (uint8 N,3,32,32; int64 N)."""
+    rec = label_bytes + CIFAR_RECORD
+    if len(data) == 0 or len(data) % rec:
+        raise DatasetError(f"size {len(data)} is not a multiple of the {rec}-byte record", file=where)
+    arr = np.frombuffer(data, dtype=np.uint8).reshape(-1, rec)
+    return arr[:, label_bytes:].reshape(-1, 3, 32, 32), arr[:, label_bytes - 1].astype(np.int64)
+
+
+def load_cifar(name: str, split: str, path: Path | None = None):
+    import tarfile
+
+    path = path or archive_path(name)
+    label_bytes, classes = (1, 10) if name == "cifar10" else (2, 100)
+    xs, ys = [], []
+    try:
+        with tarfile.open(path, "r:gz") as tar:
+            for member in CIFAR_MEMBERS[name][split]:
+                try:
+                    info = tar.getmember(member)
+                except KeyError:
+                    raise DatasetError("member missing from the archive", file=str(path), place=member) from None
+                if not info.isfile() or info.size > 200 << 20:
+                    raise DatasetError("not a regular file of sane size", file=str(path), place=member)
+                x, y = parse_cifar_binary(tar.extractfile(info).read(), label_bytes, f"{path}:{member}")
+                xs.append(x)
+                ys.append(y)
+    except (tarfile.TarError, OSError, EOFError) as e:
+        raise DatasetError(f"not a readable tar.gz ({e})", file=str(path)) from None
+    y = np.concatenate(ys)
+    if y.max(initial=0) >= classes:
+        raise DatasetError(f"label {int(y.max())} out of range 0..{classes - 1}", file=str(path))
+    return np.concatenate(xs).astype(np.float32) / 255.0, y
+
+
+def load_tiny_imagenet(split: str, path: Path | None = None):
+    """Decode tiny-imagenet-200.zip (train: train/<wnid>/images/*.JPEG; test: val/ with
+    val_annotations.txt), cached as .npy next to the archive."""
+    path = path or archive_path("tiny-imagenet")
+    cache_x = path.with_name(f"{path.stem}-{split}-x.npy")
+    cache_y = path.with_name(f"{path.stem}-{split}-y.npy")
+    pin = path.with_name(path.name + ".sha256")
+    stamp = path.with_name(f"{path.stem}-{split}.source")
+    sha = pin.read_text().split()[0] if pin.is_file() else _digest(path, "sha256")
+    if cache_x.is_file() and cache_y.is_file() and stamp.is_file() and stamp.read_text() == sha:
+        x = np.load(cache_x, allow_pickle=False)
+        y = np.load(cache_y, allow_pickle=False)
+        return x.astype(np.float32) / 255.0, y.astype(np.int64)
+    x, y = _decode_tiny(path, split)
+    with atomic_path(cache_x) as tmp:
+        with open(tmp, "wb") as f:
+            np.save(f, x, allow_pickle=False)
+    with atomic_path(cache_y) as tmp:
+        with open(tmp, "wb") as f:
+            np.save(f, y, allow_pickle=False)
+    atomic_write_bytes(stamp, sha.encode())
+    return x.astype(np.float32) / 255.0, y
+
+
+def _decode_tiny(path: Path, split: str):
+    import zipfile
+
+    from PIL import Image
+
+    root = "tiny-imagenet-200/"
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = set(z.namelist())
+            if root + "wnids.txt" not in names:
+                raise DatasetError("wnids.txt missing", file=str(path), place=root + "wnids.txt")
+            wnids = z.read(root + "wnids.txt").decode().split()
+            index = {w: i for i, w in enumerate(wnids)}
+            items = []
+            if split == "train":
+                for n in sorted(names):
+                    parts = n.split("/")
+                    if len(parts) == 5 and parts[1] == "train" and parts[3] == "images" and n.endswith(".JPEG"):
+                        if parts[2] not in index:
+                            raise DatasetError("class not in wnids.txt", file=str(path), place=n)
+                        items.append((n, index[parts[2]]))
+            else:
+                ann = root + "val/val_annotations.txt"
+                if ann not in names:
+                    raise DatasetError("val_annotations.txt missing", file=str(path), place=ann)
+                for line in z.read(ann).decode().splitlines():
+                    f = line.split("\t")
+                    if len(f) < 2 or f[1] not in index:
+                        raise DatasetError(f"bad annotation line {line[:60]!r}", file=str(path), place=ann)
+                    items.append((root + "val/images/" + f[0], index[f[1]]))
+            x = np.empty((len(items), 3, 64, 64), np.uint8)
+            y = np.empty(len(items), np.int64)
+            for i, (n, label) in enumerate(items):
+                info = z.getinfo(n)
+                if info.file_size > 1 << 20:
+                    raise DatasetError("image larger than 1 MiB", file=str(path), place=n)
+                with Image.open(io.BytesIO(z.read(info))) as im:
+                    if im.size != (64, 64):
+                        raise DatasetError(f"image is {im.size}, expected 64x64", file=str(path), place=n)
+                    x[i] = np.asarray(im.convert("RGB"), dtype=np.uint8).transpose(2, 0, 1)
+                y[i] = label
+    except (zipfile.BadZipFile, KeyError, OSError) as e:
+        raise DatasetError(f"not a readable Tiny ImageNet zip ({e})", file=str(path)) from None
+    return x, y

@@ -116,3 +116,22 @@ def test_paper_architectures_shapes(arch, hw, last):
     assert n_conv == {"vgg11": 8, "vgg13": 10, "resnet17": 17, "resnet18": 17}[arch]
     with pytest.raises(InputError):
         build_spec(arch, (1, 8, 8), 10)
+
+
+def test_onnx_ann_branch_with_pool_and_residual(tmp_path):
+    import onnxruntime as ort
+
+    from exporters.onnx_export import checkpoint_to_onnx, write_onnx
+    from models.checkpoint import save_checkpoint
+
+    torch.manual_seed(0)
+    net = _randomise_bn(SNN2ANNNet(SPEC, SHAPE, timesteps=4)).eval()
+    meta = {**_meta("snn2ann", 4), "smu": "stsu"}
+    save_checkpoint(tmp_path / "ck", net.state_dict(), meta)
+    write_onnx(checkpoint_to_onnx(tmp_path / "ck"), tmp_path / "m.onnx")
+    sess = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(2).random((5, *SHAPE), dtype=np.float32)
+    got = sess.run(None, {"input": x})[0]
+    with torch.no_grad():
+        ref, _ = net.ann_forward(torch.from_numpy(x))
+    assert np.abs(got - ref.numpy()).max() < 1e-4

@@ -47,14 +47,17 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--skip-lava", action="store_true", help="do not run the Lava backend")
 
     t = cmd("train", "train a spiking network and write a checkpoint directory")
-    t.add_argument("--method", default="snn2ann", help="snn2ann | qcfs | parallel | bridge | lasnn | ann")
-    t.add_argument("--arch", default="cnn", help="mlp | cnn")
-    t.add_argument("--dataset", default="digits", help="digits | fashion-mnist")
+    t.add_argument("--method", default="snn2ann", help="snn2ann | bptt | qcfs | parallel | bridge | lasnn | ann")
+    t.add_argument("--arch", default="cnn", help="mlp | cnn | vgg11 | vgg13 | resnet17 | resnet18")
+    t.add_argument("--dataset", default="digits",
+                   help="digits | fashion-mnist | cifar10 | cifar100 | tiny-imagenet")
     t.add_argument("--timesteps", type=int, default=4)
     t.add_argument("--epochs", type=int, default=30)
     t.add_argument("--batch-size", type=int, default=64)
     t.add_argument("--lr", type=float, default=1e-3)
     t.add_argument("--smu", default="stsu", help="spiking mapping unit: stsu | resu")
+    t.add_argument("--neuron", default="lif", help="bptt: if | lif (default lif, tau 2 steps)")
+    t.add_argument("--surrogate", default="atan", help="bptt: rectangular | atan | sigmoid (default atan)")
     t.add_argument("--device", default="auto", help="auto|cpu|cuda")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--resume", action="store_true", help="continue the run in --out where it stopped")
@@ -144,8 +147,9 @@ def _parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("bench", help="benchmarks (prints JSON)", description="benchmarks (prints JSON)",
                        epilog="example: spikebridge bench methods --help  |  spikebridge bench simulate --quick")
-    b.add_argument("which", choices=["methods", "simulate"],
-                   help="methods: every training method at T = 1, 2, 4, 8; simulate: eventsim vs a dense "
+    b.add_argument("which", choices=["methods", "simulate", "train"],
+                   help="train: SNN2ANN vs the BPTT baseline (time, memory, accuracy, spikes); "
+                        "methods: every training method at T = 1, 2, 4, 8; simulate: eventsim vs a dense "
                         "per-step reference, snnTorch (if installed) and Lava, over activity and T")
     b.add_argument("bench_args", nargs=argparse.REMAINDER, help="options of the benchmark (see its --help)")
 
@@ -192,7 +196,7 @@ def cmd_train(args) -> int:
 
     cfg = TrainConfig(method=args.method, arch=args.arch, dataset=args.dataset, timesteps=args.timesteps,
                       epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, smu=args.smu,
-                      seed=args.seed, device=args.device)
+                      seed=args.seed, device=args.device, neuron=args.neuron, surrogate=args.surrogate)
     from models.methods.options import extra_from_args
     cfg.extra.update(extra_from_args(args))
     if getattr(args, "limit_train", None):
