@@ -144,50 +144,51 @@ def run(args, progress: bool = False) -> dict:
         brow, shared["bridge_pretrain_seconds"] = shared_run(
             "bridge-ann", _cfg(args, method="bridge", timesteps=1, extra={"finetune_epochs": 0}))
         shared["bridge_ann_test_accuracy"] = brow["ann_test_accuracy"]
-    methods = [m for m in methods if m != "snn2ann"] + (["snn2ann"] if "snn2ann" in methods else [])
+    # conversion/BPTT methods at every T first, snn2ann (a full training per T) last
+    pairs = [(T, m) for T in Ts for m in methods if m != "snn2ann"] + [(T, "snn2ann") for T in Ts
+                                                                       if "snn2ann" in methods]
 
-    for T in Ts:
-        for m in methods:
-            ck = out / f"{m}-T{T}"
-            t0 = time.perf_counter()
-            if m == "snn2ann":
-                row = train(_cfg(args, method="snn2ann", timesteps=T, epochs=args.snn2ann_epochs or args.epochs),
-                            ck, progress)
-                record(m, T, ck, row, time.perf_counter() - t0, row["ann_test_accuracy"])
-            elif m == "qcfs":
-                from models.methods import common as C
-                from models.methods import qcfs as Q
-                meta = _retime(out / "qcfs-ann", ck, T)
-                _, tensors = load_checkpoint(ck)
-                model = Q.build_model(meta, tensors)
-                n = args.limit_test
-                acc, spikes = C.deployed_accuracy(Q.deployed(model), torch.from_numpy(xte[:n]),
-                                                  torch.from_numpy(yte[:n]), T)
-                secs = shared["qcfs_ann_seconds"] + time.perf_counter() - t0
-                record(m, T, ck, {"snn_test_accuracy": acc, "spikes_per_sample": spikes}, secs,
-                       shared["qcfs_ann_test_accuracy"], L=args.L)
-            elif m == "parallel":
-                row = train(_cfg(args, method="parallel", timesteps=T, extra={"teacher": str(out / "qcfs-ann")}),
-                            ck, progress)
-                secs = shared["qcfs_ann_seconds"] + time.perf_counter() - t0
-                record(m, T, ck, row, secs, row["ann_test_accuracy"], L=args.L,
-                       parallel_test_accuracy=row["parallel_test_accuracy"],
-                       sequential_if_test_accuracy=row["sequential_if_test_accuracy"])
-            elif m == "bridge":
-                row = train(_cfg(args, method="bridge", timesteps=T, limit_train=args.bptt_limit,
-                                 extra={"init": str(out / "bridge-ann"), "finetune_epochs": args.finetune_epochs}),
-                            ck, progress)
-                secs = shared["bridge_pretrain_seconds"] + time.perf_counter() - t0
-                record(m, T, ck, row, secs, row["ann_test_accuracy"],
-                       snn_test_accuracy_before_finetune=row["snn_test_accuracy_before_finetune"])
-            elif m == "lasnn":
-                row = train(_cfg(args, method="lasnn", timesteps=T, epochs=args.student_epochs,
-                                 limit_train=args.bptt_limit, extra={"teacher": str(out / "ann")}), ck, progress)
-                secs = shared["ann_seconds"] + time.perf_counter() - t0
-                record(m, T, ck, row, secs, row["ann_test_accuracy"])
-            else:
-                raise SystemExit(f"unknown method {m!r}; known: {', '.join(ALL)}")
-        _write(args, shared, rows, out)  # after every T: a partial result survives an interrupted run
+    for T, m in pairs:
+        ck = out / f"{m}-T{T}"
+        t0 = time.perf_counter()
+        if m == "snn2ann":
+            row = train(_cfg(args, method="snn2ann", timesteps=T, epochs=args.snn2ann_epochs or args.epochs),
+                        ck, progress)
+            record(m, T, ck, row, time.perf_counter() - t0, row["ann_test_accuracy"])
+        elif m == "qcfs":
+            from models.methods import common as C
+            from models.methods import qcfs as Q
+            meta = _retime(out / "qcfs-ann", ck, T)
+            _, tensors = load_checkpoint(ck)
+            model = Q.build_model(meta, tensors)
+            n = args.limit_test
+            acc, spikes = C.deployed_accuracy(Q.deployed(model), torch.from_numpy(xte[:n]),
+                                              torch.from_numpy(yte[:n]), T)
+            secs = shared["qcfs_ann_seconds"] + time.perf_counter() - t0
+            record(m, T, ck, {"snn_test_accuracy": acc, "spikes_per_sample": spikes}, secs,
+                   shared["qcfs_ann_test_accuracy"], L=args.L)
+        elif m == "parallel":
+            row = train(_cfg(args, method="parallel", timesteps=T, extra={"teacher": str(out / "qcfs-ann")}),
+                        ck, progress)
+            secs = shared["qcfs_ann_seconds"] + time.perf_counter() - t0
+            record(m, T, ck, row, secs, row["ann_test_accuracy"], L=args.L,
+                   parallel_test_accuracy=row["parallel_test_accuracy"],
+                   sequential_if_test_accuracy=row["sequential_if_test_accuracy"])
+        elif m == "bridge":
+            row = train(_cfg(args, method="bridge", timesteps=T, limit_train=args.bptt_limit,
+                             extra={"init": str(out / "bridge-ann"), "finetune_epochs": args.finetune_epochs}),
+                        ck, progress)
+            secs = shared["bridge_pretrain_seconds"] + time.perf_counter() - t0
+            record(m, T, ck, row, secs, row["ann_test_accuracy"],
+                   snn_test_accuracy_before_finetune=row["snn_test_accuracy_before_finetune"])
+        elif m == "lasnn":
+            row = train(_cfg(args, method="lasnn", timesteps=T, epochs=args.student_epochs,
+                             limit_train=args.bptt_limit, extra={"teacher": str(out / "ann")}), ck, progress)
+            secs = shared["ann_seconds"] + time.perf_counter() - t0
+            record(m, T, ck, row, secs, row["ann_test_accuracy"])
+        else:
+            raise SystemExit(f"unknown method {m!r}; known: {', '.join(ALL)}")
+        _write(args, shared, rows, out)  # after every row: a partial result survives an interrupted run
     return _write(args, shared, rows, out)
 
 
