@@ -191,27 +191,43 @@ def test_unsupported_node_is_named():
 
 
 def test_inspect_displays_third_party_graphs(tmp_path, capsys):
-    """Graphs as nirtorch-based exporters write them (no spikebridge metadata, the trace
-    sample's batch dimension in the Input, LIF/CubaLIF with tau in seconds) display."""
+    """Graphs as nirtorch-based exporters write them (no spikebridge metadata, Linear
+    without bias, CubaLIF with tau in seconds; with the library-profile adaptation
+    present, also the trace sample's batch dimension in the Input) display."""
     from toolchain.cli import main
     rng = np.random.default_rng(0)
-    nodes = {
-        "input": nir.Input(input_type={"input": np.array([4, 10])}),
-        "0": nir.Linear(weight=rng.normal(0, 1, (6, 10)).astype(F32)),
-        "1": nir.CubaLIF(tau_syn=np.full(6, 5e-3, F32), tau_mem=np.full(6, 1e-2, F32), r=np.ones(6, F32),
-                         v_leak=np.zeros(6, F32), v_threshold=np.ones(6, F32), v_reset=np.zeros(6, F32),
-                         w_in=np.ones(6, F32)),
-        "output": nir.Output(output_type={"output": np.array([4, 6])}),
-    }
-    g = nir.NIRGraph(nodes=nodes, edges=[("input", "0"), ("0", "1"), ("1", "output")], type_check=False)
-    write_nir(g, tmp_path / "peer.nir")
-    assert main(["inspect", str(tmp_path / "peer.nir")]) == 0
-    out = capsys.readouterr().out
-    assert "CubaLIF" in out and "Linear" in out and "tau_mem" in out
-    # a clean plain-NIR graph shows shapes, synapses and backend support
+
+    def peer(in_shape, out_shape):
+        nodes = {
+            "input": nir.Input(input_type={"input": np.array(in_shape)}),
+            "0": nir.Linear(weight=rng.normal(0, 1, (6, 10)).astype(F32)),
+            "1": nir.CubaLIF(tau_syn=np.full(6, 5e-3, F32), tau_mem=np.full(6, 1e-2, F32), r=np.ones(6, F32),
+                             v_leak=np.zeros(6, F32), v_threshold=np.ones(6, F32), v_reset=np.zeros(6, F32),
+                             w_in=np.ones(6, F32)),
+            "output": nir.Output(output_type={"output": np.array(out_shape)}),
+        }
+        return nir.NIRGraph(nodes=nodes, edges=[("input", "0"), ("0", "1"), ("1", "output")], type_check=False)
+
+    cases = [("plain", [10], [6])]
+    try:
+        import hardware.eventsim.adapt  # noqa: F401 - the library profiles' Input/Output adaptation
+        cases.append(("batch_dim", [4, 10], [4, 6]))
+    except ImportError:
+        pass
+    for name, i, o in cases:
+        write_nir(peer(i, o), tmp_path / f"{name}.nir")
+        assert main(["inspect", str(tmp_path / f"{name}.nir")]) == 0, name
+        out = capsys.readouterr().out
+        assert "CubaLIF" in out and "Linear" in out and "tau_mem" in out and "no spikebridge metadata" in out
+        assert "eventsim: runs this graph" in out and "torch:" in out
     g2 = recurrent_graph()
     g2.nodes["if"].metadata = {}
     write_nir(g2, tmp_path / "plain.nir")
     assert main(["inspect", str(tmp_path / "plain.nir"), "--profile", "nir"]) == 0
     out = capsys.readouterr().out
-    assert "no spikebridge metadata" in out and "eventsim: runs this graph" in out and "torch:" in out
+    assert "profile nir" in out and "no spikebridge metadata" in out
+    # a graph that analyses in no form is still rejected (exit 3, one error line)
+    write_nir(peer([7], [6]), tmp_path / "bad.nir")
+    assert main(["inspect", str(tmp_path / "bad.nir")]) == 3
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1
