@@ -148,6 +148,22 @@ class Layer:
     params: dict = field(default_factory=dict)
 
 
+MAX_TENSOR_ELEMENTS = 1 << 31
+
+
+def _tensor(t, file) -> np.ndarray:
+    """An initializer or Constant as numpy, with its declared dims checked first."""
+    dims = [int(d) for d in t.dims]
+    if any(d < 0 for d in dims) or int(np.prod([float(d) for d in dims])) > MAX_TENSOR_ELEMENTS:
+        raise OnnxModelError(f"dims {dims} are negative or exceed {MAX_TENSOR_ELEMENTS} elements", file,
+                             f"tensor {t.name!r}")
+    try:
+        return numpy_helper.to_array(t)
+    except Exception as e:  # noqa: BLE001 - malformed data (size vs dims, unknown type)
+        raise OnnxModelError(f"tensor data does not match its dims/type ({type(e).__name__})", file,
+                             f"tensor {t.name!r}") from None
+
+
 def _attrs(node) -> dict:
     return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
 
@@ -160,7 +176,7 @@ class _Parser:
     def __init__(self, model: onnx.ModelProto, file: str | None, input_shape=None):
         self.model, self.file = model, file
         g = model.graph
-        self.consts = {t.name: numpy_helper.to_array(t) for t in g.initializer}
+        self.consts = {t.name: _tensor(t, file) for t in g.initializer}
         self.layers: list[Layer] = []
         self.value: dict[str, int] = {}  # ONNX tensor name -> layer index
         self.uses: dict[str, int] = {}
@@ -271,7 +287,7 @@ class _Parser:
 
     def op_Constant(self, node, a):
         if "value" in a:
-            self.consts[node.output[0]] = numpy_helper.to_array(a["value"])
+            self.consts[node.output[0]] = _tensor(a["value"], self.file)
         elif "value_float" in a or "value_floats" in a:
             self.consts[node.output[0]] = np.asarray(a.get("value_float", a.get("value_floats")), np.float32)
         elif "value_int" in a or "value_ints" in a:
