@@ -279,16 +279,8 @@ def build_bptt_model(meta: dict, tensors: dict, file: str | None = None) -> BPTT
                         v_threshold=float(n.get("threshold", 1.0)), reset=str(n.get("reset", "zero")))
     except (ValueError, TypeError) as e:
         raise CheckpointError(f"invalid BPTT neuron settings ({e})", file=file, place="neuron") from None
-    own = model.state_dict()
-    missing = [k for k, v in own.items() if v.dtype != torch.long and k not in tensors]
-    if missing:
-        raise CheckpointError(f"weights missing for {', '.join(missing[:5])}", file=file, place="weights.safetensors")
-    for k, v in tensors.items():
-        if k not in own:
-            raise CheckpointError("unexpected tensor", file=file, place=k)
-        if tuple(own[k].shape) != tuple(v.shape):
-            raise CheckpointError(f"shape {tuple(v.shape)} does not match the architecture's {tuple(own[k].shape)}",
-                                  file=file, place=k)
-    model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in tensors.items()}, strict=False)
+    from models.checkpoint import load_weights
+
+    load_weights(model, tensors, file)
     model.eval()
     return model

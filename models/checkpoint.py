@@ -174,19 +174,27 @@ def build_model(meta: dict, tensors: dict[str, np.ndarray], file: str | None = N
         return build_bptt_model(meta, tensors, file)
     model = SNN2ANNNet(meta["layers"], meta["input_shape"], meta["timesteps"],
                        smu=meta.get("smu", "stsu"))
+    load_weights(model, tensors, file)
+    model.eval()
+    return model
+
+
+def load_weights(model, tensors: dict, file=None, ignore=()) -> None:
+    """Load numpy tensors into a torch module by name, checking names and shapes first
+    (every tensor the module needs is present, none is unexpected, every shape matches)."""
+    import torch
+
     own = model.state_dict()
     missing = [k for k, v in own.items() if v.dtype != torch.long and k not in tensors]
     if missing:
         raise CheckpointError(f"weights missing for {', '.join(missing[:5])}", file=file, place="weights.safetensors")
     for k, v in tensors.items():
-        if k not in own:
-            raise CheckpointError("unexpected tensor", file=file, place=k)
-        if tuple(own[k].shape) != tuple(v.shape):
+        if k in own and tuple(own[k].shape) != tuple(v.shape):
             raise CheckpointError(f"shape {tuple(v.shape)} does not match the architecture's {tuple(own[k].shape)}",
                                   file=file, place=k)
-    model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in tensors.items()}, strict=False)
-    model.eval()
-    return model
+        if k not in own and not any(k.startswith(p) for p in ignore):
+            raise CheckpointError("unexpected tensor", file=file, place=k)
+    model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in tensors.items() if k in own}, strict=False)
 
 
 # ---- train_state.pt: torch.load(weights_only=True) only, after naming every unsafe global ----

@@ -426,17 +426,9 @@ def plot_curves(history: list[dict], path: Path) -> None:
 
 def load_state(model: nn.Module, tensors: dict, file=None, ignore=()) -> None:
     """Load numpy tensors into ``model`` by name, checking names and shapes."""
-    own = model.state_dict()
-    missing = [k for k, v in own.items() if v.dtype != torch.long and k not in tensors]
-    if missing:
-        raise CheckpointError(f"weights missing for {', '.join(missing[:5])}", file=file, place="weights.safetensors")
-    for k, v in tensors.items():
-        if k in own and tuple(own[k].shape) != tuple(v.shape):
-            raise CheckpointError(f"shape {tuple(v.shape)} does not match the architecture's {tuple(own[k].shape)}",
-                                  file=file, place=k)
-        if k not in own and not any(k.startswith(p) for p in ignore):
-            raise CheckpointError("unexpected tensor", file=file, place=k)
-    model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in tensors.items() if k in own}, strict=False)
+    from models.checkpoint import load_weights
+
+    load_weights(model, tensors, file, ignore)
 
 
 def spec_of(meta: dict, key: str = "layers") -> list[dict]:
