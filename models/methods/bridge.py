@@ -125,15 +125,24 @@ def neuron_meta() -> dict:
             "threshold": THRESHOLD, "dt": 1.0, "encoding": "direct"}
 
 
-def build_model(meta, tensors, file=None) -> C.SpikingStack:
-    C.check_spec(C.spec_of(meta), "bridge")
+def build_lif_stack(meta, tensors, file=None, method: str = "bridge") -> C.SpikingStack:
+    """The LIF SNN (decay 0.25, threshold 0.5, hard reset) of a bridge or lasnn checkpoint."""
+    C.check_spec(C.spec_of(meta), method)
     model = C.SpikingStack(meta["layers"], meta["input_shape"], DECAY, THRESHOLD)
     C.load_state(model, tensors, file)
     return model.eval()
 
 
+def lif_stack_to_nir(meta, tensors, file=None, method: str = "bridge"):
+    return C.deployed_to_nir(C.lif_deployed(build_lif_stack(meta, tensors, file, method), DECAY, THRESHOLD), meta)
+
+
+def build_model(meta, tensors, file=None) -> C.SpikingStack:
+    return build_lif_stack(meta, tensors, file, "bridge")
+
+
 def to_nir(meta, tensors, file=None):
-    return C.deployed_to_nir(C.lif_deployed(build_model(meta, tensors, file), DECAY, THRESHOLD), meta)
+    return lif_stack_to_nir(meta, tensors, file, "bridge")
 
 
 register(MethodSpec("bridge", train=train, build_model=build_model, to_nir=to_nir, to_onnx=no_onnx,

@@ -35,7 +35,7 @@ from hardware.errors import InputError
 from models.checkpoint import save_checkpoint
 from models.methods import MethodSpec, register
 from models.methods import common as C
-from models.methods.bridge import DECAY, THRESHOLD
+from models.methods.bridge import DECAY, THRESHOLD, build_lif_stack, lif_stack_to_nir, neuron_meta
 from models.methods.qcfs import no_onnx
 
 
@@ -134,20 +134,12 @@ def train(cfg, out_dir, progress=True, resume=False) -> dict:
     return row
 
 
-def neuron_meta() -> dict:
-    return {"model": "LIF", "decay": DECAY, "reset": "zero", "threshold_test": "gt", "v_init": 0.0,
-            "threshold": THRESHOLD, "dt": 1.0, "encoding": "direct"}
-
-
 def build_model(meta, tensors, file=None) -> C.SpikingStack:
-    C.check_spec(C.spec_of(meta), "lasnn")
-    model = C.SpikingStack(meta["layers"], meta["input_shape"], DECAY, THRESHOLD)
-    C.load_state(model, tensors, file)
-    return model.eval()
+    return build_lif_stack(meta, tensors, file, "lasnn")
 
 
 def to_nir(meta, tensors, file=None):
-    return C.deployed_to_nir(C.lif_deployed(build_model(meta, tensors, file), DECAY, THRESHOLD), meta)
+    return lif_stack_to_nir(meta, tensors, file, "lasnn")
 
 
 register(MethodSpec("lasnn", train=train, build_model=build_model, to_nir=to_nir, to_onnx=no_onnx,
