@@ -438,6 +438,22 @@ def spec_of(meta: dict, key: str = "layers") -> list[dict]:
     return spec
 
 
+def train_epoch(loss_of, opt, sched, xtr, ytr, batch_size: int, gen) -> tuple[float, float]:
+    """One epoch over shuffled mini-batches: loss_of(xb, yb) -> loss, an optimizer step per batch,
+    a scheduler step at the end. Returns (mean loss per sample, seconds)."""
+    clock = timer()
+    tot, n = 0.0, 0
+    for idx in batches(len(xtr), batch_size, gen):
+        loss = loss_of(xtr[idx], ytr[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        tot += float(loss.detach()) * len(idx)
+        n += len(idx)
+    sched.step()
+    return tot / max(n, 1), clock()
+
+
 def timer():
     t0 = time.perf_counter()
     return lambda: time.perf_counter() - t0
@@ -462,22 +478,13 @@ def fit_ann(model: Stack, act_for_epoch, cfg, data, epochs: int, progress: bool 
     for e in range(epochs):
         act = act_for_epoch(e)
         model.train()
-        clock = timer()
-        tot, n = 0.0, 0
-        for idx in batches(len(xtr), cfg.batch_size, gen):
-            loss = F.cross_entropy(model(xtr[idx], act), ytr[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            tot += float(loss.detach()) * len(idx)
-            n += len(idx)
-        sched.step()
-        secs = clock()
+        loss_mean, secs = train_epoch(lambda xb, yb: F.cross_entropy(model(xb, act), yb),
+                                      opt, sched, xtr, ytr, cfg.batch_size, gen)
         acc = ann_accuracy(model, eval_act(e) if eval_act else act, xte, yte)
-        history.append({"stage": label, "epoch": e + 1, "loss": tot / max(n, 1), "ann_test_accuracy": acc,
+        history.append({"stage": label, "epoch": e + 1, "loss": loss_mean, "ann_test_accuracy": acc,
                         "seconds": secs, "lr": opt.param_groups[0]["lr"]})
         if progress:
-            print(f"[{label}] epoch {e + 1}/{epochs}: loss {tot / max(n, 1):.4f} ANN acc {acc:.4f} {secs:.1f}s",
+            print(f"[{label}] epoch {e + 1}/{epochs}: loss {loss_mean:.4f} ANN acc {acc:.4f} {secs:.1f}s",
                   file=sys.stderr, flush=True)
     return history
 
@@ -505,23 +512,14 @@ def fit_snn(model: "SpikingStack", T: int, cfg, data, epochs: int, loss_fn=None,
     gen = torch.Generator().manual_seed(cfg.seed + 1)
     for e in range(epochs):
         model.train()
-        clock = timer()
-        tot, n = 0.0, 0
-        for idx in batches(len(xtr), cfg.batch_size, gen):
-            loss = loss_fn(model, xtr[idx], ytr[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            tot += float(loss.detach()) * len(idx)
-            n += len(idx)
-        sched.step()
-        secs = clock()
+        loss_mean, secs = train_epoch(lambda xb, yb: loss_fn(model, xb, yb), opt, sched, xtr, ytr,
+                                      cfg.batch_size, gen)
         model.eval()
         acc, spikes = deployed_accuracy(lif_deployed(model, model.decay, model.threshold), xte.cpu(), yte.cpu(), T)
-        history.append({"stage": label, "epoch": e + 1, "loss": tot / max(n, 1), "snn_test_accuracy": acc,
+        history.append({"stage": label, "epoch": e + 1, "loss": loss_mean, "snn_test_accuracy": acc,
                         "spikes_per_sample": spikes, "seconds": secs})
         if progress:
-            print(f"[{label}] epoch {e + 1}/{epochs}: loss {tot / max(n, 1):.4f} SNN acc {acc:.4f} {secs:.1f}s",
+            print(f"[{label}] epoch {e + 1}/{epochs}: loss {loss_mean:.4f} SNN acc {acc:.4f} {secs:.1f}s",
                   file=sys.stderr, flush=True)
     return history
 
