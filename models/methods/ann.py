@@ -15,36 +15,37 @@ from pathlib import Path
 import torch
 
 from hardware.errors import CheckpointError, UnsupportedError
-from models.checkpoint import save_checkpoint
 from models.methods import MethodSpec, register
 from models.methods import common as C
 
 
-def train_relu_ann(cfg, data, progress=False, history=None) -> C.Stack:
+def train_relu_ann(cfg, data, progress=False, history=None, stages=None) -> C.Stack:
     info = data[0]
     C.seed_all(cfg.seed)
     spec = C.default_spec(cfg, info)
     model = C.Stack(spec, info.input_shape)
-    C.fit_ann(model, lambda e: C.relu_act, cfg, data, cfg.epochs, progress, "relu-ann", history)
+    C.fit_ann(model, lambda e: C.relu_act, cfg, data, cfg.epochs, progress, "relu-ann", history, stages=stages)
     return model.cpu().eval()
 
 
 def train(cfg, out_dir, progress=True, resume=False) -> dict:
     from models.train import pick_device
 
+    from models.methods.resume import Stages
+
     C.check_cfg(cfg, resume)
+    stages = Stages(out_dir, cfg, resume)
     data = C.load_data(cfg, pick_device(cfg.device))
     history: list[dict] = []
     clock = C.timer()
-    model = train_relu_ann(cfg, data, progress, history)
+    model = train_relu_ann(cfg, data, progress, history, stages)
     secs = clock()
     acc = C.ann_accuracy(model, C.relu_act, data[3].cpu(), data[4].cpu())
     row = {"epoch": cfg.epochs, "loss": history[-1]["loss"], "ann_test_accuracy": acc, "seconds": secs}
     # timesteps = 1: the SNN2ANN ONNX path (first weights x T, classifier / T) is then exactly
     # this ReLU ANN, so `export --format onnx` works unchanged.
     meta = {**C.base_meta(cfg, data[0], model.spec, {"model": "none (ANN)"}, metrics=row), "timesteps": 1}
-    save_checkpoint(Path(out_dir), model.state_dict(), meta)
-    C.write_history(Path(out_dir), history)
+    C.save_outputs(Path(out_dir), model.state_dict(), meta, history)
     return row
 
 

@@ -30,7 +30,6 @@ from pathlib import Path
 import torch
 
 from hardware.errors import InputError
-from models.checkpoint import save_checkpoint
 from models.methods import MethodSpec, register
 from models.methods import common as C
 from models.methods.qcfs import no_onnx
@@ -66,6 +65,7 @@ def sharp_act(a: float, b: float):
 
 
 def train(cfg, out_dir, progress=True, resume=False) -> dict:
+    from models.methods.resume import Stages
     from models.train import pick_device
 
     C.check_cfg(cfg, resume)
@@ -73,6 +73,7 @@ def train(cfg, out_dir, progress=True, resume=False) -> dict:
     if ft < 0:
         raise InputError("--finetune-epochs must be >= 0")
     out = Path(out_dir)
+    stages = Stages(out, cfg, resume)
     device = pick_device(cfg.device)
     data = C.load_data(cfg, device)
     info = data[0]
@@ -94,7 +95,7 @@ def train(cfg, out_dir, progress=True, resume=False) -> dict:
     else:
         ann = C.Stack(spec, info.input_shape, bn_init=THRESHOLD).to(device)
         act_for = lambda e: sharp_act(*sharpen_schedule(e, cfg.epochs))  # noqa: E731
-        C.fit_ann(ann, act_for, cfg, data, cfg.epochs, progress, "bridge-ann", history)
+        C.fit_ann(ann, act_for, cfg, data, cfg.epochs, progress, "bridge-ann", history, stages=stages)
         pre_seconds = clock()
         ann_acc = history[-1]["ann_test_accuracy"]  # the step-activation ANN == the T=1 SNN
     snn = C.SpikingStack(spec, info.input_shape, DECAY, THRESHOLD).to(device)
@@ -104,7 +105,7 @@ def train(cfg, out_dir, progress=True, resume=False) -> dict:
     clock = C.timer()
     if ft:
         C.fit_snn(snn, cfg.timesteps, cfg, data, ft, progress=progress, label="bridge-bptt", history=history,
-                  lr=cfg.lr / 10)
+                  lr=cfg.lr / 10, stages=stages)
     ft_seconds = clock()
     snn = snn.cpu().eval()
     acc, spikes = C.deployed_accuracy(C.lif_deployed(snn, DECAY, THRESHOLD), data[3].cpu(), data[4].cpu(),
@@ -115,8 +116,7 @@ def train(cfg, out_dir, progress=True, resume=False) -> dict:
            "finetune_epochs": ft}
     history.append({**row, "stage": "final"})
     meta = C.base_meta(cfg, info, spec, neuron_meta(), metrics=row, decay=DECAY, threshold=THRESHOLD)
-    save_checkpoint(out, snn.state_dict(), meta)
-    C.write_history(out, history)
+    C.save_outputs(out, snn.state_dict(), meta, history)
     return row
 
 

@@ -360,8 +360,6 @@ def load_data(cfg, device):
 
 
 def check_cfg(cfg, resume: bool = False) -> None:
-    if resume:
-        raise InputError(f"--resume is not supported for method {cfg.method!r} (its runs are short: rerun it)")
     if cfg.timesteps < 1 or cfg.epochs < 1 or cfg.batch_size < 1:
         raise InputError("--timesteps, --epochs and --batch-size must be positive")
 
@@ -402,6 +400,18 @@ def write_history(out: Path, history: list[dict]) -> None:
     plot_curves(history, out / "curves.png")
 
 
+def save_outputs(out: Path, state_dict: dict, meta: dict, history: list[dict]) -> None:
+    """Checkpoint + metrics.jsonl + curves.png, written by rank 0 only (each file atomically);
+    under torch.distributed every rank then waits until they are there."""
+    from models import distributed as D
+    from models.checkpoint import save_checkpoint
+
+    if D.is_main():
+        save_checkpoint(out, state_dict, meta)
+        write_history(out, history)
+    D.barrier()
+
+
 def plot_curves(history: list[dict], path: Path) -> None:
     if not history:
         return
@@ -438,12 +448,32 @@ def spec_of(meta: dict, key: str = "layers") -> list[dict]:
     return spec
 
 
-def train_epoch(loss_of, opt, sched, xtr, ytr, batch_size: int, gen) -> tuple[float, float]:
+def train_epoch(loss_of, opt, sched, xtr, ytr, batch_size: int, gen, runner=None) -> tuple[float, float]:
     """One epoch over shuffled mini-batches: loss_of(xb, yb) -> loss, an optimizer step per batch,
-    a scheduler step at the end. Returns (mean loss per sample, seconds)."""
+    a scheduler step at the end. Returns (mean loss per sample, seconds).
+
+    Distributed (``runner`` from models.distributed.prepare): every rank draws the same global
+    batches and trains on its slice through DDP, with random draws made for the global batch
+    and the loss scaled for DDP's gradient average (models/distributed.py)."""
+    from models import distributed as D
+
+    ctx = D.current()
     clock = timer()
     tot, n = 0.0, 0
     for idx in batches(len(xtr), batch_size, gen):
+        if ctx.enabled:
+            if len(idx) < ctx.world_size:
+                continue  # fewer samples than processes: skipped by every rank
+            off, n_local = ctx.shard(len(idx))
+            li = idx[off:off + n_local]
+            with D.rows(off, len(idx)):
+                loss = runner(lambda net: loss_of(xtr[li], ytr[li]))
+            opt.zero_grad(set_to_none=True)
+            D.sliced_loss(loss, n_local, len(idx)).backward()
+            opt.step()
+            tot += float(loss.detach()) * n_local
+            n += n_local
+            continue
         loss = loss_of(xtr[idx], ytr[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -451,6 +481,8 @@ def train_epoch(loss_of, opt, sched, xtr, ytr, batch_size: int, gen) -> tuple[fl
         tot += float(loss.detach()) * len(idx)
         n += len(idx)
     sched.step()
+    if ctx.enabled:
+        tot, n = D.all_reduce_sum(torch.tensor([tot, n], dtype=torch.float64)).tolist()
     return tot / max(n, 1), clock()
 
 
@@ -466,23 +498,32 @@ def default_spec(cfg, info) -> list[dict]:
 
 
 def fit_ann(model: Stack, act_for_epoch, cfg, data, epochs: int, progress: bool = False, label: str = "ann",
-            history: list | None = None, eval_act=None) -> list[dict]:
+            history: list | None = None, eval_act=None, stages=None) -> list[dict]:
     """Train ``model`` with cross-entropy on the ANN forward ``model(x, act_for_epoch(e))``.
     Adam (cfg.lr, cfg.weight_decay), lr x0.1 at 50/75/87.5% of the epochs. Appends one row per
-    epoch to ``history`` (stage, epoch, loss, ann_test_accuracy, seconds)."""
+    epoch to ``history`` (stage, epoch, loss, ann_test_accuracy, seconds). ``stages``
+    (models.methods.resume.Stages): resume this stage (``label``) and save it every epoch."""
     _, xtr, ytr, xte, yte = data
+    from models import distributed as D
+
     history = history if history is not None else []
+    runner = D.prepare(model)  # DDP (+ --sync-bn) when distributed
     params = model.param_groups(cfg) if hasattr(model, "param_groups") else model.parameters()
     opt, sched = make_optimizer(params, cfg, epochs)
     gen = torch.Generator().manual_seed(cfg.seed)
-    for e in range(epochs):
+    start, mine = stages.restore(label, model, opt, sched, gen, epochs) if stages else (0, [])
+    history.extend(mine)
+    for e in range(start, epochs):
         act = act_for_epoch(e)
         model.train()
         loss_mean, secs = train_epoch(lambda xb, yb: F.cross_entropy(model(xb, act), yb),
-                                      opt, sched, xtr, ytr, cfg.batch_size, gen)
+                                      opt, sched, xtr, ytr, cfg.batch_size, gen, runner)
         acc = ann_accuracy(model, eval_act(e) if eval_act else act, xte, yte)
-        history.append({"stage": label, "epoch": e + 1, "loss": loss_mean, "ann_test_accuracy": acc,
-                        "seconds": secs, "lr": opt.param_groups[0]["lr"]})
+        mine.append({"stage": label, "epoch": e + 1, "loss": loss_mean, "ann_test_accuracy": acc,
+                     "seconds": secs, "lr": opt.param_groups[0]["lr"]})
+        history.append(mine[-1])
+        if stages:
+            stages.save(label, e + 1, epochs, model, opt, sched, gen, mine)
         if progress:
             print(f"[{label}] epoch {e + 1}/{epochs}: loss {loss_mean:.4f} ANN acc {acc:.4f} {secs:.1f}s",
                   file=sys.stderr, flush=True)
@@ -499,25 +540,33 @@ def seed_all(seed: int) -> None:
 
 
 def fit_snn(model: "SpikingStack", T: int, cfg, data, epochs: int, loss_fn=None, progress: bool = False,
-            label: str = "bptt", history: list | None = None, lr: float | None = None) -> list[dict]:
+            label: str = "bptt", history: list | None = None, lr: float | None = None, stages=None) -> list[dict]:
     """BPTT (surrogate gradient) over T steps; loss_fn(model, xb, yb) -> loss (default: CE on
     the mean-over-time readout). One row per epoch (stage, epoch, loss, snn_test_accuracy of
     the deployed network, seconds)."""
+    from models import distributed as D
+
     _, xtr, ytr, xte, yte = data
     history = history if history is not None else []
+    runner = D.prepare(model)  # DDP (+ --sync-bn) when distributed
     if loss_fn is None:
         loss_fn = lambda m, xb, yb: F.cross_entropy(m.run(xb, T), yb)  # noqa: E731
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr if lr is None else lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(epochs, 1))
     gen = torch.Generator().manual_seed(cfg.seed + 1)
-    for e in range(epochs):
+    start, mine = stages.restore(label, model, opt, sched, gen, epochs) if stages else (0, [])
+    history.extend(mine)
+    for e in range(start, epochs):
         model.train()
         loss_mean, secs = train_epoch(lambda xb, yb: loss_fn(model, xb, yb), opt, sched, xtr, ytr,
-                                      cfg.batch_size, gen)
+                                      cfg.batch_size, gen, runner)
         model.eval()
         acc, spikes = deployed_accuracy(lif_deployed(model, model.decay, model.threshold), xte.cpu(), yte.cpu(), T)
-        history.append({"stage": label, "epoch": e + 1, "loss": loss_mean, "snn_test_accuracy": acc,
-                        "spikes_per_sample": spikes, "seconds": secs})
+        mine.append({"stage": label, "epoch": e + 1, "loss": loss_mean, "snn_test_accuracy": acc,
+                     "spikes_per_sample": spikes, "seconds": secs})
+        history.append(mine[-1])
+        if stages:
+            stages.save(label, e + 1, epochs, model, opt, sched, gen, mine)
         if progress:
             print(f"[{label}] epoch {e + 1}/{epochs}: loss {loss_mean:.4f} SNN acc {acc:.4f} {secs:.1f}s",
                   file=sys.stderr, flush=True)

@@ -16,6 +16,7 @@ OPTIONS = [
     ("--alpha", float, "alpha", "lasnn: KD weight (default 1)"),
     ("--kd-tau", float, "tau", "lasnn: KD temperature (default 4)"),
     ("--beta", float, "beta", "lasnn: attention-transfer weight (default 1)"),
+    ("--student-lr", float, "student_lr", "lasnn: the student's Adam learning rate (default 5 x --lr)"),
     ("--limit-test", int, "limit_test", "evaluate on the first N test samples only (qcfs/parallel/bridge/lasnn/ann)"),
 ]
 

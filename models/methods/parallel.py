@@ -50,7 +50,6 @@ import torch
 from torch.nn import functional as F
 
 from hardware.errors import CheckpointError, InputError
-from models.checkpoint import save_checkpoint
 from models.methods import MethodSpec, register
 from models.methods import common as C
 from models.methods import qcfs as Q
@@ -74,7 +73,26 @@ def _chan(v: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
 
 
 def _chan_mean(a: torch.Tensor) -> torch.Tensor:
-    return a.transpose(0, 1).reshape(a.shape[1], -1).mean(1)
+    """Per-channel mean over (batch, space). Distributed (inside ``_rank_rows``): the mean over
+    the global batch, from the ranks' all-reduced sums and counts."""
+    from models import distributed as D
+
+    flat = a.transpose(0, 1).reshape(a.shape[1], -1)
+    if not D.current().enabled:
+        return flat.mean(1)
+    stats = D.all_reduce_sum(torch.cat([flat.double().sum(1), torch.tensor([float(flat.shape[1])], dtype=torch.float64)]))
+    return (stats[:-1] / stats[-1]).to(a.dtype)
+
+
+def _rank_rows(xb: torch.Tensor) -> torch.Tensor:
+    """This rank's slice of a calibration batch (the whole batch with one process)."""
+    from models import distributed as D
+
+    ctx = D.current()
+    if not ctx.enabled:
+        return xb
+    off, n = ctx.shard(len(xb))
+    return xb[off:off + n]
 
 
 class ParallelNet(C.Stack):
@@ -105,25 +123,30 @@ class ParallelNet(C.Stack):
 @torch.no_grad()
 def set_max_thresholds(net: ParallelNet, src: C.Stack, act, x, batch_size: int) -> None:
     """theta = per-channel max of the source activation over ``x`` (one pass)."""
+    from models import distributed as D
+
     mx = [None] * len(net.neuron_blocks())
-    for i in range(0, len(x), batch_size):
-        _, feats = src(x[i:i + batch_size], act, record=True)
+    for i in range(0, len(x), batch_size):  # distributed: each rank takes its slice of every batch
+        _, feats = src(_rank_rows(x[i:i + batch_size]), act, record=True)
         for j, f in enumerate(feats):
-            m = f.transpose(0, 1).reshape(f.shape[1], -1).amax(1)
+            flat = f.transpose(0, 1).reshape(f.shape[1], -1)
+            m = flat.amax(1) if flat.shape[1] else torch.full((f.shape[1],), -float("inf"), dtype=f.dtype)
             mx[j] = m if mx[j] is None else torch.maximum(mx[j], m)
     for blk, m in zip(net.neuron_blocks(), mx):
-        net.cal(blk, "theta").copy_(torch.clamp(m, min=1e-3))
+        net.cal(blk, "theta").copy_(torch.clamp(D.all_reduce_max(m), min=1e-3))
 
 
 @torch.no_grad()
 def calibrate(net: ParallelNet, src: C.Stack, act, x, batch_size: int, momentum: float = MOMENTUM) -> None:
-    """DA-QCFS: one pass over ``x``; see the module docstring for the update rules."""
+    """DA-QCFS: one pass over ``x``; see the module docstring for the update rules.
+    Distributed: every rank takes its slice of each batch and the per-channel means are
+    all-reduced (``_chan_mean``), so every rank holds the 1-process psi and phi."""
     net.eval(); src.eval()
     blocks = net.neuron_blocks()
     ema = {id(b): [torch.zeros_like(net.cal(b, "psi")), torch.zeros_like(net.cal(b, "phi"))] for b in blocks}
     n = 0
     for i in range(0, len(x), batch_size):
-        xb = x[i:i + batch_size]
+        xb = _rank_rows(x[i:i + batch_size])
         n += 1
         corr = 1.0 - momentum ** n
         h_ref, h_snn, j = xb, xb, 0
@@ -200,7 +223,7 @@ def run_parallel(layers, x, T: int):
     raise AssertionError("unreachable")
 
 
-def _source(cfg, data, progress, history):
+def _source(cfg, data, progress, history, stages=None):
     ex = cfg.extra or {}
     source = ex.get("source", "qcfs")
     if source not in ("qcfs", "relu"):
@@ -218,10 +241,10 @@ def _source(cfg, data, progress, history):
                              f"dataset {cfg.dataset} has {list(data[0].input_shape)}")
         return src, act, source, tmeta
     if source == "qcfs":
-        src = Q.train_qcfs_ann(cfg, data, progress, history).cpu().eval()
+        src = Q.train_qcfs_ann(cfg, data, progress, history, stages).cpu().eval()
         return src, src.act, source, None
     from models.methods.ann import train_relu_ann
-    src = train_relu_ann(cfg, data, progress, history)
+    src = train_relu_ann(cfg, data, progress, history, stages)
     return src, C.relu_act, source, None
 
 
@@ -264,7 +287,8 @@ def train(cfg, out_dir, progress=True, resume=False) -> dict:
     info, xtr, _, xte, yte = data
     history: list[dict] = []
     clock = C.timer()
-    src, act, source, tmeta = _source(cfg, data, progress, history)
+    from models.methods.resume import Stages
+    src, act, source, tmeta = _source(cfg, data, progress, history, Stages(out, cfg, resume))
     src_seconds = clock()
     clock = C.timer()
     net = convert(src, act, source, xtr.cpu(), cfg.timesteps, cfg.batch_size)
@@ -279,8 +303,7 @@ def train(cfg, out_dir, progress=True, resume=False) -> dict:
     L = int(getattr(src, "L", 0)) or None
     meta = C.base_meta(cfg, info, net.spec, neuron_meta(), source=source, L=L, metrics=row,
                        teacher=str((cfg.extra or {}).get("teacher")) if tmeta else None)
-    save_checkpoint(out, net.state_dict(), meta)
-    C.write_history(out, history)
+    C.save_outputs(out, net.state_dict(), meta, history)
     return row
 
 

@@ -37,7 +37,6 @@ import torch
 from torch import nn
 
 from hardware.errors import CheckpointError, UnsupportedError
-from models.checkpoint import save_checkpoint
 from models.methods import MethodSpec, register
 from models.methods import common as C
 
@@ -101,25 +100,28 @@ def _L(cfg) -> int:
     return L
 
 
-def train_qcfs_ann(cfg, data, progress=False, history=None) -> QCFSNet:
+def train_qcfs_ann(cfg, data, progress=False, history=None, stages=None) -> QCFSNet:
     info = data[0]
     C.seed_all(cfg.seed)
     spec = C.default_spec(cfg, info)
     model = QCFSNet(spec, info.input_shape, _L(cfg))
-    C.fit_ann(model, lambda e: model.act, cfg, data, cfg.epochs, progress, "qcfs-ann", history)
+    C.fit_ann(model, lambda e: model.act, cfg, data, cfg.epochs, progress, "qcfs-ann", history, stages=stages)
     return model
 
 
 def train(cfg, out_dir, progress=True, resume=False) -> dict:
     from models.train import pick_device
 
+    from models.methods.resume import Stages
+
     C.check_cfg(cfg, resume)
     out = Path(out_dir)
+    stages = Stages(out, cfg, resume)
     data = C.load_data(cfg, pick_device(cfg.device))
     info, _, _, xte, yte = data
     history: list[dict] = []
     clock = C.timer()
-    model = train_qcfs_ann(cfg, data, progress, history).cpu().eval()
+    model = train_qcfs_ann(cfg, data, progress, history, stages).cpu().eval()
     train_s = clock()
     ann_acc = C.ann_accuracy(model, model.act, xte.cpu(), yte.cpu())
     snn_acc, spikes = C.deployed_accuracy(deployed(model), xte.cpu(), yte.cpu(), cfg.timesteps)
@@ -128,8 +130,7 @@ def train(cfg, out_dir, progress=True, resume=False) -> dict:
     history.append({**row, "stage": "convert"})
     meta = C.base_meta(cfg, info, model.spec, neuron_meta(), L=model.L, metrics=row,
                        lambdas={k: float(v.detach()) for k, v in model.lam.items()})
-    save_checkpoint(out, model.state_dict(), meta)
-    C.write_history(out, history)
+    C.save_outputs(out, model.state_dict(), meta, history)
     return row
 
 
