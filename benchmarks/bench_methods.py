@@ -10,8 +10,9 @@ What is trained once and shared (its time is added to every T's training time an
 reported as ``shared_seconds``): the ReLU ANN teacher of lasnn; the QCFS ANN (L levels)
 that qcfs converts at every T and parallel calibrates at every T; the bridge pretraining
 (sharpened-ReLU ANN), fine-tuned by BPTT separately at every T. snn2ann trains at every T
-(models.train). BPTT stages (bridge fine-tune, lasnn student) use the first
-``--bptt-limit`` training samples (BPTT costs T times an ANN step).
+(models.train). The bridge fine-tune uses the first ``--bptt-limit`` training samples (BPTT
+costs T times an ANN step); the lasnn student, trained from scratch, gets the teacher's
+budget (``--limit-train`` samples, ``--student-epochs`` = ``--epochs`` unless given).
 
 Writes OUT/bench.json, OUT/accuracy_vs_T.png and the checkpoints; prints the JSON.
 """
@@ -45,9 +46,9 @@ def _parser():
                    help="reuse OUT/ann, OUT/qcfs-ann, OUT/bridge-ann from an earlier run with the same settings "
                         "(their recorded training time is used)")
     p.add_argument("--finetune-epochs", type=int, default=1, help="bridge BPTT epochs per T")
-    p.add_argument("--student-epochs", type=int, default=2, help="lasnn student epochs per T")
+    p.add_argument("--student-epochs", type=int, help="lasnn student epochs per T (default --epochs)")
     p.add_argument("--limit-train", type=int, default=2000)
-    p.add_argument("--bptt-limit", type=int, default=500, help="training samples of the BPTT stages")
+    p.add_argument("--bptt-limit", type=int, default=500, help="training samples of the bridge fine-tune")
     p.add_argument("--limit-test", type=int, default=1000, help="test samples of the torch accuracies")
     p.add_argument("--eventsim-limit", type=int, default=200, help="test samples run through eventsim")
     p.add_argument("--L", type=int, default=4, help="QCFS levels")
@@ -182,8 +183,8 @@ def run(args, progress: bool = False) -> dict:
             record(m, T, ck, row, secs, row["ann_test_accuracy"],
                    snn_test_accuracy_before_finetune=row["snn_test_accuracy_before_finetune"])
         elif m == "lasnn":
-            row = train(_cfg(args, method="lasnn", timesteps=T, epochs=args.student_epochs,
-                             limit_train=args.bptt_limit, extra={"teacher": str(out / "ann")}), ck, progress)
+            row = train(_cfg(args, method="lasnn", timesteps=T, epochs=args.student_epochs or args.epochs,
+                             extra={"teacher": str(out / "ann")}), ck, progress)
             secs = shared["ann_seconds"] + time.perf_counter() - t0
             record(m, T, ck, row, secs, row["ann_test_accuracy"])
         else:
