@@ -17,7 +17,9 @@ Loihi formats used (lava-nc 0.10.0, lava/proc/lif/models.py, lava/utils/weightut
   compared as ``v > vth << 6``; bias = bias_mant (13-bit signed) << bias_exp (0..7),
   NOT shifted by 6;
 * decays: 12 bit; u <- u * (4096 - (du + 1)) >> 12 (so du = 4095 replaces u each step:
-  IF and our folded LIF), v <- v * (4096 - dv) >> 12 (sign-magnitude shift).
+  IF and our folded LIF; CubaLIF: du = round(4096 dt/tau_syn) - 1), v <- v * (4096 - dv)
+  >> 12 (sign-magnitude shift);
+* skip connections: DelayDense / DelaySparse with 6-bit delays (at most 63 extra steps).
 
 Mapping from the float plan (units of the folded threshold theta = 1): one threshold is
 ``vth << 6`` in v units, so a synaptic input ``a_in`` is worth ``a_in / vth`` thresholds:
@@ -51,9 +53,16 @@ VTH_BITS_DEFAULT = 10      # vth in [1024, 2048): one threshold = 2**16..2**17 i
 GRADED_MAX = UV_MAX - 1    # 24-bit graded spike payload
 CLIP_PERCENTILE_DEFAULT = 97.0
 OUTLIER_FACTOR = 4.0
+DELAY_MAX = 63             # DelayDense / DelaySparse fixed_pt: 6-bit delays
 
 
 # ----------------------------------------------------------------------------- Lava's weight handling
+
+
+def du_int(du: float) -> int:
+    """Lava's fixed-point current decay: u <- u * (4096 - (du + 1)) >> 12, so the float
+    decay du (u <- u * (1 - du)) maps to round(du * 4096) - 1, in [0, 4095]."""
+    return int(np.clip(np.rint(du * DECAY_UNITY) - 1, 0, DECAY_UNITY - 1))
 
 
 def sign_mode(w: np.ndarray) -> str:
@@ -205,6 +214,11 @@ def quantize(plan, vth_bits: int = VTH_BITS_DEFAULT, input_frac: int | None = No
     arrays = plan.arrays
     in_name = meta["input"]["name"]
     conns = meta["connections"]
+    long = [f"{c['source']} -> {c['target']}: {c['delay']}" for c in conns if int(c.get("delay", 0)) > DELAY_MAX]
+    if long:
+        from hardware.errors import UnsupportedError
+        raise UnsupportedError(f"skip connections need more than {DELAY_MAX} steps of extra delay "
+                               f"(Loihi's 6-bit synaptic delays): {'; '.join(long)}", place="lava fixed point")
     mats = {c["id"]: chain_matrix(arrays, c["terms"], int(c["rows"]), int(c["cols"])) for c in conns}
     # input resolution: 8 fractional bits unless the first layer's exponent would leave the range
     frac = INPUT_FRAC_DEFAULT if input_frac is None else int(input_frac)
@@ -226,7 +240,7 @@ def quantize(plan, vth_bits: int = VTH_BITS_DEFAULT, input_frac: int | None = No
         qarr[key + "_shape"] = np.asarray(w.shape, dtype=np.int64)
         qconns.append({"id": c["id"], "source": c["source"], "target": c["target"], "terms": [[key]],
                        "rows": int(c["rows"]), "cols": int(c["cols"]), "weight_exp": int(wexp),
-                       "sign_mode": mode})
+                       "sign_mode": mode, "delay": int(c.get("delay", 0))})
 
     for p in meta["populations"]:
         name = p["name"]
@@ -269,7 +283,7 @@ def quantize(plan, vth_bits: int = VTH_BITS_DEFAULT, input_frac: int | None = No
         mant, bexp = quantize_bias(b * vth * 64.0)
         b_back = effective_bias(mant, bexp) / (64.0 * vth)
         dv = int(np.clip(np.rint(float(p["dv"]) * DECAY_UNITY), 0, DECAY_UNITY - 1))
-        du = DECAY_UNITY - 1  # du = 1 in the folded float plan: u replaced every step
+        du = du_int(float(p.get("du", 1.0)))  # du = 1 (IF, LIF): 4095, u replaced every step
         vinit = np.rint(np.asarray(arrays[name + "__vinit"], dtype=np.float64) * vth).astype(np.int64)
         qarr[name + "__bias_mant"] = mant
         qarr[name + "__bias_exp"] = bexp
@@ -282,6 +296,10 @@ def quantize(plan, vth_bits: int = VTH_BITS_DEFAULT, input_frac: int | None = No
                        "depth": p["depth"], "vth": vth, "threshold_v": vth << VTH_SHIFT,
                        "du": du, "dv": dv, "dv_float": float(p["dv"]),
                        "dv_err": abs(dv / DECAY_UNITY - float(p["dv"])),
+                       "du_float": float(p.get("du", 1.0)),
+                       "du_err": abs((du + 1) / DECAY_UNITY - float(p.get("du", 1.0))),
+                       "kind": p.get("kind", "IF"),
+                       "delays": {c["source"]: int(c.get("delay", 0)) for c in into if c.get("delay")},
                        "connections": rows, "weight_abs_err_max": werr_max,
                        "row_rel_err_max": float(rr.max()), "row_rel_err_mean": float(rr.mean()),
                        "bias_exp_max": int(bexp.max()) if bexp.size else 0,
@@ -337,7 +355,12 @@ def format_layers(qplan: QPlan) -> str:
                          f"{L['du']:>6}{L['dv']:>6}  {ws}")
             lines.append(f"{'':<14}row-folded thresholds: row rel.err max {L['row_rel_err_max']:.2e} "
                          f"mean {L['row_rel_err_mean']:.2e}; bias err max {L['bias_abs_err_max']:.2e} "
-                         f"(thresholds), dv err {L['dv_err']:.2e}")
+                         f"(thresholds), dv err {L['dv_err']:.2e}"
+                         + (f", du err {L['du_err']:.2e} ({L.get('kind', 'CubaLIF')} current decay)"
+                            if L.get("du", DECAY_UNITY - 1) != DECAY_UNITY - 1 or L.get("kind") == "CubaLIF" else ""))
+            if L.get("delays"):
+                lines.append(f"{'':<14}skip connections delayed (DelayDense/DelaySparse): "
+                             + ", ".join(f"{s} +{d} step(s)" for s, d in L["delays"].items()))
         else:
             lines.append(f"{L['name']:<14}{L['process']:<15}{str(tuple(L['shape'])):<14}{'-':>6}{'-':>6}{'-':>6}"
                          f"  {ws}; out = a_out / {L['out_scale']:.4g} + bias")

@@ -216,16 +216,19 @@ def test_all_problems_listed_at_once():
         "a": nir.IF(r=np.ones(nh), v_threshold=np.ones(nh),
                     metadata={"spikebridge": {"reset": "subtract", "threshold_test": "ge"}}),
         "fc2": nir.Linear(np.ones((nh, nh))),
-        "c": nir.CubaLIF(tau_syn=np.ones(nh) * 2, tau_mem=np.ones(nh) * 2, r=np.ones(nh),
-                         v_leak=np.zeros(nh), v_threshold=np.ones(nh)),
-        "output": nir.Output(np.array([nh]))},
-        edges=[("input", "fc"), ("fc", "a"), ("a", "fc2"), ("fc2", "c"), ("c", "output")])
+        "c": nir.CubaLIF(tau_syn=np.array([2.0, 3.0, 2.0, 2.0]), tau_mem=np.ones(nh) * 2, r=np.ones(nh),
+                         v_leak=np.zeros(nh), v_threshold=np.ones(nh)),  # Lava's du is a scalar
+        "output": nir.Output(np.array([nh])),
+        "fc3": nir.Linear(np.ones((nh, 3))), "output3": nir.Output(np.array([nh]))},
+        edges=[("input", "fc"), ("fc", "a"), ("a", "fc2"), ("fc2", "output"),
+               ("input", "fc3"), ("fc3", "c"), ("c", "output3")], type_check=False)
     with pytest.raises(UnsupportedError) as e:
         lower(g, 4)
     msg = str(e.value)
-    assert "CubaLIF" in msg
-    assert "\n" not in msg
-    g.nodes.pop("c")
+    assert "c: tau_syn must be positive and the same for every neuron" in msg
+    assert "subtractive" in msg and "\n" not in msg
+    for k in ("c", "fc3", "output3"):
+        g.nodes.pop(k)
     g.nodes["output2"] = nir.Output(np.array([nh]))
     g2 = nir.NIRGraph(nodes={k: v for k, v in g.nodes.items() if k != "output"},
                       edges=[("input", "fc"), ("fc", "a"), ("a", "fc2"), ("fc2", "output2")], type_check=False)

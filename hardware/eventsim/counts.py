@@ -83,8 +83,8 @@ def _events(x: np.ndarray, shift: int) -> np.ndarray:
 
 
 def count_node(graph, info: GraphInfo, name: str, activations: dict,
-               T: int | None = None, B: int | None = None, delay: int = 0
-               ) -> dict[str, np.ndarray]:
+               T: int | None = None, B: int | None = None, delay: int = 0,
+               edge_shift: dict | None = None) -> dict[str, np.ndarray]:
     if T is None or B is None:
         T, B = next(iter(activations.values())).shape[:2]
     ref = activations.get(name)
@@ -94,6 +94,8 @@ def count_node(graph, info: GraphInfo, name: str, activations: dict,
         f = fanout(graph.nodes[name], info.in_shapes[name]).reshape(-1)
         for p in info.preds[name]:
             shift = delay + (1 if (p, name) in info.back_edges else 0)
+            if edge_shift:
+                shift += int(edge_shift.get((p, name), 0))
             ops = _events(activations[p], shift) @ f
             kind = "synaptic_ops" if info.is_spiking(p) else "macs"
             c[kind] += ops
@@ -104,15 +106,17 @@ def count_node(graph, info: GraphInfo, name: str, activations: dict,
     return c
 
 
-def count_ops(graph, info: GraphInfo, activations: dict, delay: int = 0
-              ) -> dict[str, dict[str, np.ndarray]]:
+def count_ops(graph, info: GraphInfo, activations: dict, delay: int = 0,
+              edge_shift: dict | None = None) -> dict[str, dict[str, np.ndarray]]:
     """node name -> {kind: int64 (T,)} for every node in ``info.order`` (see module doc).
 
     ``activations`` must hold (T, B, *shape) for every neuron node and every node that
     feeds a synapse node (a Flatten between spikes and a synapse included); other
     nodes may be absent. Spiking nodes may be given as bool spikes or graded values.
-    ``delay``: steps every synapse node delays its input (profile lava-float: 1); an
-    event counts at the step it is delivered.
+    ``delay``: steps every synapse node delays its input; ``edge_shift[(p, n)]``: extra
+    steps for the events of p reaching synapse node n (profile lava-float: Lava's per-
+    connection delays, eventsim.simulator.lava_offsets); an event counts at the step it
+    is delivered.
     """
     T, B = next(iter(activations.values())).shape[:2]
-    return {n: count_node(graph, info, n, activations, T, B, delay) for n in info.order}
+    return {n: count_node(graph, info, n, activations, T, B, delay, edge_shift) for n in info.order}

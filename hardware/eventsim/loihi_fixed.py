@@ -17,6 +17,12 @@ int32 does in Lava):
     v      = clip(v, -(2^23 - 1), 2^23 - 1);  s = v > (vth << 6);  v[s] = 0
 
 Analog readouts are the integer accumulation a_out read back as a_out * (1/out_scale) + bias.
+
+Skip connections (``delay`` > 0 on a connection: DelayDense / DelaySparse) are transparent
+in aligned time: the extra delay makes the shallower source arrive with the deepest one.
+Their arithmetic: DelaySparse wraps its int32 accumulation before the shift like Dense;
+DelayDense sums its products in int64, shifts, then wraps (only differs on overflow).
+CubaLIF populations simply have du < 4095 (a decaying current).
 """
 from __future__ import annotations
 
@@ -32,8 +38,8 @@ def wrap32(a: np.ndarray) -> np.ndarray:
     return ((np.asarray(a, dtype=np.int64) + (1 << 31)) % _M32) - (1 << 31)
 
 
-def _decay(x: np.ndarray, factor: int) -> np.ndarray:
-    prod = x * np.int64(factor)
+def _decay(x: np.ndarray, factor) -> np.ndarray:
+    prod = x * np.asarray(factor, dtype=np.int64)
     return np.sign(prod) * (np.abs(prod) >> 12)
 
 
@@ -46,11 +52,20 @@ def conn_weights(meta_conn: dict, arrays: dict) -> np.ndarray:
     return lava_effective_weights(w, meta_conn.get("sign_mode"))
 
 
-def _synapse(w_t: np.ndarray, s: np.ndarray, wexp: int) -> np.ndarray:
-    acc = wrap32(s @ w_t)
+def _synapse(w_t: np.ndarray, s: np.ndarray, wexp: int, wrap_first: bool = True) -> np.ndarray:
+    """Dense/Sparse/DelaySparse: int32 accumulation (wraps), then the shift. DelayDense
+    (wrap_first=False) sums its int32 products in int64, shifts, then wraps into a_buff."""
+    acc = s @ w_t
+    if wrap_first:
+        acc = wrap32(acc)
     if wexp > 0:
         return wrap32(acc << wexp)
-    return acc >> (-wexp)
+    return wrap32(acc >> (-wexp))
+
+
+def uses_dense(rows: int, cols: int, nnz: int, dense_max: int = 250_000) -> bool:
+    """The worker's choice between (Delay)Dense and (Delay)Sparse for one connection."""
+    return rows * cols <= dense_max or nnz > 0.2 * rows * cols
 
 
 def run_qplan(meta: dict, arrays: dict, x_int: np.ndarray, record_state: bool = False) -> dict:
@@ -68,6 +83,16 @@ def run_qplan(meta: dict, arrays: dict, x_int: np.ndarray, record_state: bool = 
     in_name = meta["input"]["name"]
     conns = meta["connections"]
     wts = {c["id"]: np.ascontiguousarray(conn_weights(c, arrays).T) for c in conns}
+    dmax = int(meta.get("dense_max_elements", 250_000))
+    # DelayDense accumulates in int64 before its shift; every other connection wraps first
+    wrap_first = {}
+    for c in conns:
+        wrap_first[c["id"]] = True
+        if int(c.get("delay", 0)) > 0:
+            key = c["terms"][0][0]
+            nnz = np.unique(np.asarray(arrays[key + "_rows"], np.int64) * int(c["cols"])
+                            + np.asarray(arrays[key + "_cols"], np.int64)).size
+            wrap_first[c["id"]] = not uses_dense(int(c["rows"]), int(c["cols"]), nnz, dmax)
     pops = meta["populations"]
     into = {p["name"]: [c for c in conns if c["target"] == p["name"]] for p in pops}
     analog = [r for r in meta["readouts"] if r["kind"] == "analog"]
@@ -78,8 +103,12 @@ def run_qplan(meta: dict, arrays: dict, x_int: np.ndarray, record_state: bool = 
         n = p["name"]
         bias = wrap32(effective_bias(np.asarray(arrays[n + "__bias_mant"]).astype(np.int16).astype(np.int64),
                                      arrays[n + "__bias_exp"]))
-        prm[n] = {"bias": bias, "fu": DECAY_UNITY - (int(p["du"]) + 1), "fv": DECAY_UNITY - int(p["dv"]),
-                  "vth": int(p["vth"]) << 6, "vinit": np.asarray(arrays[n + "__vinit"], dtype=np.int64)}
+        # per-neuron du/dv/vth vectors (arrays NAME__du/__dv/__vth) when present, else the scalars
+        du = np.asarray(arrays.get(n + "__du", int(p["du"])), dtype=np.int64)
+        dv = np.asarray(arrays.get(n + "__dv", int(p["dv"])), dtype=np.int64)
+        vth = np.asarray(arrays.get(n + "__vth", int(p["vth"])), dtype=np.int64)
+        prm[n] = {"bias": bias, "fu": DECAY_UNITY - (du + 1), "fv": DECAY_UNITY - dv,
+                  "vth": vth << 6, "vinit": np.asarray(arrays[n + "__vinit"], dtype=np.int64)}
     cur = {in_name: None}
     spikes = {p["name"]: np.zeros((S, B, int(p["size"])), dtype=bool) for p in pops}
     a_out = {r["name"]: np.zeros((S, B, int(r["size"])), dtype=np.int64) for r in analog}
@@ -88,13 +117,14 @@ def run_qplan(meta: dict, arrays: dict, x_int: np.ndarray, record_state: bool = 
     u = {p["name"]: np.zeros((B, int(p["size"])), dtype=np.int64) for p in pops}
     v = {p["name"]: np.zeros((B, int(p["size"])), dtype=np.int64) for p in pops}
     for j in range(S):
-        cur = {in_name: x[j]}
+        cur = {in_name: x[j], "__one__": np.ones((B, 1), dtype=np.int64)}  # BIAS_SOURCE
         for p in pops:  # topological order (the plan lists sinks in graph order)
             n = p["name"]
             q = prm[n]
             a_in = np.zeros((B, int(p["size"])), dtype=np.int64)
             for c in into[n]:
-                a_in = wrap32(a_in + _synapse(wts[c["id"]], cur[c["source"]], int(c.get("weight_exp", 0))))
+                a_in = wrap32(a_in + _synapse(wts[c["id"]], cur[c["source"]], int(c.get("weight_exp", 0)),
+                                              wrap_first[c["id"]]))
             if j == 0 and p.get("has_vinit"):
                 a_in = wrap32(a_in + q["vinit"][None, :])
             uu = wrap32(_decay(u[n], q["fu"]) + wrap32(a_in << 6))
@@ -112,7 +142,8 @@ def run_qplan(meta: dict, arrays: dict, x_int: np.ndarray, record_state: bool = 
         for r in analog:
             acc = np.zeros((B, int(r["size"])), dtype=np.int64)
             for c in into[r["name"]]:
-                acc = wrap32(acc + _synapse(wts[c["id"]], cur[c["source"]], int(c.get("weight_exp", 0))))
+                acc = wrap32(acc + _synapse(wts[c["id"]], cur[c["source"]], int(c.get("weight_exp", 0)),
+                                            wrap_first[c["id"]]))
             a_out[r["name"]][j] = acc
     outputs = {r["name"]: a_out[r["name"]] * np.asarray(arrays[r["name"] + "__scale"])
                + np.asarray(arrays[r["name"] + "__bias"])[None, None, :] for r in analog}

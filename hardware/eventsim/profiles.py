@@ -43,9 +43,14 @@ class Profile:
                      membrane integrates the new current; 'jump' (Norse): j = i + w_in*I
                      (unscaled), the membrane integrates j, then i <- j - dt/tau_syn*j.
     if_input:        IF: 'dt': v <- v + dt*r*I (plain NIR); 'step': v <- v + r*I (dt ignored).
-    synaptic_delay:  steps of delay added by every synaptic node (Affine, Linear, Conv,
-                     pools, Scale): Lava delivers a_out at t what arrived at t-1. The bias
-                     is not delayed (it is the neuron's bias in Lava).
+    synaptic_delay:  steps of delay per Lava connection (Lava delivers a_out at t what
+                     arrived at t-1). Feed-forward graphs follow the Lava lowering: a chain
+                     of synaptic nodes between two neuron populations (or Input/Output) is
+                     one connection, a target sits behind its deepest source and shallower
+                     (skip) paths are delayed to match, each population starts fresh when
+                     its input arrives (LIFReset), the bias is not delayed
+                     (simulator.lava_offsets). Graphs with cycles: every synaptic node
+                     delays its input.
     multi_spike:     sinabs MultiSpike: a neuron emits floor(v/theta) spikes in one step
                      (a graded output) and subtracts that many thetas.
     strip_io_dims:   the exporter writes its trace sample's batch/time dimensions into the
@@ -135,7 +140,9 @@ register_profile(Profile(
     source="lava-nc 0.10.0 floating_pt LIF/Dense/Conv (hardware/lava/plan.py lowering)",
     description="Lava floating_pt: u = u(1-du) + a_in, v = v(1-dv) + u + bias with du = "
                 "dt/tau_syn (1 without a current), dv = dt/tau; reset to 0; v > vth; every "
-                "Dense/Conv delays its output by one step (raw, unaligned outputs)"))
+                "Lava connection (a chain of synaptic nodes between populations) delays by one "
+                "step, skip connections are delayed to the deepest path, each population "
+                "starts when its input arrives (raw, unaligned outputs)"))
 register_profile(Profile(
     name="loihi-fixed", honour_metadata=True, dt_from_graph=True, default_dt=1.0,
     source="lava-nc 0.10.0 fixed_pt PyLifResetModelBitAcc / PyDenseModelBitAcc / PySparseModelBitAcc",

@@ -13,7 +13,7 @@ from ..graph import SPIKING_TYPES, SYNAPSE_TYPES, GraphInfo, analyse, graph_meta
 from ..trace import Trace
 from .adapt import adapt_graph
 from .counts import count_ops
-from .kernels import KERNELS, Context
+from .kernels import KERNELS, Context, as_f64
 from .profiles import Profile, get_profile
 
 
@@ -30,6 +30,12 @@ def resolve_dt(graph, profile: Profile, dt: float | None, file: str | None = Non
     return float(profile.default_dt)
 
 
+# Input dtypes kept as given (their float64 values are exact): synapse kernels read them
+# directly (events need no conversion); every other consumer gets a float64 copy.
+_RAW_DTYPES = (np.dtype(bool), np.dtype(np.float32), np.dtype(np.float64))
+_RAW_CONSUMERS = frozenset({"Affine", "Linear", "Conv1d", "Conv2d", "Flatten"})
+
+
 def _check_input(x, info: GraphInfo) -> np.ndarray:
     if len(info.inputs) != 1:
         raise UnsupportedError(f"simulate takes exactly one Input node, graph has "
@@ -43,15 +49,18 @@ def _check_input(x, info: GraphInfo) -> np.ndarray:
     if x.ndim != 2 + len(want) or tuple(x.shape[2:]) != tuple(want):
         raise DatasetError(f"input shape {x.shape} is not (T, batch, *{want})", info.file,
                            f"input {name!r}")
-    x = x.astype(np.float64)
-    if not np.all(np.isfinite(x)):
+    if x.dtype not in _RAW_DTYPES:
+        x = x.astype(np.float64)
+    if x.dtype.kind == "f" and not np.isfinite(x).all():
         raise DatasetError("input contains non-finite values", info.file, f"input {name!r}")
     return x
 
 
 def run(graph, x, profile: str | Profile = "spikebridge", dt: float | None = None,
         info: GraphInfo | None = None) -> tuple[dict[str, np.ndarray], GraphInfo, Profile, float]:
-    """Every node's output (T, B, *shape) as float64, plus the info, profile and dt used."""
+    """Every node's output (T, B, *shape), plus the info, profile and dt used. Outputs are
+    float64, except that the Input (and a Flatten of it) keep a bool or float32 input as
+    given (exact values; synapse kernels read events from it without a float64 copy)."""
     prof = get_profile(profile)
     if info is None:
         graph = adapt_graph(graph, prof)
@@ -74,8 +83,10 @@ def run(graph, x, profile: str | Profile = "spikebridge", dt: float | None = Non
                 continue
             ps = info.preds[n]
             inp = acts[ps[0]]  # kernels never write into their input
+            if len(ps) > 1 or info.types[n] not in _RAW_CONSUMERS:
+                inp = as_f64(inp)
             for p in ps[1:]:
-                inp = inp + acts[p]
+                inp = inp + as_f64(acts[p])
             k_delay = prof.synaptic_delay if info.types[n] in SYNAPSE_TYPES else 0
             if k_delay:  # a_out at t is what arrived at t - k (the bias is not delayed)
                 shifted = np.zeros_like(inp)
@@ -84,17 +95,25 @@ def run(graph, x, profile: str | Profile = "spikebridge", dt: float | None = Non
                 inp = shifted
             if k.stateful:
                 st = k.init(params[n], B)
+                if k.scan is not None:  # all T steps in one call (same arithmetic)
+                    acts[n], st = k.scan(params[n], inp, st)
+                    continue
                 out = np.empty((T, B, *info.shapes[n]), dtype=np.float64)
                 for t in range(T):
                     out[t], st = k.step(params[n], inp[t], st)
                 acts[n] = out
             else:
                 flat = inp.reshape(T * B, *inp.shape[2:])
-                acts[n] = np.asarray(k.forward(params[n], flat), dtype=np.float64).reshape(
-                    T, B, *info.shapes[n])
+                y = k.forward(params[n], flat)
+                if info.types[n] != "Flatten":  # a Flatten of the input stays as given
+                    y = as_f64(np.asarray(y))
+                acts[n] = y.reshape(T, B, *info.shapes[n])
+        for o in info.outputs:
+            acts[o] = as_f64(acts[o])
         return acts, info, prof, step_dt
 
     back = set(info.back_edges)
+    x = as_f64(x)
     for n in info.order:
         acts[n] = np.zeros((T, B, *info.shapes[n]), dtype=np.float64)
     states = {n: KERNELS[info.types[n]].init(params[n], B)

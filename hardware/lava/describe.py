@@ -40,8 +40,11 @@ def describe(graph, timesteps: int | None = None, allow_reset_to_zero: bool = Fa
                 m = chain_matrix(plan.arrays, c["terms"], int(c["rows"]), int(c["cols"]))
                 nnz = int(np.count_nonzero(m))
                 kind = "Dense" if m.size <= 250_000 or nnz > 0.2 * m.size else "Sparse"
+                extra = int(c.get("delay", 0))
+                if extra:
+                    kind = f"Delay{kind}(+{extra})"
                 fed.append(f"{c['source']} via {kind} {m.shape[0]}x{m.shape[1]} (nnz {nnz})")
-        lines.append(f"{p['name']:<14}{'LIFReset':<10}{_shape(p['shape']):<11}{p['depth']:>6}{p['du']:>5g}"
+        lines.append(f"{p['name']:<14}{'LIFReset':<10}{_shape(p['shape']):<11}{p['depth']:>6}{p['du']:>5.3g}"
                      f"{p['dv']:>9.4g}{p['vth']:>5g}  {p['reset']:<7} {'; '.join(fed)}")
     for r in meta["readouts"]:
         lines.append(f"{r['name']:<14}{'sink':<10}{_shape(r['shape']):<11}{r['depth']:>6}"
@@ -49,6 +52,10 @@ def describe(graph, timesteps: int | None = None, allow_reset_to_zero: bool = Fa
     lines.append("per-neuron thresholds: folded exactly (float) into row-scaled weights and bias, vth = 1")
     lines.append("timing: raw = Lava step k*window + j + depth + 1 for step j of sample k (one step of delay "
                  "per synaptic layer); aligned = step j (what simulate returns)")
+    if any(c.get("delay") for c in meta["connections"]):
+        lines.append("skip connections: paths of different synaptic depth into one population; the shallower "
+                     "source's connection is a DelayDense/DelaySparse delayed by the difference (+k), so every "
+                     "input of a population arrives aligned")
     lines.append("")
     q = quantize(plan)
     lines.append(format_layers(q))

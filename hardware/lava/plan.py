@@ -9,31 +9,41 @@ is ever needed):
 * every synaptic node (Affine, Linear, Scale, Identity, Flatten, Conv2d, SumPool2d,
   AvgPool2d) is a sparse matrix (COO: rows = output CHW index, cols = input CHW index)
   plus a bias vector;
-* every neuron node (IF, LIF) is one Lava LIF population; every chain of synaptic nodes
-  between two populations (or Input -> population, population -> Output) becomes one
-  Lava connection (Dense or Sparse, chosen by the worker) whose matrix is the product
-  of the chain's matrices, so each population sits exactly ``depth`` synaptic layers
-  (= Lava steps of delay) behind the Input;
+* every neuron node (IF, LIF, CubaLIF) is one Lava LIF population; all chains of synaptic
+  nodes from one source (Input or population) to one target (population or Output)
+  become one Lava connection (Dense or Sparse, chosen by the worker) whose matrix is the
+  sum of the chains' products (a direct source -> target edge is the identity), so each
+  population sits exactly ``depth`` Lava steps of delay behind the Input, depth = 1 +
+  the deepest source's depth; a connection from a shallower source (a skip connection:
+  paths of different synaptic depth into one neuron) gets ``delay`` = the difference
+  and becomes DelayDense / DelaySparse (delays = that many extra steps, exact for binary
+  and graded payloads alike);
 * the chain biases become the population's ``bias_mant`` (applied every step, as NIR's
-  Affine bias is);
+  Affine bias is); for a CubaLIF with a current decay the bias must pass through the
+  current like any input, so it comes from a constant source (``BIAS_SOURCE``, 1 at
+  every step) through its own connection;
 * per-neuron parameters are folded exactly so that the Lava population has scalar
   du = 1, dv, vth = 1:
 
       IF : v <- v + dt*r*I                    -> weights row i *= dt*r_i/theta_i
       LIF: v <- v + dt/tau*(v_leak - v + r*I) -> dv = dt/tau, weights row i *= dv*r_i/theta_i,
                                                  bias_i += dv*v_leak_i/theta_i
+      CubaLIF (forward Euler, current first):   i <- (1-du) i + du*w_in*I, du = dt/tau_syn,
+           v <- v + dv (v_leak - v + r*i)     -> Lava u = dv*r*i/theta, so weights row i *=
+                                                 du*w_in_i*dv*r_i/theta_i, dv = dt/tau_mem
       bias_i /= theta_i, v_init_i /= theta_i, vth = 1
       spike_amplitude a_j of a source population scales column j of its outgoing weights.
 
   Lava's LIF computes u = u*(1-du) + a_in; v = v*(1-dv) + u + bias; s = v > vth; v[s] = 0,
-  which with du = 1 is exactly the forward-Euler update above with reset to zero.
+  which with du = 1 (IF, LIF) or du = dt/tau_syn (CubaLIF) is exactly the forward-Euler
+  update above with reset to zero.
 * v_init is injected as a one-step input v_init*(1-dv) at the first step of every sample
   window (LIFReset zeroes u and v at that step, then integrates that input).
 
 What Lava's LIF cannot express raises ``UnsupportedError`` listing every problem at once:
 subtractive reset (unless ``allow_reset_to_zero``), ``>=`` threshold test, non-zero
-v_reset, non-uniform tau, non-positive thresholds, CubaLIF and other node types, cycles,
-and populations fed by paths of different depth (skip connections).
+v_reset, non-uniform tau / tau_syn, non-positive thresholds, v_init on a CubaLIF with a
+current decay, other node types, and cycles.
 """
 from __future__ import annotations
 
@@ -47,13 +57,13 @@ from hardware.errors import UnsupportedError
 
 PLAN_VERSION = 1
 META_KEY = "spikebridge"
+BIAS_SOURCE = "__one__"  # a source that sends 1 at every step (synaptic biases into a current)
 
 SYNAPTIC = ("Affine", "Linear", "Scale", "Identity", "Flatten", "Conv2d", "SumPool2d", "AvgPool2d")
-NEURON = ("IF", "LIF")
+NEURON = ("IF", "LIF", "CubaLIF")
 IO = ("Input", "Output")
 
 HINTS = {
-    "CubaLIF": "CubaLIF is not lowered yet (it maps to Lava's LIF with du = dt/tau_syn)",
     "CubaLI": "leaky integrators without spikes are not lowered",
     "LI": "leaky integrators without spikes are not lowered",
     "I": "integrators without spikes are not lowered",
@@ -278,7 +288,7 @@ def synaptic_op(node, in_shape: tuple) -> tuple[Coo, np.ndarray, tuple]:
 
 @dataclass
 class NeuronParams:
-    """Folded Lava LIF parameters of one population (vth = 1, du = 1)."""
+    """Folded Lava LIF parameters of one population (vth = 1; du = 1 except CubaLIF)."""
 
     dv: float
     gain: np.ndarray        # per-neuron factor applied to every incoming weight row (dt*r/theta or dv*r/theta)
@@ -287,6 +297,7 @@ class NeuronParams:
     v_init: np.ndarray      # initial membrane / theta
     amplitude: np.ndarray   # value an output spike carries
     reset: str
+    du: float = 1.0
 
 
 def neuron_params(name, node, dt: float, allow_reset_to_zero: bool, problems: list[str]) -> NeuronParams | None:
@@ -312,24 +323,41 @@ def neuron_params(name, node, dt: float, allow_reset_to_zero: bool, problems: li
         problems.append(f"{name}: v_reset != 0 is not supported (Lava resets v to 0)")
     r = _param(node, "r", shape, 1.0)
     dv = 0.0
+    du = 1.0
     extra = np.zeros(n)
-    if kind == "LIF":
-        tau = _param(node, "tau", shape)
+    v0 = _param_meta(sb.get("v_init"), shape, 0.0)
+    if kind in ("LIF", "CubaLIF"):
+        tname = "tau" if kind == "LIF" else "tau_mem"
+        tau = _param(node, tname, shape)
         if np.any(tau <= 0) or not np.all(tau == tau[0]):
-            problems.append(f"{name}: tau must be positive and the same for every neuron (Lava's dv is a scalar)")
+            problems.append(f"{name}: {tname} must be positive and the same for every neuron (Lava's dv is a scalar)")
         else:
             dv = float(dt / tau[0])
         gain = dv * r
         extra = dv * _param(node, "v_leak", shape, 0.0)
     else:
         gain = dt * r
+    if kind == "CubaLIF":
+        # NIR: tau_syn di/dt = -i + w_in*I. Forward Euler: i <- (1-du) i + du*w_in*I with
+        # du = dt/tau_syn, then v <- (1-dv) v + dv (v_leak + r i). Lava's u is dv*r*i/theta:
+        # u <- (1-du) u + a_in with a_in = du*w_in*dv*r/theta * I (row-scaled weights).
+        ts = _param(node, "tau_syn", shape)
+        if np.any(ts <= 0) or not np.all(ts == ts[0]):
+            problems.append(f"{name}: tau_syn must be positive and the same for every neuron (Lava's du is a scalar)")
+        else:
+            du = float(dt / ts[0])
+            if not 0 < du <= 1:
+                problems.append(f"{name}: dt/tau_syn = {du:g} is outside (0, 1] (Lava's current decay)")
+        gain = gain * du * _param(node, "w_in", shape, 1.0)
+        if np.any(v0 != 0) and du != 1:
+            problems.append(f"{name}: v_init on a CubaLIF with a current decay cannot be expressed "
+                            "(Lava injects v_init as a one-step input into u)")
     if len(problems) > before:
         return None
     inv = 1.0 / theta
-    v0 = _param_meta(sb.get("v_init"), shape, 0.0)
     amp = _param_meta(sb.get("spike_amplitude"), shape, 1.0)
     return NeuronParams(dv=dv, gain=gain * inv, bias_extra=extra * inv, inv_theta=inv,
-                        v_init=v0 * inv, amplitude=amp, reset=reset)
+                        v_init=v0 * inv, amplitude=amp, reset=reset, du=du)
 
 
 def _param_meta(v, shape, default) -> np.ndarray:
@@ -499,26 +527,34 @@ def lower(graph, timesteps: int, allow_reset_to_zero: bool = False, precision: s
             readouts.append({"name": n, "kind": "spikes", "source": src, "size": int(np.prod(shapes[n])),
                              "shape": list(shapes[n]), "depth": depth[src]})
             continue
-        if any(len(chain) == 0 for _, chain in paths):
-            problems.append(f"{n}: fed directly by a neuron/Input node without a synaptic node in between "
-                            "(and mixed with other inputs)")
-            continue
-        ds = {depth[src] for src, _ in paths}
-        if len(ds) != 1:
-            problems.append(f"{n}: fed by paths of different synaptic depth {sorted(ds)} "
-                            "(skip connections would need delay lines; not lowered)")
-            continue
-        d = ds.pop() + 1
-        depth[n] = d
         size = int(np.prod(shapes[n]))
+        direct = [src for src, chain in paths if len(chain) == 0]
+        bad = [s for s in direct if int(np.prod(shapes[s])) != size]
+        if bad:
+            problems.append(f"{n}: fed directly by {', '.join(bad)} of a different size")
+            continue
+        # Every (source, target) pair is one Lava connection, i.e. one step of delay; a target
+        # fed by sources of different depth (skip connections) sits behind the deepest one,
+        # and the connections from shallower sources are delayed by the difference
+        # (DelayDense/DelaySparse with delays = that difference: exact for any payload).
+        d = max(depth[src] for src, _ in paths) + 1
+        depth[n] = d
         bias = np.zeros(size)
         for p in preds[n]:
             if not is_source(p):
                 bias = bias + bias_at(p)
+        syn_bias = None
         if kinds[n] in NEURON:
             prm = nparams[n]
             row_scale = prm.gain
-            bias = bias * prm.gain + prm.bias_extra
+            if prm.du != 1 and np.any(bias != 0):
+                # CubaLIF: a synaptic bias feeds the current (it is filtered by du like any
+                # input), so it cannot be the neuron's bias: a constant source (BIAS_SOURCE,
+                # 1 at every step) feeds it through its own connection.
+                syn_bias = bias * prm.gain
+                bias = prm.bias_extra.copy()
+            else:
+                bias = bias * prm.gain + prm.bias_extra
         else:
             row_scale = None
         # group paths by source
@@ -535,6 +571,8 @@ def lower(graph, timesteps: int, allow_reset_to_zero: bool = False, precision: s
                     if not np.all(amp == 1):
                         factors.append(Coo.diag(amp))
                 factors += [ops[c][0] for c in chain]
+                if not chain:  # a direct edge (identity shortcut): an identity connection
+                    factors.append(Coo.diag(np.ones(size)))
                 if row_scale is not None:
                     factors.append(Coo.diag(row_scale))
                 keys = []
@@ -547,12 +585,23 @@ def lower(graph, timesteps: int, allow_reset_to_zero: bool = False, precision: s
                     keys.append(key)
                 terms.append(keys)
             conns.append({"id": cid, "source": src, "target": n, "terms": terms,
-                          "chains": chains, "rows": size, "cols": int(np.prod(shapes[src]))})
+                          "chains": chains, "rows": size, "cols": int(np.prod(shapes[src])),
+                          "delay": int(d - 1 - depth[src])})
+        if syn_bias is not None:
+            cid = f"c{len(conns)}"
+            f = Coo.from_dense(syn_bias.reshape(-1, 1))
+            key = f"{cid}_t0_f0"
+            arrays[key + "_rows"], arrays[key + "_cols"], arrays[key + "_vals"] = f.rows, f.cols, f.vals
+            arrays[key + "_shape"] = np.asarray(f.shape, dtype=np.int64)
+            # a constant needs no delay: it arrives from Lava step 2 on, before any window starts
+            conns.append({"id": cid, "source": BIAS_SOURCE, "target": n, "terms": [[key]], "chains": [],
+                          "rows": size, "cols": 1, "delay": 0})
         if kinds[n] in NEURON:
             prm = nparams[n]
             arrays[f"{n}__bias"] = bias
             arrays[f"{n}__vinit"] = prm.v_init * (1.0 - prm.dv)
-            pops.append({"name": n, "size": size, "shape": list(shapes[n]), "du": 1.0, "dv": prm.dv,
+            pops.append({"name": n, "size": size, "shape": list(shapes[n]), "du": prm.du, "dv": prm.dv,
+                         "kind": kinds[n],
                          "vth": 1.0, "depth": d, "has_vinit": bool(np.any(prm.v_init != 0)),
                          "reset": prm.reset})
         else:

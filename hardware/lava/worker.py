@@ -293,10 +293,11 @@ class Net:
     def __init__(self, meta, arrs, nb: int, ndir: str):
         import numpy as np
         from lava.magma.core.run_configs import Loihi2SimCfg
-        from lava.proc.dense.process import Dense
+        from lava.proc.dense.process import DelayDense, Dense
         from lava.proc.io.source import RingBuffer as Source
         from lava.proc.lif.process import LIFReset
-        from lava.proc.sparse.process import Sparse
+        from lava.proc.sparse.process import DelaySparse, Sparse
+        from scipy.sparse import csr_matrix
 
         procs = _import_sink(ndir)
         WindowSink, FileSource = procs.WindowSink, procs.FileSource
@@ -322,13 +323,18 @@ class Net:
         sink_procs = {}
         for p in meta["populations"]:
             name, size, d = p["name"], int(p["size"]), int(p["depth"])
+            # Optional per-neuron du/dv/vth vectors (arrays NAME__du, __dv, __vth): Lava's LIF
+            # models compute elementwise; the bit-exact test gives each merged graph its own.
+            vec = {k: arrs[f"{name}__{k}"] for k in ("du", "dv", "vth") if f"{name}__{k}" in arrs}
             if fixed:
-                lif = LIFReset(shape=(size,), du=int(p["du"]), dv=int(p["dv"]), vth=int(p["vth"]),
+                lif = LIFReset(shape=(size,), du=vec.get("du", int(p["du"])), dv=vec.get("dv", int(p["dv"])),
+                               vth=vec.get("vth", int(p["vth"])),
                                bias_mant=np.asarray(arrs[name + "__bias_mant"], dtype=np.int32),
                                bias_exp=np.asarray(arrs[name + "__bias_exp"], dtype=np.int32),
                                reset_interval=P, reset_offset=(1 + d) % P, name=f"lif_{name}")
             else:
-                lif = LIFReset(shape=(size,), du=float(p["du"]), dv=float(p["dv"]), vth=float(p["vth"]),
+                lif = LIFReset(shape=(size,), du=vec.get("du", float(p["du"])), dv=vec.get("dv", float(p["dv"])),
+                               vth=vec.get("vth", float(p["vth"])),
                                bias_mant=np.asarray(arrs[name + "__bias"], dtype=np.float64),
                                reset_interval=P, reset_offset=(1 + d) % P, name=f"lif_{name}")
             pops[name] = lif
@@ -349,7 +355,10 @@ class Net:
                 sink_procs[r["name"]] = WindowSink(
                     shape=(int(r["size"]),), timesteps=T, samples=nb, window=P, delay=int(r["depth"]),
                     period=L, path=sinks[r["name"]], binary=False)
-        n_sparse = n_dense = 0
+        if any(c["source"] == "__one__" for c in meta["connections"]):
+            one = Source(data=np.ones((1, 1), dtype=num))  # synaptic biases into a current (CubaLIF)
+            ports["__one__"] = one.s_out
+        n_sparse = n_dense = n_delay = 0
         for c in meta["connections"]:
             m = _matrix(arrs, c["terms"], int(c["rows"]), int(c["cols"]), fixed)
             dense_max = int(meta.get("dense_max_elements", 250_000))
@@ -359,12 +368,23 @@ class Net:
                 kw = {"weight_exp": int(c.get("weight_exp", 0)), "num_weight_bits": 8}
                 if c.get("sign_mode"):
                     kw["sign_mode"] = SignMode[c["sign_mode"].upper()]
+            extra = int(c.get("delay", 0))  # skip connection: extra steps of delay
             if m.shape[0] * m.shape[1] <= dense_max or m.nnz > 0.2 * m.shape[0] * m.shape[1]:
-                syn = Dense(weights=m.toarray(), num_message_bits=bits, **kw)
+                if extra:
+                    syn = DelayDense(weights=m.toarray(), delays=np.full(m.shape, extra, dtype=int),
+                                     num_message_bits=bits, **kw)
+                else:
+                    syn = Dense(weights=m.toarray(), num_message_bits=bits, **kw)
                 n_dense += 1
             else:
-                syn = Sparse(weights=m, num_message_bits=bits, **kw)
+                if extra:
+                    m.eliminate_zeros()
+                    dl = csr_matrix((np.full(m.nnz, extra, dtype=int), m.indices, m.indptr), shape=m.shape)
+                    syn = DelaySparse(weights=m, delays=dl, num_message_bits=bits, **kw)
+                else:
+                    syn = Sparse(weights=m, num_message_bits=bits, **kw)
                 n_sparse += 1
+            n_delay += bool(extra)
             ports[c["source"]].connect(syn.s_in)
             tgt = c["target"]
             syn.a_out.connect(pops[tgt].a_in if tgt in pops else sink_procs[tgt].a_in)
@@ -372,7 +392,7 @@ class Net:
         self.cfg = Loihi2SimCfg(select_tag="fixed_pt" if fixed else "floating_pt")
         self.started = False
         self.runs = 0
-        self.counts = {"dense": n_dense, "sparse": n_sparse}
+        self.counts = {"dense": n_dense, "sparse": n_sparse, "delayed": n_delay}
         self.build_s = time.perf_counter() - t0
         if os.environ.get("SPIKEBRIDGE_LAVA_TEST_FAIL") == "build":
             raise RuntimeError("injected failure (SPIKEBRIDGE_LAVA_TEST_FAIL=build)")
