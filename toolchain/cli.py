@@ -60,7 +60,15 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--surrogate", default="atan", help="bptt: rectangular | atan | sigmoid (default atan)")
     t.add_argument("--device", default="auto", help="auto|cpu|cuda")
     t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--resume", action="store_true", help="continue the run in --out where it stopped")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out where it stopped "
+                   "(also with a different number of processes)")
+    t.add_argument("--nproc-per-node", type=int, default=1, metavar="N",
+                   help="train data-parallel in N processes on this machine (torch.distributed DDP: gloo on "
+                        "the CPU, nccl on GPUs; launched with torchrun's machinery). Multi-node: start "
+                        "`torchrun ... -m toolchain train ...` on every node instead")
+    t.add_argument("--sync-bn", action="store_true",
+                   help="distributed: BatchNorm statistics over the global batch instead of each process's "
+                        "slice (the 1-process result, within float tolerance)")
     t.add_argument("--out", required=True, help="checkpoint directory")
     from models.methods.options import add_train_options
     add_train_options(t)
@@ -68,7 +76,7 @@ def _parser() -> argparse.ArgumentParser:
     e = cmd("export", "export a checkpoint to NIR (the SNN) or ONNX (the ANN branch)")
     e.add_argument("checkpoint", help="checkpoint directory (weights.safetensors + model.json)")
     e.add_argument("--format", default="nir", choices=["nir", "onnx", "onnx-step"],
-                   help="nir: the SNN; onnx: the ANN branch; onnx-step: one SNN time step with the "
+                   help="nir: the SNN; onnx: the ANN branch (bridge, lasnn: the SNN unrolled over T); onnx-step: one SNN time step with the "
                         "membranes as inputs and outputs")
     e.add_argument("--out", help="output file (default CHECKPOINT/graph.nir, CHECKPOINT/model.onnx or "
                                  "CHECKPOINT/step.onnx)")
@@ -196,12 +204,21 @@ def cmd_train(args) -> int:
 
     cfg = TrainConfig(method=args.method, arch=args.arch, dataset=args.dataset, timesteps=args.timesteps,
                       epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, smu=args.smu,
-                      seed=args.seed, device=args.device, neuron=args.neuron, surrogate=args.surrogate)
+                      seed=args.seed, device=args.device, neuron=args.neuron, surrogate=args.surrogate,
+                      sync_bn=args.sync_bn)
     from models.methods.options import extra_from_args
     cfg.extra.update(extra_from_args(args))
     if getattr(args, "limit_train", None):
         cfg.limit_train = args.limit_train
-    row = train(cfg, args.out, progress=_progress(args), resume=args.resume)
+    if args.nproc_per_node < 1:
+        raise InputError("--nproc-per-node must be at least 1")
+    if args.nproc_per_node > 1 and "WORLD_SIZE" not in os.environ:
+        from models.distributed import launch
+        row = launch(args.nproc_per_node, cfg, args.out, resume=args.resume, progress=_progress(args))
+    else:
+        row = train(cfg, args.out, progress=_progress(args), resume=args.resume)
+        if int(os.environ.get("RANK", "0") or 0) != 0:
+            return 0  # under torchrun: rank 0 prints the result
     print(json.dumps({"checkpoint": args.out, **row}))
     return 0
 

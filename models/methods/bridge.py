@@ -32,7 +32,6 @@ import torch
 from hardware.errors import InputError
 from models.methods import MethodSpec, register
 from models.methods import common as C
-from models.methods.qcfs import no_onnx
 
 DECAY = 0.25
 THRESHOLD = 0.5
@@ -137,6 +136,12 @@ def lif_stack_to_nir(meta, tensors, file=None, method: str = "bridge"):
     return C.deployed_to_nir(C.lif_deployed(build_lif_stack(meta, tensors, file, method), DECAY, THRESHOLD), meta)
 
 
+def lif_stack_to_onnx(meta, tensors, file=None, method: str = "bridge"):
+    """The deployed LIF SNN unrolled over T steps as ONNX (models/methods/snn_onnx.py)."""
+    from models.methods.snn_onnx import deployed_to_onnx
+    return deployed_to_onnx(C.lif_deployed(build_lif_stack(meta, tensors, file, method), DECAY, THRESHOLD), meta)
+
+
 def build_model(meta, tensors, file=None) -> C.SpikingStack:
     return build_lif_stack(meta, tensors, file, "bridge")
 
@@ -145,6 +150,10 @@ def to_nir(meta, tensors, file=None):
     return lif_stack_to_nir(meta, tensors, file, "bridge")
 
 
-register(MethodSpec("bridge", train=train, build_model=build_model, to_nir=to_nir, to_onnx=no_onnx,
+def to_onnx(meta, tensors, file=None):
+    return lif_stack_to_onnx(meta, tensors, file, "bridge")
+
+
+register(MethodSpec("bridge", train=train, build_model=build_model, to_nir=to_nir, to_onnx=to_onnx,
                     description="ANN pretraining with the annealed sharpened ReLU, one-to-one transfer into a "
                                 "LIF SNN (decay 0.25, threshold 0.5, hard reset), short BPTT fine-tune"))

@@ -41,8 +41,7 @@ from torch.nn import functional as F
 from hardware.errors import InputError
 from models.methods import MethodSpec, register
 from models.methods import common as C
-from models.methods.bridge import DECAY, THRESHOLD, build_lif_stack, lif_stack_to_nir, neuron_meta
-from models.methods.qcfs import no_onnx
+from models.methods.bridge import DECAY, THRESHOLD, build_lif_stack, lif_stack_to_nir, lif_stack_to_onnx, neuron_meta
 
 
 STUDENT_LR_FACTOR = 5.0  # the student's Adam lr is 5 x --lr unless --student-lr is given (README: why)
@@ -154,6 +153,10 @@ def to_nir(meta, tensors, file=None):
     return lif_stack_to_nir(meta, tensors, file, "lasnn")
 
 
-register(MethodSpec("lasnn", train=train, build_model=build_model, to_nir=to_nir, to_onnx=no_onnx,
+def to_onnx(meta, tensors, file=None):
+    return lif_stack_to_onnx(meta, tensors, file, "lasnn")
+
+
+register(MethodSpec("lasnn", train=train, build_model=build_model, to_nir=to_nir, to_onnx=to_onnx,
                     description="layer-wise distillation of an ANN teacher into a smaller LIF SNN student "
                                 "(CE + KD + attention transfer on firing-rate maps)"))
