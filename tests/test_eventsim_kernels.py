@@ -82,3 +82,166 @@ def test_bench_simulate_quick_prints_json(capsys):
     assert res["summary"]["all_equal_dense_ref"] is True
     assert {r["graph"] for r in res["activity"]} == {"dense", "conv"}
     assert res["lava"] == {"skipped": "--no-lava"} and "png" not in res
+
+
+# -- one summation order for every event path ---------------------------------------------
+
+def _events_in_input_order(x, w):
+    """Reference: every nonzero x[r, k] adds x[r, k] * w[k] to row r, k ascending, float64."""
+    out = np.zeros((x.shape[0], w.shape[1]))
+    for r in range(x.shape[0]):
+        for k in np.flatnonzero(x[r]):
+            out[r] += x[r, k] * w[k]
+    return out
+
+
+@pytest.mark.parametrize("dtype", [bool, np.float32, np.float64])
+def test_event_matmul_sums_events_in_input_order(dtype):
+    rng = np.random.default_rng(7)
+    x = (rng.random((40, 64)) < 0.1) * (1 if dtype is bool else rng.integers(1, 4, size=(40, 64)))
+    x = x.astype(dtype)
+    w = rng.normal(size=(64, 9))
+    w[rng.random(w.shape) < 0.2] = 0.0
+    np.testing.assert_array_equal(event_matmul(x, w), _events_in_input_order(x.astype(np.float64), w))
+    np.testing.assert_array_equal(event_matmul(np.zeros((3, 64), dtype), w), np.zeros((3, 9)))
+
+
+CONV_GEOMETRIES = [  # (Conv class, in_shape, weight shape, stride, padding, dilation, groups)
+    (nir.Conv2d, (4, 9, 8), (6, 2, 3, 2), (2, 1), (1, 2), (1, 2), 2),
+    (nir.Conv2d, (3, 10, 10), (5, 3, 5, 5), 2, 0, 1, 1),
+    (nir.Conv2d, (4, 7, 9), (8, 1, 3, 3), (2, 3), (1, 0), (2, 1), 4),
+    (nir.Conv1d, (2, 12), (3, 2, 3), 2, 1, 1, 1),
+]
+
+
+def _conv_graph(cls, in_shape, wshape, stride, pad, dil, groups, W, b):
+    conv = cls(input_shape=in_shape[1:] if cls is nir.Conv2d else in_shape[1], weight=W,
+               stride=stride, padding=pad, dilation=dil, groups=groups, bias=b)
+    return nir.NIRGraph(nodes={"input": nir.Input(np.array(in_shape)), "conv": conv,
+                               "output": nir.Output(None)},
+                        edges=[("input", "conv"), ("conv", "output")], type_check=False)
+
+
+def _run_paths(monkeypatch, g, x):
+    """simulate under each conv path: the event path, the dense pass over M, im2col."""
+    res = {}
+    for path, ev_density, max_nnz in (("event", 2.0, 1 << 22), ("matrix", 0.0, 1 << 22),
+                                      ("im2col", 0.0, -1)):
+        monkeypatch.setattr(kernels, "CONV_EVENT_MAX_DENSITY", ev_density)
+        monkeypatch.setattr(kernels, "_CONV_MATRIX_MAX_NNZ", max_nnz)
+        res[path] = simulate(g, x)
+    return res
+
+
+@pytest.mark.parametrize("geom", CONV_GEOMETRIES)
+@pytest.mark.parametrize("density", [0.01, 0.3, "analog"])
+def test_conv_paths_agree(monkeypatch, geom, density):
+    cls, in_shape, wshape, stride, pad, dil, groups = geom
+    rng = np.random.default_rng(11)
+    W = rng.normal(size=wshape)
+    W[rng.random(wshape) < 0.25] = 0.0  # zero weights: no entry in M, no synaptic op
+    b = rng.normal(size=wshape[0])
+    g = _conv_graph(cls, in_shape, wshape, stride, pad, dil, groups, W, b)
+    if density == "analog":
+        x = rng.normal(size=(3, 5, *in_shape))
+    else:
+        x = (rng.random((3, 5, *in_shape)) < density).astype(np.float32)
+    r = _run_paths(monkeypatch, g, x)
+    # the two paths over M sum every output over its inputs in input order: bit-identical
+    np.testing.assert_array_equal(r["event"].outputs["output"], r["matrix"].outputs["output"])
+    np.testing.assert_allclose(r["matrix"].outputs["output"], r["im2col"].outputs["output"],
+                               rtol=1e-12, atol=1e-12)
+    for n in r["event"].counts:
+        for k in r["event"].counts[n]:
+            np.testing.assert_array_equal(r["event"].counts[n][k], r["matrix"].counts[n][k])
+            np.testing.assert_array_equal(r["event"].counts[n][k], r["im2col"].counts[n][k])
+    # integer-valued data: every path is exact, hence identical
+    Wi = rng.integers(-3, 4, size=wshape).astype(np.float64)
+    gi = _conv_graph(cls, in_shape, wshape, stride, pad, dil, groups, Wi, np.round(b))
+    ri = _run_paths(monkeypatch, gi, np.round(np.asarray(x, np.float64) * 3))
+    np.testing.assert_array_equal(ri["event"].outputs["output"], ri["im2col"].outputs["output"])
+    np.testing.assert_array_equal(ri["matrix"].outputs["output"], ri["im2col"].outputs["output"])
+
+
+def test_conv_matrix_entries_are_the_nonzero_weights():
+    """M has exactly one entry per (input, output) pair joined by a nonzero weight: its
+    column sums of the nonzero mask are the brute-force fan-in, its row counts the fan-out."""
+    from hardware.eventsim.counts import fanout
+    from hardware.eventsim.profiles import get_profile
+    from hardware.graph import analyse
+    cls, in_shape, wshape, stride, pad, dil, groups = CONV_GEOMETRIES[0]
+    rng = np.random.default_rng(3)
+    W = rng.normal(size=wshape)
+    W[rng.random(wshape) < 0.3] = 0.0
+    g = _conv_graph(cls, in_shape, wshape, stride, pad, dil, groups, W, np.zeros(wshape[0]))
+    info = analyse(g)
+    ctx = kernels.Context(info=info, profile=get_profile("nir"), dt=1.0)
+    p = kernels.KERNELS["Conv2d"].prepare(g.nodes["conv"], "conv", ctx)
+    M = kernels.conv_matrix(p)
+    np.testing.assert_array_equal(np.diff(M.indptr), fanout(g.nodes["conv"], tuple(in_shape)).reshape(-1))
+    # applying M to every unit input reproduces the convolution of that input
+    eye = np.eye(M.shape[0]).reshape(-1, *in_shape)
+    ref = kernels._conv_forward_im2col(p, eye).reshape(M.shape[0], -1) - p["b"].repeat(
+        M.shape[1] // wshape[0])
+    np.testing.assert_allclose(M.toarray(), ref, rtol=0, atol=1e-12)
+
+
+# -- neuron scan over T == the step loop, bit for bit --------------------------------------
+
+def _neuron_nodes(n, rng):
+    thr = rng.choice([0.5, 1.0, 1.25], size=n)
+    yield "IF", nir.IF(r=rng.choice([0.5, 1.0], size=n), v_threshold=thr, v_reset=np.zeros(n))
+    yield "LIF", nir.LIF(tau=np.full(n, 4.0), r=np.full(n, 1.5), v_leak=np.full(n, 0.1),
+                         v_threshold=thr, v_reset=np.full(n, -0.25))
+    yield "LI", nir.LI(tau=np.full(n, 3.0), r=np.ones(n), v_leak=np.zeros(n))
+    yield "CubaLIF", nir.CubaLIF(tau_mem=np.full(n, 5.0), tau_syn=np.full(n, 2.0), r=np.ones(n),
+                                 v_leak=np.zeros(n), v_threshold=thr, v_reset=np.zeros(n),
+                                 w_in=np.full(n, 2.0))
+    yield "I", nir.I(r=np.full(n, 0.75))
+
+
+@pytest.mark.parametrize("profile", ["spikebridge", "nir", "snntorch", "norse", "sinabs",
+                                     "spikingjelly", "lava-float"])
+@pytest.mark.parametrize("meta", [None, {"reset": "subtract", "threshold_test": "ge",
+                                         "v_init": [0.5, 0.25, 0.0, 0.75, 0.1, 0.0],
+                                         "spike_amplitude": 2.0}])
+def test_neuron_scan_matches_step_loop(profile, meta):
+    from hardware.eventsim.profiles import get_profile
+    from hardware.graph import analyse
+    rng = np.random.default_rng(5)
+    n, T, B = 6, 23, 4
+    inp = rng.choice([0.0, 0.25, 0.5, 1.0, -0.5], size=(T, B, n)) + (rng.random((T, B, n)) < 0.3) * rng.normal(size=(T, B, n))
+    for kind, node in _neuron_nodes(n, rng):
+        if meta is not None:
+            node.metadata = {"spikebridge": meta}
+        g = nir.NIRGraph(nodes={"input": nir.Input(np.array([n])), "nrn": node,
+                                "output": nir.Output(None)},
+                         edges=[("input", "nrn"), ("nrn", "output")], type_check=False)
+        info = analyse(g)
+        ctx = kernels.Context(info=info, profile=get_profile(profile), dt=0.5)
+        k = kernels.KERNELS[kind]
+        p = k.prepare(node, "nrn", ctx)
+        st = k.init(p, B)
+        loop = np.empty((T, B, n))
+        for t in range(T):
+            loop[t], st = k.step(p, inp[t], st)
+        scan, st2 = k.scan(p, inp, k.init(p, B))
+        np.testing.assert_array_equal(scan, loop, err_msg=f"{profile} {kind}")
+        np.testing.assert_array_equal(st2["v"], st["v"], err_msg=f"{profile} {kind}")
+        if kind in ("IF", "LIF"):
+            assert 0 < np.count_nonzero(loop) < loop.size  # the case exercises firing
+
+
+def test_input_dtypes_give_identical_results():
+    """bool, float32 and float64 inputs (kept as given for the synapse kernels) agree."""
+    rng = np.random.default_rng(9)
+    W = rng.normal(size=(40, 300))
+    g = _layer_graph(300, 40, W)
+    s = rng.random((7, 33, 300)) < 0.05
+    runs = [simulate(g, s.astype(d)) for d in (bool, np.float32, np.float64)]
+    for r in runs[1:]:
+        np.testing.assert_array_equal(r.outputs["output"], runs[0].outputs["output"])
+        assert r.outputs["output"].dtype == np.float64
+        for n in r.counts:
+            for k in r.counts[n]:
+                np.testing.assert_array_equal(r.counts[n][k], runs[0].counts[n][k])

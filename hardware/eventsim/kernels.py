@@ -3,7 +3,9 @@
 Stateless kernels map a batch ``x (N, *in_shape) -> (N, *out_shape)``, where N can be
 T*B (feed-forward graphs run each layer over all steps at once) or B (one step).
 Stateful kernels are pure step functions ``step(p, I, state) -> (out, state)`` with
-``I (B, *shape)``, in the style of Norse.
+``I (B, *shape)``, in the style of Norse; a stateful kernel may also offer
+``scan(p, I, state)`` over all T steps at once (``I (T, B, *shape)``), which must give
+exactly what looping ``step`` gives (the feed-forward path uses it).
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
+import scipy.sparse as sp
 
 from ..errors import UnsupportedError
 from ..graph import GraphInfo, conv_geometry, neuron_semantics
@@ -29,6 +32,7 @@ class Kernel:
     forward: Callable[..., np.ndarray] | None = None
     init: Callable[..., Any] | None = None
     step: Callable[..., tuple] | None = None
+    scan: Callable[..., tuple] | None = None  # scan(params, I (T, B, *shape), state) -> (out, state)
 
     @property
     def stateful(self) -> bool:
@@ -54,6 +58,44 @@ def _f64(a) -> np.ndarray:
     return np.asarray(a, dtype=np.float64)
 
 
+def as_f64(x: np.ndarray) -> np.ndarray:
+    """``x`` as float64 (no copy when it already is; bool, int and float32 convert exactly)."""
+    return x if x.dtype == np.float64 else x.astype(np.float64)
+
+
+# -- event products ---------------------------------------------------------------------
+#
+# One summation order for every event path: output element (r, j) is
+#     ((0 + x[r, k1] * W[k1, j]) + x[r, k2] * W[k2, j]) + ...     k1 < k2 < ... the events
+# (input order, float64). scipy.sparse's compiled loops (csr_matvecs, csr_matmat) sum in
+# exactly this order, so the event paths below agree bit for bit with each other and with
+# any loop over events in input order; BLAS sums in its own blocked order (identical on
+# integer-valued data, rounding-level differences otherwise).
+
+def events_csr(x2: np.ndarray) -> sp.csr_matrix:
+    """The nonzeros of a 2-D array (any numeric dtype) as a float64 CSR matrix (rows in
+    order, columns ascending within a row): the events, found in one pass."""
+    R, K = x2.shape
+    flat = x2.reshape(-1)
+    idx = np.flatnonzero(flat)
+    itype = np.int32 if max(idx.size, K, R) < (1 << 31) - 1 else np.int64
+    if K & (K - 1) == 0 and K > 0:  # power of two: shifts instead of division
+        cols = (idx & (K - 1)).astype(itype)
+    else:
+        cols = (idx % K).astype(itype)
+    indptr = np.searchsorted(idx, np.arange(0, (R + 1) * K, K, dtype=np.int64)).astype(itype)
+    data = flat[idx].astype(np.float64)
+    return sp.csr_matrix((data, cols, indptr), shape=(R, K), copy=False)
+
+
+def event_matmul(x: np.ndarray, wt: np.ndarray) -> np.ndarray:
+    """``x @ wt`` event by event: every nonzero x[r, k] adds x[r, k] * wt[k] to output row
+    r, in input order (see above), so the cost is events x fan-out, not x.size. The
+    events' loop is scipy.sparse's compiled CSR x dense product (float64 throughout)."""
+    y = events_csr(x) @ wt
+    return np.asarray(y, dtype=np.float64)
+
+
 # -- stateless ------------------------------------------------------------------------
 
 def _identity_prepare(node, name, ctx):
@@ -70,45 +112,13 @@ def _dense_prepare(node, name, ctx):
     return {"wt": np.ascontiguousarray(w.T), "b": b}
 
 
-# Below this fraction of nonzero inputs a dense layer gathers the weight rows of the
-# events instead of calling BLAS on the whole (rows x inputs) matrix. Measured on this
-# 2-core machine (1000x1000 layer, 4096 rows): events cost ~45x a BLAS MAC, so the
-# crossover is near 2 % nonzeros; 1.5 % keeps the event path strictly faster.
-EVENT_MAX_DENSITY = 0.015
-_EVENT_MIN_SIZE = 1 << 15      # smaller products: BLAS, whatever the density
-_EVENT_BLOCK_BYTES = 2 << 20   # gathered weight rows per block
-
-
-def event_matmul(x: np.ndarray, wt: np.ndarray) -> np.ndarray:
-    """``x @ wt`` by gathering, for every nonzero x[r, j], the weight row wt[j]: cost
-    proportional to the events (nonzeros) times the fan-out, not to x.size.
-
-    Events are taken in rank order (the k-th event of every row at once), so each pass
-    is one vectorised gather-add over distinct rows; every output row sums its events
-    in input order. Exact for integer-valued data (like BLAS); for other floats the
-    sum order differs from BLAS by rounding only."""
-    R = x.shape[0]
-    n_out = wt.shape[1]
-    out = np.zeros((R, n_out), dtype=np.float64)
-    r, c = np.nonzero(x)
-    if r.size == 0:
-        return out
-    vals = x[r, c]
-    binary = bool(np.all(vals == 1.0))
-    counts = np.bincount(r, minlength=R)
-    rank = np.arange(r.size) - (np.cumsum(counts) - counts)[r]
-    order = np.argsort(rank, kind="stable")
-    bounds = np.searchsorted(rank[order], np.arange(int(counts.max()) + 1))
-    step = max(1, _EVENT_BLOCK_BYTES // (n_out * 8))
-    for i in range(len(bounds) - 1):
-        seg = order[bounds[i]:bounds[i + 1]]
-        for s0 in range(0, seg.size, step):
-            e = seg[s0:s0 + step]
-            g = wt[c[e]]
-            if not binary:
-                g *= vals[e, None]
-            out[r[e]] += g  # rows are distinct within one rank
-    return out
+# Below this fraction of nonzero inputs a dense layer runs event by event (event_matmul)
+# instead of one float64 BLAS product over the whole (rows x inputs) matrix. Measured on
+# this 2-core machine (784x512, 512x10, 1000x1000 layers, 1024-4096 rows, under load):
+# an event through a weight costs ~7x a BLAS MAC (2 threads), the crossover sits at
+# 12-15 % nonzeros.
+EVENT_MAX_DENSITY = 0.12
+_EVENT_MIN_SIZE = 1 << 12      # smaller products: BLAS, whatever the density
 
 
 def _dense_forward(p, x):
@@ -116,7 +126,7 @@ def _dense_forward(p, x):
     if x2.size >= _EVENT_MIN_SIZE and np.count_nonzero(x2) < EVENT_MAX_DENSITY * x2.size:
         y = event_matmul(x2, p["wt"])
     else:
-        y = x2 @ p["wt"]
+        y = as_f64(x2) @ p["wt"]
     if p["b"] is not None:
         y += p["b"]
     return y
@@ -146,7 +156,92 @@ def _conv_prepare(node, name, ctx):
             "lo": lo, "hi": hi, "out": out, "nd": nd, "in_shape": in_shape}
 
 
+# A convolution is a sparse (inputs x outputs) matrix M with one entry per (input, output)
+# pair joined by a nonzero weight: exact at borders, strides, padding, dilation and
+# groups. Up to this many entries (12 bytes each, two copies) the conv runs on M:
+# event by event below CONV_EVENT_MAX_DENSITY nonzero inputs (events x nonzero fan-out),
+# above it as one compiled pass over M's entries for all T*B rows at once. Both sum
+# every output over its inputs in input order (bit-identical to each other). Larger
+# convolutions fall back to im2col + BLAS.
+_CONV_MATRIX_MAX_NNZ = 1 << 22
+CONV_EVENT_MAX_DENSITY = 0.04  # measured crossover of the two ~5 % (bench conv layers)
+_CONV_BLOCK_BYTES = 4 << 20
+
+
+def conv_matrix(p) -> sp.csr_matrix | None:
+    """M (inputs x outputs, CSR, float64): M[i, o] = the weight joining input element i
+    (flattened (C_in, *spatial)) to output element o (flattened (C_out, *out)); only
+    nonzero weights are stored. None when it would exceed _CONV_MATRIX_MAX_NNZ."""
+    if "_M" in p:
+        return p["_M"]
+    w, g, nd = p["w"], p["g"], p["nd"]
+    cout, cg = w.shape[0], w.shape[1]
+    og = cout // g
+    in_sp = tuple(int(s) for s in p["in_shape"][1:])
+    out = tuple(int(s) for s in p["out"])
+    n_in_sp, n_out_sp = int(np.prod(in_sp)), int(np.prod(out))
+    nnz_max = int(np.count_nonzero(w)) * n_out_sp
+    if nnz_max > _CONV_MATRIX_MAX_NNZ:
+        p["_M"] = None
+        return None
+    rows, cols, vals = [], [], []
+    for tap in itertools.product(*[range(k) for k in p["kernel"]]):
+        wv = w[(slice(None), slice(None)) + tap]  # (cout, cg)
+        co, ci = np.nonzero(wv)
+        if co.size == 0:
+            continue
+        # per spatial dim: input position of every output position through this tap
+        pos = [np.arange(o) * st - l + k * d
+               for o, st, l, k, d in zip(out, p["stride"], p["lo"], tap, p["dil"])]
+        ok = [(q >= 0) & (q < n) for q, n in zip(pos, in_sp)]
+        in_flat = np.zeros(1, dtype=np.int64)
+        out_flat = np.zeros(1, dtype=np.int64)
+        valid = np.ones(1, dtype=bool)
+        for q, v, n, o in zip(pos, ok, in_sp, out):
+            in_flat = (in_flat[:, None] * n + q[None, :]).reshape(-1)
+            out_flat = (out_flat[:, None] * o + np.arange(o)[None, :]).reshape(-1)
+            valid = (valid[:, None] & v[None, :]).reshape(-1)
+        in_flat, out_flat = in_flat[valid], out_flat[valid]
+        cin = (co // og) * cg + ci
+        rows.append((cin[:, None] * n_in_sp + in_flat[None, :]).reshape(-1))
+        cols.append((co[:, None] * n_out_sp + out_flat[None, :]).reshape(-1))
+        vals.append(np.repeat(wv[co, ci], in_flat.size))
+    shape = (int(np.prod(p["in_shape"])), cout * n_out_sp)
+    if rows:
+        rows, cols, vals = np.concatenate(rows), np.concatenate(cols), np.concatenate(vals)
+    else:
+        rows = cols = np.zeros(0, dtype=np.int64)
+        vals = np.zeros(0)
+    M = sp.csr_matrix((vals, (rows, cols)), shape=shape)
+    M.sum_duplicates()  # (none: one entry per (input, output, tap)); sorts the columns
+    M.sort_indices()
+    p["_M"] = M
+    p["_Mt"] = M.T.tocsr()  # (outputs x inputs), inputs ascending in every row
+    p["_Mt"].sort_indices()
+    return M
+
+
 def _conv_forward(p, x):
+    n = x.shape[0]
+    M = conv_matrix(p)
+    if M is None:
+        return _conv_forward_im2col(p, x)
+    x2 = x.reshape(n, -1)
+    cout = p["w"].shape[0]
+    if np.count_nonzero(x2) < CONV_EVENT_MAX_DENSITY * x2.size:
+        y = (events_csr(x2) @ M).toarray()  # event by event: events x nonzero fan-out
+    else:  # every input through M's entries, a block of rows at a time: y^T = M^T x^T
+        Mt = p["_Mt"]
+        y = np.empty((n, Mt.shape[0]), dtype=np.float64)
+        rows = max(16, _CONV_BLOCK_BYTES // (8 * (Mt.shape[0] + Mt.shape[1])))
+        for r0 in range(0, n, rows):  # blocks keep both transposes in cache
+            y[r0:r0 + rows] = (Mt @ np.ascontiguousarray(as_f64(x2[r0:r0 + rows]).T)).T
+    y = y.reshape(n, cout, -1)
+    y += p["b"][:, None]
+    return y.reshape(n, cout, *p["out"])
+
+
+def _conv_forward_im2col(p, x):
     """im2col in channels-last order (the gather copies contiguous channel runs), then one
     matmul per group, in chunks of the batch so the im2col buffer stays bounded."""
     n = x.shape[0]
@@ -337,8 +432,70 @@ def _neuron_step(p, inp, st):
     return out, {**st, "v": v}
 
 
+def _neuron_scan(p, inp, st):
+    """All T steps of ``_neuron_step`` at once, with the same float64 operations in the
+    same order (bit-identical): the input term of IF / LIF / LI / I is computed for every
+    step in one vectorised pass, then the loop over T updates the membrane and fires in
+    place (no per-step temporaries). CubaLIF / CubaLI and sinabs' MultiSpike loop
+    ``_neuron_step``."""
+    t = p["type"]
+    T = inp.shape[0]
+    if t not in ("IF", "I", "LIF", "LI") or p["multi"]:
+        out = np.empty((T, *inp.shape[1:]), dtype=np.float64)
+        for i in range(T):
+            out[i], st = _neuron_step(p, inp[i], st)
+        return out, st
+    # the drive, written into the output buffer (step i reads drive[i] before writing out[i])
+    out = np.empty(inp.shape, dtype=np.float64)
+    if t in ("IF", "I"):
+        np.multiply(p["if_scale"], inp, out=out)        # v = v + if_scale * I
+        a = None
+    else:
+        np.multiply(p["r"], inp, out=out)               # v = a*v + c*(v_leak + r*I)
+        np.add(p["v_leak"], out, out=out)
+        np.multiply(p["c"], out, out=out)
+        a = p["a"]
+    v = np.array(st["v"], dtype=np.float64)  # own copy: updated in place
+    spiking = t in ("IF", "LIF")
+    if spiking:
+        thr = np.broadcast_to(p["thr"], v.shape)
+        s = np.empty(v.shape, dtype=bool)
+        ge = p["threshold_test"] == "ge"
+        subtract = p["reset"] == "subtract"
+        v_reset = np.broadcast_to(p["v_reset"], v.shape)
+        amp = p["spike_amplitude"]
+        pending = st.get("pending") if p["next_step"] else None
+        if p["next_step"]:
+            pending = None if pending is None else np.array(pending, dtype=np.float64)
+            pend_buf = np.empty(v.shape, dtype=np.float64)
+    for i in range(T):
+        if a is not None:
+            np.multiply(a, v, out=v)
+        np.add(v, out[i], out=v)
+        if not spiking:
+            out[i] = v
+            continue
+        if pending is not None:
+            np.subtract(v, pending, out=v)
+        (np.greater_equal if ge else np.greater)(v, thr, out=s)
+        if subtract:
+            if p["next_step"]:  # snnTorch: theta is subtracted inside the next update
+                pend_buf[...] = 0.0
+                np.copyto(pend_buf, thr, where=s)
+                pending = pend_buf
+            else:
+                np.subtract(v, thr, out=v, where=s)     # v - where(s, theta, 0)
+        else:
+            np.copyto(v, v_reset, where=s)              # where(s, v_reset, v)
+        np.multiply(s, amp, out=out[i])
+    st = {**st, "v": v}
+    if spiking and p["next_step"]:
+        st["pending"] = None if pending is None else pending.copy()
+    return out, st
+
+
 for _t in ("IF", "LIF", "CubaLIF", "LI", "I", "CubaLI"):
-    register(_t, Kernel(_neuron_prepare, init=_neuron_init, step=_neuron_step))
+    register(_t, Kernel(_neuron_prepare, init=_neuron_init, step=_neuron_step, scan=_neuron_scan))
 
 
 # -- delay ----------------------------------------------------------------------------
