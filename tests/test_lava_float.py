@@ -7,9 +7,9 @@ bits (design.md: summation order alone changes float bits). Outputs must agree t
 rtol = atol = 1e-9; a spike may differ only where the membrane is within 1e-9 of the
 (folded) threshold at the first differing step; the sample is not compared after it.
 
-Scope: `lava-float` reads plain NIR (no v_init) and integrates a neuron's bias from step 0,
-while Lava's LIFReset starts each population's window when the input arrives; graphs here
-therefore have no neuron biases and no v_init (readout biases are fine).
+Scope: `lava-float` reads plain NIR (no metadata), so the graphs here have no v_init;
+biases are included (the profile starts each population when its input arrives, as
+Lava's LIFReset window does).
 """
 from __future__ import annotations
 
@@ -27,15 +27,10 @@ pytestmark = pytest.mark.lava
 
 
 def _plain(g):
-    """No neuron biases, no metadata (v_init), for the lava-float comparison."""
+    """No metadata (v_init), for the lava-float comparison (biases and v_leak kept)."""
     for n, node in g.nodes.items():
-        t = type(node).__name__
-        if t in ("Affine", "Conv2d") and n != "readout":
-            node.bias = np.zeros_like(np.asarray(node.bias))
-        if t in ("IF", "LIF"):
+        if type(node).__name__ in ("IF", "LIF"):
             node.metadata = {}
-            if t == "LIF":
-                node.v_leak = np.zeros_like(np.asarray(node.v_leak))
     return g
 
 
