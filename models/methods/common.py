@@ -219,11 +219,17 @@ def _apply(layer: dict, x: torch.Tensor) -> torch.Tensor:
     return F.linear(x, layer["w"], layer["b"])
 
 
+# whole-window neuron kinds: kind -> f(currents (T, B, ...), neuron dict) -> outputs (T, B, ...)
+# (parallel.py registers "PAR", its windowed neuron); run_deployed walks the layers for them too
+WINDOW_NEURONS: dict = {}
+
+
 @torch.no_grad()
 def run_deployed(layers: list[dict], x: torch.Tensor, T: int) -> tuple[torch.Tensor, float]:
     """The deployed SNN exactly as the NIR export states it (float64, sequential neurons).
 
-    Per neuron layer and step: v <- decay * v + I (IF: decay 1); spike where v > theta
+    A neuron whose kind is in ``WINDOW_NEURONS`` maps the layer's whole T-step current to its
+    outputs at once (spikes counted as nonzero outputs). Otherwise, per neuron layer and step: v <- decay * v + I (IF: decay 1); spike where v > theta
     (``gt``) or v >= theta (``ge``); reset zero (v <- 0) or subtract (v <- v - theta);
     output s * amplitude. v(0) = v_init. Readout: sum_t (W s(t) + b) / T.
     Returns (logits, spikes per sample)."""
@@ -247,6 +253,11 @@ def run_deployed(layers: list[dict], x: torch.Tensor, T: int) -> tuple[torch.Ten
         n = layer.get("neuron")
         if n is None:
             return cur.mean(0), spikes / max(B, 1)
+        if n["kind"] in WINDOW_NEURONS:
+            out = WINDOW_NEURONS[n["kind"]](cur, n)
+            spikes += float((out != 0).sum())
+            seq = out.reshape(T * B, *out.shape[2:])
+            continue
         thr = torch.as_tensor(n["threshold"], dtype=torch.float64)
         amp = torch.as_tensor(n["amplitude"], dtype=torch.float64)
         v = torch.zeros_like(cur[0]) + torch.as_tensor(n["v_init"], dtype=torch.float64)

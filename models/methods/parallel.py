@@ -195,32 +195,13 @@ def deployed(net: ParallelNet, kind: str = "IF") -> list[dict]:
     return layers
 
 
-@torch.no_grad()
 def run_parallel(layers, x, T: int):
-    """Windowed-neuron SNN over T steps (direct encoding); returns (logits, spikes per sample)."""
-    x = x.double()
-    B = x.shape[0]
-    seq, spikes = None, 0.0
-    for layer in layers:
-        if layer["type"] == "flatten":
-            if seq is None:
-                x = x.flatten(1)
-            else:
-                seq = seq.flatten(1)
-            continue
-        if seq is None:
-            cur = C._apply(layer, x)
-            cur = cur.unsqueeze(0).expand(T, *cur.shape)
-        else:
-            c = C._apply(layer, seq)
-            cur = c.view(T, B, *c.shape[1:])
-        n = layer.get("neuron")
-        if n is None:
-            return cur.mean(0), spikes / max(B, 1)
-        out = window_neuron(cur, n["threshold"], n["phi"])
-        spikes += float((out != 0).sum())
-        seq = out.reshape(T * B, *out.shape[2:])
-    raise AssertionError("unreachable")
+    """Windowed-neuron SNN over T steps (direct encoding); returns (logits, spikes per sample).
+    The layer walk is common.run_deployed's (the "PAR" kind is registered below)."""
+    return C.run_deployed(layers, x, T)
+
+
+C.WINDOW_NEURONS["PAR"] = lambda cur, n: window_neuron(cur, n["threshold"], n["phi"])
 
 
 def _source(cfg, data, progress, history, stages=None):
@@ -268,14 +249,8 @@ def evaluate(net: ParallelNet, x, y, T: int) -> dict:
             "sequential_if_test_accuracy": seq_acc, "snn_test_accuracy": seq_acc, "spikes_per_sample": seq_spikes}
 
 
-def _par_acc(net, x, y, T, batch_size=500):
-    layers = deployed(net, "PAR")
-    ok, sp = 0, 0.0
-    for i in range(0, len(x), batch_size):
-        logits, s = run_parallel(layers, x[i:i + batch_size], T)
-        ok += int((logits.argmax(1) == y[i:i + batch_size]).sum())
-        sp += s * len(x[i:i + batch_size])
-    return ok / max(len(x), 1), sp / max(len(x), 1)
+def _par_acc(net, x, y, T):
+    return C.deployed_accuracy(deployed(net, "PAR"), x, y, T)
 
 
 def train(cfg, out_dir, progress=True, resume=False) -> dict:
