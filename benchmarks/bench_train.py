@@ -7,11 +7,13 @@ its baseline: resident set size (RSS, from /proc/self/statm) on the CPU, or
 ``torch.cuda.memory_allocated`` on a GPU. During the training epochs a sampling thread
 reads RSS every 2 ms (on a GPU: ``torch.cuda.max_memory_allocated``); the reported peak
 is the maximum minus the baseline. Seconds per epoch are the training loop's wall time
-(evaluation excluded); the final SNN test accuracy and spikes per sample come from the
+(evaluation excluded), and its CPU time (``time.process_time``: all threads of the worker),
+which, unlike wall time, does not grow when other jobs share the cores; the 1-minute load
+average is recorded before the first and after every epoch; the final SNN test accuracy and spikes per sample come from the
 test split after the last epoch.
 
 Pairs are given as SNN2ANN_T:BPTT_T (default 4:4, 8:8 and the paper's 5:8). Ratios are
-SNN2ANN / BPTT for time and memory and SNN2ANN - BPTT for accuracy.
+SNN2ANN / BPTT for time (wall and CPU) and memory and SNN2ANN - BPTT for accuracy.
 """
 from __future__ import annotations
 
@@ -117,11 +119,12 @@ def worker(a) -> dict:
         base = torch.cuda.memory_allocated(device)
     else:
         base = rss_bytes()
-    epoch_s, losses = [], []
+    epoch_s, epoch_cpu, losses = [], [], []
+    load = [os.getloadavg()[0]]
     with PeakSampler() as sampler:
         for _ in range(cfg.epochs):
             model.train()
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             perm = torch.randperm(len(xtr_t), generator=gen).to(device)
             tot = 0.0
             for i in range(0, len(perm), cfg.batch_size):
@@ -132,12 +135,15 @@ def worker(a) -> dict:
                 torch.cuda.synchronize()
             sched.step()
             epoch_s.append(time.perf_counter() - t0)
+            epoch_cpu.append(time.process_time() - c0)
+            load.append(os.getloadavg()[0])
             losses.append(tot / len(perm))
     peak = (torch.cuda.max_memory_allocated(device) if cuda else sampler.peak) - base
     ev = evaluate(model, xte_t, yte_t)
     return {"method": a.method, "timesteps": a.timesteps, "device": device.type,
             "threads": torch.get_num_threads(), "seconds_per_epoch": float(np.mean(epoch_s)),
-            "epoch_seconds": epoch_s, "peak_memory_mib": peak / 2**20,
+            "epoch_seconds": epoch_s, "cpu_seconds_per_epoch": float(np.mean(epoch_cpu)),
+            "epoch_cpu_seconds": epoch_cpu, "load_average": load, "peak_memory_mib": peak / 2**20,
             "memory_kind": "cuda_max_memory_allocated" if cuda else "rss",
             "snn_test_accuracy": ev["snn_test_accuracy"], "spikes_per_sample": ev["spikes_per_sample"],
             "final_loss": losses[-1], "train_samples": len(xtr), "test_samples": len(xte)}
@@ -213,6 +219,7 @@ def run(a) -> dict:
         comparisons.append({
             "snn2ann_T": s, "bptt_T": b,
             "time_ratio": rs["seconds_per_epoch"] / rb["seconds_per_epoch"],
+            "cpu_time_ratio": rs["cpu_seconds_per_epoch"] / rb["cpu_seconds_per_epoch"],
             "memory_ratio": rs["peak_memory_mib"] / rb["peak_memory_mib"] if rb["peak_memory_mib"] > 0 else None,
             "accuracy_difference": rs["snn_test_accuracy"] - rb["snn_test_accuracy"],
             "spike_ratio": rs["spikes_per_sample"] / rb["spikes_per_sample"] if rb["spikes_per_sample"] else None,

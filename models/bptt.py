@@ -43,15 +43,18 @@ SURROGATES = ("rectangular", "atan", "sigmoid")
 NEURONS = ("if", "lif")
 
 
-def surrogate_grad(x: torch.Tensor, kind: str) -> torch.Tensor:
+def surrogate_grad(x: torch.Tensor, kind: str, inplace: bool = False) -> torch.Tensor:
+    """sg(x) for the surrogates above; ``inplace`` overwrites x (a temporary) with it."""
     if kind == "rectangular":
-        return (x.abs() < 0.5).to(x.dtype)
+        return torch.lt(x.abs_() if inplace else x.abs(), 0.5, out=x if inplace else None).to(x.dtype)
     if kind == "atan":
         alpha = 2.0
-        return (alpha / 2) / (1 + (math.pi / 2 * alpha * x) ** 2)
+        y = x if inplace else x.clone()
+        return y.square_().mul_((math.pi / 2 * alpha) ** 2).add_(1.0).reciprocal_().mul_(alpha / 2)
     if kind == "sigmoid":
         sg = torch.sigmoid(4.0 * x)
-        return 4.0 * sg * (1 - sg)
+        sg = sg.mul_(1 - sg).mul_(4.0)
+        return x.copy_(sg) if inplace else sg
     raise ValueError(f"unknown surrogate {kind!r}; known: {', '.join(SURROGATES)}")
 
 
@@ -60,6 +63,9 @@ class MultiStepNeuron(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x_seq, v_th: float, decay: float, gain: float, soft: bool, surrogate: str):
+        # Float arithmetic throughout (the comparison writes 0/1 floats straight into the
+        # spike tensor, the reset is one fused multiply-add): torch's bool kernels and
+        # masked_fill cost several times a float multiply on the CPU.
         T = x_seq.shape[0]
         h_seq = torch.empty_like(x_seq)
         s_seq = torch.empty_like(x_seq)
@@ -71,9 +77,11 @@ class MultiStepNeuron(torch.autograd.Function):
                 h.add_(v, alpha=decay)
             else:
                 torch.add(x_seq[t], v, alpha=decay, out=h)
-            fired = h > v_th
-            s_seq[t] = fired
-            v = h - fired * v_th if soft else h.masked_fill(fired, 0.0)
+            s = torch.gt(h, v_th, out=s_seq[t])
+            if soft:
+                v = torch.sub(h, s, alpha=v_th)
+            else:
+                v = torch.addcmul(h, h, s, value=-1.0)
         ctx.save_for_backward(h_seq)
         ctx.cfg = (v_th, decay, gain, soft, surrogate)
         return s_seq
@@ -84,16 +92,17 @@ class MultiStepNeuron(torch.autograd.Function):
         v_th, decay, gain, soft, surrogate = ctx.cfg
         grad_x = torch.empty_like(h_seq)
         grad_v = torch.zeros_like(h_seq[0])
+        dv_dh = torch.empty_like(h_seq[0])
         for t in range(h_seq.shape[0] - 1, -1, -1):
             h = h_seq[t]
-            sg = surrogate_grad(h - v_th, surrogate)
+            sg = surrogate_grad(h - v_th, surrogate, inplace=True)
             if soft:
-                dv_dh = 1.0 - v_th * sg
+                torch.mul(sg, -v_th, out=dv_dh).add_(1.0)
             else:
-                dv_dh = (h <= v_th).to(h.dtype) - h * sg
-            grad_h = grad_s[t] * sg + grad_v * dv_dh
-            grad_x[t] = grad_h * gain
-            grad_v = grad_h * decay
+                torch.le(h, v_th, out=dv_dh).addcmul_(h, sg, value=-1.0)
+            grad_h = sg.mul_(grad_s[t]).addcmul_(grad_v, dv_dh)
+            torch.mul(grad_h, gain, out=grad_x[t])
+            grad_v = grad_h.mul_(decay)
         return grad_x, None, None, None, None, None
 
 

@@ -8,6 +8,7 @@ output shape initialised U[0, 1) and never trained by gradient; membrane dropout
 
 ANN branch (autograd): z = BN_train(op(h_prev)); z = Dropout(z); r = ReLU(z); h = SMU(r, n).
 STSU: forward h = n, backward dh/dr = 1.  ReSU: forward h = n * 1[r > 0], backward 1.
+(ReLU, dropout and SMU run as one autograd function that keeps only mask * 1[z > 0].)
 Classifier: ANN logits = FC(h_L / T) == SNN logits = FC(mean_t s_L(t)) in the forward
 pass under STSU. Loss on the ANN logits; reported accuracy is the SNN branch's.
 
@@ -35,11 +36,13 @@ Deviations and clarifications, named here as methods.md asks:
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from models.architectures import infer_shapes, pool_kernel, resblock_has_projection
+from models.distributed import global_rows, rows
 from models.neurons import NeuronConfig
 
 BN_EPS = 1e-5
@@ -48,47 +51,80 @@ ATA_STEP = 0.01
 
 
 class STSU(torch.autograd.Function):
-    """Straight-through spiking unit: forward the SNN count, backward identity to r."""
+    """Straight-through spiking unit on h = SMU(ReLU(Dropout(z)), n).
+
+    Forward h = n; backward dh/dz = dReLU(Dropout(z))/dz = mask * 1[z > 0], i.e. identity
+    to r = ReLU(Dropout(z)) as the paper's STSU, with the ReLU and the dropout fused in:
+    the only tensor kept for the backward is ``gate`` = mask * 1[z > 0] (one float per
+    element, instead of ReLU's output and the dropout mask)."""
 
     @staticmethod
-    def forward(ctx, r, n):
-        return n.to(r.dtype)
+    def forward(ctx, z, n, gate):
+        ctx.save_for_backward(gate)
+        return n.to(z.dtype)
 
     @staticmethod
     def backward(ctx, grad):
-        return grad, None
+        (gate,) = ctx.saved_tensors
+        return grad * gate, None, None
 
 
 class ReSU(torch.autograd.Function):
-    """ReLU spiking unit: forward n * 1[r > 0], backward identity to r."""
+    """ReLU spiking unit: forward h = n * 1[r > 0] with r = ReLU(Dropout(z)); backward as STSU."""
 
     @staticmethod
-    def forward(ctx, r, n):
-        return n.to(r.dtype) * (r > 0).to(r.dtype)
+    def forward(ctx, z, n, gate):
+        ctx.save_for_backward(gate)
+        return n.to(z.dtype) * torch.gt(gate, 0, out=torch.empty_like(gate))
 
     @staticmethod
     def backward(ctx, grad):
-        return grad, None
+        (gate,) = ctx.saved_tensors
+        return grad * gate, None, None
 
 
 SMUS = {"stsu": STSU, "resu": ReSU}
 
 
-# row b of _KEEP2: the 8 bits of byte b, times 2 (inverted-dropout scale for p = 1/2)
-_KEEP2 = ((torch.arange(256)[:, None] >> torch.arange(8)) & 1).to(torch.float32) * 2.0
+def keep_mask(like: torch.Tensor, p: float) -> torch.Tensor:
+    """Inverted-dropout mask for ``like``: each element is 1 / (1 - p) with probability
+    1 - p, else 0, independently (float tensor of ``like``'s shape, dtype and device).
+
+    On the CPU torch's bernoulli_ draws one Mersenne-Twister number per element (about
+    28 ms for a 128x16x28x28 tensor on one core; it was a third of SNN2ANN's step time).
+    Here one 62-bit seed is drawn from torch's generator (so ``torch.manual_seed``, the
+    checkpointed RNG state and ``--resume`` still determine every mask) and numpy's PCG64
+    expands it: for p = 1/2 one random bit per element (unpacked bytes), otherwise one
+    16-bit integer per element kept when below round((1 - p) * 2^16), a keep probability
+    within 2^-17 of 1 - p. On a GPU torch's own bernoulli_ is used."""
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"dropout probability must be in [0, 1), got {p}")
+    g_rows = global_rows()
+    if g_rows is not None:  # distributed: the global batch's mask, this rank's rows (models/distributed.py)
+        off, gb = g_rows
+        with rows(0, None):
+            full = keep_mask(like.new_empty((gb, *like.shape[1:])), p)
+        return full[off:off + like.shape[0]]
+    scale = 1.0 / (1.0 - p)
+    if like.device.type != "cpu":
+        return torch.empty_like(like).bernoulli_(1.0 - p).mul_(scale)
+    n = like.numel()
+    g = np.random.default_rng(int(torch.randint(0, 2**62, ()).item()))
+    if p == 0.5:
+        bits = np.unpackbits(np.frombuffer(g.bytes((n + 7) // 8), dtype=np.uint8))[:n]
+        m = np.multiply(bits, np.float32(scale), dtype=np.float32)
+    else:
+        u = np.frombuffer(g.bytes(2 * n), dtype=np.uint16)
+        m = np.less(u, np.uint16(min(65535, round((1.0 - p) * 65536))))
+        m = np.multiply(m, np.float32(scale), dtype=np.float32)
+    return torch.from_numpy(m).view(like.shape).to(like.dtype)
 
 
-def membrane_dropout_(v: torch.Tensor, p: float) -> torch.Tensor:
-    """Inverted dropout of the membrane, in place. For p = 1/2 (the released setting) the
-    keep mask is looked up from random bytes, 8 independent fair bits per byte: the same
-    distribution as ``F.dropout`` at a fraction of bernoulli_'s cost on the CPU."""
-    if p != 0.5:
-        return F.dropout(v, p, training=True)
-    n = v.numel()
-    r = torch.randint(0, 256, ((n + 7) // 8,), device=v.device)
-    table = _KEEP2 if _KEEP2.device == v.device and _KEEP2.dtype == v.dtype else _KEEP2.to(v.device, v.dtype)
-    keep = table[r].view(-1)[:n].view(v.shape)
-    return v.mul_(keep)
+def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """``F.dropout`` with the mask from :func:`keep_mask` (differentiable in x)."""
+    if not training or p == 0.0:
+        return x
+    return x * keep_mask(x, p)
 
 
 class SharedLayer(nn.Module):
@@ -225,14 +261,19 @@ class SNN2ANNNet(nn.Module):
 
     # ---- SNN branch -------------------------------------------------------------
     def _if(self, key, cur, th, mem):
-        """One IF step (hard reset to 0, strict >, membrane dropout in training), in place."""
+        """One IF step (hard reset to 0, strict >, membrane dropout in training), in place.
+
+        Float arithmetic throughout (the comparison writes 0/1 floats directly; the reset
+        and the dropout are one multiply by (1 - s) * keep): torch's bool/uint8 kernels
+        and masked_fill_ cost several times a float multiply on the CPU."""
         v = mem.get(key)
         v = cur.clone() if v is None else v.add_(cur)
-        fired = v > th
-        s = fired.to(cur.dtype)
-        v.masked_fill_(fired, 0.0)
+        s = torch.gt(v, th, out=torch.empty_like(v))
         if self.membrane_dropout > 0 and self.training:
-            v = membrane_dropout_(v, self.membrane_dropout)
+            m = keep_mask(v, self.membrane_dropout)
+            v.mul_(m.addcmul_(m, s, value=-1.0))
+        else:
+            v.addcmul_(v, s, value=-1.0)
         mem[key] = v
         return s
 
@@ -315,13 +356,19 @@ class SNN2ANNNet(nn.Module):
         it = iter(counts) if counts is not None else None
 
         def act(z):
-            r_clean = F.relu(z)
-            r = F.relu(F.dropout(z, self.ann_dropout, self.training)) if self.ann_dropout else r_clean
+            # relu(dropout(z)) == relu(z) * mask (the mask is >= 0)
+            drop = self.ann_dropout and self.training
             if it is None:
-                return r
+                r = F.relu(z)
+                return r * keep_mask(r, self.ann_dropout) if drop else r
             n = next(it)
-            noisy.append(((n > 0) & (r_clean.detach() <= 0)).float().mean())
-            return smu.apply(r, n)
+            with torch.no_grad():
+                gate = torch.gt(z, 0, out=torch.empty_like(z))  # dReLU/dz
+                # noisy spike: the SNN fired where the ANN's ReLU(z) is 0 (before dropout)
+                noisy.append(torch.gt(n, 0, out=torch.empty_like(z)).sub_(gate).clamp_(min=0).mean())
+                if drop:
+                    gate.mul_(keep_mask(gate, self.ann_dropout))
+            return smu.apply(z, n, gate)
 
         for s in self.spec:
             typ = s["type"]

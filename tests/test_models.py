@@ -44,18 +44,38 @@ def test_if_step_hard_and_soft_reset_and_ge():
     assert s.tolist() == [0]
 
 
-def test_stsu_forward_is_count_backward_identity():
-    r = torch.tensor([0.0, 0.3, 2.5], requires_grad=True)
-    n = torch.tensor([1.0, 0.0, 3.0])
-    h = STSU.apply(r, n)
-    assert h.tolist() == [1.0, 0.0, 3.0]
-    h.sum().backward()
-    assert r.grad.tolist() == [1.0, 1.0, 1.0]
-    r2 = torch.tensor([0.0, 0.3, 2.5], requires_grad=True)
-    h2 = ReSU.apply(r2, n)
-    assert h2.tolist() == [0.0, 0.0, 3.0]
-    h2.sum().backward()
-    assert r2.grad.tolist() == [1.0, 1.0, 1.0]
+def test_stsu_forward_is_count_backward_identity_to_relu_dropout():
+    """h = SMU(ReLU(Dropout(z)), n): forward the count (ReSU: where r > 0), backward
+    identity to r, so dh/dz is what autograd gives for ReLU(z * mask)."""
+    z = torch.tensor([-1.0, 0.3, 2.5, 0.7])
+    mask = torch.tensor([2.0, 2.0, 2.0, 0.0])  # inverted dropout, p = 1/2; the last one dropped
+    n = torch.tensor([1.0, 0.0, 3.0, 2.0])
+    zr = z.clone().requires_grad_()
+    (torch.relu(zr * mask) * torch.tensor([1.0, 2.0, 3.0, 4.0])).sum().backward()
+    gate = (z > 0).float() * mask
+    for unit, want in ((STSU, [1.0, 0.0, 3.0, 2.0]), (ReSU, [0.0, 0.0, 3.0, 0.0])):
+        zz = z.clone().requires_grad_()
+        h = unit.apply(zz, n, gate)
+        assert h.tolist() == want
+        (h * torch.tensor([1.0, 2.0, 3.0, 4.0])).sum().backward()
+        assert zz.grad.tolist() == zr.grad.tolist() == [0.0, 4.0, 6.0, 0.0]
+
+
+def test_keep_mask_is_inverted_dropout_and_seeded():
+    from models.snn2ann import keep_mask
+    like = torch.empty(200_000)
+    for p in (0.5, 0.2, 0.25):
+        torch.manual_seed(3)
+        m = keep_mask(like, p)
+        assert torch.unique(m).tolist() == pytest.approx([0.0, 1 / (1 - p)])
+        assert abs(float((m > 0).float().mean()) - (1 - p)) < 0.005  # 200k draws: sd ~0.001
+        torch.manual_seed(3)
+        assert torch.equal(m, keep_mask(like, p))  # torch's seed decides the mask
+    a, b = keep_mask(like, 0.5), keep_mask(like, 0.5)
+    assert not torch.equal(a, b)
+    # neighbouring bits are independent (no byte-level pattern): P(both kept) ~ 1/4
+    k = (a > 0).float()
+    assert abs(float((k[:-1] * k[1:]).mean()) - 0.25) < 0.01
 
 
 def test_stsu_counts_equal_snn_spike_counts_and_logits_match():
