@@ -53,6 +53,7 @@ class TrainConfig:
     tau: float = 2.0  # bptt LIF time constant, in steps
     v_threshold: float = 1.0  # bptt threshold
     augment: bool | None = None  # random crop + flip; None: on for 32x32 / 64x64 datasets
+    sync_bn: bool = False  # distributed: BatchNorm statistics over the global batch (models/distributed.py)
     extra: dict = field(default_factory=dict)
 
 
@@ -142,12 +143,55 @@ def train_step(model, opt, xb, yb) -> tuple[torch.Tensor, float | None]:
     return loss.detach(), (float(np.mean(rhos)) if rhos else 0.0)
 
 
+def dist_train_step(runner, model, opt, xb, yb, offset: int, global_batch: int):
+    """``train_step`` on this rank's slice (rows offset.. of a global batch): dropout masks drawn
+    for the global batch, the forward through DDP, the loss scaled for DDP's average
+    (models/distributed.py), and ATA's noisy-spike fraction all-reduced so that every rank
+    takes the same threshold decision. Returns (slice's mean loss, global mean noisy fraction)."""
+    from models import distributed as D
+
+    n_local = len(xb)
+    with D.rows(offset, global_batch):
+        if isinstance(model, BPTTNet):
+            loss = runner(lambda net: F.cross_entropy(net(xb)[0], yb))
+            noisy_counts = None
+        else:
+            _, counts = model.snn_forward(xb)
+            logits, noisy = runner(lambda net: net.ann_forward(xb, counts))
+            del counts
+            loss = F.cross_entropy(logits, yb)
+    opt.zero_grad(set_to_none=True)
+    D.sliced_loss(loss, n_local, global_batch).backward()
+    opt.step()
+    if isinstance(model, BPTTNet):
+        return loss.detach(), None
+    # noisy counts (exact integers) summed over ranks, then the fraction as one process computes
+    # it: float32(count) / float32(global batch x neurons)
+    per = [float(layer.threshold.numel()) for _, layer in model.neuron_units()]
+    noisy_counts = torch.tensor([float(r) * n_local * k for r, k in zip(noisy, per)], dtype=torch.float64).round()
+    noisy_counts = D.all_reduce_sum(noisy_counts)
+    rho = noisy_counts.float() / torch.tensor([global_batch * k for k in per], dtype=torch.float32)
+    rhos = model.adapt_thresholds(list(rho))
+    return loss.detach(), (float(np.mean(rhos)) if rhos else 0.0)
+
+
 def _milestones(epochs: int) -> list[int]:
     return sorted({max(1, round(epochs * f)) for f in (0.5, 0.75, 0.875)})
 
 
 def train(cfg: TrainConfig, out_dir, progress: bool = True, resume: bool = False) -> dict:
-    """Train; write checkpoint, metrics.jsonl and curves.png into ``out_dir``; return the last metrics."""
+    """Train; write checkpoint, metrics.jsonl and curves.png into ``out_dir``; return the last metrics.
+
+    Under torchrun (WORLD_SIZE > 1) every method trains data-parallel with DDP; rank 0 alone
+    writes the outputs (models/distributed.py states the rules)."""
+    from models import distributed as D
+
+    with D.session(cfg) as ctx:
+        return _train(cfg, out_dir, progress and ctx.is_main, resume)
+
+
+def _train(cfg: TrainConfig, out_dir, progress: bool, resume: bool) -> dict:
+    from models import distributed as D
     from models import methods as method_registry
     other = method_registry.get(cfg.method)
     if other is not None:
@@ -165,8 +209,9 @@ def train(cfg: TrainConfig, out_dir, progress: bool = True, resume: bool = False
     xte, yte = load_dataset(cfg.dataset, "test")
     if cfg.limit_train:
         xtr, ytr = xtr[:cfg.limit_train], ytr[:cfg.limit_train]
-    if cfg.limit_test:
-        xte, yte = xte[:cfg.limit_test], yte[:cfg.limit_test]
+    limit_test = cfg.limit_test or (cfg.extra or {}).get("limit_test")  # the CLI's --limit-test lands in extra
+    if limit_test:
+        xte, yte = xte[:limit_test], yte[:limit_test]
     use_aug = info.augment if cfg.augment is None else bool(cfg.augment)
     xtr_t, ytr_t = torch.from_numpy(xtr).to(device), torch.from_numpy(ytr).to(device)
     xte_t, yte_t = torch.from_numpy(xte).to(device), torch.from_numpy(yte).to(device)
@@ -180,6 +225,8 @@ def train(cfg: TrainConfig, out_dir, progress: bool = True, resume: bool = False
     start_epoch = 0
     if resume and (out / "train_state.pt").is_file():
         start_epoch, history = _resume(out, model, opt, sched, gen, aug_gen, device)
+    ctx = D.current()
+    runner = D.prepare(model) if ctx.enabled else None  # DDP (+ --sync-bn) across the processes
 
     meta = {"arch": cfg.arch, "method": cfg.method, "timesteps": cfg.timesteps,
             "input_shape": list(info.input_shape), "num_classes": info.num_classes,
@@ -195,27 +242,39 @@ def train(cfg: TrainConfig, out_dir, progress: bool = True, resume: bool = False
         bar = bar_factory(range(0, len(perm), cfg.batch_size), f"epoch {epoch + 1}/{cfg.epochs}")
         for i in bar:
             idx = perm[i:i + cfg.batch_size]
+            if ctx.enabled and len(idx) < ctx.world_size:
+                continue  # fewer samples than processes: skipped by every rank (models/distributed.py)
             xb, yb = xtr_t[idx], ytr_t[idx]
             if use_aug:
                 from models.augment import crop_flip
                 xb = crop_flip(xb, aug_gen, padding=4)
-            loss, noisy = train_step(model, opt, xb, yb)
+            if ctx.enabled:
+                off, n_local = ctx.shard(len(idx))
+                loss, noisy = dist_train_step(runner, model, opt, xb[off:off + n_local], yb[off:off + n_local],
+                                              off, len(idx))
+                tot_loss += float(loss) * n_local
+                n_seen += n_local
+            else:
+                loss, noisy = train_step(model, opt, xb, yb)
+                tot_loss += float(loss) * len(idx)
+                n_seen += len(idx)
             if noisy is not None:
                 noisy_acc.append(noisy)
-            tot_loss += float(loss) * len(idx)
-            n_seen += len(idx)
             if hasattr(bar, "set_postfix"):
                 post = {"loss": f"{tot_loss / n_seen:.3f}"}
                 if noisy is not None:
                     post["noisy"] = f"{noisy:.3f}"
                 bar.set_postfix(**post)
         sched.step()
+        if ctx.enabled:  # the global batch's loss for the log
+            tot_loss, n_seen = D.all_reduce_sum(torch.tensor([tot_loss, n_seen], dtype=torch.float64)).tolist()
         train_seconds = time.perf_counter() - t0
         ev = evaluate(model, xte_t, yte_t)
         row = {"epoch": epoch + 1, "loss": tot_loss / max(n_seen, 1), **ev,
                **({"noisy_fraction": float(np.mean(noisy_acc)) if noisy_acc else 0.0}
                   if cfg.method == "snn2ann" else {}),
-               "seconds": train_seconds, "lr": opt.param_groups[0]["lr"]}
+               "seconds": train_seconds, "lr": opt.param_groups[0]["lr"], "test_samples": len(xte_t),
+               **({"processes": ctx.world_size, "samples": int(n_seen)} if ctx.enabled else {})}
         history.append(row)
         if hasattr(bar, "write"):
             ann = f"ANN acc {ev['ann_test_accuracy']:.4f}  " if "ann_test_accuracy" in ev else ""
@@ -227,9 +286,12 @@ def train(cfg: TrainConfig, out_dir, progress: bool = True, resume: bool = False
                  "torch_rng": torch.get_rng_state()}
         if device.type == "cuda":
             state["cuda_rng"] = torch.cuda.get_rng_state(device)
-        save_checkpoint(out, model.state_dict(), {**meta, "metrics": row}, train_state=state)
-        atomic_write_text(out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
-    _plot_curves(history, out / "curves.png")
+        if ctx.is_main:  # rank 0 alone writes (every file atomically)
+            save_checkpoint(out, model.state_dict(), {**meta, "metrics": row}, train_state=state)
+            atomic_write_text(out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
+    if ctx.is_main:
+        _plot_curves(history, out / "curves.png")
+    D.barrier()
     return history[-1] if history else {}
 
 

@@ -138,3 +138,14 @@ def test_one_way_imports():
             "bad=[m for m in ('torch','lava','models') if m in sys.modules]; assert not bad, bad")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert p.returncode == 0, p.stderr
+
+
+@pytest.mark.parametrize("method", ["snn2ann", "bptt"])
+def test_train_limit_train_and_limit_test_reach_snn2ann_and_bptt(tmp_path, method):
+    out = tmp_path / method
+    code, stdout, err = run("train", "--method", method, "--arch", "mlp", "--dataset", "digits", "--timesteps", "2",
+                            "--epochs", "1", "--limit-train", "64", "--limit-test", "37", "--out", out)
+    assert code == 0, err
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["test_samples"] == 37
+    assert json.loads(stdout.strip().splitlines()[-1])["test_samples"] == 37

@@ -8,6 +8,8 @@ from __future__ import annotations
 OPTIONS = [
     ("--L", int, "L", "qcfs/parallel: QCFS quantization levels of the ANN (default 4)"),
     ("--source", str, "source", "parallel: qcfs (QCFS ANN, default) | relu (training-free from a ReLU ANN)"),
+    ("--deploy", str, "deploy", "parallel: exported form: sequential (IF, runs everywhere; default) | window "
+                                "(count-then-emit IF, exact; eventsim only)"),
     ("--teacher", str, "teacher", "lasnn: ANN teacher checkpoint (ann, qcfs or snn2ann; default: train one); "
                                   "parallel: the source ANN checkpoint (skips training)"),
     ("--teacher-epochs", int, "teacher_epochs", "lasnn: epochs of the on-the-fly teacher (default --epochs)"),
@@ -17,7 +19,7 @@ OPTIONS = [
     ("--kd-tau", float, "tau", "lasnn: KD temperature (default 4)"),
     ("--beta", float, "beta", "lasnn: attention-transfer weight (default 1)"),
     ("--student-lr", float, "student_lr", "lasnn: the student's Adam learning rate (default 5 x --lr)"),
-    ("--limit-test", int, "limit_test", "evaluate on the first N test samples only (qcfs/parallel/bridge/lasnn/ann)"),
+    ("--limit-test", int, "limit_test", "evaluate on the first N test samples only (every method)"),
 ]
 
 
