@@ -1,18 +1,19 @@
 """Lava fixed_pt against the `loihi-fixed` integer model: bit-identical spikes, final u/v
 and analog readouts.
 
-Random graphs: 200 seeded NIR graphs per run (1-4 layers, Affine or Conv2d, IF or LIF,
-2-64 neurons per layer, per-neuron thresholds, v_init, edge-case biases), each lowered
-and quantised by the real pipeline (hardware.lava.plan.lower + hardware.fixedpoint.quantize).
-To fit 200 graphs in a few Lava jobs, graphs of one depth and one T are merged into one
-network whose layer i is the block-diagonal union of the graphs' layer i. Lava's
-du/dv/vth are scalars per population and weight_exp one per connection, so inside a
-batch those are shared: set to edge cases (du in {0, 1, 2048, 4095, random}, dv in {0, 1,
-4095, random}) or the batch's median vth / most common weight_exp. Every graph is then run
-ALONE through the integer model (with the same shared scalars, and the weights Lava
-really uses under the merged connection's sign mode) and must equal its slice of the
-merged Lava run bit for bit: spikes at every recorded step of 2 samples (window reset
-between them) and u, v after the last Lava step.
+Random graphs: 200 seeded NIR graphs per run (1-4 layers, Affine or Conv2d, IF, LIF or
+CubaLIF, 2-64 neurons per layer, per-neuron thresholds, v_init, edge-case biases), each
+lowered and quantised by the real pipeline (hardware.lava.plan.lower +
+hardware.fixedpoint.quantize). To fit 200 graphs in a few Lava jobs, graphs of one depth
+and one T are merged into one network whose layer i holds every graph's layer i; every
+graph keeps its OWN parameters: du, dv and vth are per-neuron vectors of the merged
+population (Lava's LIF models compute elementwise), drawn per graph from the quantiser or
+edge cases (du in {0, 1, 2048, 4095, random}, dv in {0, 1, 4095, random}), and each
+graph's connections keep their own weight_exp (one merged Dense per distinct weight_exp
+of a layer). Every graph is then run ALONE through the integer model (its own scalars,
+and the weights Lava really uses under its merged Dense's sign mode) and must equal its
+slice of the merged Lava run bit for bit: spikes at every recorded step of 2 samples
+(window reset between them), u and v after the last Lava step, analog readouts.
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ from hardware.lava import fixed_trace, run_fixed_plan, run_lava
 from hardware.lava.plan import lower
 
 N_GRAPHS = int(os.environ.get("SPIKEBRIDGE_FIXED_GRAPHS", "200"))
-PER_BATCH = 25
+PER_BATCH = 50
 B = 2  # samples per graph (two windows: the reset between them is exercised)
 
 
@@ -43,6 +44,12 @@ def _neuron(rng, shape, kind):
         md["v_init"] = th * rng.uniform(0, 0.9, size=shape)
     if kind == "IF":
         return nir.IF(r=np.ones(shape), v_threshold=th, metadata={"spikebridge": md})
+    if kind == "CubaLIF":  # no v_init (not expressible with a current decay)
+        tau_syn = float(rng.choice([1.0, 1.5, 2.0, 10.0, 4096.0]))
+        tau_mem = float(rng.choice([1.0, 2.0, 10.0, 4096.0]))
+        return nir.CubaLIF(tau_syn=np.full(shape, tau_syn), tau_mem=np.full(shape, tau_mem),
+                           r=np.full(shape, float(rng.uniform(0.5, 3.0))), v_leak=np.full(shape, rng.normal() * 0.2),
+                           v_threshold=th * 0.5, w_in=rng.uniform(0.5, 2.0, size=shape))
     tau = float(rng.choice([1.0, 1.5, 2.0, 10.0, 4096.0]))
     return nir.LIF(tau=np.full(shape, tau), r=np.ones(shape), v_leak=np.full(shape, rng.normal() * 0.2),
                    v_threshold=th, metadata={"spikebridge": md})
@@ -102,7 +109,7 @@ def random_graph(rng, depth):
             nodes[f"syn{li}"] = nir.Affine(wt, _bias(rng, n))
             shape = (n,)
         edges.append((prev, f"syn{li}"))
-        nodes[f"n{li}"] = _neuron(rng, shape, "IF" if rng.random() < 0.6 else "LIF")
+        nodes[f"n{li}"] = _neuron(rng, shape, str(rng.choice(["IF", "LIF", "CubaLIF"], p=[0.5, 0.3, 0.2])))
         edges.append((f"syn{li}", f"n{li}"))
         prev = f"n{li}"
     if rng.random() < 0.5:
@@ -123,18 +130,10 @@ def random_graph(rng, depth):
 # ----------------------------------------------------------------------------- merging
 
 
-def _chain(q):
-    """Populations by depth, each one's incoming connection, and the analog readout's."""
-    pops = sorted(q.meta["populations"], key=lambda p: p["depth"])
-    into = {c["target"]: c for c in q.meta["connections"]}
-    ro = [r for r in q.meta["readouts"] if r["kind"] == "analog"]
-    return pops, into, (ro[0] if ro else None)
-
-
-def _dense(q, c):
+def _dense(arrays, c):
     key = c["terms"][0][0]
-    w = np.zeros(tuple(int(s) for s in q.arrays[key + "_shape"]), dtype=np.int64)
-    np.add.at(w, (q.arrays[key + "_rows"], q.arrays[key + "_cols"]), q.arrays[key + "_vals"])
+    w = np.zeros(tuple(int(s) for s in arrays[key + "_shape"]), dtype=np.int64)
+    np.add.at(w, (arrays[key + "_rows"], arrays[key + "_cols"]), arrays[key + "_vals"])
     return w
 
 
@@ -145,129 +144,131 @@ def _set_dense(arrays, key, w):
     arrays[key + "_shape"] = np.asarray(w.shape, dtype=np.int64)
 
 
+DU_EDGE = [None, None, 0, 1, 2048, 4095, "random"]   # None: the quantiser's own du
+DV_EDGE = [None, None, 0, 1, 4095, "random"]
+
+
 def build_batch(rng, qs, depth):
-    """Shared edge-case scalars, the merged plan, and each graph's own plan with them."""
-    du_choices = [4095, 4095, 0, 1, 2048, int(rng.integers(0, 4096))]
-    dv_choices = [0, 0, 1, 4095, int(rng.integers(0, 4096))]
-    shared = []
-    for li in range(depth):
-        vths = [_chain(q)[0][li]["vth"] for q in qs]
-        wexps = [_chain(q)[1][_chain(q)[0][li]["name"]]["weight_exp"] for q in qs]
-        shared.append({"du": int(rng.choice(du_choices)), "dv": int(rng.choice(dv_choices)),
-                       "vth": int(np.median(vths)), "weight_exp": Counter(wexps).most_common(1)[0][0]})
-    ro_wexp = Counter(_chain(q)[1][_chain(q)[2]["name"]]["weight_exp"] for q in qs if _chain(q)[2]).most_common(1)
-    ro_wexp = ro_wexp[0][0] if ro_wexp else 0
-    # merged matrices (to find the sign mode Lava will use for each merged connection)
+    """One Lava network for graphs of one depth, every graph with its OWN parameters.
+
+    Layer i of every graph goes into one merged population L{i} (graph g's neurons are a
+    slice of it) whose du, dv and vth are per-neuron vectors (arrays L{i}__du/__dv/__vth:
+    Lava's LIF models compute elementwise), so each graph keeps its own values: the
+    quantiser's, or an edge case drawn per graph (du in {0, 1, 2048, 4095, random}, dv in
+    {0, 1, 4095, random}). Connections keep each graph's own weight_exp: graphs whose
+    connection into layer i (from the same kind of source) has the same weight_exp share
+    one merged block-diagonal Dense, so a layer has one Dense per distinct weight_exp.
+    Lava picks one sign mode per Dense; each graph's own plan gets the weights Lava really
+    uses under it. Returns the merged plan, each graph's own (meta, arrays), and each
+    graph's slice of every merged population / readout."""
     T = qs[0].meta["timesteps"]
-    sizes_in = [q.meta["input"]["size"] for q in qs]
-    merged = {"version": 1, "precision": "fixed", "timesteps": T, "window": T + depth, "max_depth": depth,
-              "dt": 1.0, "input": {"name": "in", "size": int(sum(sizes_in)), "shape": [int(sum(sizes_in))]},
-              "populations": [], "connections": [], "readouts": [], "num_message_bits": 24}
-    arrays = {}
+    D = max(q.meta["max_depth"] for q in qs)
+    merged = {"version": 1, "precision": "fixed", "timesteps": T, "window": T + D, "max_depth": D,
+              "dt": 1.0, "populations": [], "connections": [], "readouts": [], "num_message_bits": 24}
+    arrays: dict[str, np.ndarray] = {}
     own = []
+    # node name in graph g -> merged node name
+    rename = []
     for q in qs:
-        m = {k: v for k, v in q.meta.items()}
-        m["window"] = T + depth
-        own.append((m, dict(q.arrays)))
-    src_sizes = sizes_in
-    src_name = "in"
-    for li in range(depth):
-        blocks = []
-        for gi, q in enumerate(qs):
-            pops, into, _ = _chain(q)
-            blocks.append(_dense(q, into[pops[li]["name"]]))
-        rows = [b.shape[0] for b in blocks]
-        big = np.zeros((sum(rows), sum(src_sizes)), dtype=np.int64)
-        r0 = c0 = 0
-        for b, cs in zip(blocks, src_sizes):
-            big[r0:r0 + b.shape[0], c0:c0 + cs] = b
-            r0 += b.shape[0]
-            c0 += cs
+        m = json_copy(q.meta)
+        m["window"] = T + D
+        a = dict(q.arrays)
+        pops = sorted(m["populations"], key=lambda p: p["depth"])
+        names = {m["input"]["name"]: "in", "__one__": "__one__"}
+        for li, p in enumerate(pops):
+            names[p["name"]] = f"L{li}"
+        for r in m["readouts"]:
+            if r["kind"] == "analog":
+                names[r["name"]] = "out"
+        rename.append(names)
+        for p in pops:  # per-graph edge cases for du / dv
+            du, dv = DU_EDGE[rng.integers(len(DU_EDGE))], DV_EDGE[rng.integers(len(DV_EDGE))]
+            if du is not None:
+                p["du"] = int(rng.integers(0, 4096)) if du == "random" else du
+            if dv is not None:
+                p["dv"] = int(rng.integers(0, 4096)) if dv == "random" else dv
+        own.append((m, a))
+    # slices: merged node -> per graph (offset, size); a graph without that node has size 0
+    per: dict[str, list] = {}
+    for gi, (m, a) in enumerate(own):
+        items = [(m["input"]["name"], m["input"]["size"])] + [(p["name"], p["size"]) for p in m["populations"]] + [
+            (r["name"], r["size"]) for r in m["readouts"] if r["kind"] == "analog"]
+        for name, size in items:
+            per.setdefault(rename[gi][name], [0] * len(own))[gi] = int(size)
+    offs = {mn: list(zip(np.cumsum([0] + v[:-1]).tolist(), v)) for mn, v in per.items()}
+    sizes = {mn: int(sum(v)) for mn, v in per.items()}
+    offs["__one__"] = [(0, 1)] * len(own)
+    sizes["__one__"] = 1
+    merged["input"] = {"name": "in", "size": sizes["in"], "shape": [sizes["in"]]}
+    # populations with per-neuron parameter vectors
+    for li in range(D):
+        mn = f"L{li}"
+        if mn not in sizes:
+            continue
+        parts = {k: [] for k in ("bias_mant", "bias_exp", "vinit", "du", "dv", "vth")}
+        for gi, (m, a) in enumerate(own):
+            off, n = offs[mn][gi]
+            p = [p for p in m["populations"] if rename[gi][p["name"]] == mn]
+            if not p:
+                for k in parts:
+                    parts[k].append(np.zeros(0, np.int64))
+                continue
+            p = p[0]
+            name = p["name"]
+            parts["bias_mant"].append(a[name + "__bias_mant"])
+            parts["bias_exp"].append(a[name + "__bias_exp"])
+            vin = a[name + "__vinit"] if p.get("has_vinit") else np.zeros(n, np.int64)
+            a[name + "__vinit"] = vin
+            p["has_vinit"] = True
+            parts["vinit"].append(vin)
+            for k in ("du", "dv", "vth"):
+                parts[k].append(np.full(n, int(p[k]), np.int64))
+        for k, v in parts.items():
+            arrays[f"{mn}__{k}"] = np.concatenate(v).astype(np.int64)
+        merged["populations"].append({"name": mn, "size": sizes[mn], "shape": [sizes[mn]], "du": 4095, "dv": 0,
+                                      "vth": 1024, "depth": li + 1, "has_vinit": True, "reset": "zero"})
+    # connections grouped by (source, target, weight_exp)
+    groups: dict[tuple, list] = {}
+    for gi, (m, a) in enumerate(own):
+        for c in m["connections"]:
+            key = (rename[gi][c["source"]], rename[gi][c["target"]], int(c["weight_exp"]))
+            groups.setdefault(key, []).append((gi, c))
+    for k, ((src, tgt, wexp), members) in enumerate(sorted(groups.items())):
+        big = np.zeros((sizes[tgt], sizes[src]), dtype=np.int64)
+        for gi, c in members:
+            (r0, nr), (c0, nc) = offs[tgt][gi], offs[src][gi]
+            big[r0:r0 + nr, c0:c0 + nc] = _dense(own[gi][1], c)
         if rng.random() < 0.3:  # raw odd weights: Lava truncates / clips them itself
             nz = big != 0
             big[nz] = rng.integers(-256, 256, size=int(nz.sum()))
         mode = sign_mode(big)
         eff = lava_effective_weights(big, mode)
-        key = f"m{li}_q"
+        key = f"m{k}_q"
         _set_dense(arrays, key, big)
-        name = f"L{li}"
-        merged["connections"].append({"id": f"m{li}", "source": src_name, "target": name, "terms": [[key]],
+        merged["connections"].append({"id": f"m{k}", "source": src, "target": tgt, "terms": [[key]],
                                       "rows": int(big.shape[0]), "cols": int(big.shape[1]),
-                                      "weight_exp": shared[li]["weight_exp"], "sign_mode": mode})
-        sh = shared[li]
-        mant, bexp, vin = [], [], []
-        r0 = c0 = 0
-        for gi, q in enumerate(qs):
-            pops, into, _ = _chain(q)
-            p = pops[li]
-            n = p["name"]
-            m, a = own[gi]
-            c = into[n]
-            w = eff[r0:r0 + p["size"], c0:c0 + src_sizes[gi]]
-            _set_dense(a, c["terms"][0][0], w)
-            for cc in m["connections"]:
-                if cc["id"] == c["id"]:
-                    cc.update({"weight_exp": sh["weight_exp"], "sign_mode": mode})
-            for pp in m["populations"]:
-                if pp["name"] == n:
-                    pp.update({"du": sh["du"], "dv": sh["dv"], "vth": sh["vth"], "has_vinit": True})
-            mant.append(a[n + "__bias_mant"])
-            bexp.append(a[n + "__bias_exp"])
-            vin.append(a[n + "__vinit"] if p.get("has_vinit") else np.zeros(p["size"], np.int64))
-            a[n + "__vinit"] = vin[-1]
-            r0 += p["size"]
-            c0 += src_sizes[gi]
-        arrays[name + "__bias_mant"] = np.concatenate(mant)
-        arrays[name + "__bias_exp"] = np.concatenate(bexp)
-        arrays[name + "__vinit"] = np.concatenate(vin)
-        size = int(sum(rows))
-        merged["populations"].append({"name": name, "size": size, "shape": [size], "du": sh["du"],
-                                      "dv": sh["dv"], "vth": sh["vth"], "depth": li + 1, "has_vinit": True,
-                                      "reset": "zero"})
-        src_sizes = rows
-        src_name = name
-    # analog readouts of the graphs that have one
-    ro = [(gi, q) for gi, q in enumerate(qs) if _chain(q)[2] is not None]
-    if ro:
-        blocks, scales, biases, offs = [], [], [], []
-        c0 = 0
-        col_off = np.cumsum([0] + src_sizes)
-        for gi, q in ro:
-            r = _chain(q)[2]
-            c = [c for c in q.meta["connections"] if c["target"] == r["name"]][0]
-            blocks.append((gi, r, c, _dense(q, c)))
-        big = np.zeros((sum(b[3].shape[0] for b in blocks), sum(src_sizes)), dtype=np.int64)
-        r0 = 0
-        for gi, r, c, w in blocks:
-            big[r0:r0 + w.shape[0], col_off[gi]:col_off[gi] + w.shape[1]] = w
-            offs.append((gi, r0, w.shape[0]))
-            r0 += w.shape[0]
-        mode = sign_mode(big)
-        eff = lava_effective_weights(big, mode)
-        _set_dense(arrays, "ro_q", big)
-        merged["connections"].append({"id": "ro", "source": src_name, "target": "out", "terms": [["ro_q"]],
-                                      "rows": int(big.shape[0]), "cols": int(big.shape[1]),
-                                      "weight_exp": ro_wexp, "sign_mode": mode})
-        for (gi, r, c, w), (_, r0, n) in zip(blocks, offs):
-            m, a = own[gi]
-            _set_dense(a, c["terms"][0][0], eff[r0:r0 + n, col_off[gi]:col_off[gi] + w.shape[1]])
-            for cc in m["connections"]:
-                if cc["id"] == c["id"]:
-                    cc.update({"weight_exp": ro_wexp, "sign_mode": mode})
-            scales.append(np.broadcast_to(a[r["name"] + "__scale"], (n,)))
-            biases.append(a[r["name"] + "__bias"])
+                                      "weight_exp": wexp, "sign_mode": mode, "delay": 0})
+        for gi, c in members:
+            (r0, nr), (c0, nc) = offs[tgt][gi], offs[src][gi]
+            _set_dense(own[gi][1], c["terms"][0][0], eff[r0:r0 + nr, c0:c0 + nc])
+            c["sign_mode"] = mode
+    if "out" in sizes:
+        scales, biases = [], []
+        for gi, (m, a) in enumerate(own):
+            for r in m["readouts"]:
+                if r["kind"] == "analog":
+                    scales.append(np.broadcast_to(a[r["name"] + "__scale"], (r["size"],)))
+                    biases.append(a[r["name"] + "__bias"])
         arrays["out__scale"] = np.concatenate(scales)
         arrays["out__bias"] = np.concatenate(biases)
-        merged["readouts"].append({"name": "out", "kind": "analog", "size": int(big.shape[0]),
-                                   "shape": [int(big.shape[0])], "depth": depth + 1})
-        merged["max_depth"] = depth + 1
-        merged["window"] = T + depth + 1
-        for m, _ in own:
-            m["window"] = T + depth + 1
-        offs_map = {gi: (r0, n) for gi, r0, n in offs}
-    else:
-        offs_map = {}
-    return merged, arrays, own, offs_map
+        merged["readouts"].append({"name": "out", "kind": "analog", "size": sizes["out"],
+                                   "shape": [sizes["out"]], "depth": D})
+    return merged, arrays, own, offs, rename
+
+
+def json_copy(d):
+    import json
+    return json.loads(json.dumps(d))
 
 
 def _check_batch(rng, depth, T, n):
@@ -283,38 +284,43 @@ def _check_batch(rng, depth, T, n):
             x = (x > 0.5).astype(float)  # binary input spikes
         qs.append(q)
         xs.append(q.quantize_input(x))
-    merged, arrays, own, offs = build_batch(rng, qs, depth)
+    merged, arrays, own, offs, rename = build_batch(rng, qs, depth)
     P = merged["window"]
     D = merged["max_depth"]
     xm = np.concatenate(xs, axis=2)
     got = run_fixed_plan(merged, arrays, xm, record_state=True, timeout_s=600)
     stats = Counter()
-    r_off = {li: 0 for li in range(depth)}
+    stats["dense_per_job"] = len(merged["connections"])
+    params = set()
     for gi, q in enumerate(qs):
         m, a = own[gi]
         xp = np.zeros((P, B, xs[gi].shape[2]))
         xp[:T] = xs[gi]
         res = run_qplan(m, a, xp, record_state=True)
-        pops, _, ro = _chain(q)
-        for li, p in enumerate(pops):
-            sl = slice(r_off[li], r_off[li] + p["size"])
-            r_off[li] += p["size"]
-            name = p["name"]
+        for p in m["populations"]:
+            name, mn = p["name"], rename[gi][p["name"]]
+            off, size = offs[mn][gi]
+            sl = slice(off, off + size)
             want_s = res["spikes"][name][:T]
-            np.testing.assert_array_equal(got[f"spikes__L{li}"][:, :, sl], want_s,
-                                          err_msg=f"graph {gi} layer {li} spikes")
-            i = T + D - (li + 1) - 1
-            np.testing.assert_array_equal(got[f"u__L{li}"][sl], res["u"][name][i, -1], err_msg=f"graph {gi} u{li}")
-            np.testing.assert_array_equal(got[f"v__L{li}"][sl], res["v"][name][i, -1], err_msg=f"graph {gi} v{li}")
+            np.testing.assert_array_equal(got[f"spikes__{mn}"][:, :, sl], want_s,
+                                          err_msg=f"graph {gi} {name} spikes")
+            i = T + D - p["depth"] - 1
+            np.testing.assert_array_equal(got[f"u__{mn}"][sl], res["u"][name][i, -1], err_msg=f"graph {gi} u {name}")
+            np.testing.assert_array_equal(got[f"v__{mn}"][sl], res["v"][name][i, -1], err_msg=f"graph {gi} v {name}")
             stats["spikes"] += int(want_s.sum())
             stats["v_saturated"] += int((np.abs(res["v"][name]) == (1 << 23) - 1).sum())
             stats["u_nonzero"] += int((res["u"][name][i, -1] != 0).sum())
-        if ro is not None:
-            r0, nr = offs[gi]
-            np.testing.assert_array_equal(got["output__out"][:, :, r0:r0 + nr], res["outputs"][ro["name"]][:T],
-                                          err_msg=f"graph {gi} readout")
-            stats["readouts"] += 1
+            stats["cuba"] += p.get("kind") == "CubaLIF"
+            params.add((p["du"], p["dv"], p["vth"]))
+        for r in m["readouts"]:
+            if r["kind"] == "analog":
+                off, size = offs["out"][gi]
+                np.testing.assert_array_equal(got["output__out"][:, :, off:off + size], res["outputs"][r["name"]][:T],
+                                              err_msg=f"graph {gi} readout")
+                stats["readouts"] += 1
         stats["graphs"] += 1
+    stats["distinct_du_dv_vth"] = len(params)
+    stats["populations"] = sum(len(m["populations"]) for m, _ in own)
     return stats
 
 
@@ -326,12 +332,14 @@ def test_random_graphs_bit_exact():
     n_batches = max(1, N_GRAPHS // PER_BATCH)
     Ts = np.linspace(20, 200, n_batches).astype(int)
     for bi in range(n_batches):
-        depth = 1 + bi % 4
+        depth = 4 - bi % 4  # the deepest (most Dense processes per job) with the fewest steps
         st = _check_batch(rng, depth, int(Ts[bi]), PER_BATCH)
         total.update(st)
     assert total["graphs"] == n_batches * PER_BATCH >= min(N_GRAPHS, 200)
-    assert total["spikes"] > 1000 and total["readouts"] > 0
+    assert total["spikes"] > 1000 and total["readouts"] > 0 and total["cuba"] > 0
     assert total["v_saturated"] > 0 and total["u_nonzero"] > 0  # edge cases were reached
+    # parameters are per graph: nearly every population has its own (du, dv, vth)
+    assert total["distinct_du_dv_vth"] > 0.8 * total["populations"]
     print(dict(total))
 
 

@@ -29,7 +29,7 @@ pytestmark = pytest.mark.lava
 def _plain(g):
     """No metadata (v_init), for the lava-float comparison (biases and v_leak kept)."""
     for n, node in g.nodes.items():
-        if type(node).__name__ in ("IF", "LIF"):
+        if type(node).__name__ in ("IF", "LIF", "CubaLIF"):
             node.metadata = {}
     return g
 
@@ -39,16 +39,18 @@ def folded_membranes(plan, x):
     meta, arrs = plan.meta, plan.arrays
     T, B = x.shape[:2]
     mats = {c["id"]: chain_matrix(arrs, c["terms"], int(c["rows"]), int(c["cols"])) for c in meta["connections"]}
-    cur, v, vs = {}, {}, {}
+    cur, u, v, vs = {}, {}, {}, {}
     for p in meta["populations"]:
+        u[p["name"]] = np.zeros((B, p["size"]))
         v[p["name"]] = np.zeros((B, p["size"]))
         vs[p["name"]] = np.zeros((T, B, p["size"]))
     for t in range(T):
-        cur = {meta["input"]["name"]: x[t].reshape(B, -1)}
+        cur = {meta["input"]["name"]: x[t].reshape(B, -1), "__one__": np.ones((B, 1))}
         for p in meta["populations"]:
             n = p["name"]
             a = sum(cur[c["source"]] @ mats[c["id"]].T for c in meta["connections"] if c["target"] == n)
-            vv = v[n] * (1 - p["dv"]) + a + arrs[n + "__bias"]
+            u[n] = u[n] * (1 - p["du"]) + a
+            vv = v[n] * (1 - p["dv"]) + u[n] + arrs[n + "__bias"]
             vs[n][t] = vv
             s = vv > 1.0
             v[n] = np.where(s, 0.0, vv)
