@@ -547,7 +547,7 @@ def analyse(graph: nir.NIRGraph, file: str | None = None) -> GraphInfo:
     for n in nodes:  # our metadata, validated up front so every problem is reported
         if types[n] in ("IF", "LIF", "CubaLIF", "LI", "I", "CubaLI"):
             try:
-                neuron_semantics(nodes[n], n, None, shapes.get(n))
+                neuron_semantics(nodes[n], n, None, shapes.get(n), windowed=True)
             except GraphError as e:
                 errors.append(e.rule if e.place is None else f"{e.place}: {e.rule}")
     try:
@@ -597,13 +597,30 @@ def _finite_value(v, what: str, file, place, shape=None):
 
 
 def neuron_semantics(node, name: str | None = None, file: str | None = None,
-                     shape: tuple | None = None) -> dict:
+                     shape: tuple | None = None, windowed: bool = False) -> dict:
     """reset, threshold_test, v_init, spike_amplitude from node.metadata['spikebridge']
-    (defaults: zero, gt, 0.0, 1.0)."""
+    (defaults: zero, gt, 0.0, 1.0).
+
+    ``reset: "window"`` with ``window: W`` is the count-then-emit IF neuron of the parallel
+    conversion (docs in README, NIR conventions): it integrates W steps without firing,
+    then emits one graded spike k * spike_amplitude, k = clip(floor(v / theta), 0, W), and
+    restarts from v_init. Only consumers that implement it pass ``windowed=True`` (eventsim's
+    float kernels); for every other one it is an error, never a silent plain IF."""
     sb = _meta(node)
     place = f"node {name!r} metadata {META_KEY}" if name else f"metadata {META_KEY}"
     reset = sb.get("reset", "zero")
     test = sb.get("threshold_test", "gt")
+    if reset == "window":
+        if not windowed:
+            raise GraphError("reset 'window' (count-then-emit neuron) is only implemented by eventsim "
+                             "(float modes)", file, place)
+        w = sb.get("window")
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not float(w).is_integer() or int(w) < 1:
+            raise GraphError(f"window {w!r} must be a positive integer (steps)", file, place)
+        return {"reset": reset, "threshold_test": "ge", "window": int(w),
+                "v_init": _finite_value(sb.get("v_init", 0.0), "v_init", file, place, shape),
+                "spike_amplitude": _finite_value(sb.get("spike_amplitude", 1.0), "spike_amplitude",
+                                                 file, place, shape)}
     if reset not in RESETS:
         raise GraphError(f"reset {reset!r} is not one of {RESETS}", file, place)
     if test not in THRESHOLD_TESTS:

@@ -9,6 +9,7 @@ exactly what looping ``step`` gives (the feed-forward path uses it).
 """
 from __future__ import annotations
 
+import hashlib
 import itertools
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -166,6 +167,8 @@ def _conv_prepare(node, name, ctx):
 _CONV_MATRIX_MAX_NNZ = 1 << 22
 CONV_EVENT_MAX_DENSITY = 0.04  # measured crossover of the two ~5 % (bench conv layers)
 _CONV_BLOCK_BYTES = 4 << 20
+_CONV_CACHE_SIZE = 8  # conv matrices kept across calls, keyed by weights and geometry
+_CONV_MATRICES: dict = {}
 
 
 def conv_matrix(p) -> sp.csr_matrix | None:
@@ -173,6 +176,12 @@ def conv_matrix(p) -> sp.csr_matrix | None:
     (flattened (C_in, *spatial)) to output element o (flattened (C_out, *out)); only
     nonzero weights are stored. None when it would exceed _CONV_MATRIX_MAX_NNZ."""
     if "_M" in p:
+        return p["_M"]
+    key = (hashlib.blake2b(np.ascontiguousarray(p["w"]).tobytes(), digest_size=16).digest(),
+           p["w"].shape, p["g"], tuple(p["in_shape"]), tuple(p["kernel"]), tuple(p["stride"]),
+           tuple(p["dil"]), tuple(p["lo"]), tuple(p["out"]))
+    if key in _CONV_MATRICES:  # the same layer simulated again (batch slices, datasets)
+        p["_M"], p["_Mt"] = _CONV_MATRICES[key]
         return p["_M"]
     w, g, nd = p["w"], p["g"], p["nd"]
     cout, cg = w.shape[0], w.shape[1]
@@ -218,6 +227,9 @@ def conv_matrix(p) -> sp.csr_matrix | None:
     p["_M"] = M
     p["_Mt"] = M.T.tocsr()  # (outputs x inputs), inputs ascending in every row
     p["_Mt"].sort_indices()
+    if len(_CONV_MATRICES) >= _CONV_CACHE_SIZE:
+        _CONV_MATRICES.pop(next(iter(_CONV_MATRICES)))
+    _CONV_MATRICES[key] = (M, p["_Mt"])
     return M
 
 
@@ -225,7 +237,7 @@ def _conv_forward(p, x):
     n = x.shape[0]
     M = conv_matrix(p)
     if M is None:
-        return _conv_forward_im2col(p, x)
+        return conv_forward_im2col(p, x)
     x2 = x.reshape(n, -1)
     cout = p["w"].shape[0]
     if np.count_nonzero(x2) < CONV_EVENT_MAX_DENSITY * x2.size:
@@ -241,7 +253,7 @@ def _conv_forward(p, x):
     return y.reshape(n, cout, *p["out"])
 
 
-def _conv_forward_im2col(p, x):
+def conv_forward_im2col(p, x):
     """im2col in channels-last order (the gather copies contiguous channel runs), then one
     matmul per group, in chunks of the batch so the im2col buffer stays bounded."""
     n = x.shape[0]
@@ -327,10 +339,14 @@ def _semantics(node, name, ctx):
     shape = ctx.info.shapes[name]
     prof = ctx.profile
     if prof.honour_metadata:
-        sem = neuron_semantics(node, name, ctx.file, shape)
+        sem = neuron_semantics(node, name, ctx.file, shape, windowed=True)
     else:
         sem = {"reset": "zero", "threshold_test": "gt", "v_init": 0.0, "spike_amplitude": 1.0}
-    if prof.reset is not None:
+    if sem["reset"] == "window":  # count-then-emit: the node's nature, not a profile choice
+        if type(node).__name__ != "IF":
+            raise UnsupportedError("reset 'window' (count-then-emit) is defined for IF nodes only", ctx.file,
+                                   f"node {name!r}")
+    elif prof.reset is not None:
         sem["reset"] = prof.reset
     if prof.threshold_test is not None:
         sem["threshold_test"] = prof.threshold_test
@@ -380,6 +396,8 @@ def _neuron_prepare(node, name, ctx):
 def _neuron_init(p, batch):
     v = np.broadcast_to(p["v_init"], (batch, *p["v_init"].shape)).astype(np.float64)
     st = {"v": v}
+    if p["reset"] == "window":
+        st["pos"] = 0  # steps into the current window
     if p["type"] in ("CubaLIF", "CubaLI"):
         st["i"] = np.zeros_like(v)
     if p["next_step"]:
@@ -405,7 +423,23 @@ def _fire(p, v):
     return s, np.where(s, p["v_reset"], v)
 
 
+def _window_step(p, inp, st):
+    """Count-then-emit IF (reset 'window', W steps): v += r*I every step, no firing inside the
+    window; at its last step one graded output k * amplitude, k = clip(floor(v / theta), 0, W),
+    then v restarts from v_init. With v_init = phi * theta this is the parallel-conversion
+    neuron's spike count, emitted at once (models/methods/parallel.py)."""
+    v = st["v"] + p["if_scale"] * inp
+    pos = st["pos"] + 1
+    if pos < p["window"]:
+        return np.zeros_like(v), {**st, "v": v, "pos": pos}
+    k = np.clip(np.floor(v / p["thr"]), 0, p["window"])
+    v0 = np.broadcast_to(p["v_init"], v.shape).astype(np.float64)
+    return k * p["spike_amplitude"], {**st, "v": v0, "pos": 0}
+
+
 def _neuron_step(p, inp, st):
+    if p["reset"] == "window":
+        return _window_step(p, inp, st)
     t = p["type"]
     v = st["v"]
     if t in ("IF", "I"):
@@ -440,7 +474,7 @@ def _neuron_scan(p, inp, st):
     ``_neuron_step``."""
     t = p["type"]
     T = inp.shape[0]
-    if t not in ("IF", "I", "LIF", "LI") or p["multi"]:
+    if t not in ("IF", "I", "LIF", "LI") or p["multi"] or p["reset"] == "window":
         out = np.empty((T, *inp.shape[1:]), dtype=np.float64)
         for i in range(T):
             out[i], st = _neuron_step(p, inp[i], st)

@@ -224,6 +224,20 @@ def _apply(layer: dict, x: torch.Tensor) -> torch.Tensor:
 WINDOW_NEURONS: dict = {}
 
 
+def count_then_emit(cur: torch.Tensor, n: dict) -> torch.Tensor:
+    """IF with reset 'window' over one window of T = len(cur) steps (hardware/graph.py
+    neuron_semantics): v = v_init + sum_t I(t), no output before the last step, then one
+    graded output clip(floor(v / theta), 0, T) * amplitude."""
+    T = cur.shape[0]
+    thr = torch.as_tensor(n["threshold"], dtype=torch.float64)
+    v = torch.zeros_like(cur[0]) + torch.as_tensor(n["v_init"], dtype=torch.float64)
+    for t in range(T):  # eventsim's order of additions
+        v = v + cur[t]
+    out = torch.zeros_like(cur)
+    out[-1] = torch.clamp(torch.floor(v / thr), 0, T) * torch.as_tensor(n["amplitude"], dtype=torch.float64)
+    return out
+
+
 @torch.no_grad()
 def run_deployed(layers: list[dict], x: torch.Tensor, T: int) -> tuple[torch.Tensor, float]:
     """The deployed SNN exactly as the NIR export states it (float64, sequential neurons).
@@ -253,8 +267,8 @@ def run_deployed(layers: list[dict], x: torch.Tensor, T: int) -> tuple[torch.Ten
         n = layer.get("neuron")
         if n is None:
             return cur.mean(0), spikes / max(B, 1)
-        if n["kind"] in WINDOW_NEURONS:
-            out = WINDOW_NEURONS[n["kind"]](cur, n)
+        if n["kind"] in WINDOW_NEURONS or n["reset"] == "window":
+            out = (count_then_emit if n["reset"] == "window" else WINDOW_NEURONS[n["kind"]])(cur, n)
             spikes += float((out != 0).sum())
             seq = out.reshape(T * B, *out.shape[2:])
             continue
@@ -334,6 +348,8 @@ def deployed_to_nir(layers: list[dict], meta: dict):
         amp = n["amplitude"]
         amp = float(amp) if np.ndim(_np(amp)) == 0 else _np(amp, out_shape)
         md = neuron_metadata(reset=n["reset"], threshold_test=n["test"], v_init=v_init, spike_amplitude=amp)
+        if n["reset"] == "window":  # count-then-emit over the whole run (one window of T steps)
+            md[META_KEY]["window"] = T
         zeros = np.zeros(out_shape, np.float32)
         nname = f"{name}_{n['kind'].lower()}"
         if n["kind"] == "LIF":

@@ -173,8 +173,13 @@ def calibrate(net: ParallelNet, src: C.Stack, act, x, batch_size: int, momentum:
             j += 1
 
 
+DEPLOYS = ("sequential", "window")
+
+
 def deployed(net: ParallelNet, kind: str = "IF") -> list[dict]:
-    """Deployed layers: ``IF`` (sequential, exported) or ``PAR`` (the windowed neuron)."""
+    """Deployed layers: ``IF`` (sequential IF, exported by default), ``PAR`` (the windowed
+    neuron, torch only) or ``WINDOW`` (count-then-emit IF, reset 'window': exported with
+    ``deploy = window``; the same outputs as PAR summed over the window, emitted at once)."""
     layers = []
     with torch.no_grad():
         for s, (_, o) in zip(net.spec, C.infer_shapes(net.spec, net.input_shape)):
@@ -189,8 +194,9 @@ def deployed(net: ParallelNet, kind: str = "IF") -> list[dict]:
                 th = net.cal(blk, "theta").double().view(view).expand(o)
                 phi = net.cal(blk, "phi").double().view(view).expand(o)
                 d["b"] = d["b"] + net.cal(blk, "psi").double()
-                d["neuron"] = {"kind": kind, "threshold": th, "v_init": th * phi, "phi": phi,
-                               "reset": "subtract", "test": "ge", "amplitude": th}
+                d["neuron"] = {"kind": "IF" if kind == "WINDOW" else kind, "threshold": th, "v_init": th * phi,
+                               "phi": phi, "reset": "window" if kind == "WINDOW" else "subtract", "test": "ge",
+                               "amplitude": th}
             layers.append(d)
     return layers
 
@@ -242,11 +248,17 @@ def convert(src: C.Stack, act, source: str, x_cal, T: int, batch_size: int) -> P
     return net
 
 
-def evaluate(net: ParallelNet, x, y, T: int) -> dict:
+def evaluate(net: ParallelNet, x, y, T: int, deploy: str = "sequential") -> dict:
+    """Accuracies of the three forms; ``snn_test_accuracy`` / ``spikes_per_sample`` are the
+    exported (``deploy``) form's."""
     par_acc, par_spikes = _par_acc(net, x, y, T)
     seq_acc, seq_spikes = C.deployed_accuracy(deployed(net, "IF"), x, y, T)
+    win_acc, win_spikes = C.deployed_accuracy(deployed(net, "WINDOW"), x, y, T)
+    dep = (win_acc, win_spikes) if deploy == "window" else (seq_acc, seq_spikes)
     return {"parallel_test_accuracy": par_acc, "parallel_spikes_per_sample": par_spikes,
-            "sequential_if_test_accuracy": seq_acc, "snn_test_accuracy": seq_acc, "spikes_per_sample": seq_spikes}
+            "sequential_if_test_accuracy": seq_acc, "count_then_emit_test_accuracy": win_acc,
+            "count_then_emit_spikes_per_sample": win_spikes, "deploy": deploy,
+            "snn_test_accuracy": dep[0], "spikes_per_sample": dep[1]}
 
 
 def _par_acc(net, x, y, T):
@@ -257,6 +269,9 @@ def train(cfg, out_dir, progress=True, resume=False) -> dict:
     from models.train import pick_device
 
     C.check_cfg(cfg, resume)
+    deploy = (cfg.extra or {}).get("deploy", "sequential")
+    if deploy not in DEPLOYS:
+        raise InputError(f"--deploy must be sequential or window, not {deploy!r}")
     out = Path(out_dir)
     data = C.load_data(cfg, pick_device(cfg.device))
     info, xtr, _, xte, yte = data
@@ -271,18 +286,23 @@ def train(cfg, out_dir, progress=True, resume=False) -> dict:
     xte, yte = xte.cpu(), yte.cpu()
     row = {"epoch": cfg.epochs if tmeta is None else 0,
            "loss": history[-1]["loss"] if history else None,
-           "ann_test_accuracy": C.ann_accuracy(src, act, xte, yte), **evaluate(net, xte, yte, cfg.timesteps),
+           "ann_test_accuracy": C.ann_accuracy(src, act, xte, yte), **evaluate(net, xte, yte, cfg.timesteps, deploy),
            "seconds": src_seconds + cal_seconds, "source_seconds": src_seconds, "calibration_seconds": cal_seconds,
            "source": source}
     history.append({**row, "stage": "convert"})
     L = int(getattr(src, "L", 0)) or None
-    meta = C.base_meta(cfg, info, net.spec, neuron_meta(), source=source, L=L, metrics=row,
+    meta = C.base_meta(cfg, info, net.spec, neuron_meta(deploy), source=source, L=L, metrics=row, deploy=deploy,
                        teacher=str((cfg.extra or {}).get("teacher")) if tmeta else None)
     C.save_outputs(out, net.state_dict(), meta, history)
     return row
 
 
-def neuron_meta() -> dict:
+def neuron_meta(deploy: str = "sequential") -> dict:
+    if deploy == "window":
+        return {"model": "IF, count-then-emit (reset 'window': integrate T steps, emit the count as one graded "
+                         "spike)", "reset": "window", "threshold_test": "ge", "v_init": "phi * theta per channel",
+                "spike_amplitude": "theta per channel (times the count)", "threshold": "per channel", "dt": 1.0,
+                "encoding": "direct"}
     return {"model": "IF (deployed form of the windowed neuron)", "reset": "subtract", "threshold_test": "ge",
             "v_init": "phi * theta per channel", "spike_amplitude": "theta per channel",
             "threshold": "per channel", "dt": 1.0, "encoding": "direct"}
@@ -299,7 +319,11 @@ def build_model(meta, tensors, file=None) -> ParallelNet:
 
 
 def to_nir(meta, tensors, file=None):
-    return C.deployed_to_nir(deployed(build_model(meta, tensors, file), "IF"), meta)
+    deploy = meta.get("deploy", "sequential")
+    if deploy not in DEPLOYS:
+        raise CheckpointError(f"deploy must be one of {DEPLOYS}", file=file, place="deploy")
+    return C.deployed_to_nir(deployed(build_model(meta, tensors, file), "WINDOW" if deploy == "window" else "IF"),
+                             meta)
 
 
 def to_onnx(meta, tensors, file=None):
