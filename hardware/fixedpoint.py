@@ -348,7 +348,7 @@ def format_layers(qplan: QPlan) -> str:
     hdr = f"{'layer':<14}{'process':<15}{'shape':<14}{'vth':>6}{'du':>6}{'dv':>6}  weights (source: bits, exp, rel.err)"
     lines.append(hdr)
     for L in qplan.layers:
-        ws = "; ".join(f"{c['source']}: {c['weight_bits']}b {c['sign_mode'][:3]}, exp {c['weight_exp']:+d}, "
+        ws = "; ".join(f"{'const1' if c['source'] == '__one__' else c['source']}: {c['weight_bits']}b {c['sign_mode'][:3]}, exp {c['weight_exp']:+d}, "
                        f"err {c['weight_rel_err']:.2e}" for c in L["connections"])
         if L["process"] == "LIFReset":
             lines.append(f"{L['name']:<14}{L['process']:<15}{str(tuple(L['shape'])):<14}{L['vth']:>6}"

@@ -112,6 +112,21 @@ def test_lowering_delays_the_shallower_paths():
         assert "skip connections delayed" in text and "CubaLIF current decay" in text
 
 
+def test_inspect_lava_cli_shows_delays_and_current_decay(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    path = tmp_path / "resnet.nir"
+    nir.write(str(path), residual_graph(np.random.default_rng(0), True, ("IF", "IF", "CubaLIF", "IF")))
+    r = subprocess.run([sys.executable, "-m", "toolchain", "inspect", "--lava", str(path)],
+                       cwd=str(Path(__file__).resolve().parents[1]), capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    for text in ("n0 via DelayDense(+1)", "input via DelayDense(+3)", "const 1 (synaptic bias into the current)",
+                 "skip connections delayed (DelayDense/DelaySparse): n0 +1 step(s)", "du err", "CubaLIF current decay"):
+        assert text in r.stdout, text
+
+
 def test_cuba_lif_lowering_refusals():
     rng = np.random.default_rng(1)
     g = residual_graph(rng, False, ("IF", "IF", "CubaLIF", "IF"))

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from hardware.errors import UnsupportedError
-from hardware.lava.plan import lower
+from hardware.lava.plan import BIAS_SOURCE, lower
 
 
 def _shape(s) -> str:
@@ -31,7 +31,7 @@ def describe(graph, timesteps: int | None = None, allow_reset_to_zero: bool = Fa
     meta = plan.meta
     lines.insert(0, f"Lava lowering (lava-nc 0.10.0, T={T}, window {meta['window']}, dt={meta['dt']:g}); "
                     "float: Loihi2SimCfg(select_tag='floating_pt'), fixed: 'fixed_pt'")
-    lines.append(f"{'population':<14}{'process':<10}{'shape':<11}{'depth':>6}{'du':>5}{'dv':>9}{'vth':>5}  "
+    lines.append(f"{'population':<14}{'process':<10}{'shape':<11}{'depth':>6}{'du':>7}{'dv':>9}{'vth':>5}  "
                  "reset   fed by")
     for p in meta["populations"]:
         fed = []
@@ -43,12 +43,13 @@ def describe(graph, timesteps: int | None = None, allow_reset_to_zero: bool = Fa
                 extra = int(c.get("delay", 0))
                 if extra:
                     kind = f"Delay{kind}(+{extra})"
-                fed.append(f"{c['source']} via {kind} {m.shape[0]}x{m.shape[1]} (nnz {nnz})")
-        lines.append(f"{p['name']:<14}{'LIFReset':<10}{_shape(p['shape']):<11}{p['depth']:>6}{p['du']:>5.3g}"
+                src = "const 1 (synaptic bias into the current)" if c["source"] == BIAS_SOURCE else c["source"]
+                fed.append(f"{src} via {kind} {m.shape[0]}x{m.shape[1]} (nnz {nnz})")
+        lines.append(f"{p['name']:<14}{'LIFReset':<10}{_shape(p['shape']):<11}{p['depth']:>6}{p['du']:>7.3g}"
                      f"{p['dv']:>9.4g}{p['vth']:>5g}  {p['reset']:<7} {'; '.join(fed)}")
     for r in meta["readouts"]:
         lines.append(f"{r['name']:<14}{'sink':<10}{_shape(r['shape']):<11}{r['depth']:>6}"
-                     f"{'':>19}  {r['kind']} readout" + (f" of {r['source']}" if r["kind"] == "spikes" else ""))
+                     f"{'':>21}  {r['kind']} readout" + (f" of {r['source']}" if r["kind"] == "spikes" else ""))
     lines.append("per-neuron thresholds: folded exactly (float) into row-scaled weights and bias, vth = 1")
     lines.append("timing: raw = Lava step k*window + j + depth + 1 for step j of sample k (one step of delay "
                  "per synaptic layer); aligned = step j (what simulate returns)")
