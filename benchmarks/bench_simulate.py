@@ -37,7 +37,7 @@ if str(ROOT) not in sys.path:
 import nir  # noqa: E402
 
 from hardware.eventsim import KERNELS, adapt_graph, simulate  # noqa: E402
-from hardware.eventsim.kernels import Context, dense_forward_blas  # noqa: E402
+from hardware.eventsim.kernels import Context, conv_forward_im2col, dense_forward_blas  # noqa: E402
 from hardware.eventsim.profiles import get_profile  # noqa: E402
 from hardware.eventsim.simulator import resolve_dt  # noqa: E402
 from hardware.graph import analyse  # noqa: E402
@@ -214,6 +214,8 @@ def dense_reference(graph, x, profile):
                 v[n], states[n] = k.step(params[n], inp, states[n])
             elif tp in ("Affine", "Linear"):
                 v[n] = dense_forward_blas(params[n], inp)
+            elif tp in ("Conv1d", "Conv2d"):
+                v[n] = conv_forward_im2col(params[n], inp)
             else:
                 v[n] = k.forward(params[n], inp)
         out[t] = v[info.outputs[0]].reshape(out.shape[1:])

@@ -181,7 +181,7 @@ def test_conv_matrix_entries_are_the_nonzero_weights():
     np.testing.assert_array_equal(np.diff(M.indptr), fanout(g.nodes["conv"], tuple(in_shape)).reshape(-1))
     # applying M to every unit input reproduces the convolution of that input
     eye = np.eye(M.shape[0]).reshape(-1, *in_shape)
-    ref = kernels._conv_forward_im2col(p, eye).reshape(M.shape[0], -1) - p["b"].repeat(
+    ref = kernels.conv_forward_im2col(p, eye).reshape(M.shape[0], -1) - p["b"].repeat(
         M.shape[1] // wshape[0])
     np.testing.assert_allclose(M.toarray(), ref, rtol=0, atol=1e-12)
 

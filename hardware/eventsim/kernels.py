@@ -177,12 +177,6 @@ def conv_matrix(p) -> sp.csr_matrix | None:
     nonzero weights are stored. None when it would exceed _CONV_MATRIX_MAX_NNZ."""
     if "_M" in p:
         return p["_M"]
-    key = (hashlib.blake2b(np.ascontiguousarray(p["w"]).tobytes(), digest_size=16).digest(),
-           p["w"].shape, p["g"], tuple(p["in_shape"]), tuple(p["kernel"]), tuple(p["stride"]),
-           tuple(p["dil"]), tuple(p["lo"]), tuple(p["out"]))
-    if key in _CONV_MATRICES:  # the same layer simulated again (batch slices, datasets)
-        p["_M"], p["_Mt"] = _CONV_MATRICES[key]
-        return p["_M"]
     w, g, nd = p["w"], p["g"], p["nd"]
     cout, cg = w.shape[0], w.shape[1]
     og = cout // g
@@ -193,6 +187,12 @@ def conv_matrix(p) -> sp.csr_matrix | None:
     if nnz_max > _CONV_MATRIX_MAX_NNZ:
         p["_M"] = None
         return None
+    key = (hashlib.blake2b(np.ascontiguousarray(p["w"]).tobytes(), digest_size=16).digest(),
+           p["w"].shape, p["g"], tuple(p["in_shape"]), tuple(p["kernel"]), tuple(p["stride"]),
+           tuple(p["dil"]), tuple(p["lo"]), tuple(p["out"]))
+    if key in _CONV_MATRICES:  # the same layer simulated again (batch slices, datasets)
+        p["_M"], p["_Mt"] = _CONV_MATRICES[key]
+        return p["_M"]
     rows, cols, vals = [], [], []
     for tap in itertools.product(*[range(k) for k in p["kernel"]]):
         wv = w[(slice(None), slice(None)) + tap]  # (cout, cg)
