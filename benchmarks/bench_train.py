@@ -28,6 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+MIN_ITERATIONS = 200  # below this the eval-mode BN statistics have not settled (see notes)
 
 
 def rss_bytes() -> int:
@@ -146,7 +147,8 @@ def worker(a) -> dict:
             "epoch_cpu_seconds": epoch_cpu, "load_average": load, "peak_memory_mib": peak / 2**20,
             "memory_kind": "cuda_max_memory_allocated" if cuda else "rss",
             "snn_test_accuracy": ev["snn_test_accuracy"], "spikes_per_sample": ev["spikes_per_sample"],
-            "final_loss": losses[-1], "train_samples": len(xtr), "test_samples": len(xte)}
+            "final_loss": losses[-1], "train_samples": len(xtr), "test_samples": len(xte),
+            "iterations": cfg.epochs * -(-len(xtr) // cfg.batch_size)}
 
 
 def _common(p):
@@ -224,8 +226,16 @@ def run(a) -> dict:
             "accuracy_difference": rs["snn_test_accuracy"] - rb["snn_test_accuracy"],
             "spike_ratio": rs["spikes_per_sample"] / rb["spikes_per_sample"] if rb["spikes_per_sample"] else None,
         })
+    notes = []
+    short = sorted({r["iterations"] for r in results.values()})
+    if short and short[0] < MIN_ITERATIONS:
+        notes.append(f"only {short[0]} training iterations: BatchNorm running statistics (momentum 0.1, "
+                     f"initial variance 1) are still far from the data's, so eval-mode accuracies, BPTT's "
+                     f"first, are not comparable; use >= {MIN_ITERATIONS} iterations for the accuracy column")
+    for n in notes:
+        print(f"note: {n}", file=sys.stderr)
     return {"benchmark": "train", "settings": {k: v for k, v in vars(a).items() if k not in ("out", "func")},
-            "runs": [dict(results[j]) for j in jobs], "comparisons": comparisons}
+            "runs": [dict(results[j]) for j in jobs], "comparisons": comparisons, "notes": notes}
 
 
 def main(argv=None, progress: bool = True) -> int:
