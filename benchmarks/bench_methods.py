@@ -14,6 +14,9 @@ that qcfs converts at every T and parallel calibrates at every T; the bridge pre
 costs T times an ANN step); the lasnn student, trained from scratch, gets the teacher's
 budget (``--limit-train`` samples, ``--student-epochs`` = ``--epochs`` unless given).
 
+``--methods parallel-window`` (not in the default list) runs parallel exported with
+``--deploy window`` (count-then-emit IF graph, eventsim only).
+
 Writes OUT/bench.json, OUT/accuracy_vs_T.png and the checkpoints; prints the JSON.
 """
 from __future__ import annotations
@@ -32,6 +35,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 ALL = ("snn2ann", "qcfs", "parallel", "bridge", "lasnn")
+EXTRA = ("parallel-window",)  # parallel exported with --deploy window (count-then-emit); not in the default list
 
 
 def _parser():
@@ -137,7 +141,7 @@ def run(args, progress: bool = False) -> dict:
 
     if "lasnn" in methods:
         _, shared["ann_seconds"] = shared_run("ann", _cfg(args, method="ann", timesteps=1))
-    if "qcfs" in methods or "parallel" in methods:
+    if {"qcfs", "parallel", "parallel-window"} & set(methods):
         qrow, shared["qcfs_ann_seconds"] = shared_run(
             "qcfs-ann", _cfg(args, method="qcfs", timesteps=args.L, extra={"L": args.L}))
         shared["qcfs_ann_test_accuracy"] = qrow["ann_test_accuracy"]
@@ -168,13 +172,15 @@ def run(args, progress: bool = False) -> dict:
             secs = shared["qcfs_ann_seconds"] + time.perf_counter() - t0
             record(m, T, ck, {"snn_test_accuracy": acc, "spikes_per_sample": spikes}, secs,
                    shared["qcfs_ann_test_accuracy"], L=args.L)
-        elif m == "parallel":
-            row = train(_cfg(args, method="parallel", timesteps=T, extra={"teacher": str(out / "qcfs-ann")}),
-                        ck, progress)
+        elif m in ("parallel", "parallel-window"):
+            deploy = "window" if m == "parallel-window" else "sequential"
+            row = train(_cfg(args, method="parallel", timesteps=T,
+                             extra={"teacher": str(out / "qcfs-ann"), "deploy": deploy}), ck, progress)
             secs = shared["qcfs_ann_seconds"] + time.perf_counter() - t0
             record(m, T, ck, row, secs, row["ann_test_accuracy"], L=args.L,
                    parallel_test_accuracy=row["parallel_test_accuracy"],
-                   sequential_if_test_accuracy=row["sequential_if_test_accuracy"])
+                   sequential_if_test_accuracy=row["sequential_if_test_accuracy"],
+                   count_then_emit_test_accuracy=row.get("count_then_emit_test_accuracy"))
         elif m == "bridge":
             row = train(_cfg(args, method="bridge", timesteps=T, limit_train=args.bptt_limit,
                              extra={"init": str(out / "bridge-ann"), "finetune_epochs": args.finetune_epochs}),
@@ -188,7 +194,7 @@ def run(args, progress: bool = False) -> dict:
             secs = shared["ann_seconds"] + time.perf_counter() - t0
             record(m, T, ck, row, secs, row["ann_test_accuracy"])
         else:
-            raise SystemExit(f"unknown method {m!r}; known: {', '.join(ALL)}")
+            raise SystemExit(f"unknown method {m!r}; known: {', '.join(ALL + EXTRA)}")
         _write(args, shared, rows, out)  # after every row: a partial result survives an interrupted run
     return _write(args, shared, rows, out)
 
@@ -213,7 +219,7 @@ def _plot(rows, path: Path) -> None:
     for m in dict.fromkeys(r["method"] for r in rows):
         rs = sorted((r for r in rows if r["method"] == m), key=lambda r: r["T"])
         line, = ax.plot([r["T"] for r in rs], [r["snn_test_accuracy"] for r in rs], "o-", label=m)
-        if m == "parallel":
+        if m.startswith("parallel"):
             ax.plot([r["T"] for r in rs], [r["parallel_test_accuracy"] for r in rs], "s--",
                     color=line.get_color(), label="parallel (windowed)")
     ax.set_xscale("log", base=2)
