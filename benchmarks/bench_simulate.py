@@ -8,7 +8,9 @@ In ONE run, on the same graphs and the same inputs:
 - snnTorch simulating graphs it exported itself (snn.Leaky nets; optional: skipped
   with a note when snntorch is not importable; snnTorch's own export also needs
   nirtorch, else the graph is written with snnTorch's export formulas),
-- Lava (hardware.lava.run_lava, floating_pt, per-sample cost of a small batch).
+- Lava (hardware.lava.run_lava, floating_pt, per-sample cost of a small batch),
+- and, on the demo graph (runs/demo/graph.nir, digits), eventsim's `lava-float` profile
+  against Lava floating_pt itself: spikes, outputs and accuracy in raw Lava time.
 
 Reported: samples/s, synaptic ops/s, cost against input activity (0.5 % .. 50 % spike
 rate) and against T, output equality, and a PNG of the scaling curves.
@@ -255,6 +257,9 @@ def main(argv=None, progress=False) -> int:
     ap.add_argument("--t-sweep", default="4,8,16,32,64")
     ap.add_argument("--lava-samples", type=int, default=8)
     ap.add_argument("--no-lava", action="store_true")
+    ap.add_argument("--demo-graph", default=str(ROOT / "runs" / "demo" / "graph.nir"),
+                    help="graph for the lava-float profile vs Lava floating_pt row (digits)")
+    ap.add_argument("--demo-samples", type=int, default=360, help="digits test samples for that row")
     ap.add_argument("--repeat", type=int, default=3, help="best of N (interleaved) timings")
     ap.add_argument("--png", help="scaling curves (default benchmarks/bench_simulate.png; "
                                   "none with --quick unless given)")
@@ -265,6 +270,7 @@ def main(argv=None, progress=False) -> int:
     B, T = a.batch, a.timesteps
     if a.quick:
         B, T, rates, tsweep, a.repeat, a.lava_samples = 8, 4, [0.02, 0.2], [2, 4], 1, 2
+        a.demo_samples = min(a.demo_samples, 16)
     elif a.png is None:
         a.png = str(ROOT / "benchmarks" / "bench_simulate.png")
     rng = np.random.default_rng(a.seed)
@@ -378,6 +384,14 @@ def main(argv=None, progress=False) -> int:
         except Exception as e:  # noqa: BLE001 - report, keep the other columns
             res["lava"] = {"skipped": f"{type(e).__name__}: {e}"}
 
+    if a.no_lava:
+        res["lava_float_demo"] = {"skipped": "--no-lava"}
+    else:
+        try:
+            res["lava_float_demo"] = lava_float_demo(a.demo_graph, a.demo_samples)
+        except Exception as e:  # noqa: BLE001 - report, keep the other columns
+            res["lava_float_demo"] = {"skipped": f"{type(e).__name__}: {e}"}
+
     res["summary"] = summarise(res)
     if a.png:
         try:
@@ -387,6 +401,45 @@ def main(argv=None, progress=False) -> int:
             res["notes"].append(f"no PNG: {type(e).__name__}: {e}")
     print(json.dumps(res, indent=1, default=float))
     return 0
+
+
+def lava_float_demo(path, n_samples):
+    """eventsim's `lava-float` profile against Lava floating_pt itself on a trained graph
+    (the demo CNN on digits, direct encoding): both in raw Lava time (one step of delay
+    per Lava connection). Lava's trace is aligned; the profile's raw output at step
+    t + delay[node] is compared with Lava's aligned step t, spike by spike and value by
+    value, and both are classified with the graph's readout."""
+    from hardware.graph import analyse, classify, graph_meta, load_graph
+    from hardware.lava import run_lava
+    from toolchain.pipeline import dataset_samples, direct_encode
+    if not Path(path).exists():
+        return {"skipped": f"{path} missing (make demo writes it)"}
+    g = load_graph(path)
+    info = analyse(g)
+    xs, ys = dataset_samples("digits", "test", n_samples, info.shapes[info.inputs[0]])
+    T = int(graph_meta(g)["timesteps"] or 4)
+    x = np.ascontiguousarray(direct_encode(xs, T))
+    t_lava, lav = timed(lambda: run_lava(g, x, precision="float"), 1)
+    delays = lav.meta["lava_delay_steps"]
+    D = max(delays.values())
+    xp = np.concatenate([x, np.zeros((D,) + x.shape[1:], dtype=x.dtype)])  # let the pipeline drain
+    t_ev, ev = timed(lambda: simulate(g, xp, profile="lava-float"), 3)
+    mismatch = {n: int((s != ev.spikes[n][delays[n]:delays[n] + T]).sum()) for n, s in lav.spikes.items()}
+    n_spikes = {n: int(s.sum()) for n, s in lav.spikes.items()}
+    out = next(iter(lav.outputs))
+    yl = lav.outputs[out]
+    ye = ev.outputs[out][delays[out]:delays[out] + T]
+    readout = graph_meta(g)["readout"]
+    pl, pe = classify(yl, readout), classify(ye, readout)
+    return {"graph": str(Path(path).relative_to(ROOT)) if Path(path).is_relative_to(ROOT) else str(path),
+            "dataset": "digits test", "samples": int(len(ys)), "T": T, "lava_delay_steps": delays,
+            "spikes_compared": n_spikes, "spike_mismatch": mismatch,
+            "output_max_abs_diff": float(np.abs(yl - ye).max()),
+            "accuracy_lava_floating_pt": float(np.mean(pl == ys)),
+            "accuracy_eventsim_lava_float": float(np.mean(pe == ys)),
+            "prediction_agreement": float(np.mean(pl == pe)),
+            "lava_s": t_lava, "eventsim_lava_float_s": t_ev, "speedup_vs_lava": t_lava / t_ev,
+            "note": "Lava time includes its worker start-up; eventsim runs T + delay steps"}
 
 
 def summarise(res):
@@ -399,6 +452,13 @@ def summarise(res):
     if "speedup_vs_lava" in res.get("lava", {}):
         s["speedup_vs_lava"] = res["lava"]["speedup_vs_lava"]
     s["dense_layer_5pct_synaptic_ops_per_s"] = res["dense_layer_5pct"]["eventsim_synaptic_ops_per_s"]
+    demo = res.get("lava_float_demo", {})
+    if "spike_mismatch" in demo:
+        s["lava_float_profile_vs_lava"] = {
+            "spike_mismatch": sum(demo["spike_mismatch"].values()),
+            "spikes": sum(demo["spikes_compared"].values()),
+            "output_max_abs_diff": demo["output_max_abs_diff"],
+            "prediction_agreement": demo["prediction_agreement"]}
     return s
 
 
