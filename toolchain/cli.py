@@ -97,6 +97,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="Lava precision: float (floating_pt) or fixed (Loihi fixed point, fixed_pt)")
     s.add_argument("--allow-reset-to-zero", action="store_true",
                    help="lava: run soft-reset (subtractive) neurons with Lava's reset to zero (an approximation)")
+    s.add_argument("--threshold-groups", action="store_true",
+                   help="lava (and --profile loihi-fixed): split populations whose per-neuron thresholds spread "
+                   "the folded weights over more than 4x into LIF processes with their own vth (fixed point "
+                   "resolution; `inspect --lava` shows the split)")
     s.add_argument("--out", required=True, help="OUT.npz")
     s.add_argument("--max-memory", help="refuse a run whose estimated memory exceeds this (e.g. 8GiB; "
                    "default: 4 GiB or half the RAM, whichever is smaller)")
@@ -269,7 +273,8 @@ def cmd_simulate(args) -> int:
                  parse_size(args.max_memory) if args.max_memory else None, file=args.graph)
     trace = pipeline.run_backend(graph, info, x_tb, args.backend, profile=args.profile, dt=args.dt,
                                  precision=args.precision, progress=_progress(args),
-                                 allow_reset_to_zero=args.allow_reset_to_zero)
+                                 allow_reset_to_zero=args.allow_reset_to_zero,
+                                 threshold_groups=args.threshold_groups)
     summary = {"backend": args.backend, "samples": trace.batch, "timesteps": trace.timesteps,
                "synaptic_ops_per_sample": trace.per_sample("synaptic_ops"),
                "macs_per_sample": trace.per_sample("macs"),

@@ -86,14 +86,18 @@ def merge_traces(parts: list[Trace]) -> Trace:
 
 def run_backend(graph, info, x_tb: np.ndarray, backend: str, profile: str | None = None, dt: float | None = None,
                 precision: str = "float", batch_size: int = 256, progress: bool = True, desc: str | None = None,
-                allow_reset_to_zero: bool = False) -> Trace:
-    """Run (T, batch, *shape) inputs through a backend, batching for the simulator."""
+                allow_reset_to_zero: bool = False, threshold_groups: bool = False) -> Trace:
+    """Run (T, batch, *shape) inputs through a backend, batching for the simulator.
+    threshold_groups: lava, and eventsim's loihi-fixed profile: split populations with
+    spread per-neuron thresholds into LIF processes with their own vth."""
     total = x_tb.shape[1]
     bar = progress_bar(total, desc or backend, progress)
     t0 = time.perf_counter()
     try:
         if backend == "eventsim":
             from hardware.eventsim import simulate
+            if threshold_groups and profile == "loihi-fixed":
+                profile = "loihi-fixed-groups"
             parts = []
             for i in range(0, total, batch_size):
                 xb = np.ascontiguousarray(x_tb[:, i:i + batch_size])
@@ -103,11 +107,12 @@ def run_backend(graph, info, x_tb: np.ndarray, backend: str, profile: str | None
             trace = merge_traces(parts)
         elif backend == "lava":
             from hardware.lava import run_lava
-            if profile not in (None, "spikebridge", "lava-float", "loihi-fixed"):
+            if profile not in (None, "spikebridge", "lava-float", "loihi-fixed", "loihi-fixed-groups"):
                 raise InputError(f"--profile {profile} is not used by the lava backend (it reads the graph as "
                                  "spikebridge exports it)")
             trace = run_lava(graph, np.ascontiguousarray(x_tb), precision=precision,
                              allow_reset_to_zero=allow_reset_to_zero,
+                             threshold_groups=threshold_groups or profile == "loihi-fixed-groups" or None,
                              progress=lambda done, total: bar.update(done - bar.n))
         else:
             raise InputError(f"unknown backend {backend!r}; use eventsim or lava")

@@ -153,8 +153,9 @@ def run_qplan(meta: dict, arrays: dict, x_int: np.ndarray, record_state: bool = 
     return res
 
 
-def simulate_fixed(graph, x, dt=None, record_spikes: bool = True, info=None, **_):
-    """eventsim's entry for profile 'loihi-fixed': returns a Trace like ``simulate``."""
+def simulate_fixed(graph, x, dt=None, record_spikes: bool = True, info=None, threshold_groups=None, **_):
+    """eventsim's entry for profiles 'loihi-fixed' (and 'loihi-fixed-groups': threshold
+    groups): returns a Trace like ``simulate``."""
     from ..lava import fixed_trace
 
-    return fixed_trace(graph, x, record_spikes=record_spikes)
+    return fixed_trace(graph, x, record_spikes=record_spikes, threshold_groups=threshold_groups)

@@ -149,6 +149,13 @@ register_profile(Profile(
     description="Loihi fixed point, bit-exact with Lava fixed_pt: the graph quantised by "
                 "hardware.fixedpoint and run by the integer model in eventsim/loihi_fixed.py "
                 "(aligned outputs; whole-graph, not node by node)"))
+register_profile(Profile(
+    name="loihi-fixed-groups", honour_metadata=True, dt_from_graph=True, default_dt=1.0,
+    source="lava-nc 0.10.0 fixed_pt (as loihi-fixed)",
+    description="loihi-fixed with threshold groups: populations whose per-neuron thresholds "
+                "spread their folded rows over more than 4x are split into LIF processes with "
+                "their own vth (hardware/lava/groups.py); bit-exact with `--backend lava "
+                "--precision fixed --threshold-groups`"))
 
 
 def get_profile(profile: str | Profile) -> Profile:

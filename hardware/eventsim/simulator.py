@@ -6,10 +6,12 @@ by step; a back edge delivers its source's previous step (zero at step 0).
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from ..errors import DatasetError, InputError, UnsupportedError
-from ..graph import SPIKING_TYPES, SYNAPSE_TYPES, GraphInfo, analyse, graph_meta
+from ..graph import NEURON_TYPES, SPIKING_TYPES, SYNAPSE_TYPES, GraphInfo, analyse, graph_meta
 from ..trace import Trace
 from .adapt import adapt_graph
 from .counts import count_ops
@@ -56,6 +58,59 @@ def _check_input(x, info: GraphInfo) -> np.ndarray:
     return x
 
 
+def lava_offsets(info: GraphInfo, k: int) -> tuple[dict[str, int], dict[tuple[str, str], int]]:
+    """Raw-time offsets of the Lava lowering (hardware/lava/plan.py) with ``k`` steps of delay
+    per Lava connection, for a feed-forward graph.
+
+    Every chain of synaptic nodes from a source (Input or neuron) to a target (neuron or
+    Output) is one Lava connection: the target sits ``k`` steps behind its DEEPEST source,
+    and connections from shallower sources (skip connections) are delayed to match
+    (DelayDense). A direct source -> target edge is an identity connection. An Output fed
+    by one neuron node alone records that node's spikes (no connection).
+
+    Returns (off, edge_shift): off[n] = raw offset of node n's value (synaptic nodes: the
+    source time of their inputs); edge_shift[(p, n)] = steps after which an event of p
+    reaching synaptic node n is delivered to n's target (counts are taken at delivery).
+    """
+    types, preds = info.types, info.preds
+    source = {n for n, t in types.items() if t == "Input" or t in NEURON_TYPES}
+    off: dict[str, int] = {}
+    for n in info.order:
+        t = types[n]
+        if t == "Input" or not preds[n]:
+            off[n] = 0
+            continue
+        arrive = max(off[p] for p in preds[n])
+        if t == "Output" and len(preds[n]) == 1 and preds[n][0] in source:
+            off[n] = arrive
+        elif t in NEURON_TYPES or t == "Output":
+            off[n] = arrive + k
+        else:
+            off[n] = arrive
+    succs: dict[str, list[str]] = {n: [] for n in info.order}
+    for n in info.order:
+        for p in preds[n]:
+            succs[p].append(n)
+    deliver: dict[str, int] = {}
+    for n in reversed(info.order):
+        if n in source or types[n] == "Output":
+            continue
+        ds = [off[s] if (s in source or types[s] == "Output") else deliver.get(s, off[n] + k)
+              for s in succs[n]]
+        deliver[n] = max(ds) if ds else off[n] + k
+    edge_shift = {(p, n): deliver[n] - off[p] for n in deliver for p in preds[n]}
+    return off, edge_shift
+
+
+def _shifted(a: np.ndarray, k: int) -> np.ndarray:
+    if not k:
+        return a
+    out = np.zeros_like(a)
+    if k < a.shape[0]:
+        out[k:] = a[:a.shape[0] - k]
+    return out
+
+
 def run(graph, x, profile: str | Profile = "spikebridge", dt: float | None = None,
         info: GraphInfo | None = None) -> tuple[dict[str, np.ndarray], GraphInfo, Profile, float]:
     """Every node's output (T, B, *shape), plus the info, profile and dt used. Outputs are
@@ -75,6 +130,13 @@ def run(graph, x, profile: str | Profile = "spikebridge", dt: float | None = Non
     ctx = Context(info=info, profile=prof, dt=step_dt, file=info.file)
     params = {n: KERNELS[info.types[n]].prepare(graph.nodes[n], n, ctx) for n in info.order}
     acts: dict[str, np.ndarray] = {}
+    if not info.back_edges and prof.synaptic_delay:
+        # Lava timing: the delay-free run, each node shifted by its raw offset. This is what
+        # the Lava lowering does: each population starts fresh (LIFReset) when its first
+        # input arrives, skip connections are delayed to the deepest path, the bias is not.
+        aligned, info, _, step_dt = run(graph, x, replace(prof, synaptic_delay=0), dt, info)
+        off, _ = lava_offsets(info, prof.synaptic_delay)
+        return {n: _shifted(a, off[n]) for n, a in aligned.items()}, info, prof, step_dt
     if not info.back_edges:
         for n in info.order:
             k = KERNELS[info.types[n]]
@@ -163,9 +225,10 @@ def simulate(graph, x, profile: str | Profile = "spikebridge", dt: float | None 
     chosen so that one slice's activations stay below MEMORY_BUDGET_BYTES (1 GiB).
     """
     prof = get_profile(profile)
-    if prof.name == "loihi-fixed":  # whole-graph integer model, bit-exact with Lava fixed_pt
+    if prof.name in ("loihi-fixed", "loihi-fixed-groups"):  # whole-graph integer model, bit-exact with Lava
         from .loihi_fixed import simulate_fixed
-        return simulate_fixed(graph, x, dt=dt, record_spikes=record_spikes)
+        return simulate_fixed(graph, x, dt=dt, record_spikes=record_spikes,
+                              threshold_groups=prof.name == "loihi-fixed-groups" or None)
     if info is None:
         graph = adapt_graph(graph, prof)
         info = analyse(graph)
@@ -187,7 +250,10 @@ def simulate(graph, x, profile: str | Profile = "spikebridge", dt: float | None 
                      backend="eventsim", profile=prof.name, meta=first.meta)
     acts, info, prof, step_dt = run(graph, x, prof, dt, info)
     T, B = next(iter(acts.values())).shape[:2]
-    counts = count_ops(graph, info, acts, delay=prof.synaptic_delay)
+    if prof.synaptic_delay and not info.back_edges:
+        counts = count_ops(graph, info, acts, edge_shift=lava_offsets(info, prof.synaptic_delay)[1])
+    else:
+        counts = count_ops(graph, info, acts, delay=prof.synaptic_delay)
     spikes = {}
     if record_spikes:
         spikes = {n: acts[n] != 0 for n in info.order if info.types[n] in SPIKING_TYPES}

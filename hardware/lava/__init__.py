@@ -101,8 +101,11 @@ def _counts(plan: Plan, acts: dict) -> dict[str, dict[str, np.ndarray]]:
     return counts
 
 
-def _prepare(graph, x, precision, allow_reset_to_zero, timesteps, window):
-    """Lower (and for fixed point quantise) ``graph``; returns the pieces a run needs."""
+def _prepare(graph, x, precision, allow_reset_to_zero, timesteps, window, threshold_groups=None):
+    """Lower (and for fixed point quantise) ``graph``; returns the pieces a run needs.
+    threshold_groups: None/False (fold per-neuron thresholds into the rows), True or a
+    max_span (split populations whose folded gains span more than that, default 4x, into
+    LIF processes with their own vth: hardware.lava.groups)."""
     if precision not in ("float", "fixed"):
         raise UnsupportedError(f"precision {precision!r} is not 'float' or 'fixed'", place="precision")
     if isinstance(graph, (str, bytes)) or hasattr(graph, "__fspath__"):
@@ -119,6 +122,10 @@ def _prepare(graph, x, precision, allow_reset_to_zero, timesteps, window):
             T0 = _graph_timesteps(graph)
     t0 = time.perf_counter()
     plan = lower(graph, T0 or 1, allow_reset_to_zero=allow_reset_to_zero, window=window)
+    if threshold_groups:
+        from hardware.lava.groups import split_threshold_groups
+        span = 4.0 if threshold_groups is True else float(threshold_groups)
+        plan = split_threshold_groups(plan, max_span=span)
     qplan = None
     if precision == "fixed":
         from hardware.fixedpoint import quantize
@@ -139,6 +146,10 @@ def _prepare(graph, x, precision, allow_reset_to_zero, timesteps, window):
 
 def _trace(graph, plan, meta, out, xt, precision, extra) -> Trace:
     """Trace from the worker's (or the integer model's) result arrays."""
+    from hardware.lava.groups import merge_outputs, merged_meta
+    groups = meta.get("threshold_groups")
+    out = merge_outputs(meta, plan.arrays, out)
+    meta = merged_meta(meta)
     T, B = xt.shape[:2]
     spikes = {}
     amps = {}
@@ -166,6 +177,8 @@ def _trace(graph, plan, meta, out, xt, precision, extra) -> Trace:
                      "aligned": "outputs/spikes here: step j of each sample (delay removed)"},
           "reset": {p["name"]: p["reset"] for p in meta["populations"]}}
     tm.update(extra)
+    if groups:
+        tm["threshold_groups"] = {n: len(g["groups"]) for n, g in groups.items()}
     if any(p["reset"] == "subtract" for p in meta["populations"]):
         tm["approximation"] = "subtractive reset run as reset to zero (allow_reset_to_zero=True)"
     state = {k: v for k, v in out.items() if k.startswith(("u__", "v__"))}
@@ -177,7 +190,7 @@ def _trace(graph, plan, meta, out, xt, precision, extra) -> Trace:
 
 def run_lava(graph, x, precision: str = "float", allow_reset_to_zero: bool = False,
              timeout_s: float | None = None, progress=None, timesteps: int | None = None,
-             window: int | None = None, record_state: bool = False) -> Trace:
+             window: int | None = None, record_state: bool = False, threshold_groups=None) -> Trace:
     """Run ``graph`` on Lava (float: Loihi2SimCfg floating_pt; fixed: fixed_pt with the
     quantisation of ``hardware.fixedpoint``) for a batch of inputs.
 
@@ -188,12 +201,14 @@ def run_lava(graph, x, precision: str = "float", allow_reset_to_zero: bool = Fal
     delay in steps (raw Lava step of sample k, step j: k*window + j + delay + 1).
     ``progress(done, total)`` is called as chunks of samples finish. ``record_state``
     (needs window >= T + depth) puts the final u and v of every population in
-    ``meta["final_state"]``.
+    ``meta["final_state"]``. ``threshold_groups`` (True or a max span, e.g. 4.0): split
+    populations with widely spread per-neuron thresholds into LIF processes with their
+    own vth (hardware.lava.groups; same float function, better fixed-point resolution).
     Raises UnsupportedError (graph not expressible), BackendError (worker failure, timeout,
     missing .venv-lava).
     """
     graph, plan, qplan, meta, arrays, xt, xs, t_plan = _prepare(
-        graph, x, precision, allow_reset_to_zero, timesteps, window)
+        graph, x, precision, allow_reset_to_zero, timesteps, window, threshold_groups)
     T, B = xt.shape[:2]
     if record_state:
         if meta["window"] < T + meta["max_depth"]:
@@ -214,13 +229,13 @@ def run_lava(graph, x, precision: str = "float", allow_reset_to_zero: bool = Fal
 
 def fixed_trace(graph, x, timesteps: int | None = None, window: int | None = None,
                 allow_reset_to_zero: bool = False, record_spikes: bool = True,
-                record_state: bool = False) -> Trace:
+                record_state: bool = False, threshold_groups=None) -> Trace:
     """The `loihi-fixed` integer model on the same plan run_lava(precision="fixed") runs.
     Bit-exact with Lava: same spikes, same final u/v, same analog outputs."""
     from hardware.eventsim.loihi_fixed import run_qplan
 
     graph, plan, qplan, meta, arrays, xt, xs, t_plan = _prepare(
-        graph, x, "fixed", allow_reset_to_zero, timesteps, window)
+        graph, x, "fixed", allow_reset_to_zero, timesteps, window, threshold_groups)
     T, B = xt.shape[:2]
     P = int(meta["window"])
     xp = np.zeros((P,) + xs.shape[1:])

@@ -11,6 +11,31 @@ def _shape(s) -> str:
     return "x".join(str(int(v)) for v in s)
 
 
+def _groups_summary(plan, q) -> list[str]:
+    """What `--threshold-groups` would do: the split and the row error it leaves."""
+    from hardware.fixedpoint import quantize
+    from hardware.lava.groups import split_threshold_groups
+
+    sp = split_threshold_groups(plan)
+    tg = sp.meta.get("threshold_groups")
+    if not tg:
+        return ["threshold groups: none needed (every population's folded rows lie within 4x)"]
+    qs = quantize(sp)
+    by = {L["name"]: L for L in qs.layers}
+    before = {L["name"]: L for L in q.layers}
+    out = ["threshold groups (simulate --threshold-groups, profile loihi-fixed-groups): populations whose "
+           "per-neuron thresholds spread the folded rows over more than 4x, split into LIF processes "
+           "with their own vth and weight exponents (same float function):"]
+    for n, g in tg.items():
+        Ls = [by[gn] for gn in g["groups"]]
+        sizes = ", ".join(str(L["size"]) for L in Ls)
+        out.append(f"  {n}: {len(Ls)} groups ({sizes} neurons), vth {', '.join(str(L['vth']) for L in Ls)}; "
+                   f"row rel.err max {before[n]['row_rel_err_max']:.2e} -> {max(L['row_rel_err_max'] for L in Ls):.2e}, "
+                   f"mean {before[n]['row_rel_err_mean']:.2e} -> "
+                   f"{np.average([L['row_rel_err_mean'] for L in Ls], weights=[L['size'] for L in Ls]):.2e}")
+    return out
+
+
 def describe(graph, timesteps: int | None = None, allow_reset_to_zero: bool = False) -> str:
     """Per population/readout: process, shape, depth (raw delay), decays, threshold, the
     connections feeding it, and the fixed-point quantisation (bits, exponent, error)."""
@@ -60,6 +85,7 @@ def describe(graph, timesteps: int | None = None, allow_reset_to_zero: bool = Fa
     lines.append("")
     q = quantize(plan)
     lines.append(format_layers(q))
+    lines += _groups_summary(plan, q)
     sat = [(L["name"], c["rows_saturated"]) for L in q.layers for c in L["connections"] if c.get("rows_saturated")]
     if sat:
         lines.append("saturated rows (neurons whose folded weights exceed the 8-bit range fitted to the "
