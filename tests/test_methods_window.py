@@ -57,5 +57,12 @@ def test_count_then_emit_graph_runs_in_eventsim_like_torch_and_other_consumers_r
     # the readout before the last step is the bias alone: nothing is emitted inside the window
     np.testing.assert_allclose(out[0], np.broadcast_to(out[0][:1], out[0].shape))
     assert tr.per_sample("spikes") == pytest.approx(events)
+    from exporters.nir_import import graph_to_torch
+    from hardware.errors import UnsupportedError
+    from hardware.lava.plan import lower
     with pytest.raises(InputError, match="window"):
         graph_to_onnx_step(graph)
+    with pytest.raises(InputError, match="window"):
+        graph_to_torch(graph)
+    with pytest.raises(UnsupportedError, match="unknown reset 'window'"):  # Lava and its fixed-point model
+        lower(graph, T)
