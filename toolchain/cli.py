@@ -104,6 +104,17 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="OUT.npz")
     s.add_argument("--max-memory", help="refuse a run whose estimated memory exceeds this (e.g. 8GiB; "
                    "default: 4 GiB or half the RAM, whichever is smaller)")
+    s.add_argument("--batch-size", type=int, default=256,
+                   help="eventsim: samples per simulator call (default 256); shards are whole batches")
+    s.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="eventsim: shard the samples across N worker processes on this machine (results "
+                        "identical to one process); with --cluster: the number of shards")
+    s.add_argument("--cluster", metavar="ADDRESS",
+                   help="eventsim: run the shards on an existing Dask cluster, e.g. tcp://10.0.0.5:8786 "
+                        "(needs the 'cluster' extra: pip install 'spikebridge[cluster]')")
+    s.add_argument("--retries", type=int, default=2,
+                   help="--workers: restart a shard whose worker process died up to this many times "
+                        "(default 2), then fail with exit code 4; --cluster: retries of a failed task")
 
     r = cmd("report", "write report.json, report.html and plots for a run directory, any NIR graph, "
                       "or two runs side by side (--compare)")
@@ -271,15 +282,28 @@ def cmd_simulate(args) -> int:
     from hardware.memory import check_memory, estimate_eventsim, parse_size
     check_memory(estimate_eventsim(graph, info, x_tb.shape[0], x_tb.shape[1]),
                  parse_size(args.max_memory) if args.max_memory else None, file=args.graph)
-    trace = pipeline.run_backend(graph, info, x_tb, args.backend, profile=args.profile, dt=args.dt,
-                                 precision=args.precision, progress=_progress(args),
-                                 allow_reset_to_zero=args.allow_reset_to_zero,
-                                 threshold_groups=args.threshold_groups)
+    if args.workers < 1 or args.batch_size < 1 or args.retries < 0:
+        raise InputError("--workers and --batch-size must be at least 1, --retries at least 0")
+    if args.workers > 1 or args.cluster:
+        if args.backend != "eventsim":
+            raise InputError("--workers and --cluster shard the eventsim backend only")
+        from toolchain.shard import run_sharded
+        prof = "loihi-fixed-groups" if args.threshold_groups and args.profile == "loihi-fixed" else args.profile
+        trace = run_sharded(args.graph, x_tb, profile=prof, dt=args.dt, workers=args.workers,
+                            cluster=args.cluster, batch_size=args.batch_size, retries=args.retries,
+                            progress=_progress(args))
+    else:
+        trace = pipeline.run_backend(graph, info, x_tb, args.backend, profile=args.profile, dt=args.dt,
+                                     precision=args.precision, progress=_progress(args),
+                                     allow_reset_to_zero=args.allow_reset_to_zero,
+                                     threshold_groups=args.threshold_groups, batch_size=args.batch_size)
     summary = {"backend": args.backend, "samples": trace.batch, "timesteps": trace.timesteps,
                "synaptic_ops_per_sample": trace.per_sample("synaptic_ops"),
                "macs_per_sample": trace.per_sample("macs"),
                "spikes_per_sample": trace.per_sample("spikes"),
                "samples_per_second": trace.meta.get("samples_per_second")}
+    if args.workers > 1 or args.cluster:
+        summary.update({k: trace.meta[k] for k in ("workers", "shards") if k in trace.meta})
     if labels is not None:
         acc, preds = pipeline.accuracy_of(graph, trace, labels)
         extra = {"accuracy": np.float64(acc), "labels": labels, "predictions": preds}
