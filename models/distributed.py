@@ -331,7 +331,7 @@ def launch(nproc: int, cfg, out_dir, resume: bool = False, progress: bool = Fals
 
     level = getattr(logging, os.environ["LOGLEVEL"].upper(), logging.CRITICAL)
     for name in list(logging.root.manager.loggerDict):
-        if name.startswith(("torch.distributed.elastic", "torch.distributed.launcher")):
+        if name.startswith(("torch.distributed.elastic", "torch.distributed.launcher", "torch.multiprocessing")):
             logging.getLogger(name).setLevel(level)
     threads = os.environ.get("OMP_NUM_THREADS") or str(max(1, (os.cpu_count() or 1) // nproc))
     lc = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=f"spikebridge-{uuid.uuid4().hex[:8]}",

@@ -203,3 +203,34 @@ def test_nproc_per_node_errors_are_one_line(tmp_path):
     assert p.returncode == 3, p.stderr
     assert "Traceback" not in p.stderr and p.stderr.strip().splitlines()[-1].startswith("error:")
     assert not (tmp_path / "y" / "weights.safetensors").exists()
+
+
+def test_a_killed_training_process_is_exit_4_in_one_line(tmp_path):
+    """SIGKILL one of the two workers of `train --nproc-per-node 2`: the launcher stops the
+    other and the command fails with exit code 4 and one line naming the dead rank."""
+    import signal
+    import time
+
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    p = subprocess.Popen([PY, "-m", "toolchain", "--no-progress", "train", "--method", "snn2ann", "--arch", "mlp",
+                          "--epochs", "500", "--limit-train", "256", "--batch-size", "32", "--device", "cpu",
+                          "--nproc-per-node", "2", "--out", str(tmp_path / "k")], cwd=REPO, env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    workers: list[int] = []
+    deadline = time.monotonic() + 240
+    while len(workers) < 2 and time.monotonic() < deadline and p.poll() is None:
+        time.sleep(0.5)
+        kids = []
+        for task in Path(f"/proc/{p.pid}/task").iterdir():
+            kids += [int(c) for c in (task / "children").read_text().split()]
+        workers = [k for k in kids if "spawn_main" in Path(f"/proc/{k}/cmdline").read_text(errors="replace")]
+    assert len(workers) == 2, "the two training processes never started"
+    time.sleep(3)  # let them get into training
+    os.kill(workers[-1], signal.SIGKILL)
+    out, err = p.communicate(timeout=240)
+    assert p.returncode == 4, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: distributed training failed: a worker process died"), err
+    assert "signal 9" in lines[0]
+    for k in workers:
+        assert not Path(f"/proc/{k}").exists() or "zombie" in Path(f"/proc/{k}/status").read_text().lower()

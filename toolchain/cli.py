@@ -170,9 +170,10 @@ def _parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("bench", help="benchmarks (prints JSON)", description="benchmarks (prints JSON)",
                        epilog="example: spikebridge bench methods --help  |  spikebridge bench simulate --quick")
-    b.add_argument("which", choices=["methods", "simulate", "train"],
+    b.add_argument("which", choices=["methods", "simulate", "train", "distributed"],
                    help="train: SNN2ANN vs the BPTT baseline (time, memory, accuracy, spikes); "
-                        "methods: every training method at T = 1, 2, 4, 8; simulate: eventsim vs a dense "
+                        "methods: every training method at T = 1, 2, 4, 8; distributed: samples/s of sharded "
+                        "simulation and DDP training with 1 and 2 processes (wall, CPU, load); simulate: eventsim vs a dense "
                         "per-step reference, snnTorch (if installed) and Lava, over activity and T")
     b.add_argument("bench_args", nargs=argparse.REMAINDER, help="options of the benchmark (see its --help)")
 
