@@ -264,6 +264,8 @@ def main(argv=None, progress=False) -> int:
     ap.add_argument("--png", help="scaling curves (default benchmarks/bench_simulate.png; "
                                   "none with --quick unless given)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--layer-only", action="store_true",
+                    help="only the dense 1000x1000 layer at 5 %% (synaptic ops/s; a load-sensitive number)")
     a = ap.parse_args(argv)
     rates = [float(r) for r in a.rates.split(",")]
     tsweep = [int(t) for t in a.t_sweep.split(",")]
@@ -286,6 +288,13 @@ def main(argv=None, progress=False) -> int:
                        "numpy": np.__version__, "load_average": os.getloadavg()},
            "batch": B, "timesteps": T, "snntorch": snn_note, "graphs": {}, "activity": [],
            "timesteps_sweep": [], "notes": []}
+
+    if a.layer_only:
+        dense_layer(res, a, rng, T, B)
+        res["machine"]["load_average_end"] = os.getloadavg()
+        print(json.dumps({"machine": res["machine"], "dense_layer_5pct": res["dense_layer_5pct"]},
+                         indent=1, default=float))
+        return 0
 
     specs = {"dense": dense_spec(), "conv": conv_spec()}
     graphs, nets = {}, {}
@@ -340,27 +349,7 @@ def main(argv=None, progress=False) -> int:
             row["T"] = t
             res["timesteps_sweep"].append(row)
 
-    # synaptic ops/s through one dense 1000x1000 layer at 5 % input activity
-    lspec = layer_spec(256 if a.quick else 1000)
-    lg = spec_to_nir(lspec, style="plain")
-    x = spikes(rng, T, B * 4, lspec["in_shape"], 0.05)
-    t_ev, tr = timed(lambda: simulate(lg, x, profile="nir", record_spikes=False), a.repeat)
-    xs = x.reshape(-1, x.shape[-1]).astype(np.float64)
-    wt = np.ascontiguousarray(np.asarray(lg.nodes["linear0"].weight, np.float64).T)
-    t_ref, _ = timed(lambda: [xs[i:i + x.shape[1]] @ wt for i in range(0, xs.shape[0], x.shape[1])],
-                     a.repeat)
-    # the layer's input comes from the Input node, so counts file its events under macs
-    # (one definition: by source); here every one is an input spike through a weight
-    ops = tr.counts["linear0"]["synaptic_ops"].sum() + tr.counts["linear0"]["macs"].sum()
-    # what this machine's float64 BLAS does right now (the shared machine's load shows here)
-    xa = rng.random((xs.shape[0], xs.shape[1]))
-    t_mm, _ = timed(lambda: xa @ wt, a.repeat)
-    res["machine"]["float64_gemm_gmacs_now"] = xs.shape[0] * wt.shape[0] * wt.shape[1] / t_mm / 1e9
-    res["dense_layer_5pct"] = {"shape": [lspec["in_shape"][0]] * 2, "T": T, "batch": B * 4,
-                               "synaptic_ops": int(ops), "eventsim_s": t_ev,
-                               "eventsim_synaptic_ops_per_s": ops / t_ev,
-                               "dense_ref_matmul_only_s": t_ref,
-                               "dense_ref_synaptic_ops_per_s": ops / t_ref}
+    dense_layer(res, a, rng, T, B)
 
     # Lava: same graph read the spikebridge way (IF, reset to zero), per-sample cost
     if a.no_lava:
@@ -392,6 +381,7 @@ def main(argv=None, progress=False) -> int:
         except Exception as e:  # noqa: BLE001 - report, keep the other columns
             res["lava_float_demo"] = {"skipped": f"{type(e).__name__}: {e}"}
 
+    res["machine"]["load_average_end"] = os.getloadavg()
     res["summary"] = summarise(res)
     if a.png:
         try:
@@ -401,6 +391,31 @@ def main(argv=None, progress=False) -> int:
             res["notes"].append(f"no PNG: {type(e).__name__}: {e}")
     print(json.dumps(res, indent=1, default=float))
     return 0
+
+
+def dense_layer(res, a, rng, T, B):
+    """Synaptic ops/s through one dense 1000x1000 layer at 5 % input activity (T, 4 x batch),
+    and the machine's float64 GEMM rate right now (the shared machine's load shows there)."""
+    lspec = layer_spec(256 if a.quick else 1000)
+    lg = spec_to_nir(lspec, style="plain")
+    x = spikes(rng, T, B * 4, lspec["in_shape"], 0.05)
+    t_ev, tr = timed(lambda: simulate(lg, x, profile="nir", record_spikes=False), a.repeat)
+    xs = x.reshape(-1, x.shape[-1]).astype(np.float64)
+    wt = np.ascontiguousarray(np.asarray(lg.nodes["linear0"].weight, np.float64).T)
+    t_ref, _ = timed(lambda: [xs[i:i + x.shape[1]] @ wt for i in range(0, xs.shape[0], x.shape[1])],
+                     a.repeat)
+    # the layer's input comes from the Input node, so counts file its events under macs
+    # (one definition: by source); here every one is an input spike through a weight
+    ops = tr.counts["linear0"]["synaptic_ops"].sum() + tr.counts["linear0"]["macs"].sum()
+    # what this machine's float64 BLAS does right now (the shared machine's load shows here)
+    xa = rng.random((xs.shape[0], xs.shape[1]))
+    t_mm, _ = timed(lambda: xa @ wt, a.repeat)
+    res["machine"]["float64_gemm_gmacs_now"] = xs.shape[0] * wt.shape[0] * wt.shape[1] / t_mm / 1e9
+    res["dense_layer_5pct"] = {"shape": [lspec["in_shape"][0]] * 2, "T": T, "batch": B * 4,
+                               "synaptic_ops": int(ops), "eventsim_s": t_ev,
+                               "eventsim_synaptic_ops_per_s": ops / t_ev,
+                               "dense_ref_matmul_only_s": t_ref,
+                               "dense_ref_synaptic_ops_per_s": ops / t_ref}
 
 
 def lava_float_demo(path, n_samples):
