@@ -64,6 +64,37 @@ def as_f64(x: np.ndarray) -> np.ndarray:
     return x if x.dtype == np.float64 else x.astype(np.float64)
 
 
+# Conv matrices kept across simulate calls, keyed by a digest of the weights and the
+# geometry: batch slices and dataset loops prepare the same layers again (building one
+# costs more than hashing the small conv kernel). Bounded in bytes; oldest first out.
+_CACHE_MAX_BYTES = 256 << 20
+_CACHE: dict = {}
+
+
+def _weights_key(kind: str, w: np.ndarray, *geometry) -> tuple:
+    w = np.ascontiguousarray(w)
+    return (kind, hashlib.blake2b(w.tobytes(), digest_size=16).digest(), w.shape, w.dtype.str,
+            *geometry)
+
+
+def _nbytes(v) -> int:
+    if isinstance(v, tuple):
+        return sum(_nbytes(a) for a in v)
+    if sp.issparse(v):
+        return v.data.nbytes + v.indices.nbytes + v.indptr.nbytes
+    return int(getattr(v, "nbytes", 0))
+
+
+def _cache_put(key, value):
+    size = _nbytes(value)
+    if size > _CACHE_MAX_BYTES // 4:
+        return value
+    while _CACHE and sum(_nbytes(v) for v in _CACHE.values()) + size > _CACHE_MAX_BYTES:
+        _CACHE.pop(next(iter(_CACHE)))
+    _CACHE[key] = value
+    return value
+
+
 # -- event products ---------------------------------------------------------------------
 #
 # One summation order for every event path: output element (r, j) is
@@ -73,12 +104,19 @@ def as_f64(x: np.ndarray) -> np.ndarray:
 # any loop over events in input order; BLAS sums in its own blocked order (identical on
 # integer-valued data, rounding-level differences otherwise).
 
-def events_csr(x2: np.ndarray) -> sp.csr_matrix:
+def nonzero_mask(x2: np.ndarray) -> np.ndarray:
+    """x2 != 0 as bool (x2 itself when it is bool): scanning a bool array is several times
+    faster than scanning floats for nonzeros."""
+    return x2 if x2.dtype == np.bool_ else x2 != 0
+
+
+def events_csr(x2: np.ndarray, mask: np.ndarray | None = None) -> sp.csr_matrix:
     """The nonzeros of a 2-D array (any numeric dtype) as a float64 CSR matrix (rows in
-    order, columns ascending within a row): the events, found in one pass."""
+    order, columns ascending within a row): the events, found in one pass. ``mask``:
+    nonzero_mask(x2) when the caller has it already."""
     R, K = x2.shape
     flat = x2.reshape(-1)
-    idx = np.flatnonzero(flat)
+    idx = np.flatnonzero(nonzero_mask(x2) if mask is None else mask)
     itype = np.int32 if max(idx.size, K, R) < (1 << 31) - 1 else np.int64
     if K & (K - 1) == 0 and K > 0:  # power of two: shifts instead of division
         cols = (idx & (K - 1)).astype(itype)
@@ -89,11 +127,11 @@ def events_csr(x2: np.ndarray) -> sp.csr_matrix:
     return sp.csr_matrix((data, cols, indptr), shape=(R, K), copy=False)
 
 
-def event_matmul(x: np.ndarray, wt: np.ndarray) -> np.ndarray:
+def event_matmul(x: np.ndarray, wt: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
     """``x @ wt`` event by event: every nonzero x[r, k] adds x[r, k] * wt[k] to output row
     r, in input order (see above), so the cost is events x fan-out, not x.size. The
     events' loop is scipy.sparse's compiled CSR x dense product (float64 throughout)."""
-    y = events_csr(x) @ wt
+    y = events_csr(x, mask) @ wt
     return np.asarray(y, dtype=np.float64)
 
 
@@ -108,9 +146,10 @@ def _reshape_forward(p, x):
 
 
 def _dense_prepare(node, name, ctx):
-    w = _f64(node.weight)
     b = _f64(getattr(node, "bias", 0.0)).reshape(-1) if hasattr(node, "bias") else None
-    return {"wt": np.ascontiguousarray(w.T), "b": b}
+    # W^T as float64 in one pass (transpose and exact conversion together; hashing the
+    # weights to cache it measured as slow as the copy)
+    return {"wt": np.ascontiguousarray(np.asarray(node.weight).T, dtype=np.float64), "b": b}
 
 
 # Below this fraction of nonzero inputs a dense layer runs event by event (event_matmul)
@@ -124,8 +163,9 @@ _EVENT_MIN_SIZE = 1 << 12      # smaller products: BLAS, whatever the density
 
 def _dense_forward(p, x):
     x2 = x.reshape(x.shape[0], -1)
-    if x2.size >= _EVENT_MIN_SIZE and np.count_nonzero(x2) < EVENT_MAX_DENSITY * x2.size:
-        y = event_matmul(x2, p["wt"])
+    mask = nonzero_mask(x2) if x2.size >= _EVENT_MIN_SIZE else None
+    if mask is not None and np.count_nonzero(mask) < EVENT_MAX_DENSITY * x2.size:
+        y = event_matmul(x2, p["wt"], mask)
     else:
         y = as_f64(x2) @ p["wt"]
     if p["b"] is not None:
@@ -167,8 +207,6 @@ def _conv_prepare(node, name, ctx):
 _CONV_MATRIX_MAX_NNZ = 1 << 22
 CONV_EVENT_MAX_DENSITY = 0.04  # measured crossover of the two ~5 % (bench conv layers)
 _CONV_BLOCK_BYTES = 4 << 20
-_CONV_CACHE_SIZE = 8  # conv matrices kept across calls, keyed by weights and geometry
-_CONV_MATRICES: dict = {}
 
 
 def conv_matrix(p) -> sp.csr_matrix | None:
@@ -187,11 +225,10 @@ def conv_matrix(p) -> sp.csr_matrix | None:
     if nnz_max > _CONV_MATRIX_MAX_NNZ:
         p["_M"] = None
         return None
-    key = (hashlib.blake2b(np.ascontiguousarray(p["w"]).tobytes(), digest_size=16).digest(),
-           p["w"].shape, p["g"], tuple(p["in_shape"]), tuple(p["kernel"]), tuple(p["stride"]),
-           tuple(p["dil"]), tuple(p["lo"]), tuple(p["out"]))
-    if key in _CONV_MATRICES:  # the same layer simulated again (batch slices, datasets)
-        p["_M"], p["_Mt"] = _CONV_MATRICES[key]
+    key = _weights_key("conv", p["w"], p["g"], tuple(p["in_shape"]), tuple(p["kernel"]),
+                       tuple(p["stride"]), tuple(p["dil"]), tuple(p["lo"]), tuple(p["out"]))
+    if key in _CACHE:  # the same layer simulated again (batch slices, datasets)
+        p["_M"], p["_Mt"] = _CACHE[key]
         return p["_M"]
     rows, cols, vals = [], [], []
     for tap in itertools.product(*[range(k) for k in p["kernel"]]):
@@ -227,9 +264,7 @@ def conv_matrix(p) -> sp.csr_matrix | None:
     p["_M"] = M
     p["_Mt"] = M.T.tocsr()  # (outputs x inputs), inputs ascending in every row
     p["_Mt"].sort_indices()
-    if len(_CONV_MATRICES) >= _CONV_CACHE_SIZE:
-        _CONV_MATRICES.pop(next(iter(_CONV_MATRICES)))
-    _CONV_MATRICES[key] = (M, p["_Mt"])
+    _cache_put(key, (M, p["_Mt"]))
     return M
 
 
@@ -240,8 +275,9 @@ def _conv_forward(p, x):
         return conv_forward_im2col(p, x)
     x2 = x.reshape(n, -1)
     cout = p["w"].shape[0]
-    if np.count_nonzero(x2) < CONV_EVENT_MAX_DENSITY * x2.size:
-        y = (events_csr(x2) @ M).toarray()  # event by event: events x nonzero fan-out
+    mask = nonzero_mask(x2)
+    if np.count_nonzero(mask) < CONV_EVENT_MAX_DENSITY * x2.size:
+        y = (events_csr(x2, mask) @ M).toarray()  # event by event: events x nonzero fan-out
     else:  # every input through M's entries, a block of rows at a time: y^T = M^T x^T
         Mt = p["_Mt"]
         y = np.empty((n, Mt.shape[0]), dtype=np.float64)
