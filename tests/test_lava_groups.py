@@ -12,7 +12,7 @@ from hardware.eventsim import simulate
 from hardware.fixedpoint import chain_matrix, quantize
 from hardware.lava import fixed_trace, run_lava
 from hardware.lava.describe import describe
-from hardware.lava.groups import _groups, split_threshold_groups
+from hardware.lava.groups import _groups, row_errors, split_threshold_groups
 from hardware.lava.plan import lower
 
 
@@ -56,9 +56,11 @@ def test_split_is_exact_and_improves_fixed_point():
                 back[np.ix_(ri, ci)] += m
         np.testing.assert_allclose(back, full, rtol=1e-12, atol=0)
     q0, q1 = quantize(plan), quantize(sp)
-    e0 = max(L["row_rel_err_max"] for L in q0.layers if "row_rel_err_max" in L)
-    e1 = max(L["row_rel_err_max"] for L in q1.layers if "row_rel_err_max" in L)
+    r0, r1 = row_errors(plan, q0), row_errors(sp, q1)  # whole rows, all incoming connections
+    assert set(r0) == set(r1) == {"if1", "if2"} and r1["if1"].shape == (40,)
+    e0, e1 = max(v.max() for v in r0.values()), max(v.max() for v in r1.values())
     assert e0 > 0.2 and e1 < 0.05, (e0, e1)
+    assert np.all(np.isfinite(r1["if1"])) and (r0["if1"] > 0.1).sum() >= 3
     # fixed point closer to float: more spikes agree with the exact reading
     x = rng.uniform(0, 1, size=(30, 8, 16))
     ref = simulate(g, x, profile="nir")

@@ -12,9 +12,9 @@ def _shape(s) -> str:
 
 
 def _groups_summary(plan, q) -> list[str]:
-    """What `--threshold-groups` would do: the split and the row error it leaves."""
+    """What `--threshold-groups` would do: the split and the whole-row error it leaves."""
     from hardware.fixedpoint import quantize
-    from hardware.lava.groups import split_threshold_groups
+    from hardware.lava.groups import row_errors, split_threshold_groups
 
     sp = split_threshold_groups(plan)
     tg = sp.meta.get("threshold_groups")
@@ -22,17 +22,17 @@ def _groups_summary(plan, q) -> list[str]:
         return ["threshold groups: none needed (every population's folded rows lie within 4x)"]
     qs = quantize(sp)
     by = {L["name"]: L for L in qs.layers}
-    before = {L["name"]: L for L in q.layers}
+    e0, e1 = row_errors(plan, q), row_errors(sp, qs)
     out = ["threshold groups (simulate --threshold-groups, profile loihi-fixed-groups): populations whose "
            "per-neuron thresholds spread the folded rows over more than 4x, split into LIF processes "
-           "with their own vth and weight exponents (same float function):"]
+           "with their own vth and weight exponents (same float function); whole-row weight error "
+           "folded -> split:"]
     for n, g in tg.items():
         Ls = [by[gn] for gn in g["groups"]]
         sizes = ", ".join(str(L["size"]) for L in Ls)
         out.append(f"  {n}: {len(Ls)} groups ({sizes} neurons), vth {', '.join(str(L['vth']) for L in Ls)}; "
-                   f"row rel.err max {before[n]['row_rel_err_max']:.2e} -> {max(L['row_rel_err_max'] for L in Ls):.2e}, "
-                   f"mean {before[n]['row_rel_err_mean']:.2e} -> "
-                   f"{np.average([L['row_rel_err_mean'] for L in Ls], weights=[L['size'] for L in Ls]):.2e}")
+                   f"row rel.err max {e0[n].max():.2e} -> {e1[n].max():.2e}, "
+                   f"mean {e0[n].mean():.2e} -> {e1[n].mean():.2e}")
     return out
 
 

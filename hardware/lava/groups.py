@@ -185,3 +185,35 @@ def merge_outputs(meta: dict, arrays: dict, out: dict) -> dict:
                 full[..., idx] = val
             out[prefix + n] = full
     return out
+
+
+def row_errors(plan: Plan, qplan) -> dict[str, np.ndarray]:
+    """Per population of the ORIGINAL graph: each neuron's relative error of its whole
+    quantised input row (all incoming connections side by side, scaled back to the float
+    plan's units) against the float plan: ||back - ref|| / ||ref||. Comparable between a
+    folded and a split plan (a split row's pieces are put back together first)."""
+    from hardware.fixedpoint import chain_matrix
+
+    meta, qmeta = plan.meta, qplan.meta
+    in_name = meta["input"]["name"]
+    frac = int(qmeta.get("input_frac", 0))
+    vth = {p["name"]: int(p["vth"]) for p in qmeta["populations"]}
+    orig = {p["name"]: p.get("group_of", p["name"]) for p in meta["populations"]}
+    size = {}
+    for p in merged_meta(meta)["populations"]:
+        size[p["name"]] = int(p["size"])
+    qconns = {c["id"]: c for c in qmeta["connections"]}
+    err2 = {n: np.zeros(s) for n, s in size.items()}
+    ref2 = {n: np.zeros(s) for n, s in size.items()}
+    for c in meta["connections"]:
+        t = c["target"]
+        if t not in orig:
+            continue
+        q = qconns[c["id"]]
+        ref = chain_matrix(plan.arrays, c["terms"], int(c["rows"]), int(c["cols"]))
+        w = chain_matrix(qplan.arrays, q["terms"], int(q["rows"]), int(q["cols"]))
+        back = w * 2.0 ** int(q["weight_exp"]) / vth[t] * (2.0 ** frac if c["source"] == in_name else 1.0)
+        ri = plan.arrays.get(t + "__index", np.arange(ref.shape[0]))
+        np.add.at(err2[orig[t]], ri, ((back - ref) ** 2).sum(axis=1))
+        np.add.at(ref2[orig[t]], ri, (ref ** 2).sum(axis=1))
+    return {n: np.sqrt(err2[n]) / np.where(ref2[n] > 0, np.sqrt(ref2[n]), np.inf) for n in err2}
