@@ -285,6 +285,8 @@ class _Persistent:
                     return buf.decode(errors="replace").strip() or None
                 buf += chunk
                 if b"\n" in buf:
+                    if not self.shm:  # a job faster than one scan: record the kept network's segments
+                        self.shm = _shm_of(_group_pids(self.proc.pid))
                     return buf.split(b"\n", 1)[0].decode(errors="replace").strip()
             if now - last_scan > 0.5:  # segments seen (pruned of those already gone)
                 self.shm = {p for p in self.shm if os.path.exists(p)} | _shm_of(_group_pids(self.proc.pid))
