@@ -113,12 +113,14 @@ def bench_simulate(a, tmp: Path, progress: bool) -> dict:
 
 
 def bench_train(a, tmp: Path) -> dict:
+    from models.datasets import load_dataset
+    a.train_samples_per_epoch = min(a.limit_train, len(load_dataset(a.train_dataset, "train")[1]))
     runs = []
     for rep in range(a.repeats):
         for n, threads in a.procs:
             out = tmp / f"train-{n}-{threads}-{rep}"
             cmd = [sys.executable, "-m", "toolchain", "--no-progress", "train", "--method", a.method, "--arch",
-                   a.arch, "--dataset", "digits", "--epochs", str(a.epochs), "--batch-size", str(a.train_batch),
+                   a.arch, "--dataset", a.train_dataset, "--epochs", str(a.epochs), "--batch-size", str(a.train_batch),
                    "--timesteps", "4", "--device", "cpu", "--seed", "0", "--limit-train", str(a.limit_train),
                    "--limit-test", "64", "--nproc-per-node", str(n), "--out", str(out)]
             if n > 1:
@@ -133,7 +135,7 @@ def bench_train(a, tmp: Path) -> dict:
                 raise RuntimeError(f"training with {n} processes failed: {p.stderr.strip()[-500:]}")
             hist = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
             loop_s = sum(h["seconds"] for h in hist)
-            samples = sum(h.get("samples", min(a.limit_train, 1437)) for h in hist)
+            samples = a.train_samples_per_epoch * len(hist)
             runs.append({"processes": n, "threads_per_process": threads or "torch default", "repeat": rep, "train_loop_seconds": round(loop_s, 3),
                          "samples_per_second": round(samples / loop_s, 1), "run_wall_seconds": round(wall, 3),
                          "run_cpu_seconds": round(cpu, 3), "final_snn_test_accuracy": hist[-1]["snn_test_accuracy"],
@@ -148,7 +150,7 @@ def bench_train(a, tmp: Path) -> dict:
     for k, v in summary.items():  # against the best 1-process configuration
         n = int(k.split()[0])
         v["scaling_efficiency_vs_best_1_process"] = round(v["samples_per_second"] / (n * max(ones)), 3) if ones else None
-    return {"method": a.method, "arch": a.arch, "dataset": "digits", "limit_train": a.limit_train,
+    return {"method": a.method, "arch": a.arch, "dataset": a.train_dataset, "limit_train": a.limit_train,
             "epochs": a.epochs, "global_batch": a.train_batch, "summary": summary, "runs": runs}
 
 
@@ -163,6 +165,7 @@ def add_arguments(p):
                    default=[(1, 0), (1, 1), (2, 1)],
                    help="training runs as PROCESSES:THREADS_PER_PROCESS (0: torch's default), default 1:0,1:1,2:1")
     p.add_argument("--method", default="snn2ann")
+    p.add_argument("--train-dataset", default="digits", help="training benchmark dataset (default digits)")
     p.add_argument("--arch", default="cnn")
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--limit-train", type=int, default=1024)
