@@ -127,6 +127,29 @@ def test_inspect_lava_cli_shows_delays_and_current_decay(tmp_path):
         assert text in r.stdout, text
 
 
+def test_skip_longer_than_loihi_delays_is_refused_in_fixed_point():
+    """DelayDense/DelaySparse fixed_pt hold 6-bit delays: a skip over 65 layers (64 extra
+    steps) lowers for float but the fixed-point plan refuses it, naming the connection."""
+    from hardware.errors import UnsupportedError
+
+    n, L = 3, 65
+    nodes = {"input": nir.Input(np.array([n]))}
+    e, prev = [], "input"
+    for i in range(L):
+        nodes[f"fc{i}"] = nir.Affine(np.eye(n) * 2.0, np.zeros(n))
+        nodes[f"n{i}"] = nir.IF(r=np.ones(n), v_threshold=np.ones(n), v_reset=np.zeros(n))
+        e += [(prev, f"fc{i}"), (f"fc{i}", f"n{i}")]
+        prev = f"n{i}"
+    nodes["skip"] = nir.Affine(np.eye(n), np.zeros(n))
+    nodes["output"] = nir.Output(np.array([n]))
+    e += [("input", "skip"), ("skip", f"n{L - 1}"), (f"n{L - 1}", "output")]
+    g = nir.NIRGraph(nodes=nodes, edges=e, type_check=False)
+    plan = lower(g, 4)
+    assert max(c["delay"] for c in plan.meta["connections"]) == 64
+    with pytest.raises(UnsupportedError, match=r"more than 63 steps .*input -> n64: 64"):
+        quantize(plan)
+
+
 def test_cuba_lif_lowering_refusals():
     rng = np.random.default_rng(1)
     g = residual_graph(rng, False, ("IF", "IF", "CubaLIF", "IF"))
