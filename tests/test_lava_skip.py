@@ -200,6 +200,36 @@ def test_residual_graphs_lava_fixed_bit_exact_and_float_within_tolerance():
     print(totals)
 
 
+@pytest.mark.lava
+def test_sparse_and_delay_sparse_connections_bit_exact(monkeypatch):
+    """Large sparse connections become Sparse / DelaySparse (a ResNet's identity shortcut at
+    16x16x16 is 4096x4096 with 4096 nonzeros): forced here on the small residual graph by
+    lowering the Dense size limit, Lava fixed_pt still equals the integer model bit for bit,
+    and float matches the lava-float profile."""
+    import hardware.lava as hl
+
+    monkeypatch.setattr(hl, "DENSE_MAX_ELEMENTS", 200)
+    rng = np.random.default_rng(4)
+    g = residual_graph(rng, False, ("IF", "CubaLIF", "LIF", "IF"))
+    T, B = 10, 2
+    x = rng.uniform(0, 1, size=(T, B, 2, 6, 6))
+    D = lower(g, T).meta["max_depth"]
+    a = fixed_trace(g, x, window=T + D, record_state=True)
+    b = run_lava(g, x, precision="fixed", window=T + D, record_state=True)
+    ch = b.meta["worker"]["chunks"][0]
+    assert ch["sparse"] >= 2 and ch["delayed"] == 2, ch  # n0 -> nb (identity, 108x108) is DelaySparse
+    for n in a.spikes:
+        np.testing.assert_array_equal(b.spikes[n], a.spikes[n], err_msg=n)
+    np.testing.assert_array_equal(b.outputs["output"], a.outputs["output"])
+    for k, v in a.meta["final_state"].items():
+        np.testing.assert_array_equal(b.meta["final_state"][k], v, err_msg=k)
+    f = run_lava(g, x)
+    ref = simulate(g, np.concatenate([x, np.zeros((D,) + x.shape[1:])]), profile="lava-float")
+    dl = f.meta["lava_delay_steps"]
+    for n, s in f.spikes.items():
+        np.testing.assert_array_equal(s, ref.spikes[n][dl[n]:dl[n] + T], err_msg=f"float {n}")
+
+
 def _tiny_resnet_checkpoint(tmp_path):
     """A ResNet in the layout of resnet17/18 (stem, an identity block, a projection block
     with stride 2, global average pool, classifier), small enough for Lava: random weights

@@ -240,6 +240,7 @@ def fixed_trace(graph, x, timesteps: int | None = None, window: int | None = Non
     P = int(meta["window"])
     xp = np.zeros((P,) + xs.shape[1:])
     xp[:T] = xs
+    meta["dense_max_elements"] = DENSE_MAX_ELEMENTS  # the worker's Dense/Sparse choice (overflow rules)
     res = run_qplan(meta, arrays, xp, record_state=record_state)
     out = {"spikes__" + n: s[:T] for n, s in res["spikes"].items()}
     out.update({"output__" + n: o[:T] for n, o in res["outputs"].items()})
