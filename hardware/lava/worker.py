@@ -173,6 +173,16 @@ def _group_pids(pgid: int) -> list[int]:
     return pids
 
 
+def _zombie(pid: int) -> bool:
+    """Dead but not reaped (a killed child of this process): nothing left to kill."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            st = f.read()
+        return st[st.rindex(")") + 2:].split()[0] in ("Z", "X")
+    except (OSError, ValueError, IndexError):
+        return True
+
+
 def _shm_of(pids) -> set:
     found = set()
     for pid in pids:
@@ -201,14 +211,25 @@ def _watch_parent(job: str) -> None:
             if os.getppid() != parent:
                 me = os.getpid()
                 pgid = os.getpgid(0)
-                pids = _group_pids(pgid)
-                shm = _shm_of(pids)
-                for pid in pids:
-                    if pid != me:
+                # Lava's runtime may still be forking process models while this runs: kill
+                # until two consecutive scans find no other member of the group.
+                shm: set = set()
+                quiet = 0
+                for _ in range(200):
+                    pids = [p for p in _group_pids(pgid) if p != me and not _zombie(p)]
+                    shm |= _shm_of(pids + [me])
+                    if not pids:
+                        quiet += 1
+                        if quiet >= 2:
+                            break
+                    else:
+                        quiet = 0
+                    for pid in pids:
                         try:
                             os.kill(pid, signal.SIGKILL)
                         except OSError:
                             pass
+                    time.sleep(0.02)
                 for path in shm:
                     try:
                         os.unlink(path)
