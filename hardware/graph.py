@@ -11,6 +11,8 @@ shapes (no batch dimension, CHW) and back edges, and reports every problem at on
 """
 from __future__ import annotations
 
+import io
+import json
 import math
 import os
 import stat
@@ -44,6 +46,7 @@ class LoadLimits:
     max_ndim: int = 8
     max_dim: int = 1 << 31
     max_string_elements: int = 1_000_000
+    max_file_bytes: int = 2 << 30  # the file is read into memory once
 
 
 # HDF5 filter ids that are built in (deflate, shuffle, fletcher32, szip, nbit,
@@ -197,18 +200,10 @@ def _check_node_dict(d: Any, file: str, place: str, depth: int = 0) -> None:
         d["type_check"] = False
 
 
-def load_graph(path: str | os.PathLike, limits: LoadLimits | None = None) -> nir.NIRGraph:
-    """Load a NIR file safely (see module docstring). Raises GraphError (every rejection, size limits included)."""
-    limits = limits or LoadLimits()
-    file = str(path)
+def _parse_hdf5(raw: bytes, file: str, limits: LoadLimits) -> dict:
+    """The file's /node tree as nested dicts (structure validated before any data is read)."""
     try:
-        st = os.stat(file)
-    except OSError as e:
-        raise GraphError(f"cannot open: {e.strerror}", file, "file") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise GraphError("not a regular file", file, "file")
-    try:
-        f = h5py.File(file, "r", locking=False)
+        f = h5py.File(io.BytesIO(raw), "r")
     except Exception as e:  # noqa: BLE001 - any failure to open is a bad file
         raise GraphError(f"not a readable HDF5 file ({type(e).__name__})", file, "file") from None
     try:
@@ -217,7 +212,7 @@ def load_graph(path: str | os.PathLike, limits: LoadLimits | None = None) -> nir
                 _validate_tree(f, file, limits)
                 if "node" not in f or not isinstance(f["node"], h5py.Group):
                     raise GraphError("missing group 'node' (not a NIR file)", file, "/node")
-                data = _read_tree(f["node"])
+                return _read_tree(f["node"])
             except InputError:
                 raise
             except Exception as e:  # noqa: BLE001 - corrupt/truncated data
@@ -226,6 +221,108 @@ def load_graph(path: str | os.PathLike, limits: LoadLimits | None = None) -> nir
         raise
     except Exception as e:  # noqa: BLE001 - closing a corrupt file
         raise GraphError(f"corrupt HDF5 file ({type(e).__name__})", file, "file") from None
+
+
+def _hdf5_timeout(nbytes: int) -> float:
+    env = os.environ.get("SPIKEBRIDGE_HDF5_TIMEOUT")
+    if env:
+        try:
+            return max(0.1, float(env))
+        except ValueError:
+            pass
+    return 20.0 + nbytes / 10e6  # seconds: generous for a real file (~1 s per 100 MB read)
+
+
+def _trial_parse(raw: bytes, file: str, limits: LoadLimits) -> None:
+    """Parse ``raw`` once in a forked child with a time limit before the caller parses it.
+
+    HDF5's C library can loop forever on crafted data (seen with a mutated variable-length
+    string whose global-heap reference points into garbage: ``Dataset[()]`` never returns,
+    and no Python signal handler runs while it holds the interpreter). A child that does
+    not finish in time is killed and the file rejected; one that finishes shows that the
+    same bytes, read by the same library, terminate in the parent too. The child returns
+    only an exit code and a message (no pickling). Without fork (not POSIX) this is skipped.
+    """
+    if not hasattr(os, "fork"):
+        return
+    import select
+    import signal
+
+    timeout = _hdf5_timeout(len(raw))
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: parse, report, exit without running any parent clean-up
+        code, msg = 0, b""
+        try:
+            os.close(r)
+            try:
+                _parse_hdf5(raw, file, limits)
+            except InputError as e:
+                code, msg = 3, json.dumps({"rule": e.rule, "place": e.place}).encode("utf8")
+            except BaseException as e:  # noqa: BLE001 - reported to the parent
+                code, msg = 4, f"{type(e).__name__}: {e}".encode("utf8", "replace")
+            os.write(w, msg[:4000])
+        finally:
+            os._exit(code)
+    os.close(w)
+    try:
+        ready, _, _ = select.select([r], [], [], timeout)
+        msg = b""
+        if ready:  # the child wrote its message and exited (EOF), or is about to
+            chunks = []
+            while True:
+                c = os.read(r, 4096)
+                if not c:
+                    break
+                chunks.append(c)
+            msg = b"".join(chunks)
+        else:
+            os.kill(pid, signal.SIGKILL)
+        _, status = os.waitpid(pid, 0)
+    finally:
+        os.close(r)
+    if not ready:
+        raise GraphError(f"reading the HDF5 data did not finish within {timeout:.0f} s "
+                         "(malformed file; SPIKEBRIDGE_HDF5_TIMEOUT raises the limit)", file, "data")
+    code = os.waitstatus_to_exitcode(status)
+    if code == 0:
+        return
+    text = msg.decode("utf8", "replace").strip() or f"exit status {code}"
+    if code == 3:  # the rejection the parent would raise: raise it here
+        try:
+            d = json.loads(text)
+            rule, place = str(d["rule"]), (None if d.get("place") is None else str(d["place"]))
+        except (ValueError, KeyError, TypeError):
+            rule, place = text, "data"
+        raise GraphError(rule, file, place)
+    raise GraphError(f"reading the HDF5 data failed ({text})", file, "data")
+
+
+def load_graph(path: str | os.PathLike, limits: LoadLimits | None = None) -> nir.NIRGraph:
+    """Load a NIR file safely (see module docstring). Raises GraphError (every rejection, size limits included).
+
+    The bytes are read once (bounded by ``limits.max_file_bytes``); a forked child parses
+    them first under a time limit (:func:`_trial_parse`), then this process parses the same
+    bytes."""
+    limits = limits or LoadLimits()
+    file = str(path)
+    try:
+        st = os.stat(file)
+    except OSError as e:
+        raise GraphError(f"cannot open: {e.strerror}", file, "file") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise GraphError("not a regular file", file, "file")
+    if st.st_size > limits.max_file_bytes:
+        raise GraphError(f"file of {st.st_size} bytes exceeds the limit of {limits.max_file_bytes}", file, "file")
+    try:
+        with open(file, "rb") as fh:
+            raw = fh.read(st.st_size + 1)  # st_size is within the limit; + 1 sees a file that grew
+    except OSError as e:
+        raise GraphError(f"cannot read: {e.strerror}", file, "file") from None
+    if len(raw) > limits.max_file_bytes:
+        raise GraphError(f"file exceeds the limit of {limits.max_file_bytes} bytes", file, "file")
+    _trial_parse(raw, file, limits)
+    data = _parse_hdf5(raw, file, limits)
     if data.get("type") != "NIRGraph":
         raise GraphError("root node is not a NIRGraph", file, "/node/type")
     _check_node_dict(data, file, "/node")

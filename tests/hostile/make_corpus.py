@@ -195,6 +195,22 @@ def build(out_dir) -> list[Case]:  # noqa: C901 - one long list of cases
         lambda f: f["node/nodes/fc"].create_dataset("bias2", shape=(1 << 31,), dtype="f4", chunks=(1 << 16,)))
     mut("nir_many_dims", "a 12-D dataset", lambda f: f.create_dataset("node/x", data=np.zeros((1,) * 12)))
 
+    def heap_loop(p):
+        """A global-heap collection whose object after the first few is a free-space entry of
+        size 0: HDF5 reading a variable-length string from it never returns (found by the
+        loader fuzzer; no Python signal can interrupt it)."""
+        import struct
+        data = bytearray(base_bytes)
+        at = data.index(b"GCOL")
+        j = at + 16
+        for _ in range(3):  # keep three objects, then the poisoned entry
+            size = struct.unpack_from("<Q", data, j + 8)[0]
+            j += 16 + (size + 7) // 8 * 8
+        struct.pack_into("<HHIQ", data, j, 0, 0, 0, 0)
+        p.write_bytes(bytes(data))
+
+    nir_case("nir_global_heap_loop", "vlen strings in a global heap with a size-0 free-space entry", heap_loop)
+
     def bomb(f):  # 512 MiB of float32 zeros declared, one gzip chunk stored (~64 KiB on disk)
         del f["node/nodes/lif/r"]
         ds = f.create_dataset("node/nodes/lif/r", shape=(1 << 27,), dtype="f4", chunks=(1 << 24,),
