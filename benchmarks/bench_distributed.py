@@ -188,11 +188,8 @@ def main(argv=None, progress: bool = True) -> int:
         if not a.skip_train:
             out["train"] = bench_train(a, Path(d))
     out["loadavg_end"] = _load()
-    text = json.dumps(out, indent=1)
-    if a.out:
-        from hardware.fileio import atomic_write_text
-        atomic_write_text(a.out, text + "\n")
-    print(text)
+    from hardware.fileio import print_json
+    print_json(out, a.out)
     return 0
 
 

@@ -258,11 +258,8 @@ def main(argv=None, progress: bool = True) -> int:
     add_arguments(p)
     a = p.parse_args(argv)
     out = run(a)
-    text = json.dumps(out, indent=1)
-    if a.out:
-        from hardware.fileio import atomic_write_text
-        atomic_write_text(a.out, text + "\n")
-    print(text)
+    from hardware.fileio import print_json
+    print_json(out, a.out)
     return 0
 
 

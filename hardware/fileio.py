@@ -8,6 +8,7 @@ import contextlib
 import json
 import math
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -63,3 +64,26 @@ def _strict(obj):
 def atomic_write_json(path: str | os.PathLike, obj, indent: int = 2) -> None:
     text = json.dumps(_strict(obj), indent=indent, sort_keys=False, allow_nan=False)
     atomic_write_text(path, text + "\n")
+
+
+def regular_file(file: str, max_bytes: int, error: type) -> os.stat_result:
+    """``os.stat`` of an input file that must exist, be a regular file (not a FIFO or a
+    device: reading those can block or never end) and be at most ``max_bytes``; otherwise
+    raises ``error(rule, file, "file")`` (an InputError subclass)."""
+    try:
+        st = os.stat(file)
+    except OSError as e:
+        raise error(f"cannot open: {e.strerror}", file, "file") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise error("not a regular file", file, "file")
+    if st.st_size > max_bytes:
+        raise error(f"file is {st.st_size} bytes, above the limit {max_bytes}", file, "file")
+    return st
+
+
+def print_json(obj, out: str | os.PathLike | None = None) -> None:
+    """A benchmark's result: JSON on stdout and, with ``out``, the same text written atomically."""
+    text = json.dumps(obj, indent=1)
+    if out:
+        atomic_write_text(out, text + "\n")
+    print(text)

@@ -15,7 +15,6 @@ import io
 import json
 import math
 import os
-import stat
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,6 +25,7 @@ import numpy as np
 import nir
 
 from .errors import GraphError, InputError, UnsupportedError
+from .fileio import regular_file
 
 META_KEY = "spikebridge"
 
@@ -306,14 +306,7 @@ def load_graph(path: str | os.PathLike, limits: LoadLimits | None = None) -> nir
     bytes."""
     limits = limits or LoadLimits()
     file = str(path)
-    try:
-        st = os.stat(file)
-    except OSError as e:
-        raise GraphError(f"cannot open: {e.strerror}", file, "file") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise GraphError("not a regular file", file, "file")
-    if st.st_size > limits.max_file_bytes:
-        raise GraphError(f"file of {st.st_size} bytes exceeds the limit of {limits.max_file_bytes}", file, "file")
+    st = regular_file(file, limits.max_file_bytes, GraphError)
     try:
         with open(file, "rb") as fh:
             raw = fh.read(st.st_size + 1)  # st_size is within the limit; + 1 sees a file that grew

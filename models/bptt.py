@@ -276,7 +276,6 @@ class BPTTNet(nn.Module):
 
 def build_bptt_model(meta: dict, tensors: dict, file: str | None = None) -> BPTTNet:
     """Rebuild a BPTT checkpoint's model (weights checked by name and shape)."""
-    import numpy as np
 
     from hardware.errors import CheckpointError
 

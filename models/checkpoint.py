@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import pickletools
 import re
-import stat
 import warnings
 import zipfile
 from pathlib import Path
@@ -162,7 +160,6 @@ def load_checkpoint(ckpt_dir) -> tuple[dict, dict[str, np.ndarray]]:
 
 def build_model(meta: dict, tensors: dict[str, np.ndarray], file: str | None = None):
     """Rebuild the torch model of a checkpoint (SNN2ANN family) with its weights."""
-    import torch
     from models import methods as method_registry
     from models.snn2ann import SNN2ANNNet
 
@@ -256,14 +253,8 @@ def load_train_state(path, map_location="cpu", required: tuple = ()) -> dict:
     members, every imported global checked (the error names all unsafe ones) and then
     ``torch.load(weights_only=True)``. Returns a dict; raises CheckpointError."""
     file = str(path)
-    try:
-        st = os.stat(file)
-    except OSError as e:
-        raise CheckpointError(f"cannot open: {e.strerror}", file, "file") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise CheckpointError("not a regular file", file, "file")
-    if st.st_size > MAX_STATE_BYTES:
-        raise CheckpointError(f"file is {st.st_size} bytes, above the limit {MAX_STATE_BYTES}", file, "file")
+    from hardware.fileio import regular_file
+    st = regular_file(file, MAX_STATE_BYTES, CheckpointError)
     place = "pickle"
     if zipfile.is_zipfile(file):
         try:

@@ -51,14 +51,8 @@ def load_onnx(path, limits: OnnxLimits | None = None):
 
     limits = limits or OnnxLimits()
     file = str(path)
-    try:
-        st = os.stat(file)
-    except OSError as e:
-        raise ModelFileError(f"cannot open: {e.strerror}", file, "file") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise ModelFileError("not a regular file", file, "file")
-    if st.st_size > limits.max_file_bytes:
-        raise ModelFileError(f"file is {st.st_size} bytes, above the limit {limits.max_file_bytes}", file, "file")
+    from hardware.fileio import regular_file
+    st = regular_file(file, limits.max_file_bytes, ModelFileError)
     if st.st_size == 0:
         raise ModelFileError("empty file", file, "file")
     with open(file, "rb") as f:
