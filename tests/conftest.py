@@ -7,11 +7,18 @@ SPIKEBRIDGE_REQUIRE_LAVA=1, in which case they fail (CI and `make test` set it).
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+
+# A non-interactive shell starts background jobs with SIGINT ignored, and an ignored signal
+# stays ignored across exec: the CLI processes the interrupt tests start would then never
+# see their SIGINT. A handler (unlike SIG_IGN) is reset to the default at exec.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _lava_python() -> Path:
