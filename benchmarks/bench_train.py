@@ -88,29 +88,19 @@ def worker(a) -> dict:
     import numpy as np
     import torch
 
-    from models.datasets import dataset_info, load_dataset
-    from models.train import (TrainConfig, _milestones, evaluate, make_model, pick_device, seed_everything,
-                              train_step)
+    from models.methods.common import load_data, make_optimizer
+    from models.train import TrainConfig, evaluate, make_model, pick_device, seed_everything, train_step
 
     if a.threads:
         torch.set_num_threads(a.threads)
     cfg = TrainConfig(method=a.method, arch=a.arch, dataset=a.dataset, timesteps=a.timesteps, epochs=a.epochs,
                       batch_size=a.batch_size, lr=a.lr, seed=a.seed, device=a.device, neuron=a.neuron,
-                      surrogate=a.surrogate)
+                      surrogate=a.surrogate, limit_train=a.limit, limit_test=a.limit_test)
     device = pick_device(a.device)
     seed_everything(a.seed)
-    info = dataset_info(a.dataset)
-    xtr, ytr = load_dataset(a.dataset, "train")
-    xte, yte = load_dataset(a.dataset, "test")
-    if a.limit:
-        xtr, ytr = xtr[:a.limit], ytr[:a.limit]
-    if a.limit_test:
-        xte, yte = xte[:a.limit_test], yte[:a.limit_test]
-    xtr_t, ytr_t = torch.from_numpy(xtr).to(device), torch.from_numpy(ytr).to(device)
-    xte_t, yte_t = torch.from_numpy(xte).to(device), torch.from_numpy(yte).to(device)
+    info, xtr_t, ytr_t, xte_t, yte_t = load_data(cfg, device)
     model = make_model(cfg, info.input_shape, info.num_classes).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.MultiStepLR(opt, _milestones(cfg.epochs), gamma=0.1)
+    opt, sched = make_optimizer(model.parameters(), cfg, cfg.epochs)
     gen = torch.Generator().manual_seed(a.seed)
     cuda = device.type == "cuda"
     _warm_up(model, xtr_t[:cfg.batch_size], ytr_t[:cfg.batch_size])
@@ -147,8 +137,8 @@ def worker(a) -> dict:
             "epoch_cpu_seconds": epoch_cpu, "load_average": load, "peak_memory_mib": peak / 2**20,
             "memory_kind": "cuda_max_memory_allocated" if cuda else "rss",
             "snn_test_accuracy": ev["snn_test_accuracy"], "spikes_per_sample": ev["spikes_per_sample"],
-            "final_loss": losses[-1], "train_samples": len(xtr), "test_samples": len(xte),
-            "iterations": cfg.epochs * -(-len(xtr) // cfg.batch_size)}
+            "final_loss": losses[-1], "train_samples": len(xtr_t), "test_samples": len(xte_t),
+            "iterations": cfg.epochs * -(-len(xtr_t) // cfg.batch_size)}
 
 
 def _common(p):

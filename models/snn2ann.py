@@ -120,13 +120,6 @@ def keep_mask(like: torch.Tensor, p: float) -> torch.Tensor:
     return torch.from_numpy(m).view(like.shape).to(like.dtype)
 
 
-def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
-    """``F.dropout`` with the mask from :func:`keep_mask` (differentiable in x)."""
-    if not training or p == 0.0:
-        return x
-    return x * keep_mask(x, p)
-
-
 class SharedLayer(nn.Module):
     """A conv or linear layer (+ BN [+ max-pool] + per-neuron thresholds) shared by both branches."""
 

@@ -10,7 +10,6 @@ and 87.5% of the epochs (the released 100/150/175 of 200). Checkpoint every epoc
 from __future__ import annotations
 
 import json
-import os
 import random
 import time
 from dataclasses import asdict, dataclass, field
@@ -24,7 +23,6 @@ from hardware.errors import InputError
 from hardware.fileio import atomic_path, atomic_write_text
 from models.architectures import build_spec
 from models.checkpoint import save_checkpoint
-from models.datasets import dataset_info, load_dataset
 from models.bptt import BPTTNet
 from models.snn2ann import SNN2ANNNet
 
@@ -175,10 +173,6 @@ def dist_train_step(runner, model, opt, xb, yb, offset: int, global_batch: int):
     return loss.detach(), (float(np.mean(rhos)) if rhos else 0.0)
 
 
-def _milestones(epochs: int) -> list[int]:
-    return sorted({max(1, round(epochs * f)) for f in (0.5, 0.75, 0.875)})
-
-
 def train(cfg: TrainConfig, out_dir, progress: bool = True, resume: bool = False) -> dict:
     """Train; write checkpoint, metrics.jsonl and curves.png into ``out_dir``; return the last metrics.
 
@@ -204,21 +198,12 @@ def _train(cfg: TrainConfig, out_dir, progress: bool, resume: bool) -> dict:
     out = Path(out_dir)
     device = pick_device(cfg.device)
     seed_everything(cfg.seed)
-    info = dataset_info(cfg.dataset)
-    xtr, ytr = load_dataset(cfg.dataset, "train")
-    xte, yte = load_dataset(cfg.dataset, "test")
-    if cfg.limit_train:
-        xtr, ytr = xtr[:cfg.limit_train], ytr[:cfg.limit_train]
-    limit_test = cfg.limit_test or (cfg.extra or {}).get("limit_test")  # the CLI's --limit-test lands in extra
-    if limit_test:
-        xte, yte = xte[:limit_test], yte[:limit_test]
+    from models.methods.common import load_data, make_optimizer
+    info, xtr_t, ytr_t, xte_t, yte_t = load_data(cfg, device)  # --limit-train / --limit-test applied
     use_aug = info.augment if cfg.augment is None else bool(cfg.augment)
-    xtr_t, ytr_t = torch.from_numpy(xtr).to(device), torch.from_numpy(ytr).to(device)
-    xte_t, yte_t = torch.from_numpy(xte).to(device), torch.from_numpy(yte).to(device)
 
     model = make_model(cfg, info.input_shape, info.num_classes).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.MultiStepLR(opt, _milestones(cfg.epochs), gamma=0.1)
+    opt, sched = make_optimizer(model.parameters(), cfg, cfg.epochs)
     gen = torch.Generator().manual_seed(cfg.seed)
     aug_gen = torch.Generator().manual_seed(cfg.seed + 1)
     history: list[dict] = []
