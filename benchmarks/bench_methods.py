@@ -57,6 +57,9 @@ def _parser():
     p.add_argument("--eventsim-limit", type=int, default=200, help="test samples run through eventsim")
     p.add_argument("--L", type=int, default=4, help="QCFS levels")
     p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--schedule", default="step", choices=["step", "cosine"],
+                   help="lr schedule of every trained ANN and of snn2ann (as train --schedule; default step)")
+    p.add_argument("--width", type=float, help="lasnn student width (default: the method's, 0.5)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/bench-methods")
     return p
@@ -67,7 +70,7 @@ def _cfg(args, **kw):
 
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     base = dict(arch=args.arch, dataset=args.dataset, epochs=args.epochs, batch_size=args.batch_size,
-                seed=args.seed, device="cpu", limit_train=args.limit_train)
+                seed=args.seed, device="cpu", limit_train=args.limit_train, schedule=args.schedule)
     base.update(kw)
     extra = dict(base.pop("extra", {}))
     if "limit_test" in names:
@@ -190,7 +193,8 @@ def run(args, progress: bool = False) -> dict:
                    snn_test_accuracy_before_finetune=row["snn_test_accuracy_before_finetune"])
         elif m == "lasnn":
             row = train(_cfg(args, method="lasnn", timesteps=T, epochs=args.student_epochs or args.epochs,
-                             extra={"teacher": str(out / "ann")}), ck, progress)
+                             extra={"teacher": str(out / "ann"),
+                                    **({"width": args.width} if args.width else {})}), ck, progress)
             secs = shared["ann_seconds"] + time.perf_counter() - t0
             record(m, T, ck, row, secs, row["ann_test_accuracy"])
         else:

@@ -94,7 +94,7 @@ def worker(a) -> dict:
     if a.threads:
         torch.set_num_threads(a.threads)
     cfg = TrainConfig(method=a.method, arch=a.arch, dataset=a.dataset, timesteps=a.timesteps, epochs=a.epochs,
-                      batch_size=a.batch_size, lr=a.lr, seed=a.seed, device=a.device, neuron=a.neuron,
+                      batch_size=a.batch_size, lr=a.lr, schedule=a.schedule, seed=a.seed, device=a.device, neuron=a.neuron,
                       surrogate=a.surrogate, limit_train=a.limit, limit_test=a.limit_test)
     device = pick_device(a.device)
     seed_everything(a.seed)
@@ -147,6 +147,8 @@ def _common(p):
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--schedule", default="step", choices=["step", "cosine"],
+                   help="learning-rate schedule of both methods (default step, as train)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto|cpu|cuda")
     p.add_argument("--neuron", default="lif", help="BPTT neuron: if | lif")
@@ -184,7 +186,7 @@ def run(a) -> dict:
     pairs = parse_pairs(a.pairs)
     jobs = sorted({("snn2ann", s) for s, _ in pairs} | {("bptt", b) for _, b in pairs})
     common = ["--dataset", a.dataset, "--arch", a.arch, "--epochs", str(a.epochs), "--batch-size",
-              str(a.batch_size), "--lr", str(a.lr), "--seed", str(a.seed), "--device", a.device,
+              str(a.batch_size), "--lr", str(a.lr), "--schedule", a.schedule, "--seed", str(a.seed), "--device", a.device,
               "--neuron", a.neuron, "--surrogate", a.surrogate, "--threads", str(a.threads)]
     if a.limit:
         common += ["--limit", str(a.limit)]

@@ -39,6 +39,7 @@ class TrainConfig:
     batch_size: int = 64
     lr: float = 1e-3
     weight_decay: float = 5e-4
+    schedule: str = "step"  # step: x0.1 at 50/75/87.5% of the epochs (the released setting) | cosine
     smu: str = "stsu"
     ann_dropout: float = 0.2
     membrane_dropout: float = 0.5
@@ -289,6 +290,9 @@ def _resume(out: Path, model, opt, sched, gen, aug_gen, device):
     state = load_train_state(out / "train_state.pt", map_location="cpu", required=("epoch", "optimizer", "scheduler", "generator", "torch_rng"))
     if isinstance(state.get("model"), dict):  # the weights saved with this optimizer state (same epoch)
         model.load_state_dict(state["model"], strict=False)
+    if not isinstance(state["scheduler"], dict) or \
+            ("milestones" in state["scheduler"]) != isinstance(sched, torch.optim.lr_scheduler.MultiStepLR):
+        raise InputError(f"--resume: {out} was trained with a different --schedule")
     opt.load_state_dict(state["optimizer"])
     sched.load_state_dict(state["scheduler"])
     gen.set_state(state["generator"])

@@ -149,3 +149,23 @@ def test_train_limit_train_and_limit_test_reach_snn2ann_and_bptt(tmp_path, metho
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["test_samples"] == 37
     assert json.loads(stdout.strip().splitlines()[-1])["test_samples"] == 37
+
+
+def test_train_schedule_step_and_cosine_and_resume_refuses_a_switch(tmp_path):
+    import math
+    lrs = {}
+    for schedule in ("step", "cosine"):
+        out = tmp_path / schedule
+        code, _, err = run("train", "--method", "snn2ann", "--arch", "mlp", "--dataset", "digits", "--timesteps", "2",
+                           "--epochs", "4", "--limit-train", "64", "--limit-test", "16", "--schedule", schedule,
+                           "--out", out)
+        assert code == 0, err
+        lrs[schedule] = [json.loads(line)["lr"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    # the lr in effect after each epoch's scheduler step
+    assert lrs["step"] == pytest.approx([1e-3, 1e-4, 1e-5, 1e-6])  # x0.1 at epochs 2, 3, 4 (50/75/87.5% of 4)
+    assert lrs["cosine"] == pytest.approx([1e-3 * (1 + math.cos(math.pi * e / 4)) / 2 for e in (1, 2, 3, 4)])
+    code, _, err = run("train", "--method", "snn2ann", "--arch", "mlp", "--dataset", "digits", "--timesteps", "2",
+                       "--epochs", "5", "--limit-train", "64", "--limit-test", "16", "--schedule", "cosine",
+                       "--resume", "--out", tmp_path / "step")
+    assert_one_line_error(code, err)
+    assert "--schedule" in err

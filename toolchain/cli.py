@@ -55,6 +55,9 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--epochs", type=int, default=30)
     t.add_argument("--batch-size", type=int, default=64)
     t.add_argument("--lr", type=float, default=1e-3)
+    t.add_argument("--schedule", default="step", choices=["step", "cosine"],
+                   help="learning-rate schedule, stepped per epoch: step (x0.1 at 50/75/87.5%% of the epochs, "
+                        "SNN2ANN's released setting; default) | cosine (decay to 0 over the epochs)")
     t.add_argument("--smu", default="stsu", help="spiking mapping unit: stsu | resu")
     t.add_argument("--neuron", default="lif", help="bptt: if | lif (default lif, tau 2 steps)")
     t.add_argument("--surrogate", default="atan", help="bptt: rectangular | atan | sigmoid (default atan)")
@@ -219,7 +222,7 @@ def cmd_train(args) -> int:
     from models.train import TrainConfig, train
 
     cfg = TrainConfig(method=args.method, arch=args.arch, dataset=args.dataset, timesteps=args.timesteps,
-                      epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, smu=args.smu,
+                      epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, schedule=args.schedule, smu=args.smu,
                       seed=args.seed, device=args.device, neuron=args.neuron, surrogate=args.surrogate,
                       sync_bn=args.sync_bn)
     from models.methods.options import extra_from_args

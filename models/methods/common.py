@@ -397,8 +397,19 @@ def batches(n: int, batch_size: int, gen: torch.Generator):
         yield perm[i:i + batch_size]
 
 
+SCHEDULES = ("step", "cosine")
+
+
 def make_optimizer(params, cfg, epochs: int):
+    """Adam (cfg.lr, cfg.weight_decay) and a per-epoch schedule: ``step`` (the released
+    SNN2ANN setting: x0.1 at 50/75/87.5% of the epochs) or ``cosine`` (cosine decay to 0 over
+    the epochs, stepped once per epoch)."""
+    schedule = getattr(cfg, "schedule", "step")
+    if schedule not in SCHEDULES:
+        raise InputError(f"unknown --schedule {schedule!r}; use {' or '.join(SCHEDULES)}")
     opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if schedule == "cosine":
+        return opt, torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(epochs, 1))
     ms = sorted({max(1, round(epochs * f)) for f in (0.5, 0.75, 0.875)})
     return opt, torch.optim.lr_scheduler.MultiStepLR(opt, ms, gamma=0.1)
 
@@ -527,7 +538,7 @@ def default_spec(cfg, info) -> list[dict]:
 def fit_ann(model: Stack, act_for_epoch, cfg, data, epochs: int, progress: bool = False, label: str = "ann",
             history: list | None = None, eval_act=None, stages=None) -> list[dict]:
     """Train ``model`` with cross-entropy on the ANN forward ``model(x, act_for_epoch(e))``.
-    Adam (cfg.lr, cfg.weight_decay), lr x0.1 at 50/75/87.5% of the epochs. Appends one row per
+    Adam and the schedule of ``make_optimizer``. Appends one row per
     epoch to ``history`` (stage, epoch, loss, ann_test_accuracy, seconds). ``stages``
     (models.methods.resume.Stages): resume this stage (``label``) and save it every epoch."""
     _, xtr, ytr, xte, yte = data

@@ -26,7 +26,7 @@ from hardware.errors import CheckpointError, InputError
 from hardware.fileio import atomic_path
 
 # configuration fields a resumed run must share with the run that wrote the state
-SAME = ("method", "arch", "dataset", "seed", "batch_size", "lr", "weight_decay", "limit_train", "timesteps")
+SAME = ("method", "arch", "dataset", "seed", "batch_size", "lr", "weight_decay", "schedule", "limit_train", "timesteps")
 
 
 class Stages:
