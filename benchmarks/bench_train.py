@@ -99,7 +99,7 @@ def worker(a) -> dict:
     device = pick_device(a.device)
     seed_everything(a.seed)
     info, xtr_t, ytr_t, xte_t, yte_t = load_data(cfg, device)
-    model = make_model(cfg, info.input_shape, info.num_classes).to(device)
+    model = make_model(cfg, info.input_shape, info.num_classes, device)
     opt, sched = make_optimizer(model.parameters(), cfg, cfg.epochs)
     gen = torch.Generator().manual_seed(a.seed)
     cuda = device.type == "cuda"

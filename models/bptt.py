@@ -214,6 +214,16 @@ class BPTTNet(nn.Module):
         last = self.spec[-1]
         if last["type"] != "linear" or last.get("neuron"):
             raise ValueError("the last layer must be a linear classifier without neurons")
+        self.channels_last = False
+
+    def use_channels_last(self) -> "BPTTNet":
+        """Run the convolutions in NHWC: the 4-D parameters and the image input are laid out
+        channels-last (same values, same results up to float summation order). A no-op for
+        networks without convolutions."""
+        if any(s["type"] in ("conv", "resblock") for s in self.spec) and len(self.input_shape) == 3:
+            self.to(memory_format=torch.channels_last)
+            self.channels_last = True
+        return self
 
     def neuron_names(self) -> list[str]:
         out = []
@@ -228,6 +238,8 @@ class BPTTNet(nn.Module):
         """x (B, ...) -> (logits = FC(mean_t s_L), spike counts per neuron layer[, spikes])."""
         T = self.timesteps
         B = x.shape[0]
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
         h = x  # analog until the first neuron layer: (B, ...) shared by every step
         seq = False
         counts, spikes = [], []

@@ -129,3 +129,34 @@ def test_bptt_onnx_export_is_refused_clearly(bptt_ckpt):
     from exporters.onnx_export import checkpoint_to_onnx
     with pytest.raises(UnsupportedError, match="no ANN branch"):
         checkpoint_to_onnx(bptt_ckpt)
+
+
+@pytest.mark.parametrize("arch,shape", [("cnn", (1, 28, 28)), ("resnet17", (3, 32, 32))])
+def test_channels_last_bptt_computes_the_same_network(arch, shape, tmp_path):
+    """The CPU default lays BPTT's convolutions out NHWC: same spikes, logits and gradients
+    as NCHW (up to float summation order), parameters really channels-last, and the
+    checkpointed tensors plain contiguous."""
+    from models.train import make_model
+    torch.manual_seed(0)
+    cfg = TrainConfig(method="bptt", arch=arch, timesteps=3, channels_last=False)
+    a = make_model(cfg, shape, 10, torch.device("cpu"))
+    b = make_model(TrainConfig(method="bptt", arch=arch, timesteps=3), shape, 10, torch.device("cpu"))
+    b.load_state_dict(a.state_dict())
+    convs = [p for p in b.parameters() if p.dim() == 4]
+    assert b.channels_last and not a.channels_last and convs
+    assert all(p.is_contiguous(memory_format=torch.channels_last) for p in convs)
+    assert any(not p.is_contiguous() for p in convs)  # (a 1-channel kernel is both layouts at once)
+    x = torch.rand(4, *shape) * 2
+    (la, ca), (lb, cb) = a(x), b(x)
+    assert torch.allclose(la, lb, atol=1e-4)
+    agree = sum(int((p == q).sum()) for p, q in zip(ca, cb)) / sum(p.numel() for p in ca)
+    assert agree > 0.999 and sum(float(c.sum()) for c in ca) > 0
+    la.square().sum().backward()
+    lb.square().sum().backward()
+    for (n, p), q in zip(a.named_parameters(), b.parameters()):
+        assert torch.allclose(p.grad, q.grad, atol=1e-3, rtol=1e-3), n
+    from models.checkpoint import load_tensors, save_checkpoint
+    save_checkpoint(tmp_path, b.state_dict(), {"arch": arch})
+    t = load_tensors(tmp_path)
+    assert all(np.array_equal(t[k], v.detach().numpy()) for k, v in b.state_dict().items() if k in t)
+    assert any(v.ndim == 4 for v in t.values())
