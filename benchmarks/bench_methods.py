@@ -59,7 +59,7 @@ def _parser():
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--schedule", default="step", choices=["step", "cosine"],
                    help="lr schedule of every trained ANN and of snn2ann (as train --schedule; default step)")
-    p.add_argument("--width", type=float, help="lasnn student width (default: the method's, 0.5)")
+    p.add_argument("--width", type=float, help="lasnn student width (default: the method's, 0.75)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/bench-methods")
     return p

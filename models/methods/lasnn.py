@@ -4,7 +4,7 @@ No public code exists; this is the standard reading named in methods.md §5, imp
 and documented as such. A trained ANN teacher (``--teacher CKPT``: an ``ann``, ``qcfs`` or
 ``snn2ann`` checkpoint; without one a ReLU ANN is trained here for ``teacher_epochs`` and
 saved in OUT/teacher) distils into a smaller SNN student: the same layer list with every
-hidden width multiplied by ``width`` (default 0.5), LIF neurons (v <- 0.25 v (1 - s) + I,
+hidden width multiplied by ``width`` (default 0.75), LIF neurons (v <- 0.25 v (1 - s) + I,
 spike v > 0.5, hard reset; the bridge method's neuron) trained by BPTT with the
 rectangular surrogate at T = ``timesteps``.
 
@@ -22,7 +22,10 @@ Loss, per batch (``lasnn_loss``):
 - A^j = vec(sum_c F_c^2) / ||vec(sum_c F_c^2)||_2 per sample, with F the student's
   firing-rate map r = mean_t s(t) (C, H, W) or the teacher's activation map; when the
   spatial sizes differ the teacher map is average-pooled to the student's size.
-- Defaults (TrainConfig.extra): alpha = 1, tau = 4, beta = 1, width = 0.5.
+- Defaults (TrainConfig.extra): alpha = 1, tau = 4, beta = 1, width = 0.75. Why 0.75: on
+  Fashion-MNIST (cnn, 60,000 images, 3 epochs, T = 8, teacher 91.9%) a width-0.5 student
+  reached 89.7% (-2.3 points) and a width-0.75 one 90.3% (-1.6); 0.75 keeps 0.56x the
+  teacher's conv weights.
 
 Optimiser: Adam at ``student_lr`` (default 5 x lr = 5e-3), cosine decay over the student's
 epochs, weight decay as --weight-decay. Why 5 x: a student trained from scratch by BPTT
@@ -44,6 +47,7 @@ from models.methods import common as C
 from models.methods.bridge import DECAY, THRESHOLD, build_lif_stack, lif_stack_to_nir, lif_stack_to_onnx, neuron_meta
 
 
+DEFAULT_WIDTH = 0.75  # student width multiplier (module docstring: why)
 STUDENT_LR_FACTOR = 5.0  # the student's Adam lr is 5 x --lr unless --student-lr is given (README: why)
 
 
@@ -81,7 +85,7 @@ def lasnn_loss(s_logits, t_logits, y, s_maps, t_maps, alpha=1.0, tau=4.0, beta=1
 def _opts(cfg):
     ex = cfg.extra or {}
     o = {"alpha": float(ex.get("alpha", 1.0)), "tau": float(ex.get("tau", 4.0)), "beta": float(ex.get("beta", 1.0)),
-         "width": float(ex.get("width", 0.5)), "student_lr": float(ex.get("student_lr", STUDENT_LR_FACTOR * cfg.lr))}
+         "width": float(ex.get("width", DEFAULT_WIDTH)), "student_lr": float(ex.get("student_lr", STUDENT_LR_FACTOR * cfg.lr))}
     if o["tau"] <= 0 or not 0 < o["width"] <= 4 or o["alpha"] < 0 or o["beta"] < 0 or not o["student_lr"] > 0:
         raise InputError("lasnn needs tau > 0, 0 < width <= 4, alpha >= 0, beta >= 0, student lr > 0")
     return o

@@ -14,7 +14,7 @@ OPTIONS = [
                                   "parallel: the source ANN checkpoint (skips training)"),
     ("--teacher-epochs", int, "teacher_epochs", "lasnn: epochs of the on-the-fly teacher (default --epochs)"),
     ("--finetune-epochs", int, "finetune_epochs", "bridge: BPTT fine-tune epochs (default epochs // 4, >= 1)"),
-    ("--width", float, "width", "lasnn: student width multiplier (default 0.5)"),
+    ("--width", float, "width", "lasnn: student width multiplier (default 0.75)"),
     ("--alpha", float, "alpha", "lasnn: KD weight (default 1)"),
     ("--kd-tau", float, "tau", "lasnn: KD temperature (default 4)"),
     ("--beta", float, "beta", "lasnn: attention-transfer weight (default 1)"),
