@@ -57,7 +57,8 @@ def _parser():
     p.add_argument("--eventsim-limit", type=int, default=200, help="test samples run through eventsim")
     p.add_argument("--L", type=int, default=4, help="QCFS levels")
     p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--schedule", default="step", choices=["step", "cosine"],
+    from models.methods.options import SCHEDULES
+    p.add_argument("--schedule", default="step", choices=SCHEDULES,
                    help="lr schedule of every trained ANN and of snn2ann (as train --schedule; default step)")
     p.add_argument("--width", type=float, help="lasnn student width (default: the method's, 0.75)")
     p.add_argument("--seed", type=int, default=0)

@@ -147,7 +147,8 @@ def _common(p):
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--schedule", default="step", choices=["step", "cosine"],
+    from models.methods.options import SCHEDULES
+    p.add_argument("--schedule", default="step", choices=SCHEDULES,
                    help="learning-rate schedule of both methods (default step, as train)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto|cpu|cuda")

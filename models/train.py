@@ -4,8 +4,9 @@ SNN2ANN, per batch: SNN branch without autograd -> spike counts; ANN branch with
 SMU -> loss on the ANN logits (== SNN logits under STSU); backward; optimizer step; ATA.
 BPTT, per batch: the multi-step spiking net with surrogate gradients (models/bptt.py),
 loss on the mean-over-time logits; backward through all T steps; optimizer step.
-Adam (lr 1e-3, weight decay 5e-4 as released) with the learning rate x0.1 at 50%, 75%
-and 87.5% of the epochs (the released 100/150/175 of 200). Checkpoint every epoch.
+Adam (lr 1e-3, weight decay 5e-4 as released) with the schedule of
+models.methods.common.make_optimizer: by default x0.1 at 50%, 75% and 87.5% of the epochs
+(the released 100/150/175 of 200), or cosine (--schedule). Checkpoint every epoch.
 """
 from __future__ import annotations
 

@@ -55,7 +55,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--epochs", type=int, default=30)
     t.add_argument("--batch-size", type=int, default=64)
     t.add_argument("--lr", type=float, default=1e-3)
-    t.add_argument("--schedule", default="step", choices=["step", "cosine"],
+    from models.methods.options import SCHEDULES, add_train_options
+    t.add_argument("--schedule", default="step", choices=SCHEDULES,
                    help="learning-rate schedule, stepped per epoch: step (x0.1 at 50/75/87.5%% of the epochs, "
                         "SNN2ANN's released setting; default) | cosine (decay to 0 over the epochs)")
     t.add_argument("--smu", default="stsu", help="spiking mapping unit: stsu | resu")
@@ -73,7 +74,6 @@ def _parser() -> argparse.ArgumentParser:
                    help="distributed: BatchNorm statistics over the global batch instead of each process's "
                         "slice (the 1-process result, within float tolerance)")
     t.add_argument("--out", required=True, help="checkpoint directory")
-    from models.methods.options import add_train_options
     add_train_options(t)
 
     e = cmd("export", "export a checkpoint to NIR (the SNN) or ONNX (the ANN branch)")

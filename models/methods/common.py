@@ -28,6 +28,7 @@ from torch.nn import functional as F
 from hardware.errors import CheckpointError, InputError
 from hardware.fileio import atomic_path, atomic_write_text
 from models.architectures import build_spec, infer_shapes
+from models.methods.options import SCHEDULES
 
 BN_EPS = 1e-5
 SUPPORTED = ("conv", "linear", "flatten")
@@ -395,9 +396,6 @@ def batches(n: int, batch_size: int, gen: torch.Generator):
     perm = torch.randperm(n, generator=gen)
     for i in range(0, n, batch_size):
         yield perm[i:i + batch_size]
-
-
-SCHEDULES = ("step", "cosine")
 
 
 def make_optimizer(params, cfg, epochs: int):

@@ -5,6 +5,10 @@ turns the parsed values into ``TrainConfig.extra`` (only the ones given).
 """
 from __future__ import annotations
 
+# learning-rate schedules of every method (models.methods.common.make_optimizer); the
+# --schedule choices of train, bench train and bench methods
+SCHEDULES = ("step", "cosine")
+
 OPTIONS = [
     ("--L", int, "L", "qcfs/parallel: QCFS quantization levels of the ANN (default 4)"),
     ("--source", str, "source", "parallel: qcfs (QCFS ANN, default) | relu (training-free from a ReLU ANN)"),
