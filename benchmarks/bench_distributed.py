@@ -6,7 +6,7 @@ Simulation: one graph (``--graph``, default: a CNN trained here for 1 epoch on 2
 ``--dataset``),
 the dataset split direct-encoded over the graph's T, run (a) in this process
 (``pipeline.run_backend``, the plain ``simulate``), (b) with ``--workers 1`` and (c)
-``--workers 2`` (``toolchain.shard``: spawned processes, whole-batch shards; process start
+``--workers 2`` (``spikebridge.toolchain.shard``: spawned processes, whole-batch shards; process start
 and graph loading included). Every run is checked against (a): identical outputs and counts.
 Scaling efficiency = samples/s with 2 workers / (2 x samples/s in one process).
 
@@ -48,8 +48,8 @@ def _load() -> list[float]:
 
 
 def _train_graph(d: Path, dataset: str, progress: bool) -> Path:
-    from exporters.nir_export import checkpoint_to_nir, write_nir
-    from models.train import TrainConfig, train
+    from spikebridge.exporters.nir_export import checkpoint_to_nir, write_nir
+    from spikebridge.models.train import TrainConfig, train
     train(TrainConfig(arch="cnn", dataset=dataset, epochs=1, timesteps=4, seed=0, device="cpu", limit_train=2048,
                       limit_test=256), d / "ckpt", progress=progress)
     write_nir(checkpoint_to_nir(d / "ckpt"), d / "graph.nir")
@@ -59,10 +59,10 @@ def _train_graph(d: Path, dataset: str, progress: bool) -> Path:
 def bench_simulate(a, tmp: Path, progress: bool) -> dict:
     import numpy as np
 
-    from hardware.eventsim import adapt_graph
-    from hardware.graph import analyse, graph_meta, load_graph
-    from toolchain import pipeline
-    from toolchain.shard import run_sharded
+    from spikebridge.hardware.eventsim import adapt_graph
+    from spikebridge.hardware.graph import analyse, graph_meta, load_graph
+    from spikebridge.toolchain import pipeline
+    from spikebridge.toolchain.shard import run_sharded
 
     path = Path(a.graph) if a.graph else _train_graph(tmp, a.dataset, progress)
     graph = adapt_graph(load_graph(path), "spikebridge")
@@ -113,13 +113,13 @@ def bench_simulate(a, tmp: Path, progress: bool) -> dict:
 
 
 def bench_train(a, tmp: Path) -> dict:
-    from models.datasets import load_dataset
+    from spikebridge.models.datasets import load_dataset
     a.train_samples_per_epoch = min(a.limit_train, len(load_dataset(a.train_dataset, "train")[1]))
     runs = []
     for rep in range(a.repeats):
         for n, threads in a.procs:
             out = tmp / f"train-{n}-{threads}-{rep}"
-            cmd = [sys.executable, "-m", "toolchain", "--no-progress", "train", "--method", a.method, "--arch",
+            cmd = [sys.executable, "-m", "spikebridge", "--no-progress", "train", "--method", a.method, "--arch",
                    a.arch, "--dataset", a.train_dataset, "--epochs", str(a.epochs), "--batch-size", str(a.train_batch),
                    "--timesteps", "4", "--device", "cpu", "--seed", "0", "--limit-train", str(a.limit_train),
                    "--limit-test", "64", "--nproc-per-node", str(n), "--out", str(out)]
@@ -188,7 +188,7 @@ def main(argv=None, progress: bool = True) -> int:
         if not a.skip_train:
             out["train"] = bench_train(a, Path(d))
     out["loadavg_end"] = _load()
-    from hardware.fileio import print_json
+    from spikebridge.base.fileio import print_json
     print_json(out, a.out)
     return 0
 

@@ -3,14 +3,14 @@
 Per (method, T): SNN test accuracy in torch (the deployed network, exactly what the NIR
 graph states), the parallel (windowed-neuron) accuracy next to the deployed sequential-IF
 one for ``parallel``, the method's own ANN accuracy, training wall time, and, from the
-exported NIR graph run through hardware.eventsim on the first ``--eventsim-limit`` test
+exported NIR graph run through spikebridge.hardware.eventsim on the first ``--eventsim-limit`` test
 samples: eventsim accuracy, spikes per sample, synaptic ops per sample.
 
 What is trained once and shared (its time is added to every T's training time and also
 reported as ``shared_seconds``): the ReLU ANN teacher of lasnn; the QCFS ANN (L levels)
 that qcfs converts at every T and parallel calibrates at every T; the bridge pretraining
 (sharpened-ReLU ANN), fine-tuned by BPTT separately at every T. snn2ann trains at every T
-(models.train). The bridge fine-tune uses the first ``--bptt-limit`` training samples (BPTT
+(spikebridge.models.train). The bridge fine-tune uses the first ``--bptt-limit`` training samples (BPTT
 costs T times an ANN step); the lasnn student, trained from scratch, gets the teacher's
 budget (``--limit-train`` samples, ``--student-epochs`` = ``--epochs`` unless given).
 
@@ -57,7 +57,7 @@ def _parser():
     p.add_argument("--eventsim-limit", type=int, default=200, help="test samples run through eventsim")
     p.add_argument("--L", type=int, default=4, help="QCFS levels")
     p.add_argument("--batch-size", type=int, default=128)
-    from models.methods.options import SCHEDULES
+    from spikebridge.models.methods.options import SCHEDULES
     p.add_argument("--schedule", default="step", choices=SCHEDULES,
                    help="lr schedule of every trained ANN and of snn2ann (as train --schedule; default step)")
     p.add_argument("--width", type=float, help="lasnn student width (default: the method's, 0.75)")
@@ -67,7 +67,7 @@ def _parser():
 
 
 def _cfg(args, **kw):
-    from models.train import TrainConfig
+    from spikebridge.models.train import TrainConfig
 
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     base = dict(arch=args.arch, dataset=args.dataset, epochs=args.epochs, batch_size=args.batch_size,
@@ -82,9 +82,9 @@ def _cfg(args, **kw):
 
 
 def _eventsim(ckpt: Path, x: np.ndarray, y: np.ndarray) -> dict:
-    from exporters.nir_export import checkpoint_to_nir, write_nir
-    from hardware.eventsim import simulate
-    from hardware.graph import analyse, classify, graph_meta, load_graph
+    from spikebridge.exporters.nir_export import checkpoint_to_nir, write_nir
+    from spikebridge.hardware.eventsim import simulate
+    from spikebridge.hardware.graph import analyse, classify, graph_meta, load_graph
 
     write_nir(checkpoint_to_nir(ckpt), ckpt / "graph.nir")
     graph = load_graph(ckpt / "graph.nir")
@@ -100,7 +100,7 @@ def _eventsim(ckpt: Path, x: np.ndarray, y: np.ndarray) -> dict:
 
 def _retime(ckpt_src: Path, ckpt_dst: Path, T: int):
     """A copy of a conversion checkpoint with another T (the converted SNN is re-run at T)."""
-    from models.checkpoint import load_tensors, read_meta, save_checkpoint
+    from spikebridge.models.checkpoint import load_tensors, read_meta, save_checkpoint
     import torch
 
     meta = read_meta(ckpt_src)
@@ -114,9 +114,9 @@ def _retime(ckpt_src: Path, ckpt_dst: Path, T: int):
 def run(args, progress: bool = False) -> dict:
     import torch
 
-    from models.checkpoint import load_checkpoint
-    from models.datasets import load_dataset
-    from models.train import train
+    from spikebridge.models.checkpoint import load_checkpoint
+    from spikebridge.models.datasets import load_dataset
+    from spikebridge.models.train import train
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -165,8 +165,8 @@ def run(args, progress: bool = False) -> dict:
                         ck, progress)
             record(m, T, ck, row, time.perf_counter() - t0, row["ann_test_accuracy"])
         elif m == "qcfs":
-            from models.methods import common as C
-            from models.methods import qcfs as Q
+            from spikebridge.models.methods import common as C
+            from spikebridge.models.methods import qcfs as Q
             meta = _retime(out / "qcfs-ann", ck, T)
             _, tensors = load_checkpoint(ck)
             model = Q.build_model(meta, tensors)
@@ -205,7 +205,7 @@ def run(args, progress: bool = False) -> dict:
 
 
 def _write(args, shared, rows, out: Path) -> dict:
-    from hardware.fileio import atomic_write_json
+    from spikebridge.base.fileio import atomic_write_json
 
     result = {"settings": vars(args), "shared": shared, "rows": rows, "png": str(out / "accuracy_vs_T.png")}
     _plot(rows, out / "accuracy_vs_T.png")
@@ -218,7 +218,7 @@ def _plot(rows, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from hardware.fileio import atomic_path
+    from spikebridge.base.fileio import atomic_path
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for m in dict.fromkeys(r["method"] for r in rows):

@@ -2,13 +2,13 @@
 
 In ONE run, on the same graphs and the same inputs:
 
-- eventsim (hardware.eventsim.simulate, counts included) against
+- eventsim (spikebridge.hardware.eventsim.simulate, counts included) against
 - a dense per-step numpy reference (every step, every layer: a dense BLAS product and
   the same neuron update; no counts),
 - snnTorch simulating graphs it exported itself (snn.Leaky nets; optional: skipped
   with a note when snntorch is not importable; snnTorch's own export also needs
   nirtorch, else the graph is written with snnTorch's export formulas),
-- Lava (hardware.lava.run_lava, floating_pt, per-sample cost of a small batch),
+- Lava (spikebridge.hardware.lava.run_lava, floating_pt, per-sample cost of a small batch),
 - and, on the demo graph (runs/demo/graph.nir, digits), eventsim's `lava-float` profile
   against Lava floating_pt itself: spikes, outputs and accuracy in raw Lava time.
 
@@ -38,11 +38,11 @@ if str(ROOT) not in sys.path:
 
 import nir  # noqa: E402
 
-from hardware.eventsim import KERNELS, adapt_graph, simulate  # noqa: E402
-from hardware.eventsim.kernels import Context, conv_forward_im2col, dense_forward_blas  # noqa: E402
-from hardware.eventsim.profiles import get_profile  # noqa: E402
-from hardware.eventsim.simulator import resolve_dt  # noqa: E402
-from hardware.graph import analyse  # noqa: E402
+from spikebridge.hardware.eventsim import KERNELS, adapt_graph, simulate  # noqa: E402
+from spikebridge.hardware.eventsim.kernels import Context, conv_forward_im2col, dense_forward_blas  # noqa: E402
+from spikebridge.hardware.eventsim.profiles import get_profile  # noqa: E402
+from spikebridge.hardware.eventsim.simulator import resolve_dt  # noqa: E402
+from spikebridge.hardware.graph import analyse  # noqa: E402
 
 DT = 1e-4  # snnTorch's export dt
 
@@ -356,7 +356,7 @@ def main(argv=None, progress=False) -> int:
         res["lava"] = {"skipped": "--no-lava"}
     else:
         try:
-            from hardware.lava import run_lava
+            from spikebridge.hardware.lava import run_lava
             pg = spec_to_nir(specs["dense"], style="plain")
             x = spikes(rng, T, a.lava_samples, specs["dense"]["in_shape"], 0.05)
             t_lava, tr_l = timed(lambda: run_lava(pg, x, precision="float"), 1)
@@ -424,9 +424,9 @@ def lava_float_demo(path, n_samples):
     per Lava connection). Lava's trace is aligned; the profile's raw output at step
     t + delay[node] is compared with Lava's aligned step t, spike by spike and value by
     value, and both are classified with the graph's readout."""
-    from hardware.graph import analyse, classify, graph_meta, load_graph
-    from hardware.lava import run_lava
-    from toolchain.pipeline import dataset_samples, direct_encode
+    from spikebridge.hardware.graph import analyse, classify, graph_meta, load_graph
+    from spikebridge.hardware.lava import run_lava
+    from spikebridge.toolchain.pipeline import dataset_samples, direct_encode
     if not Path(path).exists():
         return {"skipped": f"{path} missing (make demo writes it)"}
     g = load_graph(path)

@@ -68,7 +68,7 @@ def _warm_up(model, xb, yb) -> None:
 
     import torch
 
-    from models.train import train_step
+    from spikebridge.models.train import train_step
 
     state = torch.get_rng_state()
     m = copy.deepcopy(model)
@@ -88,8 +88,8 @@ def worker(a) -> dict:
     import numpy as np
     import torch
 
-    from models.methods.common import load_data, make_optimizer
-    from models.train import TrainConfig, evaluate, make_model, pick_device, seed_everything, train_step
+    from spikebridge.models.methods.common import load_data, make_optimizer
+    from spikebridge.models.train import TrainConfig, evaluate, make_model, pick_device, seed_everything, train_step
 
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -147,7 +147,7 @@ def _common(p):
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-3)
-    from models.methods.options import SCHEDULES
+    from spikebridge.models.methods.options import SCHEDULES
     p.add_argument("--schedule", default="step", choices=SCHEDULES,
                    help="learning-rate schedule of both methods (default step, as train)")
     p.add_argument("--seed", type=int, default=0)
@@ -167,7 +167,7 @@ def add_arguments(p):
 
 
 def parse_pairs(text: str) -> list[tuple[int, int]]:
-    from hardware.errors import InputError
+    from spikebridge.base.errors import InputError
     pairs = []
     for item in text.split(","):
         try:
@@ -181,7 +181,7 @@ def parse_pairs(text: str) -> list[tuple[int, int]]:
 
 
 def run(a) -> dict:
-    from hardware.errors import BackendError, InputError
+    from spikebridge.base.errors import BackendError, InputError
     if a.epochs < 1 or a.batch_size < 1:
         raise InputError("--epochs and --batch-size must be positive")
     pairs = parse_pairs(a.pairs)
@@ -240,7 +240,7 @@ def main(argv=None, progress: bool = True) -> int:
         p.add_argument("--timesteps", type=int, required=True)
         _common(p)
         a = p.parse_args(argv)
-        from hardware.errors import InputError
+        from spikebridge.base.errors import InputError
         try:
             print(json.dumps(worker(a)))
         except InputError as e:
@@ -251,7 +251,7 @@ def main(argv=None, progress: bool = True) -> int:
     add_arguments(p)
     a = p.parse_args(argv)
     out = run(a)
-    from hardware.fileio import print_json
+    from spikebridge.base.fileio import print_json
     print_json(out, a.out)
     return 0
 

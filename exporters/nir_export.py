@@ -15,10 +15,10 @@ from pathlib import Path
 import nir
 import numpy as np
 
-from hardware.errors import CheckpointError
-from hardware.fileio import atomic_path
-from models.architectures import infer_shapes, pool_kernel
-from models.checkpoint import build_model, load_checkpoint
+from spikebridge.base.errors import CheckpointError
+from spikebridge.base.fileio import atomic_path
+from spikebridge.models.architectures import infer_shapes, pool_kernel
+from spikebridge.models.checkpoint import build_model, load_checkpoint
 
 META_KEY = "spikebridge"
 
@@ -29,7 +29,7 @@ def neuron_metadata(reset="zero", threshold_test="gt", v_init=0.0, spike_amplitu
 
 
 def checkpoint_to_nir(ckpt_dir) -> nir.NIRGraph:
-    from models import methods as method_registry
+    from spikebridge.models import methods as method_registry
 
     meta, tensors = load_checkpoint(ckpt_dir)
     other = method_registry.get(meta["method"])
@@ -64,8 +64,8 @@ def model_to_nir(model, meta: dict) -> nir.NIRGraph:
     """
     import torch
 
-    from hardware.errors import UnsupportedError
-    from models.bptt import BPTTNet
+    from spikebridge.base.errors import UnsupportedError
+    from spikebridge.models.bptt import BPTTNet
 
     T = int(meta["timesteps"])
     bptt = isinstance(model, BPTTNet)

@@ -5,7 +5,7 @@
     out, record = module(x, record=True)      # record: every node's output (T, B, *shape)
     module.to_nir()                           # the graph back, from the module's current tensors
 
-The module reads a graph the way ``hardware.eventsim`` does under the ``spikebridge``
+The module reads a graph the way ``spikebridge.hardware.eventsim`` does under the ``spikebridge``
 profile (docs/nir-conventions.md): forward Euler with dt from the graph metadata (1.0
 when absent), the ``"spikebridge"`` node metadata honoured (reset ``zero``/``subtract``,
 threshold test ``gt``/``ge``, v(0) = ``v_init``, spike amplitude), per-neuron arrays as
@@ -22,7 +22,7 @@ Stateless nodes (Affine, Linear, Conv1d/2d, SumPool2d, AvgPool2d, Flatten, Scale
 Threshold, Input, Output) are applied at every step; node shapes have no batch
 dimension (CHW). Tensors are kept as they are in the graph: call ``module.double()``
 to run in float64 (what eventsim uses) or leave it in float32 (what training uses).
-Structure and shapes come from ``hardware.graph.analyse``, which rejects malformed
+Structure and shapes come from ``spikebridge.hardware.graph.analyse``, which rejects malformed
 graphs with a GraphError naming every problem.
 """
 from __future__ import annotations
@@ -36,8 +36,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from hardware.errors import UnsupportedError
-from hardware.graph import GraphInfo, analyse, conv_geometry, graph_meta, neuron_semantics
+from spikebridge.base.errors import UnsupportedError
+from spikebridge.hardware.graph import GraphInfo, analyse, conv_geometry, graph_meta, neuron_semantics
 
 META_KEY = "spikebridge"
 STATEFUL = ("IF", "LIF", "CubaLIF", "LI", "I", "CubaLI")
@@ -265,7 +265,7 @@ def graph_to_torch(graph: nir.NIRGraph, file: str | None = None) -> NIRModule:
 
 def load_nir_module(path) -> NIRModule:
     """Read a NIR file with the hardened loader (never ``nir.read``) and build the module."""
-    from hardware.graph import load_graph
+    from spikebridge.hardware.graph import load_graph
     return NIRModule(load_graph(path), file=str(path))
 
 

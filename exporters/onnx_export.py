@@ -15,23 +15,23 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from hardware.fileio import atomic_path
-from models.architectures import infer_shapes, pool_kernel, resblock_has_projection
-from models.checkpoint import load_checkpoint
+from spikebridge.base.fileio import atomic_path
+from spikebridge.models.architectures import infer_shapes, pool_kernel, resblock_has_projection
+from spikebridge.models.checkpoint import load_checkpoint
 
 OPSET = 17
 
 
 def checkpoint_to_onnx(ckpt_dir) -> onnx.ModelProto:
-    from models import methods as method_registry
-    from models.checkpoint import build_model
+    from spikebridge.models import methods as method_registry
+    from spikebridge.models.checkpoint import build_model
 
     meta, t = load_checkpoint(ckpt_dir)
     other = method_registry.get(meta["method"])
     if other is not None and other.to_onnx is not None:
         return other.to_onnx(meta, t, str(ckpt_dir))
     if meta["method"] == "bptt":
-        from hardware.errors import UnsupportedError
+        from spikebridge.base.errors import UnsupportedError
         raise UnsupportedError("a BPTT model has no ANN branch to export as ONNX; export it as NIR "
                                "(--format nir) or as one SNN step (--format onnx-step where available)",
                                file=str(ckpt_dir), place="method")

@@ -2,7 +2,7 @@
 
     (x_t, v_<node>..., i_<node>...) -> (output, s_<node>..., v_<node>_next..., i_<node>_next...)
 
-Built from the NIR graph (``checkpoint_to_nir``, or any graph ``hardware.graph.analyse``
+Built from the NIR graph (``checkpoint_to_nir``, or any graph ``spikebridge.hardware.graph.analyse``
 accepts), with the semantics of docs/nir-conventions.md under the ``spikebridge``
 profile (forward Euler, dt from the graph metadata):
 
@@ -33,8 +33,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from hardware.errors import UnsupportedError
-from hardware.graph import analyse, conv_geometry, graph_meta, neuron_semantics
+from spikebridge.base.errors import UnsupportedError
+from spikebridge.hardware.graph import analyse, conv_geometry, graph_meta, neuron_semantics
 
 OPSET = 17
 SPIKING = ("IF", "LIF", "CubaLIF")
@@ -246,8 +246,8 @@ def run_steps(session, model: onnx.ModelProto, x_TB: np.ndarray) -> dict[str, np
 
 
 def checkpoint_to_onnx_step(ckpt_dir) -> onnx.ModelProto:
-    from exporters.nir_export import checkpoint_to_nir
-    from models.checkpoint import read_meta
+    from spikebridge.exporters.nir_export import checkpoint_to_nir
+    from spikebridge.models.checkpoint import read_meta
     meta = read_meta(ckpt_dir)
     return graph_to_onnx_step(checkpoint_to_nir(ckpt_dir), name=f"spikebridge_{meta['arch']}_step")
 

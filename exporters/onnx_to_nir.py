@@ -57,7 +57,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from hardware.errors import DatasetError, InputError, UnsupportedError
+from spikebridge.base.errors import DatasetError, InputError, UnsupportedError
 
 META_KEY = "spikebridge"
 MAX_ONNX_BYTES = 2 << 30
@@ -634,7 +634,7 @@ def _reachable(layers, out_idx) -> list[int]:
 
 
 def _if_node(shape, theta):
-    from exporters.nir_export import neuron_metadata
+    from spikebridge.exporters.nir_export import neuron_metadata
     shape = tuple(shape)
     return nir.IF(r=np.ones(shape, np.float32), v_threshold=np.full(shape, theta, np.float32),
                   v_reset=np.zeros(shape, np.float32),
@@ -765,7 +765,7 @@ def calibration_samples(spec: str, limit: int | None = 1000) -> np.ndarray:
         if not np.all(np.isfinite(x)):
             raise DatasetError("calibration samples have NaN or Inf values", str(p))
     else:
-        from models.datasets import load_dataset
+        from spikebridge.models.datasets import load_dataset
         x, _ = load_dataset(spec, "train")
     if limit is not None:
         x = x[:limit]
@@ -776,8 +776,8 @@ def compare_accuracy(graph: nir.NIRGraph, model: onnx.ModelProto, x: np.ndarray,
                      timesteps: int | None = None, max_batch: int = 128) -> dict:
     """Accuracy of the ONNX model (onnxruntime) and of the converted SNN (eventsim,
     direct encoding, the graph's readout) on x (N, *input_shape), labels y."""
-    from hardware.eventsim import simulate
-    from hardware.graph import analyse, classify, graph_meta
+    from spikebridge.hardware.eventsim import simulate
+    from spikebridge.hardware.graph import analyse, classify, graph_meta
 
     gm = graph_meta(graph)
     T = int(timesteps or gm["timesteps"])
@@ -795,7 +795,7 @@ def compare_accuracy(graph: nir.NIRGraph, model: onnx.ModelProto, x: np.ndarray,
 
 
 def write_graph(graph: nir.NIRGraph, path) -> None:
-    from exporters.nir_export import write_nir
+    from spikebridge.exporters.nir_export import write_nir
     write_nir(graph, path)
 
 

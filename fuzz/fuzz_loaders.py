@@ -8,10 +8,10 @@ fuzz/README.md) so a bomb the loader does not bound shows up as a MemoryError.
 
     python -m fuzz.fuzz_loaders --target all --examples 20000 [--seconds-per-call 10]
 
-Targets: nir (hardware.graph.load_graph + analyse), checkpoint (models.checkpoint
+Targets: nir (spikebridge.hardware.graph.load_graph + analyse), checkpoint (spikebridge.models.checkpoint
 read_meta + load_tensors, mutating model.json or weights.safetensors), pt
-(models.checkpoint.load_train_state), onnx (toolchain.safety.load_onnx), npz
-(toolchain.pipeline.load_trace_npz), npy (toolchain.pipeline.load_input_npy).
+(spikebridge.models.checkpoint.load_train_state), onnx (spikebridge.toolchain.safety.load_onnx), npz
+(spikebridge.toolchain.pipeline.load_trace_npz), npy (spikebridge.toolchain.pipeline.load_input_npy).
 A failing input is written to fuzz/crashes/<target>-<sha>.bin and hypothesis shrinks it.
 """
 from __future__ import annotations
@@ -28,7 +28,7 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hardware.errors import InputError
+from spikebridge.base.errors import InputError
 
 HERE = Path(__file__).resolve().parent
 TARGETS = ("nir", "checkpoint", "pt", "onnx", "npz", "npy")
@@ -105,11 +105,11 @@ def run_target(target: str, data: bytes, work: Path) -> None:
     d = Path(tempfile.mkdtemp(dir=work))
     try:
         if target == "nir":
-            from hardware.graph import analyse, load_graph
+            from spikebridge.hardware.graph import analyse, load_graph
             (d / "g.nir").write_bytes(data)
             analyse(load_graph(d / "g.nir"), file=str(d / "g.nir"))
         elif target == "checkpoint":
-            from models.checkpoint import load_tensors, read_meta
+            from spikebridge.models.checkpoint import load_tensors, read_meta
             base = work / "corpus" / "_bases" / "ckpt"
             shutil.copy(base / "model.json", d / "model.json")
             shutil.copy(base / "weights.safetensors", d / "weights.safetensors")
@@ -118,19 +118,19 @@ def run_target(target: str, data: bytes, work: Path) -> None:
             read_meta(d)
             load_tensors(d)
         elif target == "pt":
-            from models.checkpoint import load_train_state
+            from spikebridge.models.checkpoint import load_train_state
             (d / "s.pt").write_bytes(data)
             load_train_state(d / "s.pt")
         elif target == "onnx":
-            from toolchain.safety import load_onnx
+            from spikebridge.toolchain.safety import load_onnx
             (d / "m.onnx").write_bytes(data)
             load_onnx(d / "m.onnx")
         elif target == "npz":
-            from toolchain.pipeline import load_trace_npz
+            from spikebridge.toolchain.pipeline import load_trace_npz
             (d / "t.npz").write_bytes(data)
             load_trace_npz(d / "t.npz", backend="eventsim")
         elif target == "npy":
-            from toolchain.pipeline import load_input_npy
+            from spikebridge.toolchain.pipeline import load_input_npy
             (d / "x.npy").write_bytes(data)
             load_input_npy(d / "x.npy", (4,))
     except InputError:

@@ -2,5 +2,5 @@
 simulator, the Lava backend, and the energy and latency models.
 
 Imports only numpy, nir and h5py (never torch, never models); Lava only inside the
-worker that hardware.lava starts on the Lava environment's interpreter.
+worker that spikebridge.hardware.lava starts on the Lava environment's interpreter.
 """

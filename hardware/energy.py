@@ -65,7 +65,7 @@ import nir
 import numpy as np
 
 from . import graph as _graph
-from .errors import InputError
+from spikebridge.base.errors import InputError
 from .trace import Trace
 
 GPU_STYLE = "gpu-style"
@@ -298,7 +298,7 @@ def _pair(x) -> tuple[int, int]:
 
 
 def analyse(graph: nir.NIRGraph) -> _GraphInfo:
-    """Topological order, forward predecessors and shapes, from ``hardware.graph.analyse``
+    """Topological order, forward predecessors and shapes, from ``spikebridge.hardware.graph.analyse``
     (which validates the graph and raises GraphError / UnsupportedError listing every
     problem). Back edges of cycles carry the previous step's value and are dropped here."""
     gi = _graph.analyse(graph)

@@ -24,8 +24,8 @@ import numpy as np
 
 import nir
 
-from .errors import GraphError, InputError, UnsupportedError
-from .fileio import regular_file
+from spikebridge.base.errors import GraphError, InputError, UnsupportedError
+from spikebridge.base.fileio import regular_file
 
 META_KEY = "spikebridge"
 

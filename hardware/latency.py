@@ -8,7 +8,7 @@ synaptic ops are work too, without neuron updates):
 
 1,024 neurons (compartments) per core and 4,096 fan-in axons per core (Davies 2018).
 ``fan_in_l`` is the largest number of inputs of one neuron through the synaptic chain
-that feeds the layer (``hardware.energy.incoming_chain``: Affine, Conv, pools, Flatten...
+that feeds the layer (``spikebridge.hardware.energy.incoming_chain``: Affine, Conv, pools, Flatten...
 between two neuron nodes, fused into one connection as the Lava lowering does): the
 product of the chain nodes' largest nonzero-weights-per-output, capped by the number of
 source neurons. A layer whose neurons need more than 4,096 inputs is split dendritically
@@ -25,7 +25,7 @@ Synaptic memory: each core stores the synapses of its neurons in 128 KB (Davies 
 
 Loihi 1 has no convolutional weight sharing, so every (source, target) pair with a
 nonzero weight is stored: ``synapses_l`` is exact for a chain with one weighted node
-(nonzero in-bounds connections, ``hardware.energy.ann_macs``) and the upper bound
+(nonzero in-bounds connections, ``spikebridge.hardware.energy.ann_macs``) and the upper bound
 neurons_l * fan_in_l for a fused chain (e.g. conv then pool). Only weight bits are
 counted (no index or format overhead): the memory core count is a lower bound.
 ``weight_bits_l``: the ``weight_bits`` argument, else ``metadata["spikebridge"]
@@ -43,7 +43,7 @@ Time per step (per sample: the Trace's counts summed over the batch, divided by 
 a layer's work spreading evenly over its cores; the synaptic ops of a layer are those of
 the nodes of its incoming chain (they run in the destination cores); analog-input MACs are
 counted as synaptic ops (graded spikes), as in the energy model. Active / inactive
-updates use the rule of ``hardware.energy.active_neuron_updates``. The barrier uses the
+updates use the rule of ``spikebridge.hardware.energy.active_neuron_updates``. The barrier uses the
 conservative upper bound 465 ns of the published 113-465 ns range. Spike routing time
 (2.1 ns within a tile, Table 2) is not added: it overlaps with synaptic work.
 
@@ -65,7 +65,7 @@ import numpy as np
 from .energy import (NEURON_TYPES, POOL_TYPES, SYNAPSE_TYPES, _pair, _series,
                      active_neuron_updates, analyse, incoming_chain)
 from .energy import ann_macs as _ann_macs
-from .errors import InputError, UnsupportedError
+from spikebridge.base.errors import InputError, UnsupportedError
 from .trace import Trace
 
 _DAVIES = ("Davies et al., 'Loihi: a neuromorphic manycore processor with on-chip learning', "

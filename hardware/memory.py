@@ -22,10 +22,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import InputError, ResourceError
+from spikebridge.base.errors import InputError, ResourceError
 
 GiB = 1 << 30
-CHUNK = 256  # toolchain.pipeline.run_backend's batch size
+CHUNK = 256  # spikebridge.toolchain.pipeline.run_backend's batch size
 _TEMP_FACTOR = 3
 
 

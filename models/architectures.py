@@ -22,7 +22,7 @@ available here): a 3x3 stem plus 8 basic blocks of 64/128/256 channels laid out 
 """
 from __future__ import annotations
 
-from hardware.errors import InputError
+from spikebridge.base.errors import InputError
 
 
 def _conv(name, out, k=3, s=1, p=1, maxpool=None):

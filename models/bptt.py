@@ -36,7 +36,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from models.architectures import infer_shapes, pool_kernel, resblock_has_projection
+from spikebridge.models.architectures import infer_shapes, pool_kernel, resblock_has_projection
 
 BN_EPS = 1e-5
 SURROGATES = ("rectangular", "atan", "sigmoid")
@@ -289,7 +289,7 @@ class BPTTNet(nn.Module):
 def build_bptt_model(meta: dict, tensors: dict, file: str | None = None) -> BPTTNet:
     """Rebuild a BPTT checkpoint's model (weights checked by name and shape)."""
 
-    from hardware.errors import CheckpointError
+    from spikebridge.base.errors import CheckpointError
 
     n = meta.get("neuron", {})
     kind = str(n.get("model", "LIF")).lower()
@@ -299,7 +299,7 @@ def build_bptt_model(meta: dict, tensors: dict, file: str | None = None) -> BPTT
                         v_threshold=float(n.get("threshold", 1.0)), reset=str(n.get("reset", "zero")))
     except (ValueError, TypeError) as e:
         raise CheckpointError(f"invalid BPTT neuron settings ({e})", file=file, place="neuron") from None
-    from models.checkpoint import load_weights
+    from spikebridge.models.checkpoint import load_weights
 
     load_weights(model, tensors, file)
     model.eval()

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from hardware.errors import CheckpointError
-from hardware.fileio import atomic_path, atomic_write_json
+from spikebridge.base.errors import CheckpointError
+from spikebridge.base.fileio import atomic_path, atomic_write_json
 
 FORMAT = "spikebridge-checkpoint"
 FORMAT_VERSION = 1
@@ -76,8 +76,8 @@ def read_meta(ckpt_dir) -> dict:
         raise CheckpointError("input_shape must be 1-3 positive integers <= 65536", file=str(path), place="input_shape")
     if not 1 <= meta["num_classes"] <= 100000:
         raise CheckpointError("num_classes must be in 1..100000", file=str(path), place="num_classes")
-    from models.architectures import infer_shapes
-    from hardware.errors import InputError
+    from spikebridge.models.architectures import infer_shapes
+    from spikebridge.base.errors import InputError
     try:
         for layer in meta["layers"]:
             if not isinstance(layer, dict) or not isinstance(layer.get("name"), str):
@@ -160,14 +160,14 @@ def load_checkpoint(ckpt_dir) -> tuple[dict, dict[str, np.ndarray]]:
 
 def build_model(meta: dict, tensors: dict[str, np.ndarray], file: str | None = None):
     """Rebuild the torch model of a checkpoint (SNN2ANN family) with its weights."""
-    from models import methods as method_registry
-    from models.snn2ann import SNN2ANNNet
+    from spikebridge.models import methods as method_registry
+    from spikebridge.models.snn2ann import SNN2ANNNet
 
     other = method_registry.get(meta["method"])
     if other is not None and other.build_model is not None:
         return other.build_model(meta, tensors, file)
     if meta["method"] == "bptt":
-        from models.bptt import build_bptt_model
+        from spikebridge.models.bptt import build_bptt_model
         return build_bptt_model(meta, tensors, file)
     model = SNN2ANNNet(meta["layers"], meta["input_shape"], meta["timesteps"],
                        smu=meta.get("smu", "stsu"))
@@ -253,7 +253,7 @@ def load_train_state(path, map_location="cpu", required: tuple = ()) -> dict:
     members, every imported global checked (the error names all unsafe ones) and then
     ``torch.load(weights_only=True)``. Returns a dict; raises CheckpointError."""
     file = str(path)
-    from hardware.fileio import regular_file
+    from spikebridge.base.fileio import regular_file
     st = regular_file(file, MAX_STATE_BYTES, CheckpointError)
     place = "pickle"
     if zipfile.is_zipfile(file):

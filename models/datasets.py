@@ -38,8 +38,8 @@ from pathlib import Path
 
 import numpy as np
 
-from hardware.errors import DatasetError
-from hardware.fileio import atomic_path, atomic_write_bytes
+from spikebridge.base.errors import DatasetError
+from spikebridge.base.fileio import atomic_path, atomic_write_bytes
 
 
 @dataclass(frozen=True)

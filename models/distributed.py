@@ -17,7 +17,7 @@ The rules that make N processes train the same network as one process
 - Loss scale. Each rank's loss is its slice's per-sample mean times
   ``world_size * len(slice) / len(global batch)``: DDP averages gradients over ranks, so the
   result is the gradient of the global batch's mean loss even for unequal slices.
-- Random draws. Dropout (SNN2ANN's ANN dropout and membrane dropout, models.snn2ann.keep_mask)
+- Random draws. Dropout (SNN2ANN's ANN dropout and membrane dropout, spikebridge.models.snn2ann.keep_mask)
   draws the mask for the whole global batch from the (identically seeded) global RNG on every
   rank and keeps its rows (``rows``, ``global_rows``): the masks are those of the 1-process
   run, and every rank's RNG stays in step with it (so train_state.pt is rank-independent).
@@ -44,7 +44,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from hardware.errors import BackendError, InputError
+from spikebridge.base.errors import BackendError, InputError
 
 
 @dataclass
@@ -287,7 +287,7 @@ def global_rows():
 @contextlib.contextmanager
 def rows(offset: int, global_batch: int | None):
     """Within this block, random draws made for a batch dimension are made for the whole
-    global batch and sliced at ``offset`` (models.snn2ann.keep_mask); ``rows(0, None)``
+    global batch and sliced at ``offset`` (spikebridge.models.snn2ann.keep_mask); ``rows(0, None)``
     switches that off."""
     global _ROWS
     prev, _ROWS = _ROWS, (None if global_batch is None else (int(offset), int(global_batch)))
@@ -308,7 +308,7 @@ def sliced_loss(loss: torch.Tensor, local: int, global_batch: int) -> torch.Tens
 # ---- launcher ------------------------------------------------------------------------------
 
 def launch(nproc: int, cfg, out_dir, resume: bool = False, progress: bool = False) -> dict:
-    """Run ``models.train.train(cfg, out_dir)`` in ``nproc`` processes on this machine with
+    """Run ``spikebridge.models.train.train(cfg, out_dir)`` in ``nproc`` processes on this machine with
     torchrun's own machinery (torch.distributed.launcher.api.elastic_launch, standalone
     c10d rendezvous on a free local port, no restarts). Returns rank 0's last metrics row.
 
@@ -365,12 +365,12 @@ def _worker(cfg_dict: dict, out_dir: str, resume: bool, progress: bool, errdir: 
     import json
     import sys
 
-    from hardware.errors import SpikebridgeError
+    from spikebridge.base.errors import SpikebridgeError
     rank = int(os.environ.get("RANK", 0))
     if threads:
         torch.set_num_threads(int(threads))
     try:
-        from models.train import TrainConfig, train
+        from spikebridge.models.train import TrainConfig, train
         row = train(TrainConfig(**cfg_dict), out_dir, progress=progress and rank == 0, resume=resume)
         return row if rank == 0 else None
     except SpikebridgeError as e:

@@ -39,7 +39,7 @@ class NeuronConfig:
 
 
 def fire(v: torch.Tensor, v_threshold, threshold_test: str = "gt") -> torch.Tensor:
-    """Heaviside spike decision (no surrogate; see models.bptt for the differentiable one)."""
+    """Heaviside spike decision (no surrogate; see spikebridge.models.bptt for the differentiable one)."""
     return (v >= v_threshold) if threshold_test == "ge" else (v > v_threshold)
 
 

@@ -41,9 +41,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from models.architectures import infer_shapes, pool_kernel, resblock_has_projection
-from models.distributed import global_rows, rows
-from models.neurons import NeuronConfig
+from spikebridge.models.architectures import infer_shapes, pool_kernel, resblock_has_projection
+from spikebridge.models.distributed import global_rows, rows
+from spikebridge.models.neurons import NeuronConfig
 
 BN_EPS = 1e-5
 ATA_RHO = 0.1

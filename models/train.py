@@ -5,7 +5,7 @@ SMU -> loss on the ANN logits (== SNN logits under STSU); backward; optimizer st
 BPTT, per batch: the multi-step spiking net with surrogate gradients (models/bptt.py),
 loss on the mean-over-time logits; backward through all T steps; optimizer step.
 Adam (lr 1e-3, weight decay 5e-4 as released) with the schedule of
-models.methods.common.make_optimizer: by default x0.1 at 50%, 75% and 87.5% of the epochs
+spikebridge.models.methods.common.make_optimizer: by default x0.1 at 50%, 75% and 87.5% of the epochs
 (the released 100/150/175 of 200), or cosine (--schedule). Checkpoint every epoch.
 """
 from __future__ import annotations
@@ -20,12 +20,12 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from hardware.errors import InputError
-from hardware.fileio import atomic_path, atomic_write_text
-from models.architectures import build_spec
-from models.checkpoint import save_checkpoint
-from models.bptt import BPTTNet
-from models.snn2ann import SNN2ANNNet
+from spikebridge.base.errors import InputError
+from spikebridge.base.fileio import atomic_path, atomic_write_text
+from spikebridge.models.architectures import build_spec
+from spikebridge.models.checkpoint import save_checkpoint
+from spikebridge.models.bptt import BPTTNet
+from spikebridge.models.snn2ann import SNN2ANNNet
 
 METHODS = ("snn2ann", "bptt")
 
@@ -93,7 +93,7 @@ def make_model(cfg: TrainConfig, input_shape, num_classes, device: torch.device 
 def _make_model(cfg: TrainConfig, input_shape, num_classes):
     spec = build_spec(cfg.arch, input_shape, num_classes)
     if cfg.method == "bptt":
-        from models.bptt import NEURONS, SURROGATES
+        from spikebridge.models.bptt import NEURONS, SURROGATES
         if cfg.neuron not in NEURONS:
             raise InputError(f"unknown neuron {cfg.neuron!r}; known: {', '.join(NEURONS)}")
         if cfg.surrogate not in SURROGATES:
@@ -165,7 +165,7 @@ def dist_train_step(runner, model, opt, xb, yb, offset: int, global_batch: int):
     for the global batch, the forward through DDP, the loss scaled for DDP's average
     (models/distributed.py), and ATA's noisy-spike fraction all-reduced so that every rank
     takes the same threshold decision. Returns (slice's mean loss, global mean noisy fraction)."""
-    from models import distributed as D
+    from spikebridge.models import distributed as D
 
     n_local = len(xb)
     with D.rows(offset, global_batch):
@@ -197,15 +197,15 @@ def train(cfg: TrainConfig, out_dir, progress: bool = True, resume: bool = False
 
     Under torchrun (WORLD_SIZE > 1) every method trains data-parallel with DDP; rank 0 alone
     writes the outputs (models/distributed.py states the rules)."""
-    from models import distributed as D
+    from spikebridge.models import distributed as D
 
     with D.session(cfg) as ctx:
         return _train(cfg, out_dir, progress and ctx.is_main, resume)
 
 
 def _train(cfg: TrainConfig, out_dir, progress: bool, resume: bool) -> dict:
-    from models import distributed as D
-    from models import methods as method_registry
+    from spikebridge.models import distributed as D
+    from spikebridge.models import methods as method_registry
     other = method_registry.get(cfg.method)
     if other is not None:
         return other.train(cfg, out_dir, progress, resume)
@@ -217,7 +217,7 @@ def _train(cfg: TrainConfig, out_dir, progress: bool, resume: bool) -> dict:
     out = Path(out_dir)
     device = pick_device(cfg.device)
     seed_everything(cfg.seed)
-    from models.methods.common import load_data, make_optimizer
+    from spikebridge.models.methods.common import load_data, make_optimizer
     info, xtr_t, ytr_t, xte_t, yte_t = load_data(cfg, device)  # --limit-train / --limit-test applied
     use_aug = info.augment if cfg.augment is None else bool(cfg.augment)
 
@@ -250,7 +250,7 @@ def _train(cfg: TrainConfig, out_dir, progress: bool, resume: bool) -> dict:
                 continue  # fewer samples than processes: skipped by every rank (models/distributed.py)
             xb, yb = xtr_t[idx], ytr_t[idx]
             if use_aug:
-                from models.augment import crop_flip
+                from spikebridge.models.augment import crop_flip
                 xb = crop_flip(xb, aug_gen, padding=4)
             if ctx.enabled:
                 off, n_local = ctx.shard(len(idx))
@@ -300,8 +300,8 @@ def _train(cfg: TrainConfig, out_dir, progress: bool, resume: bool) -> dict:
 
 
 def _resume(out: Path, model, opt, sched, gen, aug_gen, device):
-    from models.checkpoint import build_model, load_checkpoint  # noqa: F401 (validation)
-    from models.checkpoint import load_tensors, load_train_state
+    from spikebridge.models.checkpoint import build_model, load_checkpoint  # noqa: F401 (validation)
+    from spikebridge.models.checkpoint import load_tensors, load_train_state
 
     tensors = load_tensors(out)
     model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in tensors.items()}, strict=False)

@@ -10,7 +10,7 @@ _CACHE: dict[str, Path] = {}
 def trained_checkpoint(arch: str = "cnn", epochs: int = 6, timesteps: int = 4) -> Path:
     key = f"{arch}-{epochs}-{timesteps}"
     if key not in _CACHE:
-        from models.train import TrainConfig, train
+        from spikebridge.models.train import TrainConfig, train
         out = Path(tempfile.mkdtemp(prefix=f"sb-{key}-")) / "ckpt"
         train(TrainConfig(arch=arch, dataset="digits", epochs=epochs, timesteps=timesteps, seed=0),
               out, progress=False)

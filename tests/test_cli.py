@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def run(*args, cwd=None, timeout=600):
-    p = subprocess.run([sys.executable, "-m", "toolchain", "--no-progress", *map(str, args)],
+    p = subprocess.run([sys.executable, "-m", "spikebridge", "--no-progress", *map(str, args)],
                        capture_output=True, text=True, cwd=cwd or REPO, timeout=timeout)
     return p.returncode, p.stdout, p.stderr
 
@@ -134,7 +134,7 @@ def test_one_way_imports():
                 bad.append(f"{f.relative_to(REPO)} imports toolchain")
     assert not bad, bad
     # and at run time: importing the hardware side loads neither torch nor lava
-    code = ("import sys, hardware.graph, hardware.eventsim, hardware.lava, hardware.energy, hardware.latency; "
+    code = ("import sys, spikebridge.hardware.graph, spikebridge.hardware.eventsim, spikebridge.hardware.lava, spikebridge.hardware.energy, spikebridge.hardware.latency; "
             "bad=[m for m in ('torch','lava','models') if m in sys.modules]; assert not bad, bad")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert p.returncode == 0, p.stderr

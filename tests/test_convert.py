@@ -11,17 +11,17 @@ import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from exporters.nir_import import graph_differences, graph_to_torch
-from exporters.onnx_export import checkpoint_to_onnx
-from exporters.onnx_step import graph_to_onnx_step, run_steps
-from exporters.onnx_to_nir import (OnnxModelError, compare_accuracy, convert_onnx, evaluate_layers,
+from spikebridge.exporters.nir_import import graph_differences, graph_to_torch
+from spikebridge.exporters.onnx_export import checkpoint_to_onnx
+from spikebridge.exporters.onnx_step import graph_to_onnx_step, run_steps
+from spikebridge.exporters.onnx_to_nir import (OnnxModelError, compare_accuracy, convert_onnx, evaluate_layers,
                                    load_onnx_safely, run_onnx)
-from hardware.errors import InputError, UnsupportedError
-from hardware.eventsim import simulate
-from hardware.graph import load_graph
-from models.datasets import load_dataset
+from spikebridge.base.errors import InputError, UnsupportedError
+from spikebridge.hardware.eventsim import simulate
+from spikebridge.hardware.graph import load_graph
+from spikebridge.models.datasets import load_dataset
 from tests._trained import trained_checkpoint
-from toolchain.cli import main
+from spikebridge.toolchain.cli import main
 
 F32 = np.float32
 
@@ -191,7 +191,7 @@ def test_count_readout_and_round_trip(digits, tmp_path):
     assert graph.metadata["spikebridge"]["readout"] == "count" and "output_if" in graph.nodes
     r = compare_accuracy(graph, model, xte[:120], yte[:120])
     assert r["snn_accuracy"] >= r["onnx_accuracy"] - 0.05
-    from exporters.nir_export import write_nir
+    from spikebridge.exporters.nir_export import write_nir
     import nir
     write_nir(graph, tmp_path / "g.nir")
     assert graph_differences(graph, nir.read(str(tmp_path / "g.nir"))) == []
@@ -302,7 +302,7 @@ def test_cli_convert_with_npy_and_inspect(tmp_path, capsys, digits):
 
 def test_evaluate_layers_matches_onnxruntime():
     model = helper_model(3)
-    from exporters.onnx_to_nir import _Parser
+    from spikebridge.exporters.onnx_to_nir import _Parser
     x = np.random.default_rng(2).uniform(0, 1, (16, 1, 8, 8)).astype(F32)
     layers, out = _Parser(model, None, x.shape[1:]).parse()
     mine = evaluate_layers(layers, x, keep={out})[out]

@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.mark.lava
 def test_demo_end_to_end(tmp_path):
     out = tmp_path / "demo"
-    p = subprocess.run([sys.executable, "-m", "toolchain", "--no-progress", "demo", "--out", str(out)],
+    p = subprocess.run([sys.executable, "-m", "spikebridge", "--no-progress", "demo", "--out", str(out)],
                        capture_output=True, text=True, cwd=REPO, timeout=900)
     assert p.returncode == 0, p.stderr[-2000:]
     for name in ("checkpoint/weights.safetensors", "checkpoint/model.json", "graph.nir", "model.onnx",
@@ -38,7 +38,7 @@ def test_demo_end_to_end(tmp_path):
         assert np.mean(e["predictions"] == l["predictions"]) >= 0.98
     # `report` rebuilds the same report from the run directory
     before = json.loads((out / "report.json").read_text())
-    p = subprocess.run([sys.executable, "-m", "toolchain", "report", str(out)], capture_output=True, text=True,
+    p = subprocess.run([sys.executable, "-m", "spikebridge", "report", str(out)], capture_output=True, text=True,
                        cwd=REPO, timeout=300)
     assert p.returncode == 0, p.stderr
     after = json.loads((out / "report.json").read_text())

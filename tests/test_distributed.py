@@ -46,7 +46,7 @@ def _torchrun_env(rank: int, world: int, port: int) -> dict:
 
 
 def _weights(d: Path) -> dict:
-    from models.checkpoint import load_tensors
+    from spikebridge.models.checkpoint import load_tensors
     return load_tensors(d)
 
 
@@ -68,7 +68,7 @@ def _assert_same(a: Path, b: Path, atol=2e-5):
 
 
 def _one_process(method: str, out: Path, **kw):
-    from models.train import TrainConfig, train
+    from spikebridge.models.train import TrainConfig, train
     cfg = TrainConfig(method=method, **{**COMMON, **kw})
     cfg.extra.update(METHODS.get(method, {}))
     cfg.extra["limit_test"] = COMMON["limit_test"]
@@ -79,7 +79,7 @@ def test_resume_with_two_processes_via_cli_matches_one_process(tmp_path):
     """A 1-process run killed after epoch 1 of 3, resumed by `spikebridge train --nproc-per-node 2
     --sync-bn --resume` (torchrun's launcher): the same weights (float tolerance), thresholds
     (exactly), logged losses and noisy fractions as one uninterrupted process."""
-    import models.train as T
+    import spikebridge.models.train as T
 
     _one_process("snn2ann", tmp_path / "one", epochs=3)
     real, calls = T.atomic_write_text, {"n": 0}
@@ -96,7 +96,7 @@ def test_resume_with_two_processes_via_cli_matches_one_process(tmp_path):
             _one_process("snn2ann", tmp_path / "two", epochs=3)
     finally:
         T.atomic_write_text = real
-    args = [PY, "-m", "toolchain", "--no-progress", "train", "--method", "snn2ann", "--arch", "mlp",
+    args = [PY, "-m", "spikebridge", "--no-progress", "train", "--method", "snn2ann", "--arch", "mlp",
             "--dataset", "digits", "--epochs", "3", "--limit-train", "96", "--batch-size", "32", "--seed", "3",
             "--timesteps", "2", "--device", "cpu", "--sync-bn", "--nproc-per-node", "2", "--resume"]
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
@@ -122,7 +122,7 @@ def test_every_method_two_processes_match_one_process(tmp_path):
         _one_process(m, tmp_path / "one" / m, **AUG.get(m, {}))
     port = _free_port()
     runs = ", ".join(f"({m!r}, {e!r})" for m, e in METHODS.items())
-    script = ("from models.train import TrainConfig, train\n"
+    script = ("from spikebridge.models.train import TrainConfig, train\n"
               f"for m, extra in [{runs}]:\n"
               f"    cfg = TrainConfig(method=m, **{COMMON!r}, **{AUG!r}.get(m, {{}}))\n"
               f"    cfg.extra.update(extra); cfg.extra['limit_test'] = {COMMON['limit_test']}\n"
@@ -170,7 +170,7 @@ def test_all_reduce_batchnorm_equals_batchnorm_on_the_global_batch(tmp_path):
 
 
 def test_shard_slices_cover_the_global_batch_in_order():
-    from models.distributed import DistContext
+    from spikebridge.models.distributed import DistContext
     for n in (4, 5, 7, 32, 33):
         for w in (1, 2, 3):
             parts = [DistContext(rank=r, world_size=w).shard(n) for r in range(w)]
@@ -181,8 +181,8 @@ def test_shard_slices_cover_the_global_batch_in_order():
 def test_keep_mask_rows_are_the_global_batch_rows():
     """Inside rows(offset, global_batch) the dropout mask is the global batch's, sliced: the
     same RNG state gives rank r exactly rows offset.. of the 1-process mask."""
-    from models.distributed import rows
-    from models.snn2ann import keep_mask
+    from spikebridge.models.distributed import rows
+    from spikebridge.models.snn2ann import keep_mask
     like = torch.zeros(10, 3, 5)
     torch.manual_seed(7)
     full = keep_mask(like, 0.5)
@@ -194,11 +194,11 @@ def test_keep_mask_rows_are_the_global_batch_rows():
 
 
 def test_nproc_per_node_errors_are_one_line(tmp_path):
-    from toolchain.cli import main
+    from spikebridge.toolchain.cli import main
     assert main(["train", "--nproc-per-node", "0", "--out", str(tmp_path / "x")]) == 3
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     # an input error inside the workers (unknown dataset) -> exit 3, one line, no traceback
-    p = subprocess.run([PY, "-m", "toolchain", "--no-progress", "train", "--dataset", "nope", "--arch", "mlp",
+    p = subprocess.run([PY, "-m", "spikebridge", "--no-progress", "train", "--dataset", "nope", "--arch", "mlp",
                         "--nproc-per-node", "2", "--out", str(tmp_path / "y")], capture_output=True, text=True,
                        cwd=REPO, env=env, timeout=300)
     assert p.returncode == 3, p.stderr
@@ -213,7 +213,7 @@ def test_a_killed_training_process_is_exit_4_in_one_line(tmp_path):
     import time
 
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    p = subprocess.Popen([PY, "-m", "toolchain", "--no-progress", "train", "--method", "snn2ann", "--arch", "mlp",
+    p = subprocess.Popen([PY, "-m", "spikebridge", "--no-progress", "train", "--method", "snn2ann", "--arch", "mlp",
                           "--epochs", "500", "--limit-train", "256", "--batch-size", "32", "--device", "cpu",
                           "--nproc-per-node", "2", "--out", str(tmp_path / "k")], cwd=REPO, env=env,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -6,10 +6,10 @@ import nir
 import numpy as np
 import pytest
 
-from hardware.energy import (BUILTIN_MODELS, ann_macs, conv2d_macs, estimate,
+from spikebridge.hardware.energy import (BUILTIN_MODELS, ann_macs, conv2d_macs, estimate,
                              load_energy_model_toml)
-from hardware.errors import InputError
-from hardware.trace import Trace
+from spikebridge.base.errors import InputError
+from spikebridge.hardware.trace import Trace
 
 
 def tiny_graph(bias2=0.0):
@@ -181,7 +181,7 @@ def test_toml_missing_source_rejected(tmp_path):
 
 # ----------------------------------------------------------------------------- latency
 
-from hardware.latency import LOIHI, estimate_latency, map_cores, synaptic_depth  # noqa: E402
+from spikebridge.hardware.latency import LOIHI, estimate_latency, map_cores, synaptic_depth  # noqa: E402
 
 
 def test_latency_hand_computation():
@@ -287,5 +287,5 @@ def test_conv1d_macs_against_brute_force():
     n_out = (9 + 4 - 3 - 1) // 2 + 1
     brute = sum(1 for o in range(2) for c in range(3) for x in range(n_out) for k in range(4)
                 if 0 <= x * 2 - 2 + k < 9 and w[o, c, k] != 0)
-    from hardware.energy import conv_macs
+    from spikebridge.hardware.energy import conv_macs
     assert conv_macs(conv, (3, 9)) == brute

@@ -2,9 +2,9 @@
 computations on the tiny graph of test_energy, and ann-device models from TOML."""
 import pytest
 
-from hardware.energy import (BUILTIN_MODELS, KERAS_SPIKING_DEVICES, estimate,
+from spikebridge.hardware.energy import (BUILTIN_MODELS, KERAS_SPIKING_DEVICES, estimate,
                              load_energy_model_toml)
-from hardware.errors import InputError
+from spikebridge.base.errors import InputError
 from tests.test_energy import tiny_graph, tiny_trace
 
 # tiny graph: ANN MACs 5 (fc1) + 4 (fc2) = 9; neurons 2 (if1) + 2 (if2) = 4.

@@ -1,13 +1,13 @@
-"""hardware.eventsim against hand-computed sequences, plain numpy loops and brute-force counts."""
+"""spikebridge.hardware.eventsim against hand-computed sequences, plain numpy loops and brute-force counts."""
 import itertools
 
 import nir
 import numpy as np
 import pytest
 
-from hardware.errors import DatasetError, GraphError, UnsupportedError
-from hardware.eventsim import PROFILES, count_ops, fanout, run, simulate
-from hardware.graph import analyse
+from spikebridge.base.errors import DatasetError, GraphError, UnsupportedError
+from spikebridge.hardware.eventsim import PROFILES, count_ops, fanout, run, simulate
+from spikebridge.hardware.graph import analyse
 
 
 def chain(*named, in_shape, edges=None, metadata=None):

@@ -4,9 +4,9 @@ import nir
 import numpy as np
 import pytest
 
-from hardware.eventsim import kernels, simulate
-from hardware.eventsim import simulator as sim
-from hardware.eventsim.kernels import event_matmul
+from spikebridge.hardware.eventsim import kernels, simulate
+from spikebridge.hardware.eventsim import simulator as sim
+from spikebridge.hardware.eventsim.kernels import event_matmul
 
 
 @pytest.mark.parametrize("density", [0.0, 0.002, 0.01, 0.2, 1.0])
@@ -76,7 +76,7 @@ def test_bench_simulate_quick_prints_json(capsys):
     """The benchmark stays runnable (tiny sizes, no Lava; snnTorch only if installed)."""
     import json
 
-    from toolchain.cli import main
+    from spikebridge.toolchain.cli import main
     assert main(["--no-progress", "bench", "simulate", "--quick", "--no-lava"]) == 0
     res = json.loads(capsys.readouterr().out)
     assert res["summary"]["all_equal_dense_ref"] is True
@@ -166,9 +166,9 @@ def test_conv_paths_agree(monkeypatch, geom, density):
 def test_conv_matrix_entries_are_the_nonzero_weights():
     """M has exactly one entry per (input, output) pair joined by a nonzero weight: its
     column sums of the nonzero mask are the brute-force fan-in, its row counts the fan-out."""
-    from hardware.eventsim.counts import fanout
-    from hardware.eventsim.profiles import get_profile
-    from hardware.graph import analyse
+    from spikebridge.hardware.eventsim.counts import fanout
+    from spikebridge.hardware.eventsim.profiles import get_profile
+    from spikebridge.hardware.graph import analyse
     cls, in_shape, wshape, stride, pad, dil, groups = CONV_GEOMETRIES[0]
     rng = np.random.default_rng(3)
     W = rng.normal(size=wshape)
@@ -206,8 +206,8 @@ def _neuron_nodes(n, rng):
                                          "v_init": [0.5, 0.25, 0.0, 0.75, 0.1, 0.0],
                                          "spike_amplitude": 2.0}])
 def test_neuron_scan_matches_step_loop(profile, meta):
-    from hardware.eventsim.profiles import get_profile
-    from hardware.graph import analyse
+    from spikebridge.hardware.eventsim.profiles import get_profile
+    from spikebridge.hardware.graph import analyse
     rng = np.random.default_rng(5)
     n, T, B = 6, 23, 4
     inp = rng.choice([0.0, 0.25, 0.5, 1.0, -0.5], size=(T, B, n)) + (rng.random((T, B, n)) < 0.3) * rng.normal(size=(T, B, n))

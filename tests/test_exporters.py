@@ -8,12 +8,12 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from exporters.nir_export import checkpoint_to_nir, write_nir
-from exporters.onnx_export import checkpoint_to_onnx, write_onnx
-from hardware.eventsim import simulate
-from hardware.graph import analyse, classify, graph_meta, load_graph
-from models.checkpoint import build_model, load_checkpoint
-from models.datasets import load_dataset
+from spikebridge.exporters.nir_export import checkpoint_to_nir, write_nir
+from spikebridge.exporters.onnx_export import checkpoint_to_onnx, write_onnx
+from spikebridge.hardware.eventsim import simulate
+from spikebridge.hardware.graph import analyse, classify, graph_meta, load_graph
+from spikebridge.models.checkpoint import build_model, load_checkpoint
+from spikebridge.models.datasets import load_dataset
 from tests._trained import trained_checkpoint
 
 

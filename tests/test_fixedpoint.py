@@ -8,10 +8,10 @@ from pathlib import Path
 import nir
 import numpy as np
 
-from hardware.fixedpoint import (BIAS_EXP_MAX, BIAS_MANT_MAX, BIAS_MANT_MIN, VTH_MAX, WEIGHT_EXP_MAX,
+from spikebridge.hardware.fixedpoint import (BIAS_EXP_MAX, BIAS_MANT_MAX, BIAS_MANT_MIN, VTH_MAX, WEIGHT_EXP_MAX,
                                  WEIGHT_EXP_MIN, chain_matrix, effective_bias, lava_effective_weights,
                                  quantize, quantize_bias, sign_mode)
-from hardware.lava.plan import lower
+from spikebridge.hardware.lava.plan import lower
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -82,7 +82,7 @@ def test_inspect_lava_cli(tmp_path):
     g = _graph(np.random.default_rng(2), np.full(20, 0.8))
     path = tmp_path / "g.nir"
     nir.write(str(path), g)
-    r = subprocess.run([sys.executable, "-m", "toolchain", "inspect", "--lava", str(path)], cwd=str(REPO),
+    r = subprocess.run([sys.executable, "-m", "spikebridge", "inspect", "--lava", str(path)], cwd=str(REPO),
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     for word in ("LIFReset", "Dense", "vth", "exp", "rel.err", "raw", "aligned", "fixed point"):

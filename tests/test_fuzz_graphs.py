@@ -20,9 +20,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hardware.errors import InputError
-from hardware.eventsim import simulate
-from hardware.graph import analyse, load_graph
+from spikebridge.base.errors import InputError
+from spikebridge.hardware.eventsim import simulate
+from spikebridge.hardware.graph import analyse, load_graph
 
 EXAMPLES = int(os.environ.get("SPIKEBRIDGE_FUZZ_EXAMPLES", "40"))
 SETTINGS = settings(max_examples=EXAMPLES, deadline=None, derandomize=True,

@@ -1,4 +1,4 @@
-"""hardware.graph: safe loading (round trip, hostile files), analysis, metadata, classify."""
+"""spikebridge.hardware.graph: safe loading (round trip, hostile files), analysis, metadata, classify."""
 import os
 
 import h5py
@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from nir.ir.graph import Identity
 
-from hardware.errors import GraphError, InputError, UnsupportedError
-from hardware.graph import (LoadLimits, analyse, classify, graph_meta, load_graph,
+from spikebridge.base.errors import GraphError, InputError, UnsupportedError
+from spikebridge.hardware.graph import (LoadLimits, analyse, classify, graph_meta, load_graph,
                             neuron_semantics)
 
 

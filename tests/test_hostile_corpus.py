@@ -3,7 +3,7 @@ that reads it: exit 3, one line ``error: FILE: PLACE: RULE``, no traceback, no o
 file, bounded CPU time and memory; pickle payloads never run.
 
 Most invocations run in a few batch processes (tests/hostile/batch.py: one process calls
-``toolchain.cli.main`` for many files, capturing fd 1/2 per call, with a 10 s CPU-time
+``spikebridge.toolchain.cli.main`` for many files, capturing fd 1/2 per call, with a 10 s CPU-time
 alarm per call) under RLIMIT_AS; a sample runs as real ``spikebridge`` subprocesses, each
 under RLIMIT_AS = 512 MiB (commands that import torch: RLIMIT_DATA = 512 MiB, since
 torch's shared libraries alone map more address space than that) and RLIMIT_CPU = 10 s,
@@ -52,7 +52,7 @@ def _jobs(root: Path, cases, x: Path) -> list[dict]:
     """(argv, paths that must not appear, directory whose files must not change, case)."""
     outdir = root / "outs"
     outdir.mkdir(exist_ok=True)
-    from toolchain.cli import COMMANDS
+    from spikebridge.toolchain.cli import COMMANDS
     jobs = []
     for c in cases:
         p, cont = Path(c.path), Path(c.container)
@@ -191,7 +191,7 @@ def test_every_hostile_file_is_rejected_by_every_command(corpus):
 
 def _subprocess(argv, heavy: bool):
     limit = _limits(None if heavy else MEM_LIMIT, MEM_LIMIT if heavy else None, CPU_SECONDS)
-    p = subprocess.Popen([sys.executable, "-m", "toolchain", *argv], cwd=REPO, env=_env(), preexec_fn=limit,
+    p = subprocess.Popen([sys.executable, "-m", "spikebridge", *argv], cwd=REPO, env=_env(), preexec_fn=limit,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         out, err = p.communicate(timeout=120)  # a hang guard only; the bound is RLIMIT_CPU
@@ -238,8 +238,8 @@ EXPECTED_GLOBALS = {"os_system": ("posix.system", "os.system"), "subprocess_call
 
 
 def test_pickle_payloads_never_run_and_the_error_names_the_globals(corpus):
-    from hardware.errors import CheckpointError
-    from models.checkpoint import load_train_state
+    from spikebridge.base.errors import CheckpointError
+    from spikebridge.models.checkpoint import load_train_state
 
     root, cases, _ = corpus
     pickles = [c for c in cases if c.id.startswith(("pt_raw_", "pt_zip_")) and c.id.split("_", 2)[2] in EXPECTED_GLOBALS]

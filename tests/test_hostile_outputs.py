@@ -32,7 +32,7 @@ def _cli(*argv, env_extra=None, limit_as=None):
     def pre():
         if limit_as:
             resource.setrlimit(resource.RLIMIT_AS, (limit_as, limit_as))
-    p = subprocess.run([sys.executable, "-m", "toolchain", "--no-progress", *map(str, argv)], cwd=REPO, env=env,
+    p = subprocess.run([sys.executable, "-m", "spikebridge", "--no-progress", *map(str, argv)], cwd=REPO, env=env,
                        capture_output=True, text=True, timeout=600, preexec_fn=pre)
     return p.returncode, p.stdout, p.stderr
 
@@ -148,9 +148,9 @@ def test_declared_timesteps_beyond_memory_are_refused_before_allocation(tmp_path
 
 
 def test_memory_estimate_of_huge_declared_shapes():
-    from hardware.errors import ResourceError
-    from hardware.graph import analyse
-    from hardware.memory import check_memory, estimate_eventsim
+    from spikebridge.base.errors import ResourceError
+    from spikebridge.hardware.graph import analyse
+    from spikebridge.hardware.memory import check_memory, estimate_eventsim
 
     nodes = {"input": nir.Input(input_type={"input": np.array([64, 4096, 4096])}),
              "flat": nir.Flatten(input_type={"input": np.array([64, 4096, 4096])}, start_dim=0, end_dim=-1),

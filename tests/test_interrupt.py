@@ -28,7 +28,7 @@ def _env():
 
 
 def _start(argv):
-    return subprocess.Popen([sys.executable, "-m", "toolchain", "--no-progress", *map(str, argv)], cwd=REPO,
+    return subprocess.Popen([sys.executable, "-m", "spikebridge", "--no-progress", *map(str, argv)], cwd=REPO,
                             env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
 
 
@@ -63,9 +63,9 @@ def ckpts(tmp_path_factory):
     d = tmp_path_factory.mktemp("ckpts")
     write_base_checkpoint(d / "a")
     torch.manual_seed(123)
-    from models.architectures import build_spec
-    from models.checkpoint import read_meta, save_checkpoint
-    from models.snn2ann import SNN2ANNNet
+    from spikebridge.models.architectures import build_spec
+    from spikebridge.models.checkpoint import read_meta, save_checkpoint
+    from spikebridge.models.snn2ann import SNN2ANNNet
     meta = read_meta(d / "a")
     model = SNN2ANNNet(build_spec("mlp", (1, 8, 8), 10), (1, 8, 8), 4)
     save_checkpoint(d / "b", model.state_dict(), {k: v for k, v in meta.items() if k not in ("format", "format_version")})
@@ -73,7 +73,7 @@ def ckpts(tmp_path_factory):
 
 
 def _parse_nir(p: Path):
-    from hardware.graph import analyse, load_graph
+    from spikebridge.hardware.graph import analyse, load_graph
     analyse(load_graph(p), file=str(p))
 
 
@@ -140,7 +140,7 @@ def _tensors(d: Path) -> dict:
 
 def _check_checkpoint_files(d: Path) -> None:
     """Whatever exists in a killed run's directory parses."""
-    from models.checkpoint import load_train_state, read_meta
+    from spikebridge.models.checkpoint import load_train_state, read_meta
     if (d / "model.json").exists():
         read_meta(d)
     if (d / "weights.safetensors").exists():

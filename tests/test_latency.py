@@ -5,9 +5,9 @@ import nir
 import numpy as np
 import pytest
 
-from hardware.errors import InputError, UnsupportedError
-from hardware.latency import LOIHI, estimate_latency, map_cores
-from hardware.trace import Trace
+from spikebridge.base.errors import InputError, UnsupportedError
+from spikebridge.hardware.latency import LOIHI, estimate_latency, map_cores
+from spikebridge.hardware.trace import Trace
 
 MEM_BITS = 128 * 1024 * 8
 

@@ -20,11 +20,11 @@ import nir
 import numpy as np
 import pytest
 
-import hardware.lava as hl
-from hardware.errors import BackendError, UnsupportedError
-from hardware.lava import lava_status, run_lava
-from hardware.lava.plan import conv2d_coo, lower
-from hardware.lava.supervisor import _group_pids, _shm_of, run_job
+import spikebridge.hardware.lava as hl
+from spikebridge.base.errors import BackendError, UnsupportedError
+from spikebridge.hardware.lava import lava_status, run_lava
+from spikebridge.hardware.lava.plan import conv2d_coo, lower
+from spikebridge.hardware.lava.supervisor import _group_pids, _shm_of, run_job
 
 REPO = Path(__file__).resolve().parents[1]
 TOL = 1e-9
@@ -278,7 +278,7 @@ def test_dense_if_matches_reference():
 
 @pytest.mark.lava
 def test_dense_if_matches_eventsim_when_present():
-    sim = pytest.importorskip("hardware.eventsim")
+    sim = pytest.importorskip("spikebridge.hardware.eventsim")
     rng = np.random.default_rng(11)
     g, layers = dense_if_graph(rng)
     T, B = 10, 4
@@ -406,7 +406,7 @@ def test_killed_parent_leaves_no_worker_and_no_shm(tmp_path, sig):
         import sys, numpy as np
         sys.path.insert(0, {str(REPO)!r}); sys.path.insert(0, {str(Path(__file__).parent)!r})
         from test_lava import dense_if_graph
-        from hardware.lava import run_lava
+        from spikebridge.hardware.lava import run_lava
         g, _ = dense_if_graph(np.random.default_rng(0))
         print("start", flush=True)
         run_lava(g, np.zeros((3, 2, 12)), timeout_s=120)

@@ -16,10 +16,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hardware.eventsim import simulate
-from hardware.fixedpoint import chain_matrix
-from hardware.lava import run_lava
-from hardware.lava.plan import lower
+from spikebridge.hardware.eventsim import simulate
+from spikebridge.hardware.fixedpoint import chain_matrix
+from spikebridge.hardware.lava import run_lava
+from spikebridge.hardware.lava.plan import lower
 from test_lava_fixed import random_graph
 
 TOL = 1e-9

@@ -8,12 +8,12 @@ import nir
 import numpy as np
 import pytest
 
-from hardware.eventsim import simulate
-from hardware.fixedpoint import chain_matrix, quantize
-from hardware.lava import fixed_trace, run_lava
-from hardware.lava.describe import describe
-from hardware.lava.groups import _groups, row_errors, split_threshold_groups
-from hardware.lava.plan import lower
+from spikebridge.hardware.eventsim import simulate
+from spikebridge.hardware.fixedpoint import chain_matrix, quantize
+from spikebridge.hardware.lava import fixed_trace, run_lava
+from spikebridge.hardware.lava.describe import describe
+from spikebridge.hardware.lava.groups import _groups, row_errors, split_threshold_groups
+from spikebridge.hardware.lava.plan import lower
 
 
 def spread_graph(seed=3, n0=16, n1=40, n2=24):

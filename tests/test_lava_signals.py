@@ -14,9 +14,9 @@ import nir
 import numpy as np
 import pytest
 
-from hardware.lava import run_lava
-from hardware.lava import supervisor as sv
-from hardware.lava.supervisor import _group_pids, _shm_of
+from spikebridge.hardware.lava import run_lava
+from spikebridge.hardware.lava import supervisor as sv
+from spikebridge.hardware.lava.supervisor import _group_pids, _shm_of
 from test_lava import _live, _worker_pids_under, dense_if_graph
 
 REPO = Path(__file__).resolve().parents[1]
@@ -66,7 +66,7 @@ def test_signal_to_cli_mid_job_cleans_up(tmp_path, sig):
     g, x = _graph_files(tmp_path)
     out = tmp_path / "out.npz"
     env = dict(os.environ, SPIKEBRIDGE_LAVA_TEST_HANG_S="60")
-    parent = subprocess.Popen([sys.executable, "-m", "toolchain", "--no-progress", "simulate", str(g), "--input",
+    parent = subprocess.Popen([sys.executable, "-m", "spikebridge", "--no-progress", "simulate", str(g), "--input",
                                str(x), "--backend", "lava", "--out", str(out)], env=env, cwd=str(REPO),
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True, text=True)
     try:
@@ -95,8 +95,8 @@ def test_signal_to_parent_with_idle_persistent_worker(sig):
         import sys, time, numpy as np
         sys.path.insert(0, {str(REPO)!r}); sys.path.insert(0, {str(Path(__file__).parent)!r})
         from test_lava import dense_if_graph
-        from hardware.lava import run_lava
-        from hardware.lava.supervisor import persistent_worker_pid
+        from spikebridge.hardware.lava import run_lava
+        from spikebridge.hardware.lava.supervisor import persistent_worker_pid
         g, _ = dense_if_graph(np.random.default_rng(0))
         run_lava(g, np.zeros((3, 2, 12)), timeout_s=120)
         print("idle", persistent_worker_pid(), flush=True)
@@ -125,7 +125,7 @@ def test_worker_crash_is_exit_4_with_last_error_line(tmp_path):
     g, x = _graph_files(tmp_path)
     for persistent in ("1", "0"):
         env = dict(os.environ, SPIKEBRIDGE_LAVA_TEST_FAIL="crash", SPIKEBRIDGE_LAVA_PERSISTENT=persistent)
-        r = subprocess.run([sys.executable, "-m", "toolchain", "--no-progress", "simulate", str(g), "--input",
+        r = subprocess.run([sys.executable, "-m", "spikebridge", "--no-progress", "simulate", str(g), "--input",
                             str(x), "--backend", "lava", "--out", str(tmp_path / "o.npz")], env=env,
                            cwd=str(REPO), capture_output=True, text=True, timeout=300)
         assert r.returncode == 4, r.stderr

@@ -20,11 +20,11 @@ import nir
 import numpy as np
 import pytest
 
-from hardware.eventsim import simulate
-from hardware.fixedpoint import quantize
-from hardware.lava import fixed_trace, run_lava
-from hardware.lava.describe import describe
-from hardware.lava.plan import BIAS_SOURCE, lower
+from spikebridge.hardware.eventsim import simulate
+from spikebridge.hardware.fixedpoint import quantize
+from spikebridge.hardware.lava import fixed_trace, run_lava
+from spikebridge.hardware.lava.describe import describe
+from spikebridge.hardware.lava.plan import BIAS_SOURCE, lower
 
 TOL = 1e-9
 
@@ -119,7 +119,7 @@ def test_inspect_lava_cli_shows_delays_and_current_decay(tmp_path):
 
     path = tmp_path / "resnet.nir"
     nir.write(str(path), residual_graph(np.random.default_rng(0), True, ("IF", "IF", "CubaLIF", "IF")))
-    r = subprocess.run([sys.executable, "-m", "toolchain", "inspect", "--lava", str(path)],
+    r = subprocess.run([sys.executable, "-m", "spikebridge", "inspect", "--lava", str(path)],
                        cwd=str(Path(__file__).resolve().parents[1]), capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     for text in ("n0 via DelayDense(+1)", "input via DelayDense(+3)", "const 1 (synaptic bias into the current)",
@@ -130,7 +130,7 @@ def test_inspect_lava_cli_shows_delays_and_current_decay(tmp_path):
 def test_skip_longer_than_loihi_delays_is_refused_in_fixed_point():
     """DelayDense/DelaySparse fixed_pt hold 6-bit delays: a skip over 65 layers (64 extra
     steps) lowers for float but the fixed-point plan refuses it, naming the connection."""
-    from hardware.errors import UnsupportedError
+    from spikebridge.base.errors import UnsupportedError
 
     n, L = 3, 65
     nodes = {"input": nir.Input(np.array([n]))}
@@ -206,7 +206,7 @@ def test_sparse_and_delay_sparse_connections_bit_exact(monkeypatch):
     16x16x16 is 4096x4096 with 4096 nonzeros): forced here on the small residual graph by
     lowering the Dense size limit, Lava fixed_pt still equals the integer model bit for bit,
     and float matches the lava-float profile."""
-    import hardware.lava as hl
+    import spikebridge.hardware.lava as hl
 
     monkeypatch.setattr(hl, "DENSE_MAX_ELEMENTS", 200)
     rng = np.random.default_rng(4)
@@ -236,9 +236,9 @@ def _tiny_resnet_checkpoint(tmp_path):
     and BN statistics, saved with the real checkpoint writer."""
     import torch
 
-    from models.architectures import infer_shapes
-    from models.checkpoint import save_checkpoint
-    from models.snn2ann import SNN2ANNNet
+    from spikebridge.models.architectures import infer_shapes
+    from spikebridge.models.checkpoint import save_checkpoint
+    from spikebridge.models.snn2ann import SNN2ANNNet
 
     torch.manual_seed(0)
     spec = [{"name": "conv1", "type": "conv", "out_channels": 4, "kernel_size": 3, "stride": 1, "padding": 1,
@@ -267,9 +267,9 @@ def _tiny_resnet_checkpoint(tmp_path):
 
 @pytest.mark.lava
 def test_resnet_checkpoint_export_lava_fixed_bit_exact(tmp_path):
-    from exporters.nir_export import checkpoint_to_nir
-    from hardware.graph import classify
-    from toolchain import pipeline
+    from spikebridge.exporters.nir_export import checkpoint_to_nir
+    from spikebridge.hardware.graph import classify
+    from spikebridge.toolchain import pipeline
 
     g = checkpoint_to_nir(_tiny_resnet_checkpoint(tmp_path))
     edges = set(g.edges)

@@ -33,7 +33,7 @@ def soft_reset_graph(path):
 
 
 def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "toolchain", "--no-progress", *args], cwd=str(REPO),
+    return subprocess.run([sys.executable, "-m", "spikebridge", "--no-progress", *args], cwd=str(REPO),
                           capture_output=True, text=True, timeout=600, env=dict(os.environ))
 
 

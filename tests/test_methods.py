@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 import torch
 
-from models.methods import common as C
-from models.methods import bridge as B
-from models.methods import lasnn as LA
-from models.methods import parallel as P
-from models.methods import qcfs as Q
+from spikebridge.models.methods import common as C
+from spikebridge.models.methods import bridge as B
+from spikebridge.models.methods import lasnn as LA
+from spikebridge.models.methods import parallel as P
+from spikebridge.models.methods import qcfs as Q
 
 MLP = [{"name": "flatten", "type": "flatten"},
        {"name": "fc1", "type": "linear", "out_features": 12, "bn": True, "neuron": True},
@@ -210,8 +210,8 @@ def test_lasnn_attention_matches_spatial_sizes():
 
 @pytest.mark.parametrize("kind", ["qcfs", "parallel", "lif"])
 def test_exported_graph_runs_in_eventsim_like_the_torch_deployed_network(kind):
-    from hardware.eventsim import simulate
-    from hardware.graph import analyse
+    from spikebridge.hardware.eventsim import simulate
+    from spikebridge.hardware.graph import analyse
 
     T = 3
     gen = torch.Generator().manual_seed(6)

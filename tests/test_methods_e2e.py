@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from toolchain.cli import main
+from spikebridge.toolchain.cli import main
 
 pytestmark = pytest.mark.slow
 
@@ -45,7 +45,7 @@ def _export_and_simulate(ckpt, T):
 
 
 def _neuron_meta(graph):
-    from hardware.graph import load_graph, neuron_semantics, node_type
+    from spikebridge.hardware.graph import load_graph, neuron_semantics, node_type
     g = load_graph(graph)
     return {n: (node_type(v), neuron_semantics(v)) for n, v in g.nodes.items()
             if node_type(v) in ("IF", "LIF")}, g
@@ -115,9 +115,9 @@ def test_onnx_export_of_the_anns_matches_torch(ckpts):
     import onnxruntime as ort
     import torch
 
-    from models.checkpoint import build_model, load_checkpoint
-    from models.datasets import load_dataset
-    from models.methods import common as C
+    from spikebridge.models.checkpoint import build_model, load_checkpoint
+    from spikebridge.models.datasets import load_dataset
+    from spikebridge.models.methods import common as C
 
     x, _ = load_dataset("digits", "test")
     x = x[:32]

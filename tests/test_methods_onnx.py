@@ -7,14 +7,14 @@ import numpy as np
 import pytest
 import torch
 
-from models.architectures import build_spec
-from models.methods import common as C
+from spikebridge.models.architectures import build_spec
+from spikebridge.models.methods import common as C
 
 SHAPE = (1, 8, 8)
 
 
 def _random_stack(width=1.0, seed=0):
-    from models.methods.bridge import DECAY, THRESHOLD
+    from spikebridge.models.methods.bridge import DECAY, THRESHOLD
     torch.manual_seed(seed)
     spec = C.shrink_spec(build_spec("cnn", SHAPE, 10), width)
     net = C.SpikingStack(spec, SHAPE, DECAY, THRESHOLD)
@@ -35,9 +35,9 @@ def _session(model):
 
 @pytest.mark.parametrize("method,width,T", [("bridge", 1.0, 4), ("lasnn", 0.5, 3)])
 def test_onnx_of_the_lif_snn_equals_the_deployed_network(method, width, T, tmp_path):
-    from exporters.onnx_export import checkpoint_to_onnx
-    from models.checkpoint import save_checkpoint
-    from models.methods.bridge import DECAY, THRESHOLD, neuron_meta
+    from spikebridge.exporters.onnx_export import checkpoint_to_onnx
+    from spikebridge.models.checkpoint import save_checkpoint
+    from spikebridge.models.methods.bridge import DECAY, THRESHOLD, neuron_meta
 
     net, spec = _random_stack(width)
     meta = {"arch": "cnn", "method": method, "timesteps": T, "input_shape": list(SHAPE), "num_classes": 10,
@@ -56,8 +56,8 @@ def test_onnx_of_the_lif_snn_equals_the_deployed_network(method, width, T, tmp_p
 
 
 def test_onnx_builder_handles_if_ge_subtract_amplitude_and_v_init():
-    from models.methods import qcfs as Q
-    from models.methods.snn_onnx import deployed_to_onnx
+    from spikebridge.models.methods import qcfs as Q
+    from spikebridge.models.methods.snn_onnx import deployed_to_onnx
 
     torch.manual_seed(1)
     spec = build_spec("cnn", SHAPE, 10)

@@ -7,22 +7,22 @@ import numpy as np
 import pytest
 import torch
 
-from hardware.errors import InputError
+from spikebridge.base.errors import InputError
 
 BASE = dict(arch="mlp", dataset="digits", limit_train=96, seed=3, batch_size=32, device="cpu", timesteps=2,
             lr=2e-3)
 
 
 def _cfg(method, **kw):
-    from models.train import TrainConfig
+    from spikebridge.models.train import TrainConfig
     extra = {"limit_test": 24, **kw.pop("extra", {})}
     return TrainConfig(method=method, **{**BASE, **kw}, extra=extra)
 
 
 def _kill_and_resume(monkeypatch, tmp_path, cfg, kill_after):
-    from models.checkpoint import load_tensors
-    from models.methods import resume as R
-    from models.train import train
+    from spikebridge.models.checkpoint import load_tensors
+    from spikebridge.models.methods import resume as R
+    from spikebridge.models.train import train
 
     train(cfg, tmp_path / "full", progress=False)
     real = R.Stages.save
@@ -67,7 +67,7 @@ def test_lasnn_with_its_own_teacher_killed_in_the_student_and_resumed(monkeypatc
 
 
 def test_resume_with_another_configuration_is_a_one_line_input_error(tmp_path):
-    from models.train import train
+    from spikebridge.models.train import train
 
     train(_cfg("qcfs", epochs=1, extra={"L": 2}), tmp_path / "run", progress=False)
     with pytest.raises(InputError, match=r"different configuration .*lr"):

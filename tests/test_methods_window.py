@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from models.methods import common as C
-from models.methods import parallel as P
+from spikebridge.models.methods import common as C
+from spikebridge.models.methods import parallel as P
 from test_methods import CNN, SHAPE, _randomise_bn
 
 
@@ -50,10 +50,10 @@ def test_count_then_emit_neuron_emits_the_block_count_once_at_the_end_of_the_win
 
 
 def test_count_then_emit_graph_runs_in_eventsim_like_torch_and_other_consumers_refuse_it():
-    from exporters.onnx_step import graph_to_onnx_step
-    from hardware.errors import InputError
-    from hardware.eventsim import simulate
-    from hardware.graph import analyse
+    from spikebridge.exporters.onnx_step import graph_to_onnx_step
+    from spikebridge.base.errors import InputError
+    from spikebridge.hardware.eventsim import simulate
+    from spikebridge.hardware.graph import analyse
 
     T = 4
     net, x = _net(T, seed=12)
@@ -68,9 +68,9 @@ def test_count_then_emit_graph_runs_in_eventsim_like_torch_and_other_consumers_r
     # the readout before the last step is the bias alone: nothing is emitted inside the window
     np.testing.assert_allclose(out[0], np.broadcast_to(out[0][:1], out[0].shape))
     assert tr.per_sample("spikes") == pytest.approx(events)
-    from exporters.nir_import import graph_to_torch
-    from hardware.errors import UnsupportedError
-    from hardware.lava.plan import lower
+    from spikebridge.exporters.nir_import import graph_to_torch
+    from spikebridge.base.errors import UnsupportedError
+    from spikebridge.hardware.lava.plan import lower
     with pytest.raises(InputError, match="window"):
         graph_to_onnx_step(graph)
     with pytest.raises(InputError, match="window"):

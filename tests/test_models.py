@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from hardware.errors import CheckpointError
-from models.architectures import build_spec, infer_shapes
-from models.checkpoint import build_model, load_checkpoint, read_meta
-from models.datasets import load_dataset, parse_idx
-from models.neurons import NeuronConfig, if_step, run_if
-from models.snn2ann import ATA_STEP, ReSU, SNN2ANNNet, STSU
+from spikebridge.base.errors import CheckpointError
+from spikebridge.models.architectures import build_spec, infer_shapes
+from spikebridge.models.checkpoint import build_model, load_checkpoint, read_meta
+from spikebridge.models.datasets import load_dataset, parse_idx
+from spikebridge.models.neurons import NeuronConfig, if_step, run_if
+from spikebridge.models.snn2ann import ATA_STEP, ReSU, SNN2ANNNet, STSU
 from tests._trained import trained_checkpoint
 
 
@@ -62,7 +62,7 @@ def test_stsu_forward_is_count_backward_identity_to_relu_dropout():
 
 
 def test_keep_mask_is_inverted_dropout_and_seeded():
-    from models.snn2ann import keep_mask
+    from spikebridge.models.snn2ann import keep_mask
     like = torch.empty(200_000)
     for p in (0.5, 0.2, 0.25):
         torch.manual_seed(3)
@@ -164,8 +164,8 @@ def test_training_reaches_accuracy_and_checkpoint_round_trips():
 
 
 def test_same_seed_same_weights(tmp_path):
-    from models.train import TrainConfig, train
-    from models.checkpoint import load_tensors
+    from spikebridge.models.train import TrainConfig, train
+    from spikebridge.models.checkpoint import load_tensors
     for d in ("a", "b"):
         train(TrainConfig(arch="mlp", epochs=2, seed=3, limit_train=256), tmp_path / d, progress=False)
     ta, tb = load_tensors(tmp_path / "a"), load_tensors(tmp_path / "b")
@@ -189,7 +189,7 @@ def test_checkpoint_rejects_bad_model_json(tmp_path):
 def test_idx_parser_validates_header():
     good = bytes([0, 0, 8, 1, 0, 0, 0, 3, 7, 8, 9])
     assert parse_idx(good, "x").tolist() == [7, 8, 9]
-    from hardware.errors import DatasetError
+    from spikebridge.base.errors import DatasetError
     for bad in (good[:3], bytes([0, 0, 9, 1]) + good[4:], good[:-1], bytes([0, 0, 8, 1, 255, 255, 255, 255])):
         with pytest.raises(DatasetError):
             parse_idx(bad, "x")

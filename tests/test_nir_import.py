@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from exporters.nir_export import checkpoint_to_nir, neuron_metadata, write_nir
-from exporters.nir_import import graph_differences, graph_to_torch, load_nir_module
-from hardware.errors import InputError, UnsupportedError
-from hardware.eventsim import simulate
-from models.checkpoint import build_model, load_checkpoint
-from models.datasets import load_dataset
+from spikebridge.exporters.nir_export import checkpoint_to_nir, neuron_metadata, write_nir
+from spikebridge.exporters.nir_import import graph_differences, graph_to_torch, load_nir_module
+from spikebridge.base.errors import InputError, UnsupportedError
+from spikebridge.hardware.eventsim import simulate
+from spikebridge.models.checkpoint import build_model, load_checkpoint
+from spikebridge.models.datasets import load_dataset
 from tests._trained import trained_checkpoint
 
 F32 = np.float32
@@ -194,7 +194,7 @@ def test_inspect_displays_third_party_graphs(tmp_path, capsys):
     """Graphs as nirtorch-based exporters write them (no spikebridge metadata, Linear
     without bias, CubaLIF with tau in seconds; with the library-profile adaptation
     present, also the trace sample's batch dimension in the Input) display."""
-    from toolchain.cli import main
+    from spikebridge.toolchain.cli import main
     rng = np.random.default_rng(0)
 
     def peer(in_shape, out_shape):
@@ -210,7 +210,7 @@ def test_inspect_displays_third_party_graphs(tmp_path, capsys):
 
     cases = [("plain", [10], [6])]
     try:
-        import hardware.eventsim.adapt  # noqa: F401 - the library profiles' Input/Output adaptation
+        import spikebridge.hardware.eventsim.adapt  # noqa: F401 - the library profiles' Input/Output adaptation
         cases.append(("batch_dim", [4, 10], [4, 6]))
     except ImportError:
         pass

@@ -8,15 +8,15 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from exporters.nir_import import graph_to_torch
-from exporters.onnx_step import checkpoint_to_onnx_step, graph_to_onnx_step, initial_state, run_steps
-from hardware.errors import UnsupportedError
-from hardware.eventsim import simulate
-from models.checkpoint import build_model, load_checkpoint
-from models.datasets import load_dataset
+from spikebridge.exporters.nir_import import graph_to_torch
+from spikebridge.exporters.onnx_step import checkpoint_to_onnx_step, graph_to_onnx_step, initial_state, run_steps
+from spikebridge.base.errors import UnsupportedError
+from spikebridge.hardware.eventsim import simulate
+from spikebridge.models.checkpoint import build_model, load_checkpoint
+from spikebridge.models.datasets import load_dataset
 from tests._trained import trained_checkpoint
 from tests.test_nir_import import hand_built_graph, recurrent_graph
-from toolchain.cli import main
+from spikebridge.toolchain.cli import main
 
 
 @pytest.fixture(scope="module")

@@ -19,10 +19,10 @@ import nir
 import numpy as np
 import pytest
 
-from hardware.errors import GraphError, UnsupportedError
-from hardware.eventsim import PROFILES, Profile, adapt_graph, register_profile, simulate
-from hardware.eventsim.profiles import get_profile
-from hardware.graph import analyse, load_graph
+from spikebridge.base.errors import GraphError, UnsupportedError
+from spikebridge.hardware.eventsim import PROFILES, Profile, adapt_graph, register_profile, simulate
+from spikebridge.hardware.eventsim.profiles import get_profile
+from spikebridge.hardware.graph import analyse, load_graph
 
 PEERS = Path(__file__).parent / "data" / "peers"
 LIBS = ("snntorch", "norse", "sinabs", "spikingjelly")
@@ -127,7 +127,7 @@ def test_dt_overrides_the_profile():
 
 
 def test_cli_simulate_with_library_profile_and_dt(tmp_path):
-    from toolchain.cli import main
+    from spikebridge.toolchain.cli import main
     d = PEERS / "norse" / "dense_lif_cuba"
     y = np.load(d / "expected.npy")
     out = tmp_path / "o.npz"

@@ -7,9 +7,9 @@ import nir
 import numpy as np
 import pytest
 
-from hardware.errors import InputError
-from hardware.trace import Trace
-from toolchain.report import SECTIONS, build_report, make_report, per_layer_stats
+from spikebridge.base.errors import InputError
+from spikebridge.hardware.trace import Trace
+from spikebridge.toolchain.report import SECTIONS, build_report, make_report, per_layer_stats
 
 EVIL = "<script>alert(1)</script>"
 
@@ -96,7 +96,7 @@ def test_report_json_strict_with_required_keys(tmp_path):
 def test_nan_becomes_null(tmp_path):
     rep = build_report(graph(), trace())
     rep["extra"] = {"x": float("nan")}
-    from toolchain.report import write_report
+    from spikebridge.toolchain.report import write_report
     write_report(tmp_path, rep)
     assert strict_load(tmp_path / "report.json")["extra"]["x"] is None
 

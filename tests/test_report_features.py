@@ -14,9 +14,9 @@ import nir
 import numpy as np
 import pytest
 
-from hardware.errors import InputError
-from toolchain.compare import COMPARE_SECTIONS, compare_runs
-from toolchain.report import (SECTIONS, build_report, load_sweep, make_report, normalise_sweep)
+from spikebridge.base.errors import InputError
+from spikebridge.toolchain.compare import COMPARE_SECTIONS, compare_runs
+from spikebridge.toolchain.report import (SECTIONS, build_report, load_sweep, make_report, normalise_sweep)
 from tests.test_report import EVIL, graph, strict_load, trace
 
 REPO = Path(__file__).resolve().parents[1]
@@ -167,7 +167,7 @@ def test_compare_two_runs(tmp_path):
 
 
 def run_cli(*args):
-    p = subprocess.run([sys.executable, "-m", "toolchain", "--no-progress", *map(str, args)],
+    p = subprocess.run([sys.executable, "-m", "spikebridge", "--no-progress", *map(str, args)],
                        capture_output=True, text=True, cwd=REPO, timeout=600)
     return p.returncode, p.stdout, p.stderr
 

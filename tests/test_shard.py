@@ -17,8 +17,8 @@ pytestmark = pytest.mark.slow  # starts processes and trains small models
 
 @pytest.fixture(scope="module")
 def graph(tmp_path_factory):
-    from exporters.nir_export import checkpoint_to_nir, write_nir
-    from models.train import TrainConfig, train
+    from spikebridge.exporters.nir_export import checkpoint_to_nir, write_nir
+    from spikebridge.models.train import TrainConfig, train
     d = tmp_path_factory.mktemp("shard")
     train(TrainConfig(arch="mlp", dataset="digits", epochs=2, timesteps=4, limit_train=384, limit_test=10,
                       device="cpu"), d / "ckpt", progress=False)
@@ -27,7 +27,7 @@ def graph(tmp_path_factory):
 
 
 def _simulate(graph, out, *extra, capsys=None):
-    from toolchain.cli import main
+    from spikebridge.toolchain.cli import main
     code = main(["--no-progress", "simulate", str(graph), "--dataset", "digits", "--limit", "150",
                  "--batch-size", "32", "--out", str(out), *extra])
     cap = capsys.readouterr() if capsys else None
@@ -46,7 +46,7 @@ KEYS = ("accuracy", "samples", "synaptic_ops_per_sample", "spikes_per_sample", "
 
 @pytest.fixture(scope="module")
 def reference(graph, tmp_path_factory):
-    from toolchain.cli import main
+    from spikebridge.toolchain.cli import main
     out = tmp_path_factory.mktemp("ref") / "one.npz"
     import contextlib
     import io
@@ -123,7 +123,7 @@ def test_dask_local_cluster_of_two_workers_matches_one_process(graph, reference,
 
 
 def test_the_shard_worker_does_not_import_torch():
-    code = ("import sys, toolchain.shard, hardware.eventsim; "
+    code = ("import sys, spikebridge.toolchain.shard, spikebridge.hardware.eventsim; "
             "bad = [m for m in ('torch', 'models') if m in sys.modules]; assert not bad, bad")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert p.returncode == 0, p.stderr

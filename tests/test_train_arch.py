@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-from exporters.nir_export import model_to_nir, neuron_node_names
-from hardware.errors import InputError, UnsupportedError
-from hardware.eventsim import simulate
-from hardware.graph import analyse
-from models.architectures import build_spec, infer_shapes
-from models.bptt import BPTTNet
-from models.snn2ann import SNN2ANNNet
+from spikebridge.exporters.nir_export import model_to_nir, neuron_node_names
+from spikebridge.base.errors import InputError, UnsupportedError
+from spikebridge.hardware.eventsim import simulate
+from spikebridge.hardware.graph import analyse
+from spikebridge.models.architectures import build_spec, infer_shapes
+from spikebridge.models.bptt import BPTTNet
+from spikebridge.models.snn2ann import SNN2ANNNet
 
 SHAPE = (2, 8, 8)
 SPEC = [
@@ -121,8 +121,8 @@ def test_paper_architectures_shapes(arch, hw, last):
 def test_onnx_ann_branch_with_pool_and_residual(tmp_path):
     import onnxruntime as ort
 
-    from exporters.onnx_export import checkpoint_to_onnx, write_onnx
-    from models.checkpoint import save_checkpoint
+    from spikebridge.exporters.onnx_export import checkpoint_to_onnx, write_onnx
+    from spikebridge.models.checkpoint import save_checkpoint
 
     torch.manual_seed(0)
     net = _randomise_bn(SNN2ANNNet(SPEC, SHAPE, timesteps=4)).eval()

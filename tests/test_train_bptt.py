@@ -8,15 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from exporters.nir_export import checkpoint_to_nir, neuron_node_names
-from hardware.errors import UnsupportedError
-from hardware.eventsim import simulate
-from hardware.graph import analyse
-from models.architectures import build_spec
-from models.bptt import BPTTNet, MultiStepNeuron, reference_neuron
-from models.checkpoint import build_model, load_checkpoint
-from models.datasets import load_dataset
-from models.train import TrainConfig, train
+from spikebridge.exporters.nir_export import checkpoint_to_nir, neuron_node_names
+from spikebridge.base.errors import UnsupportedError
+from spikebridge.hardware.eventsim import simulate
+from spikebridge.hardware.graph import analyse
+from spikebridge.models.architectures import build_spec
+from spikebridge.models.bptt import BPTTNet, MultiStepNeuron, reference_neuron
+from spikebridge.models.checkpoint import build_model, load_checkpoint
+from spikebridge.models.datasets import load_dataset
+from spikebridge.models.train import TrainConfig, train
 
 
 @pytest.mark.parametrize("kind", ["if", "lif"])
@@ -61,7 +61,7 @@ def test_multistep_equals_single_step_loop():
     x = torch.rand(4, 1, 8, 8) * 2
     with torch.no_grad():
         logits, _, spikes = net(x, record=True)
-        from models.neurons import NeuronConfig, if_step
+        from spikebridge.models.neurons import NeuronConfig, if_step
         v = {}
         outs = {i: [] for i in range(3)}
         acc = 0
@@ -126,7 +126,7 @@ def test_bptt_nir_export_reproduced_by_eventsim(bptt_ckpt):
 
 
 def test_bptt_onnx_export_is_refused_clearly(bptt_ckpt):
-    from exporters.onnx_export import checkpoint_to_onnx
+    from spikebridge.exporters.onnx_export import checkpoint_to_onnx
     with pytest.raises(UnsupportedError, match="no ANN branch"):
         checkpoint_to_onnx(bptt_ckpt)
 
@@ -136,7 +136,7 @@ def test_channels_last_bptt_computes_the_same_network(arch, shape, tmp_path):
     """The CPU default lays BPTT's convolutions out NHWC: same spikes, logits and gradients
     as NCHW (up to float summation order), parameters really channels-last, and the
     checkpointed tensors plain contiguous."""
-    from models.train import make_model
+    from spikebridge.models.train import make_model
     torch.manual_seed(0)
     cfg = TrainConfig(method="bptt", arch=arch, timesteps=3, channels_last=False)
     a = make_model(cfg, shape, 10, torch.device("cpu"))
@@ -155,7 +155,7 @@ def test_channels_last_bptt_computes_the_same_network(arch, shape, tmp_path):
     lb.square().sum().backward()
     for (n, p), q in zip(a.named_parameters(), b.parameters()):
         assert torch.allclose(p.grad, q.grad, atol=1e-3, rtol=1e-3), n
-    from models.checkpoint import load_tensors, save_checkpoint
+    from spikebridge.models.checkpoint import load_tensors, save_checkpoint
     save_checkpoint(tmp_path, b.state_dict(), {"arch": arch})
     t = load_tensors(tmp_path)
     assert all(np.array_equal(t[k], v.detach().numpy()) for k, v in b.state_dict().items() if k in t)

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from hardware.errors import DatasetError
-from models import datasets as D
-from models.augment import crop_flip
+from spikebridge.base.errors import DatasetError
+from spikebridge.models import datasets as D
+from spikebridge.models.augment import crop_flip
 
 
 def _cifar_tar(path, name, rng):
@@ -116,8 +116,8 @@ def test_augmentation_seeded_and_shape_preserving():
 @pytest.mark.parametrize("method", ["snn2ann", "bptt"])
 def test_resume_after_kill_gives_the_same_weights(method, tmp_path, monkeypatch):
     """Kill after epoch 2 of 3, resume: same weights as one uninterrupted run (CPU, same seed)."""
-    import models.train as T
-    from models.checkpoint import load_tensors
+    import spikebridge.models.train as T
+    from spikebridge.models.checkpoint import load_tensors
 
     cfg = dict(method=method, arch="mlp", dataset="digits", epochs=3, limit_train=128, limit_test=32,
                seed=5, batch_size=32, device="cpu", augment=True)

@@ -1,4 +1,4 @@
-"""The ``spikebridge`` command line (also ``python -m toolchain``).
+"""The ``spikebridge`` command line (also ``python -m spikebridge``).
 
 Exit codes: 0 ok; 1 internal error; 2 usage; 3 input rejected; 4 backend failure or
 timeout; 130 interrupted. Errors print one line ``error: ...`` (no traceback unless
@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-from hardware.errors import (EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, BackendError,
+from spikebridge.base.errors import (EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, BackendError,
                              InputError)
 
 EXAMPLES = {
@@ -55,7 +55,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--epochs", type=int, default=30)
     t.add_argument("--batch-size", type=int, default=64)
     t.add_argument("--lr", type=float, default=1e-3)
-    from models.methods.options import SCHEDULES, add_train_options
+    from spikebridge.models.methods.options import SCHEDULES, add_train_options
     t.add_argument("--schedule", default="step", choices=SCHEDULES,
                    help="learning-rate schedule, stepped per epoch: step (x0.1 at 50/75/87.5%% of the epochs, "
                         "SNN2ANN's released setting; default) | cosine (decay to 0 over the epochs)")
@@ -69,7 +69,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--nproc-per-node", type=int, default=1, metavar="N",
                    help="train data-parallel in N processes on this machine (torch.distributed DDP: gloo on "
                         "the CPU, nccl on GPUs; launched with torchrun's machinery). Multi-node: start "
-                        "`torchrun ... -m toolchain train ...` on every node instead")
+                        "`torchrun ... -m spikebridge train ...` on every node instead")
     t.add_argument("--sync-bn", action="store_true",
                    help="distributed: BatchNorm statistics over the global batch instead of each process's "
                         "slice (the 1-process result, within float tolerance)")
@@ -185,7 +185,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _profile_names() -> list[str]:
-    from hardware.eventsim.profiles import PROFILES
+    from spikebridge.hardware.eventsim.profiles import PROFILES
     return list(PROFILES)
 
 
@@ -219,20 +219,20 @@ def _progress(args) -> bool:
 # ---- commands ---------------------------------------------------------------------
 
 def cmd_train(args) -> int:
-    from models.train import TrainConfig, train
+    from spikebridge.models.train import TrainConfig, train
 
     cfg = TrainConfig(method=args.method, arch=args.arch, dataset=args.dataset, timesteps=args.timesteps,
                       epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, schedule=args.schedule, smu=args.smu,
                       seed=args.seed, device=args.device, neuron=args.neuron, surrogate=args.surrogate,
                       sync_bn=args.sync_bn)
-    from models.methods.options import extra_from_args
+    from spikebridge.models.methods.options import extra_from_args
     cfg.extra.update(extra_from_args(args))
     if getattr(args, "limit_train", None):
         cfg.limit_train = args.limit_train
     if args.nproc_per_node < 1:
         raise InputError("--nproc-per-node must be at least 1")
     if args.nproc_per_node > 1 and "WORLD_SIZE" not in os.environ:
-        from models.distributed import launch
+        from spikebridge.models.distributed import launch
         row = launch(args.nproc_per_node, cfg, args.out, resume=args.resume, progress=_progress(args))
     else:
         row = train(cfg, args.out, progress=_progress(args), resume=args.resume)
@@ -245,16 +245,16 @@ def cmd_train(args) -> int:
 def cmd_export(args) -> int:
     ckpt = Path(args.checkpoint)
     if args.format == "nir":
-        from exporters.nir_export import checkpoint_to_nir, write_nir
+        from spikebridge.exporters.nir_export import checkpoint_to_nir, write_nir
         out = Path(args.out or ckpt / "graph.nir")
         write_nir(checkpoint_to_nir(ckpt), out)
     elif args.format == "onnx-step":
-        from exporters.onnx_export import write_onnx
-        from exporters.onnx_step import checkpoint_to_onnx_step
+        from spikebridge.exporters.onnx_export import write_onnx
+        from spikebridge.exporters.onnx_step import checkpoint_to_onnx_step
         out = Path(args.out or ckpt / "step.onnx")
         write_onnx(checkpoint_to_onnx_step(ckpt), out)
     else:
-        from exporters.onnx_export import checkpoint_to_onnx, write_onnx
+        from spikebridge.exporters.onnx_export import checkpoint_to_onnx, write_onnx
         out = Path(args.out or ckpt / "model.onnx")
         write_onnx(checkpoint_to_onnx(ckpt), out)
     print(f"wrote {out}")
@@ -264,12 +264,12 @@ def cmd_export(args) -> int:
 def cmd_simulate(args) -> int:
     import numpy as np
 
-    from hardware.graph import analyse, graph_meta, load_graph
-    from toolchain import pipeline
+    from spikebridge.hardware.graph import analyse, graph_meta, load_graph
+    from spikebridge.toolchain import pipeline
 
     graph = load_graph(args.graph)
     if args.backend == "eventsim":  # library profiles fix exporters' Input/Output shapes
-        from hardware.eventsim import adapt_graph
+        from spikebridge.hardware.eventsim import adapt_graph
         graph = adapt_graph(graph, args.profile or "spikebridge")
     info = analyse(graph, file=args.graph)
     shape = pipeline.graph_input_shape(graph, info)
@@ -283,7 +283,7 @@ def cmd_simulate(args) -> int:
             raise InputError("the graph states no timesteps; pass --timesteps", file=args.graph)
         x, labels = pipeline.dataset_samples(args.dataset, args.split, args.limit, shape)
         x_tb = pipeline.direct_encode(x, int(T))
-    from hardware.memory import check_memory, estimate_eventsim, parse_size
+    from spikebridge.hardware.memory import check_memory, estimate_eventsim, parse_size
     check_memory(estimate_eventsim(graph, info, x_tb.shape[0], x_tb.shape[1]),
                  parse_size(args.max_memory) if args.max_memory else None, file=args.graph)
     if args.workers < 1 or args.batch_size < 1 or args.retries < 0:
@@ -291,7 +291,7 @@ def cmd_simulate(args) -> int:
     if args.workers > 1 or args.cluster:
         if args.backend != "eventsim":
             raise InputError("--workers and --cluster shard the eventsim backend only")
-        from toolchain.shard import run_sharded
+        from spikebridge.toolchain.shard import run_sharded
         prof = "loihi-fixed-groups" if args.threshold_groups and args.profile == "loihi-fixed" else args.profile
         trace = run_sharded(args.graph, x_tb, profile=prof, dt=args.dt, workers=args.workers,
                             cluster=args.cluster, batch_size=args.batch_size, retries=args.retries,
@@ -327,27 +327,27 @@ def cmd_simulate(args) -> int:
 
 
 def cmd_inspect(args) -> int:
-    from toolchain.inspect import inspect_lava, inspect_path
+    from spikebridge.toolchain.inspect import inspect_lava, inspect_path
     print(inspect_lava(args.path) if args.lava else inspect_path(args.path, args.profile))
     return 0
 
 
 def cmd_doctor(args) -> int:
-    from toolchain.doctor import doctor
+    from spikebridge.toolchain.doctor import doctor
     text, ok = doctor()
     print(text)
     return 0 if ok else 4
 
 
 def cmd_demo(args) -> int:
-    from toolchain.demo import run_demo
+    from spikebridge.toolchain.demo import run_demo
     run_demo(args.out, epochs=args.epochs, timesteps=args.timesteps, seed=args.seed, device=args.device,
              progress=_progress(args), lava=not args.skip_lava)
     return 0
 
 
 def cmd_report(args) -> int:
-    from toolchain.report import energy_models_with, load_sweep, parse_timesteps_list
+    from spikebridge.toolchain.report import energy_models_with, load_sweep, parse_timesteps_list
 
     def usage(msg: str) -> int:
         print(f"error: report: {msg}", file=sys.stderr)
@@ -356,7 +356,7 @@ def cmd_report(args) -> int:
     if args.compare:
         if args.target or not args.out:
             return usage("--compare RUN_A RUN_B takes no other positional argument and needs --out DIR")
-        from toolchain.compare import compare_runs
+        from spikebridge.toolchain.compare import compare_runs
         compare_runs(args.compare[0], args.compare[1], args.out)
         out = Path(args.out)
         print(f"wrote {out / 'compare.json'} and {out / 'compare.html'}")
@@ -374,9 +374,9 @@ def cmd_report(args) -> int:
     if target.is_dir():
         if args.input or args.dataset:
             return usage("--input/--dataset are for GRAPH.nir; a run directory has its own data")
-        from toolchain.demo import report_run_dir
+        from spikebridge.toolchain.demo import report_run_dir
         if sweep_ts:
-            from toolchain.report import sweep_for_run
+            from spikebridge.toolchain.report import sweep_for_run
             sweep = sweep_for_run(target, sweep_ts, args.out, progress=_progress(args))
         out = report_run_dir(target, args.out, sweep=sweep, **common)
     else:
@@ -384,7 +384,7 @@ def cmd_report(args) -> int:
             return usage("a graph needs --out DIR")
         if not (args.input or args.dataset):
             return usage("a graph needs --input X.npy or --dataset NAME")
-        from toolchain.report import report_graph
+        from spikebridge.toolchain.report import report_graph
         report_graph(target, args.out, input_npy=args.input, dataset=args.dataset, split=args.split,
                      limit=args.limit, timesteps=args.timesteps, profile=args.profile, backend=args.backend,
                      sweep=sweep, sweep_timesteps=sweep_ts, progress=_progress(args), **common)
@@ -394,11 +394,8 @@ def cmd_report(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    import importlib.util
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"bench_{args.which}.py"
-    spec = importlib.util.spec_from_file_location(f"bench_{args.which}", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    import importlib
+    mod = importlib.import_module(f"spikebridge.benchmarks.bench_{args.which}")
     return mod.main(args.bench_args, progress=_progress(args))
 
 
@@ -406,15 +403,15 @@ COMMANDS = {"bench": cmd_bench, "train": cmd_train, "export": cmd_export, "simul
             "doctor": cmd_doctor, "demo": cmd_demo, "report": cmd_report}
 
 def cmd_convert(args) -> int:
-    from exporters.onnx_to_nir import (calibration_samples, compare_accuracy, convert_onnx, load_onnx_safely,
+    from spikebridge.exporters.onnx_to_nir import (calibration_samples, compare_accuracy, convert_onnx, load_onnx_safely,
                                        write_graph)
 
     if args.calibration_limit is not None and args.calibration_limit < 1:
         raise InputError("--calibration-limit must be at least 1")
-    from toolchain.safety import load_onnx
+    from spikebridge.toolchain.safety import load_onnx
     load_onnx(args.model)  # dims, sizes, nesting and external data checked before conversion
     try:  # the shared safe loader when present (toolchain/safety.py), else the converter's own check
-        from toolchain.safety import load_onnx
+        from spikebridge.toolchain.safety import load_onnx
     except ImportError:
         load_onnx = load_onnx_safely
     model = load_onnx(args.model)
@@ -422,7 +419,7 @@ def cmd_convert(args) -> int:
     graph, summary = convert_onnx(model, x, args.timesteps, percentile=args.percentile, readout=args.readout,
                                   file=args.model)
     if args.evaluate:
-        from models.datasets import load_dataset
+        from spikebridge.models.datasets import load_dataset
         xe, ye = load_dataset(args.evaluate, "test")
         if args.limit is not None:
             if args.limit < 1:

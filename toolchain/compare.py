@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from hardware.errors import InputError
-from hardware.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text
-from toolchain import report as _report
+from spikebridge.base.errors import InputError
+from spikebridge.base.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text
+from spikebridge.toolchain import report as _report
 
 COMPARE_SCHEMA_VERSION = 1
 TOTALS = ("synaptic_ops_per_sample", "macs_per_sample", "spikes_per_sample",
@@ -33,7 +33,7 @@ def load_run_report(path) -> tuple[dict, str]:
         f = p / "report.json"
         if not f.is_file():
             if (p / "run.json").is_file():
-                from toolchain.demo import report_run_dir
+                from spikebridge.toolchain.demo import report_run_dir
                 report_run_dir(p)
             else:
                 raise InputError("no report.json (and not a demo run directory): run "

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from hardware.errors import InputError
-from hardware.fileio import atomic_write_json
+from spikebridge.base.errors import InputError
+from spikebridge.base.fileio import atomic_write_json
 
 DATASET = "digits"
 
@@ -47,11 +47,11 @@ def onnx_baseline(model_path, x: np.ndarray, y: np.ndarray, repeats: int = 20) -
 
 def run_demo(out, epochs: int = 30, timesteps: int = 4, seed: int = 0, device: str = "auto",
              progress: bool = True, lava: bool = True) -> dict:
-    from exporters.nir_export import checkpoint_to_nir, write_nir
-    from exporters.onnx_export import checkpoint_to_onnx, write_onnx
-    from hardware.graph import analyse, load_graph
-    from models.train import TrainConfig, train
-    from toolchain import pipeline
+    from spikebridge.exporters.nir_export import checkpoint_to_nir, write_nir
+    from spikebridge.exporters.onnx_export import checkpoint_to_onnx, write_onnx
+    from spikebridge.hardware.graph import analyse, load_graph
+    from spikebridge.models.train import TrainConfig, train
+    from spikebridge.toolchain import pipeline
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -122,10 +122,10 @@ def report_run_dir(run_dir, out=None, *, energy_models=None, first_layer: str = 
                    weight_bits=None, max_chips: int | None = None) -> Path:
     """(Re)build report.json/html and the plots from a run directory's files, into ``out``
     (default: the run directory). ``sweep``: accuracy vs T (default: RUN_DIR/sweep.json when
-    present); the other arguments go to ``toolchain.report.build_report``."""
-    from hardware.graph import load_graph
-    from toolchain import pipeline
-    from toolchain.report import make_report
+    present); the other arguments go to ``spikebridge.toolchain.report.build_report``."""
+    from spikebridge.hardware.graph import load_graph
+    from spikebridge.toolchain import pipeline
+    from spikebridge.toolchain.report import make_report
 
     d = Path(run_dir)
     for need in ("run.json", "graph.nir", "eventsim.npz"):
@@ -141,12 +141,12 @@ def report_run_dir(run_dir, out=None, *, energy_models=None, first_layer: str = 
             raise InputError(f"must be a number in [0, 1] or null, got {str(v)[:40]!r}", file=str(d / "run.json"),
                              place=f"accuracy.{str(k)[:40]}")
     graph = load_graph(d / "graph.nir")
-    from hardware.graph import analyse
+    from spikebridge.hardware.graph import analyse
     analyse(graph, file=str(d / "graph.nir"))  # graph problems are reported with the file's name
     trace = pipeline.load_trace_npz(d / "eventsim.npz", backend="eventsim")
     extra = {k: run.get(k) for k in ("dataset", "split", "samples", "train", "lava", "onnx", "eventsim")}
     if sweep is None and (d / "sweep.json").is_file():
-        from toolchain.report import load_sweep
+        from spikebridge.toolchain.report import load_sweep
         sweep = load_sweep(d / "sweep.json")
     inputs = {"run": str(d), "dataset": run.get("dataset"), "split": run.get("split"),
               "backend of the counts": "eventsim"}

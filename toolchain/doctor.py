@@ -6,7 +6,7 @@ import sys
 
 
 def doctor() -> tuple[str, bool]:
-    from toolchain.pipeline import versions
+    from spikebridge.toolchain.pipeline import versions
 
     lines = [f"{'python':<14}{sys.executable} ({sys.version.split()[0]})"]
     ok = True
@@ -20,7 +20,7 @@ def doctor() -> tuple[str, bool]:
         lines.append(f"{'cuda':<14}{'available: ' + torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'not available (training runs on the CPU)'}")
     except ImportError:
         pass
-    from hardware.lava import lava_status
+    from spikebridge.hardware.lava import lava_status
     st = lava_status()
     lines.append(f"{'lava python':<14}{st.get('interpreter') or 'not found'}"
                  + (f" (found via {st['how_found']})" if st.get("how_found") else ""))

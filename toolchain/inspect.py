@@ -36,16 +36,16 @@ def _analysed(graph, path, profile):
     """(graph, info, note): the graph as read, or adapted the way a library profile reads
     it (third-party exporters write their trace sample's batch/time dims into the Input
     node); info None with the problem as note when neither analyses."""
-    from hardware.errors import InputError
-    from hardware.graph import analyse
+    from spikebridge.base.errors import InputError
+    from spikebridge.hardware.graph import analyse
 
     try:
         return graph, analyse(graph, file=str(path)), ""
     except InputError as e:
         first = e
     try:  # the library-profile adaptation (hardware/eventsim/adapt.py) when present
-        from hardware.eventsim import PROFILES
-        from hardware.eventsim.adapt import adapt_graph
+        from spikebridge.hardware.eventsim import PROFILES
+        from spikebridge.hardware.eventsim.adapt import adapt_graph
     except ImportError:
         return graph, None, str(first)
     names = [profile] if profile else [n for n, p in PROFILES.items() if getattr(p, "strip_io_dims", False)]
@@ -63,8 +63,8 @@ def _analysed(graph, path, profile):
 
 
 def inspect_graph(path, profile: str | None = None) -> str:
-    from hardware.eventsim import KERNELS, fanout
-    from hardware.graph import graph_meta, load_graph, neuron_semantics
+    from spikebridge.hardware.eventsim import KERNELS, fanout
+    from spikebridge.hardware.graph import graph_meta, load_graph, neuron_semantics
 
     graph = load_graph(path)
     graph, info, note = _analysed(graph, path, profile)
@@ -76,13 +76,13 @@ def inspect_graph(path, profile: str | None = None) -> str:
             lines.append(f"{name:<16}{type(node).__name__:<11}{_param_summary(node)}")
         lines += ["", f"nodes: {len(graph.nodes)}, edges: {len(graph.edges)}"]
         print("\n".join(lines), flush=True)  # what the file holds (stdout), then the rejection: exit 3
-        from hardware.errors import GraphError
+        from spikebridge.base.errors import GraphError
         raise GraphError(note)  # ``note`` already names the file, the place and the rule
     if note:
         lines.append(f"note: {note}")
     prof = None
     if profile:
-        from hardware.eventsim import get_profile
+        from spikebridge.hardware.eventsim import get_profile
         prof = get_profile(profile)
         lines.append(f"profile {prof.name}: {prof.description}")
     lines += ["", f"{'node':<16}{'type':<11}{'output':<12}{'synapses':>10}  parameters / neuron semantics"]
@@ -111,24 +111,24 @@ def inspect_graph(path, profile: str | None = None) -> str:
     unsupported = sorted({t for t in info.types.values() if t not in KERNELS})
     lines.append("eventsim: " + ("runs this graph" if not unsupported else f"cannot run {', '.join(unsupported)}"))
     try:
-        from hardware.lava.plan import lower
+        from spikebridge.hardware.lava.plan import lower
         lower(graph, int(meta.get("timesteps") or 1))
         lines.append("lava:     runs this graph (precision float)")
     except Exception as e:  # the planner names every problem
         lines.append(f"lava:     cannot run it: {e}")
     try:
-        from exporters.nir_import import SUPPORTED
+        from spikebridge.exporters.nir_import import SUPPORTED
         bad = sorted({t for t in info.types.values() if t not in SUPPORTED})
-        lines.append("torch:    " + ("exporters.nir_import rebuilds it (spikebridge profile)" if not bad else f"cannot rebuild {', '.join(bad)}"))
+        lines.append("torch:    " + ("spikebridge.exporters.nir_import rebuilds it (spikebridge profile)" if not bad else f"cannot rebuild {', '.join(bad)}"))
     except ImportError:
         pass
     return "\n".join(lines)
 
 
 def inspect_checkpoint(path) -> str:
-    from models.checkpoint import load_checkpoint
+    from spikebridge.models.checkpoint import load_checkpoint
 
-    from models.checkpoint import build_model
+    from spikebridge.models.checkpoint import build_model
 
     meta, tensors = load_checkpoint(path)
     build_model(meta, tensors, file=str(path))  # names and shapes checked against the architecture
@@ -143,8 +143,8 @@ def inspect_checkpoint(path) -> str:
 
 def inspect_lava(path) -> str:
     """`inspect --lava`: the Lava lowering and its fixed-point quantisation, per layer."""
-    from hardware.graph import load_graph
-    from hardware.lava.describe import describe
+    from spikebridge.hardware.graph import load_graph
+    from spikebridge.hardware.lava.describe import describe
 
     return f"graph {path}\n" + describe(load_graph(path))
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from hardware.errors import DatasetError, InputError
-from hardware.fileio import atomic_path
-from hardware.trace import Trace
+from spikebridge.base.errors import DatasetError, InputError
+from spikebridge.base.fileio import atomic_path
+from spikebridge.hardware.trace import Trace
 
 MAX_INPUT_BYTES = 8 << 30
 MAX_TRACE_BYTES = 256 << 20  # a result .npz read back by `report` (outputs, counts, one raster)
@@ -55,7 +55,7 @@ def load_input_npy(path, input_shape: tuple[int, ...]) -> np.ndarray:
 
 
 def dataset_samples(name: str, split: str, limit: int | None, input_shape) -> tuple[np.ndarray, np.ndarray]:
-    from models.datasets import dataset_info, load_dataset
+    from spikebridge.models.datasets import dataset_info, load_dataset
 
     info = dataset_info(name)
     x, y = load_dataset(name, split)
@@ -95,7 +95,7 @@ def run_backend(graph, info, x_tb: np.ndarray, backend: str, profile: str | None
     t0 = time.perf_counter()
     try:
         if backend == "eventsim":
-            from hardware.eventsim import simulate
+            from spikebridge.hardware.eventsim import simulate
             if threshold_groups and profile == "loihi-fixed":
                 profile = "loihi-fixed-groups"
             parts = []
@@ -106,7 +106,7 @@ def run_backend(graph, info, x_tb: np.ndarray, backend: str, profile: str | None
                 bar.update(xb.shape[1])
             trace = merge_traces(parts)
         elif backend == "lava":
-            from hardware.lava import run_lava
+            from spikebridge.hardware.lava import run_lava
             if profile not in (None, "spikebridge", "lava-float", "loihi-fixed", "loihi-fixed-groups"):
                 raise InputError(f"--profile {profile} is not used by the lava backend (it reads the graph as "
                                  "spikebridge exports it)")
@@ -124,7 +124,7 @@ def run_backend(graph, info, x_tb: np.ndarray, backend: str, profile: str | None
 
 
 def accuracy_of(graph, trace: Trace, labels: np.ndarray) -> tuple[float, np.ndarray]:
-    from hardware.graph import classify, graph_meta
+    from spikebridge.hardware.graph import classify, graph_meta
 
     out_name = next(iter(trace.outputs))
     preds = classify(trace.outputs[out_name], graph_meta(graph)["readout"])

@@ -8,10 +8,10 @@ Two callers, one shape:
 * ``spikebridge report GRAPH.nir (--input X.npy | --dataset NAME)``: ``report_graph``
   loads the graph, runs a backend to get a trace (and accuracy when labels are given) and
   calls the same function;
-* ``spikebridge report --compare RUN_A RUN_B``: ``toolchain.compare``.
+* ``spikebridge report --compare RUN_A RUN_B``: ``spikebridge.toolchain.compare``.
 
 ``build_report`` is pure (dict out, nothing written); ``write_report`` writes every file
-atomically (hardware.fileio). Every string that reaches the HTML is escaped with
+atomically (spikebridge.base.fileio). Every string that reaches the HTML is escaped with
 ``html.escape``; the page has no scripts and no external resources.
 """
 from __future__ import annotations
@@ -34,11 +34,11 @@ import matplotlib.ticker  # noqa: E402,F401
 import nir  # noqa: E402
 import numpy as np  # noqa: E402
 
-from hardware import energy as _energy  # noqa: E402
-from hardware import latency as _latency  # noqa: E402
-from hardware.errors import InputError  # noqa: E402
-from hardware.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text  # noqa: E402
-from hardware.trace import Trace  # noqa: E402
+from spikebridge.hardware import energy as _energy  # noqa: E402
+from spikebridge.hardware import latency as _latency  # noqa: E402
+from spikebridge.base.errors import InputError  # noqa: E402
+from spikebridge.base.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text  # noqa: E402
+from spikebridge.hardware.trace import Trace  # noqa: E402
 
 SCHEMA_VERSION = 2
 DEFAULT_ENERGY_MODELS = ("horowitz-45nm", "loihi", "truenorth", *_energy.KERAS_SPIKING_DEVICES)
@@ -217,7 +217,7 @@ def build_report(graph: nir.NIRGraph, trace: Trace | None = None, *,
 
     accuracy: backend name -> fraction in [0, 1] (None when a backend was not run).
     energy_models: names of built-in models or ``EnergyModel`` objects (e.g. from
-    ``hardware.energy.load_energy_model_toml``). chips: chip models for latency.
+    ``spikebridge.hardware.energy.load_energy_model_toml``). chips: chip models for latency.
     graph_sha256: the file's hash; else computed from ``graph_path`` if given, else from
     the graph's content (``graph_sha256_of`` says which). versions: merged over the
     detected versions (e.g. {"torch": ..., "lava-nc": ...}).
@@ -225,7 +225,7 @@ def build_report(graph: nir.NIRGraph, trace: Trace | None = None, *,
     beside it). measured: the ONNX baseline as the demo stores it in run.json's ``onnx``
     (``latency_seconds_per_sample``, ``throughput_samples_per_second``, ``accuracy``).
     sweep: accuracy vs T (see ``normalise_sweep``). weight_bits, max_chips: the mapping's
-    (``hardware.latency.map_cores``). inputs: what was run (graph, data, backend...).
+    (``spikebridge.hardware.latency.map_cores``). inputs: what was run (graph, data, backend...).
     """
     if first_layer not in _energy.FIRST_LAYER_RULES:
         raise InputError(f"first-layer rule must be one of {_energy.FIRST_LAYER_RULES}, got "
@@ -744,7 +744,7 @@ def parse_timesteps_list(text: str) -> list[int]:
 def run_sweep(graph, info, x: np.ndarray, y: np.ndarray, timesteps: list[int], backend: str = "eventsim",
               profile: str | None = None, progress: bool = False) -> list[dict]:
     """Accuracy of the graph at each T (direct encoding of the samples x)."""
-    from toolchain import pipeline
+    from spikebridge.toolchain import pipeline
 
     rows = []
     for T in timesteps:
@@ -766,8 +766,8 @@ def report_graph(graph_path, out_dir, *, input_npy=None, dataset: str | None = N
     Accuracy is measured only with a dataset (labels). ``sweep_timesteps`` re-runs the graph
     at each T on the same samples (dataset only) for the accuracy-vs-T plot; ``sweep`` is an
     already-computed sweep (``normalise_sweep``)."""
-    from hardware.graph import analyse, graph_meta, load_graph
-    from toolchain import pipeline
+    from spikebridge.hardware.graph import analyse, graph_meta, load_graph
+    from spikebridge.toolchain import pipeline
 
     if (input_npy is None) == (dataset is None):
         raise InputError("give exactly one of --input X.npy or --dataset NAME", place="report")
@@ -818,9 +818,9 @@ def sweep_for_run(run_dir, timesteps: list[int], out_dir=None, progress: bool = 
     T; written to OUT_DIR/sweep.json (default the run directory) so later reports reuse it."""
     import json
 
-    from hardware.graph import analyse, load_graph
-    from hardware.fileio import atomic_write_json
-    from toolchain import pipeline
+    from spikebridge.hardware.graph import analyse, load_graph
+    from spikebridge.base.fileio import atomic_write_json
+    from spikebridge.toolchain import pipeline
 
     d = Path(run_dir)
     try:

@@ -21,8 +21,8 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from hardware.errors import InputError
-from models.checkpoint import load_train_state, scan_pickle_globals  # noqa: F401 (re-export)
+from spikebridge.base.errors import InputError
+from spikebridge.models.checkpoint import load_train_state, scan_pickle_globals  # noqa: F401 (re-export)
 
 
 class ModelFileError(InputError):
@@ -51,7 +51,7 @@ def load_onnx(path, limits: OnnxLimits | None = None):
 
     limits = limits or OnnxLimits()
     file = str(path)
-    from hardware.fileio import regular_file
+    from spikebridge.base.fileio import regular_file
     st = regular_file(file, limits.max_file_bytes, ModelFileError)
     if st.st_size == 0:
         raise ModelFileError("empty file", file, "file")

@@ -9,7 +9,7 @@ for the first batch only), and the parent joins the per-batch traces in batch or
 ``pipeline.merge_traces``: outputs are concatenated, integer counts summed.
 
 Nothing here imports torch (the workers load only numpy, nir/h5py and hardware/). The graph
-travels as the bytes of its .nir file and is validated by ``hardware.graph.load_graph`` in
+travels as the bytes of its .nir file and is validated by ``spikebridge.hardware.graph.load_graph`` in
 each worker, like any file.
 
 Failures. A worker that raises an input error (exit 3) or a backend error (exit 4) ends the
@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hardware.errors import BackendError, InputError, SpikebridgeError
+from spikebridge.base.errors import BackendError, InputError, SpikebridgeError
 
 KILL_ENV = "SPIKEBRIDGE_TEST_KILL_SHARD"  # tests: "SHARD:COUNT:DIR" SIGKILLs shard's worker COUNT times
 
@@ -81,8 +81,8 @@ def run_shard(job: Job, x: np.ndarray, batches: list[tuple[int, int]], shard: in
     """Simulate this shard's batches; ``x`` holds exactly its samples (axis 0 when the job
     direct-encodes, else axis 1). Returns one Trace per batch."""
     _maybe_die(shard)
-    from hardware.eventsim import adapt_graph, simulate
-    from hardware.graph import analyse, load_graph
+    from spikebridge.hardware.eventsim import adapt_graph, simulate
+    from spikebridge.hardware.graph import analyse, load_graph
 
     with tempfile.TemporaryDirectory(prefix="spikebridge-shard-") as d:
         path = Path(d) / Path(job.graph_name).name
@@ -233,7 +233,7 @@ def run_sharded(graph_path, x_tb: np.ndarray, profile: str | None = None, dt: fl
                 progress: bool = True):
     """The eventsim Trace of ``x_tb`` (T, batch, ...) computed in shards; identical to
     ``pipeline.run_backend(..., "eventsim", batch_size=batch_size)``."""
-    from toolchain.pipeline import merge_traces, progress_bar
+    from spikebridge.toolchain.pipeline import merge_traces, progress_bar
 
     if workers < 1:
         raise InputError("--workers must be at least 1")

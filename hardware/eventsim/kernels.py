@@ -17,7 +17,7 @@ from typing import Any, Callable
 import numpy as np
 import scipy.sparse as sp
 
-from ..errors import UnsupportedError
+from spikebridge.base.errors import UnsupportedError
 from ..graph import GraphInfo, conv_geometry, neuron_semantics
 from .profiles import Profile
 

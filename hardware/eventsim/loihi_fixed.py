@@ -1,7 +1,7 @@
 """The `loihi-fixed` profile: a numpy integer model bit-exact with Lava's fixed_pt models.
 
-It runs the same fixed-point plan the Lava worker runs (``hardware.fixedpoint.quantize``
-of ``hardware.lava.plan.lower``) with the arithmetic of lava-nc 0.10.0's
+It runs the same fixed-point plan the Lava worker runs (``spikebridge.hardware.fixedpoint.quantize``
+of ``spikebridge.hardware.lava.plan.lower``) with the arithmetic of lava-nc 0.10.0's
 PyDenseModelBitAcc / PySparseModelBitAcc and PyLifResetModelBitAcc, in delay-free
 (aligned) time: Lava's Dense sends at step t what it accumulated at t-1, so a
 population at depth d sees, at Lava step kP + j + d + 1, what this model computes at

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
-from ..errors import UnsupportedError
+from spikebridge.base.errors import UnsupportedError
 
 INTEGRATORS = ("euler", "exact")
 RESETS = (None, "zero", "subtract")
@@ -54,7 +54,7 @@ class Profile:
     multi_spike:     sinabs MultiSpike: a neuron emits floor(v/theta) spikes in one step
                      (a graded output) and subtracts that many thetas.
     strip_io_dims:   the exporter writes its trace sample's batch/time dimensions into the
-                     Input/Output shapes; drop them (hardware.eventsim.adapt.adapt_graph).
+                     Input/Output shapes; drop them (spikebridge.hardware.eventsim.adapt.adapt_graph).
     source:          library and version the convention was learned from.
     """
 
@@ -147,7 +147,7 @@ register_profile(Profile(
     name="loihi-fixed", honour_metadata=True, dt_from_graph=True, default_dt=1.0,
     source="lava-nc 0.10.0 fixed_pt PyLifResetModelBitAcc / PyDenseModelBitAcc / PySparseModelBitAcc",
     description="Loihi fixed point, bit-exact with Lava fixed_pt: the graph quantised by "
-                "hardware.fixedpoint and run by the integer model in eventsim/loihi_fixed.py "
+                "spikebridge.hardware.fixedpoint and run by the integer model in eventsim/loihi_fixed.py "
                 "(aligned outputs; whole-graph, not node by node)"))
 register_profile(Profile(
     name="loihi-fixed-groups", honour_metadata=True, dt_from_graph=True, default_dt=1.0,

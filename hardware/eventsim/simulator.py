@@ -10,7 +10,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from ..errors import DatasetError, InputError, UnsupportedError
+from spikebridge.base.errors import DatasetError, InputError, UnsupportedError
 from ..graph import NEURON_TYPES, SPIKING_TYPES, SYNAPSE_TYPES, GraphInfo, analyse, graph_meta
 from ..trace import Trace
 from .adapt import adapt_graph
@@ -219,7 +219,7 @@ def simulate(graph, x, profile: str | Profile = "spikebridge", dt: float | None 
     when ``info`` is given, ``graph`` must already be adapted. ``profile`` names an entry of PROFILES (or is a Profile);
     ``dt`` overrides the profile's choice. Returns a Trace with outputs per Output node,
     spikes (bool) per spiking neuron node when ``record_spikes``, and exact counts
-    (hardware.eventsim.counts). Memory grows with every node's (T, batch, *shape)
+    (spikebridge.hardware.eventsim.counts). Memory grows with every node's (T, batch, *shape)
     float64 activation: ``max_batch`` runs the batch in slices of that size and joins
     the results (identical to one run, since samples never interact); by default it is
     chosen so that one slice's activations stay below MEMORY_BUDGET_BYTES (1 GiB).

@@ -15,10 +15,10 @@ import time
 
 import numpy as np
 
-from hardware.errors import BackendError, DatasetError, UnsupportedError
-from hardware.lava.plan import META_KEY, NEURON, Coo, Plan, lower
-from hardware.lava.supervisor import lava_status, run_job
-from hardware.trace import Trace
+from spikebridge.base.errors import BackendError, DatasetError, UnsupportedError
+from spikebridge.hardware.lava.plan import META_KEY, NEURON, Coo, Plan, lower
+from spikebridge.hardware.lava.supervisor import lava_status, run_job
+from spikebridge.hardware.trace import Trace
 
 __all__ = ["run_lava", "fixed_trace", "run_fixed_plan", "lava_status", "lower", "BackendError",
            "UnsupportedError"]
@@ -105,11 +105,11 @@ def _prepare(graph, x, precision, allow_reset_to_zero, timesteps, window, thresh
     """Lower (and for fixed point quantise) ``graph``; returns the pieces a run needs.
     threshold_groups: None/False (fold per-neuron thresholds into the rows), True or a
     max_span (split populations whose folded gains span more than that, default 4x, into
-    LIF processes with their own vth: hardware.lava.groups)."""
+    LIF processes with their own vth: spikebridge.hardware.lava.groups)."""
     if precision not in ("float", "fixed"):
         raise UnsupportedError(f"precision {precision!r} is not 'float' or 'fixed'", place="precision")
     if isinstance(graph, (str, bytes)) or hasattr(graph, "__fspath__"):
-        from hardware.graph import load_graph  # validated reading only
+        from spikebridge.hardware.graph import load_graph  # validated reading only
         graph = load_graph(graph)
     T0 = timesteps
     inp = [n for n, v in graph.nodes.items() if type(v).__name__ == "Input"]
@@ -123,12 +123,12 @@ def _prepare(graph, x, precision, allow_reset_to_zero, timesteps, window, thresh
     t0 = time.perf_counter()
     plan = lower(graph, T0 or 1, allow_reset_to_zero=allow_reset_to_zero, window=window)
     if threshold_groups:
-        from hardware.lava.groups import split_threshold_groups
+        from spikebridge.hardware.lava.groups import split_threshold_groups
         span = 4.0 if threshold_groups is True else float(threshold_groups)
         plan = split_threshold_groups(plan, max_span=span)
     qplan = None
     if precision == "fixed":
-        from hardware.fixedpoint import quantize
+        from spikebridge.hardware.fixedpoint import quantize
         qplan = quantize(plan)
     t_plan = time.perf_counter() - t0
     in_shape = tuple(plan.meta["input"]["shape"])
@@ -146,14 +146,14 @@ def _prepare(graph, x, precision, allow_reset_to_zero, timesteps, window, thresh
 
 def _trace(graph, plan, meta, out, xt, precision, extra) -> Trace:
     """Trace from the worker's (or the integer model's) result arrays."""
-    from hardware.lava.groups import merge_outputs, merged_meta
+    from spikebridge.hardware.lava.groups import merge_outputs, merged_meta
     groups = meta.get("threshold_groups")
     out = merge_outputs(meta, plan.arrays, out)
     meta = merged_meta(meta)
     T, B = xt.shape[:2]
     spikes = {}
     amps = {}
-    from hardware.lava.plan import _meta, _param_meta
+    from spikebridge.hardware.lava.plan import _meta, _param_meta
     for p in meta["populations"]:
         name = p["name"]
         spikes[name] = out["spikes__" + name].reshape((T, B) + tuple(p["shape"]))
@@ -192,7 +192,7 @@ def run_lava(graph, x, precision: str = "float", allow_reset_to_zero: bool = Fal
              timeout_s: float | None = None, progress=None, timesteps: int | None = None,
              window: int | None = None, record_state: bool = False, threshold_groups=None) -> Trace:
     """Run ``graph`` on Lava (float: Loihi2SimCfg floating_pt; fixed: fixed_pt with the
-    quantisation of ``hardware.fixedpoint``) for a batch of inputs.
+    quantisation of ``spikebridge.hardware.fixedpoint``) for a batch of inputs.
 
     x: (T, batch, *input_shape), or (batch, *input_shape) repeated over T steps (direct
     encoding; T from ``timesteps`` or the graph's spikebridge.timesteps).
@@ -203,7 +203,7 @@ def run_lava(graph, x, precision: str = "float", allow_reset_to_zero: bool = Fal
     (needs window >= T + depth) puts the final u and v of every population in
     ``meta["final_state"]``. ``threshold_groups`` (True or a max span, e.g. 4.0): split
     populations with widely spread per-neuron thresholds into LIF processes with their
-    own vth (hardware.lava.groups; same float function, better fixed-point resolution).
+    own vth (spikebridge.hardware.lava.groups; same float function, better fixed-point resolution).
     Raises UnsupportedError (graph not expressible), BackendError (worker failure, timeout,
     missing .venv-lava).
     """
@@ -232,7 +232,7 @@ def fixed_trace(graph, x, timesteps: int | None = None, window: int | None = Non
                 record_state: bool = False, threshold_groups=None) -> Trace:
     """The `loihi-fixed` integer model on the same plan run_lava(precision="fixed") runs.
     Bit-exact with Lava: same spikes, same final u/v, same analog outputs."""
-    from hardware.eventsim.loihi_fixed import run_qplan
+    from spikebridge.hardware.eventsim.loihi_fixed import run_qplan
 
     graph, plan, qplan, meta, arrays, xt, xs, t_plan = _prepare(
         graph, x, "fixed", allow_reset_to_zero, timesteps, window, threshold_groups)
@@ -263,7 +263,7 @@ def fixed_trace(graph, x, timesteps: int | None = None, window: int | None = Non
 
 def run_fixed_plan(meta: dict, arrays: dict, x_int: np.ndarray, timeout_s: float | None = None,
                    record_state: bool = False) -> dict:
-    """Run an already quantised plan (meta/arrays as ``hardware.fixedpoint.QPlan``) on Lava
+    """Run an already quantised plan (meta/arrays as ``spikebridge.hardware.fixedpoint.QPlan``) on Lava
     fixed_pt; x_int (T, batch, n_in) integers. Returns the worker's arrays (spikes__*,
     output__*, and u__*/v__* final states with record_state)."""
     meta = dict(meta)
@@ -278,8 +278,8 @@ def run_fixed_plan(meta: dict, arrays: dict, x_int: np.ndarray, timeout_s: float
 def _counts_via_eventsim(graph, plan, acts):
     """Use the simulator's own counting when it exists (one definition of an op)."""
     try:
-        from hardware.eventsim.counts import count_ops
-        from hardware.graph import analyse
+        from spikebridge.hardware.eventsim.counts import count_ops
+        from spikebridge.hardware.graph import analyse
     except ImportError:
         return None
     info = analyse(graph)

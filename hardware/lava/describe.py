@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from hardware.errors import UnsupportedError
-from hardware.lava.plan import BIAS_SOURCE, lower
+from spikebridge.base.errors import UnsupportedError
+from spikebridge.hardware.lava.plan import BIAS_SOURCE, lower
 
 
 def _shape(s) -> str:
@@ -13,8 +13,8 @@ def _shape(s) -> str:
 
 def _groups_summary(plan, q) -> list[str]:
     """What `--threshold-groups` would do: the split and the whole-row error it leaves."""
-    from hardware.fixedpoint import quantize
-    from hardware.lava.groups import row_errors, split_threshold_groups
+    from spikebridge.hardware.fixedpoint import quantize
+    from spikebridge.hardware.lava.groups import row_errors, split_threshold_groups
 
     sp = split_threshold_groups(plan)
     tg = sp.meta.get("threshold_groups")
@@ -39,7 +39,7 @@ def _groups_summary(plan, q) -> list[str]:
 def describe(graph, timesteps: int | None = None, allow_reset_to_zero: bool = False) -> str:
     """Per population/readout: process, shape, depth (raw delay), decays, threshold, the
     connections feeding it, and the fixed-point quantisation (bits, exponent, error)."""
-    from hardware.fixedpoint import chain_matrix, format_layers, quantize
+    from spikebridge.hardware.fixedpoint import chain_matrix, format_layers, quantize
 
     md = (getattr(graph, "metadata", None) or {}).get("spikebridge", {}) or {}
     T = int(timesteps or md.get("timesteps") or 1)

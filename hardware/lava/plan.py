@@ -53,7 +53,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hardware.errors import UnsupportedError
+from spikebridge.base.errors import UnsupportedError
 
 PLAN_VERSION = 1
 META_KEY = "spikebridge"
@@ -407,7 +407,7 @@ def lower(graph, timesteps: int, allow_reset_to_zero: bool = False, precision: s
     problems: list[str] = []
     if precision not in ("float", "fixed"):
         problems.append(f"precision {precision!r} is not 'float' or 'fixed' (fixed: quantise this "
-                        "float plan with hardware.fixedpoint.quantize)")
+                        "float plan with spikebridge.hardware.fixedpoint.quantize)")
     nodes = dict(graph.nodes)
     names = list(nodes)
     kinds = {n: type(nodes[n]).__name__ for n in names}

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hardware.errors import BackendError
+from spikebridge.base.errors import BackendError
 
 REPO = Path(__file__).resolve().parents[2]
 WORKER = Path(__file__).resolve().parent / "worker.py"
@@ -402,7 +402,7 @@ def _last_error(tmp: Path) -> str:
 
 def lava_status(timeout_s: float = 120.0) -> dict:
     """What `spikebridge doctor` shows about Lava: interpreter, venv, whether lava imports."""
-    from hardware.lava.interpreter import find_lava_python
+    from spikebridge.hardware.lava.interpreter import find_lava_python
 
     venv, how = lava_venv()
     py = venv / "bin" / "python"
@@ -436,6 +436,6 @@ def lava_status(timeout_s: float = 120.0) -> dict:
     return st
 
 
-if __name__ == "__main__":  # python -m hardware.lava.supervisor: print the status
+if __name__ == "__main__":  # python -m spikebridge.hardware.lava.supervisor: print the status
     json.dump(lava_status(), sys.stdout, indent=2)
     print()

@@ -2,8 +2,8 @@
 
 A method registers a ``MethodSpec``: how to train it (writing the common checkpoint
 format: weights.safetensors + model.json with ``method`` set), how to rebuild its torch
-model from a checkpoint, and how to export it to NIR and ONNX. ``models.train.train``,
-``models.checkpoint.build_model`` and the exporters dispatch on ``model.json``'s
+model from a checkpoint, and how to export it to NIR and ONNX. ``spikebridge.models.train.train``,
+``spikebridge.models.checkpoint.build_model`` and the exporters dispatch on ``model.json``'s
 ``method`` through this registry; SNN2ANN (and BPTT) are handled in models/train.py.
 """
 from __future__ import annotations

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import torch
 
-from hardware.errors import CheckpointError, UnsupportedError
-from models.methods import MethodSpec, register
-from models.methods import common as C
+from spikebridge.base.errors import CheckpointError, UnsupportedError
+from spikebridge.models.methods import MethodSpec, register
+from spikebridge.models.methods import common as C
 
 
 def train_relu_ann(cfg, data, progress=False, history=None, stages=None) -> C.Stack:
@@ -29,9 +29,9 @@ def train_relu_ann(cfg, data, progress=False, history=None, stages=None) -> C.St
 
 
 def train(cfg, out_dir, progress=True, resume=False) -> dict:
-    from models.train import pick_device
+    from spikebridge.models.train import pick_device
 
-    from models.methods.resume import Stages
+    from spikebridge.models.methods.resume import Stages
 
     C.check_cfg(cfg, resume)
     stages = Stages(out_dir, cfg, resume)
@@ -71,8 +71,8 @@ def load_teacher(path):
       h/T), rewritten as a Stack fed x: first layer's weight x T, classifier weight / T.
       Its features are then the branch's h (spike-count scale, [0, T]).
     """
-    from models.checkpoint import build_model as build_any
-    from models.checkpoint import load_checkpoint
+    from spikebridge.models.checkpoint import build_model as build_any
+    from spikebridge.models.checkpoint import load_checkpoint
 
     meta, tensors = load_checkpoint(path)
     method = meta["method"]

@@ -29,9 +29,9 @@ from pathlib import Path
 
 import torch
 
-from hardware.errors import InputError
-from models.methods import MethodSpec, register
-from models.methods import common as C
+from spikebridge.base.errors import InputError
+from spikebridge.models.methods import MethodSpec, register
+from spikebridge.models.methods import common as C
 
 DECAY = 0.25
 THRESHOLD = 0.5
@@ -64,8 +64,8 @@ def sharp_act(a: float, b: float):
 
 
 def train(cfg, out_dir, progress=True, resume=False) -> dict:
-    from models.methods.resume import Stages
-    from models.train import pick_device
+    from spikebridge.models.methods.resume import Stages
+    from spikebridge.models.train import pick_device
 
     C.check_cfg(cfg, resume)
     ft = int((cfg.extra or {}).get("finetune_epochs", max(1, cfg.epochs // 4)))
@@ -82,7 +82,7 @@ def train(cfg, out_dir, progress=True, resume=False) -> dict:
     clock = C.timer()
     init = (cfg.extra or {}).get("init")
     if init:  # reuse the pretraining of an earlier bridge run (benchmarks: one pretraining for every T)
-        from models.checkpoint import load_checkpoint
+        from spikebridge.models.checkpoint import load_checkpoint
         imeta, itensors = load_checkpoint(init)
         if imeta["method"] != "bridge" or imeta["layers"] != spec:
             raise InputError(f"--init {init} is not a bridge checkpoint of this architecture")
@@ -138,7 +138,7 @@ def lif_stack_to_nir(meta, tensors, file=None, method: str = "bridge"):
 
 def lif_stack_to_onnx(meta, tensors, file=None, method: str = "bridge"):
     """The deployed LIF SNN unrolled over T steps as ONNX (models/methods/snn_onnx.py)."""
-    from models.methods.snn_onnx import deployed_to_onnx
+    from spikebridge.models.methods.snn_onnx import deployed_to_onnx
     return deployed_to_onnx(C.lif_deployed(build_lif_stack(meta, tensors, file, method), DECAY, THRESHOLD), meta)
 
 

@@ -25,10 +25,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from hardware.errors import CheckpointError, InputError
-from hardware.fileio import atomic_path, atomic_write_text
-from models.architectures import build_spec, infer_shapes
-from models.methods.options import SCHEDULES
+from spikebridge.base.errors import CheckpointError, InputError
+from spikebridge.base.fileio import atomic_path, atomic_write_text
+from spikebridge.models.architectures import build_spec, infer_shapes
+from spikebridge.models.methods.options import SCHEDULES
 
 BN_EPS = 1e-5
 SUPPORTED = ("conv", "linear", "flatten")
@@ -314,7 +314,7 @@ def deployed_to_nir(layers: list[dict], meta: dict):
     v(0) and spike amplitude under the ``spikebridge`` metadata key; the classifier is an
     Affine W/T, b/T into Output (``readout = sum``)."""
     import nir
-    from exporters.nir_export import META_KEY, neuron_metadata
+    from spikebridge.exporters.nir_export import META_KEY, neuron_metadata
 
     T = int(meta["timesteps"])
     shapes = infer_shapes(meta["layers"], meta["input_shape"])
@@ -373,7 +373,7 @@ def deployed_to_nir(layers: list[dict], meta: dict):
 # ---------------------------------------------------------------------------------
 
 def load_data(cfg, device):
-    from models.datasets import dataset_info, load_dataset
+    from spikebridge.models.datasets import dataset_info, load_dataset
 
     info = dataset_info(cfg.dataset)
     xtr, ytr = load_dataset(cfg.dataset, "train")
@@ -439,8 +439,8 @@ def write_history(out: Path, history: list[dict]) -> None:
 def save_outputs(out: Path, state_dict: dict, meta: dict, history: list[dict]) -> None:
     """Checkpoint + metrics.jsonl + curves.png, written by rank 0 only (each file atomically);
     under torch.distributed every rank then waits until they are there."""
-    from models import distributed as D
-    from models.checkpoint import save_checkpoint
+    from spikebridge.models import distributed as D
+    from spikebridge.models.checkpoint import save_checkpoint
 
     if D.is_main():
         save_checkpoint(out, state_dict, meta)
@@ -472,7 +472,7 @@ def plot_curves(history: list[dict], path: Path) -> None:
 
 def load_state(model: nn.Module, tensors: dict, file=None, ignore=()) -> None:
     """Load numpy tensors into ``model`` by name, checking names and shapes."""
-    from models.checkpoint import load_weights
+    from spikebridge.models.checkpoint import load_weights
 
     load_weights(model, tensors, file, ignore)
 
@@ -488,10 +488,10 @@ def train_epoch(loss_of, opt, sched, xtr, ytr, batch_size: int, gen, runner=None
     """One epoch over shuffled mini-batches: loss_of(xb, yb) -> loss, an optimizer step per batch,
     a scheduler step at the end. Returns (mean loss per sample, seconds).
 
-    Distributed (``runner`` from models.distributed.prepare): every rank draws the same global
+    Distributed (``runner`` from spikebridge.models.distributed.prepare): every rank draws the same global
     batches and trains on its slice through DDP, with random draws made for the global batch
     and the loss scaled for DDP's gradient average (models/distributed.py)."""
-    from models import distributed as D
+    from spikebridge.models import distributed as D
 
     ctx = D.current()
     clock = timer()
@@ -538,9 +538,9 @@ def fit_ann(model: Stack, act_for_epoch, cfg, data, epochs: int, progress: bool 
     """Train ``model`` with cross-entropy on the ANN forward ``model(x, act_for_epoch(e))``.
     Adam and the schedule of ``make_optimizer``. Appends one row per
     epoch to ``history`` (stage, epoch, loss, ann_test_accuracy, seconds). ``stages``
-    (models.methods.resume.Stages): resume this stage (``label``) and save it every epoch."""
+    (spikebridge.models.methods.resume.Stages): resume this stage (``label``) and save it every epoch."""
     _, xtr, ytr, xte, yte = data
-    from models import distributed as D
+    from spikebridge.models import distributed as D
 
     history = history if history is not None else []
     runner = D.prepare(model)  # DDP (+ --sync-bn) when distributed
@@ -571,7 +571,7 @@ def relu_act(i, blk, z):
 
 
 def seed_all(seed: int) -> None:
-    from models.train import seed_everything
+    from spikebridge.models.train import seed_everything
     seed_everything(seed)
 
 
@@ -580,7 +580,7 @@ def fit_snn(model: "SpikingStack", T: int, cfg, data, epochs: int, loss_fn=None,
     """BPTT (surrogate gradient) over T steps; loss_fn(model, xb, yb) -> loss (default: CE on
     the mean-over-time readout). One row per epoch (stage, epoch, loss, snn_test_accuracy of
     the deployed network, seconds)."""
-    from models import distributed as D
+    from spikebridge.models import distributed as D
 
     _, xtr, ytr, xte, yte = data
     history = history if history is not None else []

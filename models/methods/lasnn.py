@@ -41,10 +41,10 @@ from pathlib import Path
 import torch
 from torch.nn import functional as F
 
-from hardware.errors import InputError
-from models.methods import MethodSpec, register
-from models.methods import common as C
-from models.methods.bridge import DECAY, THRESHOLD, build_lif_stack, lif_stack_to_nir, lif_stack_to_onnx, neuron_meta
+from spikebridge.base.errors import InputError
+from spikebridge.models.methods import MethodSpec, register
+from spikebridge.models.methods import common as C
+from spikebridge.models.methods.bridge import DECAY, THRESHOLD, build_lif_stack, lif_stack_to_nir, lif_stack_to_onnx, neuron_meta
 
 
 DEFAULT_WIDTH = 0.75  # student width multiplier (module docstring: why)
@@ -92,10 +92,10 @@ def _opts(cfg):
 
 
 def train(cfg, out_dir, progress=True, resume=False) -> dict:
-    from models.train import TrainConfig, pick_device
-    from models.methods import ann as A
+    from spikebridge.models.train import TrainConfig, pick_device
+    from spikebridge.models.methods import ann as A
 
-    from models.methods.resume import Stages
+    from spikebridge.models.methods.resume import Stages
 
     C.check_cfg(cfg, resume)
     o = _opts(cfg)

@@ -5,7 +5,7 @@ turns the parsed values into ``TrainConfig.extra`` (only the ones given).
 """
 from __future__ import annotations
 
-# learning-rate schedules of every method (models.methods.common.make_optimizer); the
+# learning-rate schedules of every method (spikebridge.models.methods.common.make_optimizer); the
 # --schedule choices of train, bench train and bench methods
 SCHEDULES = ("step", "cosine")
 

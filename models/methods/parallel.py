@@ -49,10 +49,10 @@ from pathlib import Path
 import torch
 from torch.nn import functional as F
 
-from hardware.errors import CheckpointError, InputError
-from models.methods import MethodSpec, register
-from models.methods import common as C
-from models.methods import qcfs as Q
+from spikebridge.base.errors import CheckpointError, InputError
+from spikebridge.models.methods import MethodSpec, register
+from spikebridge.models.methods import common as C
+from spikebridge.models.methods import qcfs as Q
 
 MOMENTUM = 0.99
 
@@ -75,7 +75,7 @@ def _chan(v: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
 def _chan_mean(a: torch.Tensor) -> torch.Tensor:
     """Per-channel mean over (batch, space). Distributed (inside ``_rank_rows``): the mean over
     the global batch, from the ranks' all-reduced sums and counts."""
-    from models import distributed as D
+    from spikebridge.models import distributed as D
 
     flat = a.transpose(0, 1).reshape(a.shape[1], -1)
     if not D.current().enabled:
@@ -86,7 +86,7 @@ def _chan_mean(a: torch.Tensor) -> torch.Tensor:
 
 def _rank_rows(xb: torch.Tensor) -> torch.Tensor:
     """This rank's slice of a calibration batch (the whole batch with one process)."""
-    from models import distributed as D
+    from spikebridge.models import distributed as D
 
     ctx = D.current()
     if not ctx.enabled:
@@ -123,7 +123,7 @@ class ParallelNet(C.Stack):
 @torch.no_grad()
 def set_max_thresholds(net: ParallelNet, src: C.Stack, act, x, batch_size: int) -> None:
     """theta = per-channel max of the source activation over ``x`` (one pass)."""
-    from models import distributed as D
+    from spikebridge.models import distributed as D
 
     mx = [None] * len(net.neuron_blocks())
     for i in range(0, len(x), batch_size):  # distributed: each rank takes its slice of every batch
@@ -217,7 +217,7 @@ def _source(cfg, data, progress, history, stages=None):
         raise InputError(f"--source must be qcfs or relu, not {source!r}")
     teacher = ex.get("teacher")
     if teacher:
-        from models.methods.ann import load_teacher
+        from spikebridge.models.methods.ann import load_teacher
         src, act, tmeta = load_teacher(teacher)
         if tmeta["method"] == "qcfs" and source != "qcfs":
             source = "qcfs"
@@ -230,7 +230,7 @@ def _source(cfg, data, progress, history, stages=None):
     if source == "qcfs":
         src = Q.train_qcfs_ann(cfg, data, progress, history, stages).cpu().eval()
         return src, src.act, source, None
-    from models.methods.ann import train_relu_ann
+    from spikebridge.models.methods.ann import train_relu_ann
     src = train_relu_ann(cfg, data, progress, history, stages)
     return src, C.relu_act, source, None
 
@@ -266,7 +266,7 @@ def _par_acc(net, x, y, T):
 
 
 def train(cfg, out_dir, progress=True, resume=False) -> dict:
-    from models.train import pick_device
+    from spikebridge.models.train import pick_device
 
     C.check_cfg(cfg, resume)
     deploy = (cfg.extra or {}).get("deploy", "sequential")
@@ -277,7 +277,7 @@ def train(cfg, out_dir, progress=True, resume=False) -> dict:
     info, xtr, _, xte, yte = data
     history: list[dict] = []
     clock = C.timer()
-    from models.methods.resume import Stages
+    from spikebridge.models.methods.resume import Stages
     src, act, source, tmeta = _source(cfg, data, progress, history, Stages(out, cfg, resume))
     src_seconds = clock()
     clock = C.timer()

@@ -36,9 +36,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from hardware.errors import CheckpointError, UnsupportedError
-from models.methods import MethodSpec, register
-from models.methods import common as C
+from spikebridge.base.errors import CheckpointError, UnsupportedError
+from spikebridge.models.methods import MethodSpec, register
+from spikebridge.models.methods import common as C
 
 LAMBDA_INIT = 8.0
 PHI = 0.5
@@ -110,9 +110,9 @@ def train_qcfs_ann(cfg, data, progress=False, history=None, stages=None) -> QCFS
 
 
 def train(cfg, out_dir, progress=True, resume=False) -> dict:
-    from models.train import pick_device
+    from spikebridge.models.train import pick_device
 
-    from models.methods.resume import Stages
+    from spikebridge.models.methods.resume import Stages
 
     C.check_cfg(cfg, resume)
     out = Path(out_dir)

@@ -13,7 +13,7 @@ CPU with the same seed the resumed run ends with bit-identical weights (tested).
 
 A fresh run (no ``--resume``) deletes the stage files already in OUT first, so a stale
 file of an older run can never be picked up by a later ``--resume``. Files are read with
-``models.checkpoint.load_train_state`` (bounded, globals checked, weights_only).
+``spikebridge.models.checkpoint.load_train_state`` (bounded, globals checked, weights_only).
 """
 from __future__ import annotations
 
@@ -22,8 +22,8 @@ from pathlib import Path
 
 import torch
 
-from hardware.errors import CheckpointError, InputError
-from hardware.fileio import atomic_path
+from spikebridge.base.errors import CheckpointError, InputError
+from spikebridge.base.fileio import atomic_path
 
 # configuration fields a resumed run must share with the run that wrote the state
 SAME = ("method", "arch", "dataset", "seed", "batch_size", "lr", "weight_decay", "schedule", "limit_train", "timesteps")
@@ -48,7 +48,7 @@ class Stages:
 
     def restore(self, stage: str, model, opt, sched, gen, epochs: int) -> tuple[int, list[dict]]:
         """(epochs already done, their history rows); (0, []) when there is nothing to resume."""
-        from models.checkpoint import load_train_state
+        from spikebridge.models.checkpoint import load_train_state
 
         p = self.path(stage)
         if not self.resume or not p.is_file():

@@ -9,7 +9,7 @@ the library's OWN NIR exporter, and store
     expected.npy   (T, batch, n_out) the library's own output at every step
     meta.json      library and torch versions, the modules used, seed
 
-tests/test_profiles.py replays each graph through hardware.eventsim with the library's
+tests/test_profiles.py replays each graph through spikebridge.hardware.eventsim with the library's
 profile and compares. Not run in CI (the libraries are not dependencies); run it in a
 throwaway environment:
 

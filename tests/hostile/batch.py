@@ -2,9 +2,9 @@
 
     python -m tests.hostile.batch JOBS.json RESULTS.json
 
-JOBS.json: a list of {"argv": [...]} (calls ``toolchain.cli.main(argv)``) or
-{"onnx": PATH} (calls ``toolchain.safety.load_onnx``) or {"pt": PATH} (calls
-``models.checkpoint.load_train_state``). For each job, file descriptors 1 and 2 are
+JOBS.json: a list of {"argv": [...]} (calls ``spikebridge.toolchain.cli.main(argv)``) or
+{"onnx": PATH} (calls ``spikebridge.toolchain.safety.load_onnx``) or {"pt": PATH} (calls
+``spikebridge.models.checkpoint.load_train_state``). For each job, file descriptors 1 and 2 are
 redirected to temporary files (so C-level writes are caught too) and a CPU-time alarm
 (ITIMER_PROF, ``cpu_seconds``, default 10) stops a job that runs too long. The caller
 runs this process under RLIMIT_AS / RLIMIT_CPU. RESULTS.json: per job, the exit code
@@ -30,18 +30,18 @@ def _alarm(signum, frame):
 
 def _run_job(job: dict):
     if "argv" in job:
-        from toolchain.cli import main
+        from spikebridge.toolchain.cli import main
         try:
             return main(list(job["argv"]))
         except SystemExit as e:
             return e.code
-    from hardware.errors import InputError
+    from spikebridge.base.errors import InputError
     try:
         if "onnx" in job:
-            from toolchain.safety import load_onnx
+            from spikebridge.toolchain.safety import load_onnx
             load_onnx(job["onnx"])
         else:
-            from models.checkpoint import load_train_state
+            from spikebridge.models.checkpoint import load_train_state
             load_train_state(job["pt"], required=("epoch", "optimizer", "scheduler", "generator", "torch_rng"))
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -56,9 +56,9 @@ def write_base_nir(path: Path) -> None:
 def write_base_checkpoint(d: Path) -> None:
     """A valid (untrained) mlp checkpoint for digits, without training."""
     import torch
-    from models.architectures import build_spec
-    from models.checkpoint import save_checkpoint
-    from models.snn2ann import SNN2ANNNet
+    from spikebridge.models.architectures import build_spec
+    from spikebridge.models.checkpoint import save_checkpoint
+    from spikebridge.models.snn2ann import SNN2ANNNet
 
     torch.manual_seed(0)
     shape, classes = (1, 8, 8), 10

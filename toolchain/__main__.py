@@ -1,5 +1,0 @@
-import sys
-
-from toolchain.cli import main
-
-sys.exit(main())
