@@ -50,10 +50,23 @@ def _weights(d: Path) -> dict:
     return load_tensors(d)
 
 
-def _assert_same(a: Path, b: Path, atol=2e-5):
-    """Weights within float tolerance, SNN2ANN thresholds exactly. A conv/linear bias followed by
-    BatchNorm has a zero gradient in exact arithmetic, so Adam turns its float noise into
-    lr-sized steps; it is compared through what the network uses, bias - running_mean."""
+# The tolerance, from the arithmetic rather than from one CPU. One process and two reduce the
+# same float32 sums in different orders (and AVX2 and AVX-512 kernels differ again), so a
+# membrane within rounding of its threshold can spike in one run and not in the other. Such a
+# flip changes at most one sample's share (1/batch) of a gradient, and an Adam step moves a
+# weight by at most about lr, so each flip-affected step moves a weight by at most lr/batch.
+# Over every optimizer step of every stage (teacher or pretraining epochs included) that is
+# ATOL below. A real divergence (another data slice, other dropout masks, a missing
+# all-reduce) changes whole gradients, about lr per step on most weights: ATOL is 1/batch of that.
+LR = 1e-3  # TrainConfig's default, which these runs use
+STEPS = (-(-COMMON["limit_train"] // COMMON["batch_size"])) * (COMMON["epochs"] + 1)  # +1: the extra stage
+ATOL = LR * STEPS / COMMON["batch_size"]
+
+
+def _assert_same(a: Path, b: Path, atol=ATOL):
+    """Weights within the float tolerance above, SNN2ANN thresholds exactly. A conv/linear bias
+    followed by BatchNorm has a zero gradient in exact arithmetic, so Adam turns its float noise
+    into lr-sized steps; it is compared through what the network uses, bias - running_mean."""
     wa, wb = _weights(a), _weights(b)
     assert wa.keys() == wb.keys()
     for k in wa:
@@ -146,7 +159,7 @@ def test_all_reduce_batchnorm_equals_batchnorm_on_the_global_batch(tmp_path):
     port = _free_port()
     script = (
         "import torch, torch.distributed as dist\n"
-        "from models import distributed as D\n"
+        "from spikebridge.models import distributed as D\n"
         "from types import SimpleNamespace\n"
         "cfg = SimpleNamespace(device='cpu', batch_size=8, sync_bn=True)\n"
         "with D.session(cfg) as ctx:\n"
