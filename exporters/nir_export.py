@@ -20,7 +20,7 @@ from spikebridge.base.fileio import atomic_path
 from spikebridge.models.architectures import infer_shapes, pool_kernel
 from spikebridge.models.checkpoint import build_model, load_checkpoint
 
-META_KEY = "spikebridge"
+from spikebridge.base.dialect import META_KEY  # noqa: E402
 
 
 def neuron_metadata(reset="zero", threshold_test="gt", v_init=0.0, spike_amplitude=1.0) -> dict:

@@ -39,7 +39,7 @@ from torch.nn import functional as F
 from spikebridge.base.errors import UnsupportedError
 from spikebridge.hardware.graph import GraphInfo, analyse, conv_geometry, graph_meta, neuron_semantics
 
-META_KEY = "spikebridge"
+from spikebridge.base.dialect import META_KEY  # noqa: E402
 STATEFUL = ("IF", "LIF", "CubaLIF", "LI", "I", "CubaLI")
 SPIKING = ("IF", "LIF", "CubaLIF")
 SUPPORTED = STATEFUL + ("Input", "Output", "Affine", "Linear", "Conv1d", "Conv2d", "SumPool2d",

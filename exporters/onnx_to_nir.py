@@ -59,7 +59,7 @@ from onnx import numpy_helper
 
 from spikebridge.base.errors import DatasetError, InputError, UnsupportedError
 
-META_KEY = "spikebridge"
+from spikebridge.base.dialect import META_KEY  # noqa: E402
 MAX_ONNX_BYTES = 2 << 30
 MAX_EXTERNAL_BYTES = 4 << 30
 MAX_CALIBRATION_BYTES = 2 << 30

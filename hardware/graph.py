@@ -27,7 +27,8 @@ import nir
 from spikebridge.base.errors import GraphError, InputError, UnsupportedError
 from spikebridge.base.fileio import regular_file
 
-META_KEY = "spikebridge"
+from spikebridge.base.dialect import (KNOWN_TYPES, META_KEY, NEURON_TYPES, SPIKING_TYPES,  # noqa: F401
+                                       SYNAPSE_TYPES, node_type)
 
 # ----------------------------------------------------------------------------------
 # limits
@@ -54,11 +55,6 @@ class LoadLimits:
 # look for a dynamically loaded plugin.
 _ALLOWED_FILTERS = {1, 2, 3, 4, 5, 6, 32000}
 
-KNOWN_TYPES = (
-    "Input", "Output", "Affine", "Linear", "Scale", "Conv1d", "Conv2d", "SumPool2d",
-    "AvgPool2d", "Flatten", "IF", "LIF", "CubaLIF", "CubaLI", "LI", "I", "Threshold",
-    "Delay", "NIRGraph",
-)
 
 
 # ----------------------------------------------------------------------------------
@@ -332,15 +328,6 @@ def load_graph(path: str | os.PathLike, limits: LoadLimits | None = None) -> nir
 # ----------------------------------------------------------------------------------
 # analyse
 # ----------------------------------------------------------------------------------
-
-SPIKING_TYPES = frozenset({"IF", "LIF", "CubaLIF", "Threshold"})
-NEURON_TYPES = frozenset({"IF", "LIF", "CubaLIF", "CubaLI", "LI", "I", "Threshold"})
-SYNAPSE_TYPES = frozenset({"Affine", "Linear", "Scale", "Conv1d", "Conv2d",
-                           "SumPool2d", "AvgPool2d"})
-
-
-def node_type(node: nir.NIRNode) -> str:
-    return type(node).__name__
 
 
 @dataclass(frozen=True)

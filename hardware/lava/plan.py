@@ -56,7 +56,7 @@ import numpy as np
 from spikebridge.base.errors import UnsupportedError
 
 PLAN_VERSION = 1
-META_KEY = "spikebridge"
+from spikebridge.base.dialect import META_KEY  # noqa: E402
 BIAS_SOURCE = "__one__"  # a source that sends 1 at every step (synaptic biases into a current)
 
 SYNAPTIC = ("Affine", "Linear", "Scale", "Identity", "Flatten", "Conv2d", "SumPool2d", "AvgPool2d")
