@@ -197,11 +197,51 @@ def _shm_of(pids) -> set:
     return found
 
 
+_SEEN_SHM: set = set()  # shared memory the group mapped after a job: unlinked on every exit path
+
+
+def _remember_group_shm() -> None:
+    """Record the /dev/shm segments this worker's group maps now (after a job). A process
+    model that exits on its own before a sweep no longer shows them in /proc/PID/maps."""
+    _SEEN_SHM.update(_shm_of(_group_pids(os.getpgid(0))))
+
+
+def _sweep_group() -> None:
+    """Kill every other member of this worker's process group and unlink the shared memory it
+    maps or mapped after a job. Lava's runtime may still be forking process models while this
+    runs: kill until two consecutive scans find no other member of the group."""
+    import signal
+
+    me = os.getpid()
+    pgid = os.getpgid(0)
+    shm = set(_SEEN_SHM)
+    quiet = 0
+    for _ in range(200):
+        pids = [p for p in _group_pids(pgid) if p != me and not _zombie(p)]
+        shm |= _shm_of(pids + [me])
+        if not pids:
+            quiet += 1
+            if quiet >= 2:
+                break
+        else:
+            quiet = 0
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        time.sleep(0.02)
+    for path in shm:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+
+
 def _watch_parent(job: str) -> None:
     """If the supervising parent dies (even by SIGKILL), kill this worker's whole group,
     remove its shared memory and the job directory: no orphans whatever happens upstream."""
     import shutil
-    import signal
 
     parent = os.getppid()
 
@@ -209,32 +249,7 @@ def _watch_parent(job: str) -> None:
         while True:
             time.sleep(PARENT_POLL_S)
             if os.getppid() != parent:
-                me = os.getpid()
-                pgid = os.getpgid(0)
-                # Lava's runtime may still be forking process models while this runs: kill
-                # until two consecutive scans find no other member of the group.
-                shm: set = set()
-                quiet = 0
-                for _ in range(200):
-                    pids = [p for p in _group_pids(pgid) if p != me and not _zombie(p)]
-                    shm |= _shm_of(pids + [me])
-                    if not pids:
-                        quiet += 1
-                        if quiet >= 2:
-                            break
-                    else:
-                        quiet = 0
-                    for pid in pids:
-                        try:
-                            os.kill(pid, signal.SIGKILL)
-                        except OSError:
-                            pass
-                    time.sleep(0.02)
-                for path in shm:
-                    try:
-                        os.unlink(path)
-                    except OSError:
-                        pass
+                _sweep_group()
                 shutil.rmtree(job, ignore_errors=True)
                 os._exit(137)
 
@@ -652,6 +667,7 @@ def serve(argv) -> int:
             if not job:
                 break
             code = do_job(job)
+            _remember_group_shm()
             sys.stdout.write(f"{code} {job}\n")
             sys.stdout.flush()
             if code != 0:
@@ -668,6 +684,9 @@ def serve(argv) -> int:
         try:
             sys.stdout.flush()
             sys.stderr.flush()
+            # stdin also closes when the parent dies (SIGTERM): the watchdog may not have run
+            # yet, and a stopped runtime can leave segments behind. Sweep on every exit.
+            _sweep_group()
         finally:
             os._exit(code)
     return code
