@@ -23,7 +23,7 @@ import pytest
 import spikebridge.hardware.lava as hl
 from spikebridge.base.errors import BackendError, UnsupportedError
 from spikebridge.hardware.lava import lava_status, run_lava
-from spikebridge.hardware.lava.plan import conv2d_coo, lower
+from spikebridge.hardware.loihi.plan import conv2d_coo, lower
 from spikebridge.hardware.lava.supervisor import _group_pids, _shm_of, run_job
 
 REPO = Path(__file__).resolve().parents[1]

@@ -21,10 +21,11 @@ import numpy as np
 import pytest
 
 from spikebridge.hardware.eventsim import simulate
-from spikebridge.hardware.fixedpoint import quantize
-from spikebridge.hardware.lava import fixed_trace, run_lava
+from spikebridge.hardware.loihi.fixedpoint import quantize
+from spikebridge.hardware.lava import run_lava
+from spikebridge.hardware.loihi import fixed_trace
 from spikebridge.hardware.lava.describe import describe
-from spikebridge.hardware.lava.plan import BIAS_SOURCE, lower
+from spikebridge.hardware.loihi.plan import BIAS_SOURCE, lower
 
 TOL = 1e-9
 

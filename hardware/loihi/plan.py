@@ -53,10 +53,10 @@ from pathlib import Path
 
 import numpy as np
 
+from spikebridge.base.dialect import META_KEY
 from spikebridge.base.errors import UnsupportedError
 
 PLAN_VERSION = 1
-from spikebridge.base.dialect import META_KEY  # noqa: E402
 BIAS_SOURCE = "__one__"  # a source that sends 1 at every step (synaptic biases into a current)
 
 SYNAPTIC = ("Affine", "Linear", "Scale", "Identity", "Flatten", "Conv2d", "SumPool2d", "AvgPool2d")
@@ -407,7 +407,7 @@ def lower(graph, timesteps: int, allow_reset_to_zero: bool = False, precision: s
     problems: list[str] = []
     if precision not in ("float", "fixed"):
         problems.append(f"precision {precision!r} is not 'float' or 'fixed' (fixed: quantise this "
-                        "float plan with spikebridge.hardware.fixedpoint.quantize)")
+                        "float plan with spikebridge.hardware.loihi.fixedpoint.quantize)")
     nodes = dict(graph.nodes)
     names = list(nodes)
     kinds = {n: type(nodes[n]).__name__ for n in names}
