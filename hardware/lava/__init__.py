@@ -20,7 +20,8 @@ import numpy as np
 
 from spikebridge.base.errors import BackendError, UnsupportedError
 from spikebridge.hardware.lava.supervisor import lava_status, run_job
-from spikebridge.hardware.loihi.runner import DENSE_MAX_ELEMENTS, prepare, to_trace
+from spikebridge.hardware.loihi import runner
+from spikebridge.hardware.loihi.runner import prepare, to_trace
 from spikebridge.hardware.trace import Trace
 
 __all__ = ["run_lava", "run_fixed_plan", "lava_status", "BackendError", "UnsupportedError"]
@@ -57,7 +58,7 @@ def run_lava(graph, x, precision: str = "float", allow_reset_to_zero: bool = Fal
         meta["record_state"] = True
     n_rec = sum(p["size"] for p in meta["populations"]) + sum(
         r["size"] for r in meta["readouts"] if r["kind"] == "analog") + meta["input"]["size"]
-    meta["dense_max_elements"] = DENSE_MAX_ELEMENTS
+    meta["dense_max_elements"] = runner.DENSE_MAX_ELEMENTS  # one setting for Lava and the integer model
     meta["chunk_samples"] = int(max(1, min(B, MAX_RECORDED_VALUES // max(1, n_rec * meta["window"]))))
     t1 = time.perf_counter()
     out, info = run_job(meta, pr.arrays, pr.xs, timeout_s=timeout_s, progress=progress)
@@ -76,7 +77,7 @@ def run_fixed_plan(meta: dict, arrays: dict, x_int: np.ndarray, timeout_s: float
     meta = dict(meta)
     meta["precision"] = "fixed"
     meta["record_state"] = bool(record_state)
-    meta.setdefault("dense_max_elements", DENSE_MAX_ELEMENTS)
+    meta.setdefault("dense_max_elements", runner.DENSE_MAX_ELEMENTS)
     meta.setdefault("chunk_samples", int(np.asarray(x_int).shape[1]))
     out, _ = run_job(meta, arrays, np.ascontiguousarray(x_int, dtype=np.float64), timeout_s=timeout_s)
     return out

@@ -6,6 +6,7 @@ integer model (eventsim's ``loihi-fixed`` profile) run.
     groups.split_threshold_groups(plan)      # per-neuron thresholds -> LIF processes per vth
     fixedpoint.quantize(plan) -> QPlan       # Loihi's 8-bit weights, 24-bit u/v, 12-bit decays
     reference.run_qplan(meta, arrays, x)     # the step-by-step integer model (the oracle)
+    fast.run_qplan_fast(meta, arrays, x)     # the same, layer by layer over all steps (>= 100x)
     runner.prepare / to_trace / fixed_trace  # graph + input -> plan -> Trace (shared by both)
 
 Nothing here imports the Lava backend; the Lava backend imports this package.

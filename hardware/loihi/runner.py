@@ -3,22 +3,32 @@
     prepare(graph, x, precision, ...) -> Prepared   # lower (+ threshold groups, + quantise), input
     to_trace(prepared, out, extra) -> Trace         # result arrays (worker or integer model) -> Trace
     fixed_trace(graph, x, ...) -> Trace             # the `loihi-fixed` integer model, bit-exact with
-                                                    # Lava fixed_pt (spikebridge.hardware.loihi.reference)
+                                                    # Lava fixed_pt (loihi.fast; engine="reference":
+                                                    # the step-by-step oracle, loihi.reference)
 
 Both consumers call the same ``prepare`` and ``to_trace``, so a Lava run and an integer-model
 run of one graph differ only in who computes the result arrays.
+
+Lowering and quantisation depend only on the graph and the plan options, so ``compiled``
+keeps the last few results keyed by the graph's CONTENT (a digest of every node parameter,
+edge and metadata value): running a graph batch by batch lowers it once, and a graph
+changed in place is lowered again.
 """
 from __future__ import annotations
 
+import hashlib
 import time
-from dataclasses import dataclass
+from collections import OrderedDict
+from dataclasses import dataclass, field
 
 import numpy as np
+import scipy.sparse as sp
 
 from spikebridge.base.dialect import META_KEY
 from spikebridge.base.errors import DatasetError, UnsupportedError
 from spikebridge.hardware.eventsim.counts import count_ops
-from spikebridge.hardware.graph import analyse, load_graph
+from spikebridge.hardware.graph import GraphInfo, analyse, load_graph
+from spikebridge.hardware.loihi.fast import blas_threads, compile_qplan, run_qplan_fast
 from spikebridge.hardware.loihi.fixedpoint import QPlan, quantize
 from spikebridge.hardware.loihi.groups import merge_outputs, merged_meta, split_threshold_groups
 from spikebridge.hardware.loihi.plan import NEURON, Plan, _meta, _param_meta, lower
@@ -29,7 +39,74 @@ from spikebridge.hardware.trace import Trace
 # the others lava.proc.sparse Sparse (scipy csr); the integer model follows the same choice
 # (Dense and Sparse differ on overflow).
 DENSE_MAX_ELEMENTS = 250_000
-ENGINES = ("reference",)
+ENGINES = ("fast", "reference")
+COMPILED_MAX = 8  # graphs whose lowering is kept
+
+
+@dataclass
+class Compiled:
+    """What a graph lowers to, independent of the input: reused across batches."""
+
+    plan: Plan
+    qplan: QPlan | None
+    plan_s: float
+    info: GraphInfo | None = None          # analyse(graph), for the op counts
+    fast: dict = field(default_factory=dict)  # dense_max_elements -> fast.compile_qplan of qplan
+    op_csr: dict = field(default_factory=dict)  # synaptic node -> csr (activations for counting)
+
+
+_COMPILED: OrderedDict = OrderedDict()
+
+
+def _feed(h, v) -> None:
+    if isinstance(v, np.ndarray) or (hasattr(v, "dtype") and hasattr(v, "shape")):
+        a = np.ascontiguousarray(v)
+        h.update(f"a{a.dtype.str}{a.shape}".encode())
+        h.update(a.tobytes() if a.dtype != object else repr(a.tolist()).encode())
+    elif isinstance(v, dict):
+        h.update(b"d%d" % len(v))
+        for k in sorted(v, key=str):
+            _feed(h, str(k))
+            _feed(h, v[k])
+    elif isinstance(v, (list, tuple)):
+        h.update(b"l%d" % len(v))
+        for x in v:
+            _feed(h, x)
+    else:
+        h.update(f"{type(v).__name__}:{v!r};".encode())
+
+
+def graph_digest(graph) -> str:
+    """A digest of a NIR graph's content: node types and every parameter, edges, metadata."""
+    h = hashlib.blake2b(digest_size=20)
+    for name in sorted(graph.nodes):
+        node = graph.nodes[name]
+        _feed(h, [name, type(node).__name__])
+        _feed(h, dict(vars(node)))
+    _feed(h, sorted(map(tuple, graph.edges)))
+    _feed(h, getattr(graph, "metadata", None) or {})
+    return h.hexdigest()
+
+
+def compiled(graph, timesteps: int, precision: str, allow_reset_to_zero: bool = False,
+             window: int | None = None, threshold_groups=None) -> Compiled:
+    """lower (+ split_threshold_groups, + quantize for fixed point), cached by graph content."""
+    span = None if not threshold_groups else (4.0 if threshold_groups is True else float(threshold_groups))
+    key = (graph_digest(graph), int(timesteps), precision, bool(allow_reset_to_zero), window, span)
+    hit = _COMPILED.get(key)
+    if hit is not None:
+        _COMPILED.move_to_end(key)
+        return hit
+    t0 = time.perf_counter()
+    plan = lower(graph, timesteps, allow_reset_to_zero=allow_reset_to_zero, window=window)
+    if span is not None:
+        plan = split_threshold_groups(plan, max_span=span)
+    qplan = quantize(plan) if precision == "fixed" else None
+    c = Compiled(plan, qplan, time.perf_counter() - t0)
+    _COMPILED[key] = c
+    while len(_COMPILED) > COMPILED_MAX:
+        _COMPILED.popitem(last=False)
+    return c
 
 
 @dataclass
@@ -39,6 +116,7 @@ class Prepared:
     graph: object
     plan: Plan
     qplan: QPlan | None
+    compiled: Compiled
     meta: dict          # plan (or qplan) meta, a copy the caller may extend
     arrays: dict
     xt: np.ndarray      # (T, B, *in_shape) float input
@@ -70,8 +148,11 @@ def _as_time_first(x, in_shape, timesteps) -> np.ndarray:
                        "as (T, batch, *shape) or (batch, *shape)", place="x")
 
 
-def activations(plan: Plan, x: np.ndarray, spikes: dict, amps: dict) -> dict[str, np.ndarray]:
-    """Every node's output (T, batch, n) from the recorded spikes (main process, numpy)."""
+def activations(plan: Plan, x: np.ndarray, spikes: dict, amps: dict, op_csr: dict | None = None
+                ) -> dict[str, np.ndarray]:
+    """Every node's output (T, batch, n) from the recorded spikes (main process, numpy).
+    ``op_csr`` caches each synaptic node's matrix as CSR across calls."""
+    op_csr = {} if op_csr is None else op_csr
     T, B = x.shape[:2]
     acts = {}
     # Only inputs of synaptic nodes matter for counting; the others get a free placeholder.
@@ -87,8 +168,10 @@ def activations(plan: Plan, x: np.ndarray, spikes: dict, amps: dict) -> dict[str
             acts[n] = spikes[n].reshape(T, B, -1) * amps[n][None, None, :]
         elif n in plan.ops:
             m, b = plan.ops[n]
+            if n not in op_csr:
+                op_csr[n] = sp.csr_matrix((m.vals, (m.rows, m.cols)), shape=m.shape)  # sums duplicates
             xin = sum(acts[p] for p in plan.preds[n])
-            y = m.matvec(xin.reshape(T * B, -1).T).T + b[None, :]
+            y = np.asarray(op_csr[n] @ xin.reshape(T * B, -1).T).T + b[None, :]
             acts[n] = y.reshape(T, B, -1)
         elif k == "Output":
             acts[n] = np.broadcast_to(np.zeros(1), (T, B, int(np.prod(plan.shapes[n]))))
@@ -115,14 +198,9 @@ def prepare(graph, x, precision: str, allow_reset_to_zero: bool = False, timeste
         if T0 is None:
             T0 = graph_timesteps(graph)
     t0 = time.perf_counter()
-    plan = lower(graph, T0 or 1, allow_reset_to_zero=allow_reset_to_zero, window=window)
-    if threshold_groups:
-        span = 4.0 if threshold_groups is True else float(threshold_groups)
-        plan = split_threshold_groups(plan, max_span=span)
-    qplan = None
-    if precision == "fixed":
-        qplan = quantize(plan)
-    t_plan = time.perf_counter() - t0
+    comp = compiled(graph, T0 or 1, precision, allow_reset_to_zero, window, threshold_groups)
+    plan, qplan = comp.plan, comp.qplan
+    t_plan = time.perf_counter() - t0  # ~0 when the lowering was cached
     in_shape = tuple(plan.meta["input"]["shape"])
     xt = _as_time_first(x, in_shape, T0)
     T, B = xt.shape[:2]
@@ -133,7 +211,7 @@ def prepare(graph, x, precision: str, allow_reset_to_zero: bool = False, timeste
     xs = np.ascontiguousarray(xt.reshape(T, B, -1))
     if qplan is not None:
         xs = qplan.quantize_input(xs)
-    return Prepared(graph, plan, qplan, meta, arrays, xt, xs, t_plan)
+    return Prepared(graph, plan, qplan, comp, meta, arrays, xt, xs, t_plan)
 
 
 def to_trace(pr: Prepared, out: dict, precision: str, extra: dict) -> Trace:
@@ -157,9 +235,12 @@ def to_trace(pr: Prepared, out: dict, precision: str, extra: dict) -> Trace:
         else:
             src = r["source"]
             outputs[r["name"]] = (spikes[src].reshape(T, B, -1) * amps[src]).reshape((T, B) + tuple(r["shape"]))
-    acts = activations(plan, xt.reshape(T, B, -1), spikes, amps)
+    comp = pr.compiled
+    acts = activations(plan, xt.reshape(T, B, -1), spikes, amps, comp.op_csr)
     shaped = {n: a.reshape((T, B) + tuple(plan.shapes[n])) if n in plan.shapes else a for n, a in acts.items()}
-    counts = count_ops(graph, analyse(graph), shaped)  # the simulator's definitions (one op count)
+    if comp.info is None:
+        comp.info = analyse(graph)
+    counts = count_ops(graph, comp.info, shaped)  # the simulator's definitions (one op count)
     delays = {p["name"]: p["depth"] for p in meta["populations"]}
     delays.update({r["name"]: r["depth"] for r in meta["readouts"]})
     tm = {"lava_delay_steps": delays, "window_steps": meta["window"], "precision": precision,
@@ -181,11 +262,13 @@ def to_trace(pr: Prepared, out: dict, precision: str, extra: dict) -> Trace:
 
 def fixed_trace(graph, x, timesteps: int | None = None, window: int | None = None,
                 allow_reset_to_zero: bool = False, record_spikes: bool = True,
-                record_state: bool = False, threshold_groups=None, engine: str = "reference") -> Trace:
+                record_state: bool = False, threshold_groups=None, engine: str = "fast") -> Trace:
     """The `loihi-fixed` integer model on the same plan run_lava(precision="fixed") runs.
     Bit-exact with Lava: same spikes, same final u/v, same analog outputs.
 
-    engine: "reference" (the step-by-step int64 model: ``spikebridge.hardware.loihi.reference``)."""
+    engine: "fast" (layer by layer over all steps, exact integer sums through float BLAS:
+    ``spikebridge.hardware.loihi.fast``) or "reference" (the step-by-step int64 model kept as
+    the oracle: ``spikebridge.hardware.loihi.reference``); both give identical results."""
     if engine not in ENGINES:
         raise UnsupportedError(f"integer-model engine {engine!r} is not one of {list(ENGINES)}", place="engine")
     pr = prepare(graph, x, "fixed", allow_reset_to_zero, timesteps, window, threshold_groups)
@@ -200,9 +283,15 @@ def fixed_trace(graph, x, timesteps: int | None = None, window: int | None = Non
     xp = np.zeros((S,) + xs.shape[1:])
     xp[:T] = xs
     meta["dense_max_elements"] = DENSE_MAX_ELEMENTS  # the worker's Dense/Sparse choice (overflow rules)
-    run = run_qplan
     t0 = time.perf_counter()
-    res = run(meta, pr.arrays, xp, record_state=record_state)
+    if engine == "reference":
+        res = run_qplan(meta, pr.arrays, xp, record_state=record_state)
+    else:
+        cache = pr.compiled.fast
+        if DENSE_MAX_ELEMENTS not in cache:  # the Dense/Sparse choice decides the overflow rules
+            cache[DENSE_MAX_ELEMENTS] = compile_qplan(meta, pr.arrays)
+        with blas_threads(1):
+            res = run_qplan_fast(meta, pr.arrays, xp, record_state=record_state, compiled=cache[DENSE_MAX_ELEMENTS])
     t_run = time.perf_counter() - t0
     out = {"spikes__" + n: s[:T] for n, s in res["spikes"].items()}
     out.update({"output__" + n: o[:T] for n, o in res["outputs"].items()})
