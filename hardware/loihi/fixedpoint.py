@@ -163,8 +163,9 @@ class QPlan:
 
     def quantize_input(self, x: np.ndarray) -> np.ndarray:
         """Analog input -> the integers the spike source sends (24-bit graded payload)."""
-        q = np.rint(np.asarray(x, dtype=np.float64) * 2.0 ** self.input_frac)
-        return np.clip(q, -GRADED_MAX, GRADED_MAX)
+        q = np.asarray(x, dtype=np.float64) * 2.0 ** self.input_frac
+        np.rint(q, out=q)
+        return np.clip(q, -GRADED_MAX, GRADED_MAX, out=q)
 
 
 def chain_matrix(arrays: dict, terms: list[list[str]], rows: int, cols: int) -> np.ndarray:
