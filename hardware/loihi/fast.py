@@ -61,7 +61,7 @@ def event_factor() -> float:
     process on this machine (~10 ms). Spikes sparser than 1/event_factor() go the event way."""
     if not _EVENT_FACTOR:
         rng = np.random.default_rng(0)  # a layer of the size the crossover matters for
-        x = (rng.random((256, 784)) < 0.1).astype(np.float32)
+        x = (rng.random((128, 784)) < 0.1).astype(np.float32)
         w = rng.integers(-128, 128, size=(784, 512)).astype(np.float32)
 
         def best(f):

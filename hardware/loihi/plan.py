@@ -99,6 +99,12 @@ class Coo:
         x = np.asarray(x, dtype=np.float64)
         if x.ndim == 1:
             return np.bincount(self.rows, weights=self.vals * x[self.cols], minlength=self.shape[0])
+        if self.rows.size and np.unique(self.rows).size == self.rows.size:
+            # at most one weight per row (diagonal scalings, Flatten, group selections): one
+            # product per output, the same floats as the dense product, without its cost
+            y = np.zeros((self.shape[0], x.shape[1]))
+            y[self.rows] = self.vals[:, None] * x[self.cols]
+            return y
         if self.shape[0] * self.shape[1] <= 4_000_000:
             return self.to_dense() @ x
         y = np.zeros((self.shape[0], x.shape[1]))
