@@ -251,3 +251,34 @@ def test_unknown_engine_is_refused():
     g, rng = spread_graph()
     with pytest.raises(UnsupportedError, match="engine"):
         fixed_trace(g, rng.uniform(size=(3, 1, 16)), engine="turbo")
+
+
+def test_trace_counts_keep_the_simulators_definition():
+    """The trace's op counts (bool spikes, identity products skipped) equal eventsim's
+    count_ops on float activations with every synaptic node's product."""
+    from spikebridge.hardware.eventsim.counts import count_ops
+    from spikebridge.hardware.graph import analyse
+    from spikebridge.hardware.loihi.plan import NEURON, _meta, _param_meta
+    rng = np.random.default_rng(1)
+    g = residual_graph(rng, True, ("IF", "LIF", "CubaLIF", "IF"))  # Flatten, several inputs into one node
+    x = rng.uniform(0, 1, size=(6, 3, 2, 6, 6))
+    tr = fixed_trace(g, x)
+    plan = runner.prepare(g, x, "fixed").plan
+    T, B = x.shape[:2]
+    acts = {}
+    for n in plan.order:
+        k = plan.kinds[n]
+        if k == "Input":
+            acts[n] = x.reshape(T, B, -1)
+        elif k in NEURON:
+            amp = _param_meta(_meta(g.nodes[n]).get("spike_amplitude"), (int(np.prod(plan.shapes[n])),), 1.0)
+            acts[n] = tr.spikes[n].reshape(T, B, -1) * amp
+        elif n in plan.ops:
+            m, b = plan.ops[n]
+            xin = sum(acts[p] for p in plan.preds[n])
+            acts[n] = (m.matvec(xin.reshape(T * B, -1).T).T + b).reshape(T, B, -1)
+    want = count_ops(g, analyse(g), {n: a.reshape((T, B) + tuple(plan.shapes[n])) for n, a in acts.items()})
+    assert want["fc"]["synaptic_ops"].sum() > 0
+    for n in want:
+        for k in want[n]:
+            np.testing.assert_array_equal(tr.counts[n][k], want[n][k], err_msg=f"{n} {k}")

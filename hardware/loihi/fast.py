@@ -10,18 +10,23 @@ sources' spikes over those steps. Per population, in topological order:
    8-bit effective weights), so a float product is exact whenever every partial sum
    stays below the float's integer range: ``bound = max_i sum_j |W_ij| * max|x_j|``
    below 2^24 -> float32 BLAS, below 2^53 -> float64 BLAS (order of summation then does
-   not matter); otherwise int64 (numpy's exact integer product, no BLAS). Large sparse
-   connections use scipy's CSR product in float64 (same bound, 2^53). Each connection's
-   sum is then wrapped to int32, shifted by its weight exponent and wrapped again, as
-   Lava's Dense/Sparse do (DelayDense: shift before the wrap);
+   not matter); otherwise int64 (numpy's exact integer product, no BLAS). The product is
+   one dense BLAS call (an Affine), one per block of rows reading one input window (a
+   convolution: ``row_blocks``), scipy's CSR x dense over the input events when the
+   input is sparser than a crossover measured on this machine (``event_factor``), or a
+   CSR weight matrix for large sparse connections without blocks. A direct-encoded input
+   (the same at every step) is summed once. Each connection's sum is then wrapped to
+   int32, shifted by its weight exponent and wrapped again, as Lava's Dense/Sparse do
+   (DelayDense: shift before the wrap);
 2. the neuron scan over S steps, vectorised over (B, n), with Lava's arithmetic:
    u = fold24(wrap32(decay(u, du) + wrap32(a_in << 6))), v = clip(wrap32(wrap32(decay(v,
    dv) + u) + bias)), spike v > vth << 6, v = 0 where it spiked. Where u is replaced
    every step (du = 4095: IF and the folded LIF) u needs no scan and is computed for all
    steps at once; where dv = 0 the v decay is the identity and is skipped.
 
-Everything is integer arithmetic in int64 with the same wrap points as the reference; the
-test oracle is ``reference.run_qplan`` (tests/test_loihi_fast.py).
+State arithmetic is int32 where Lava wraps at 32 bits (numpy's int32 wraps the same way),
+with int64 temporaries for the decays: the same wrap points as the reference, which is the
+test oracle (tests/test_loihi_fast.py).
 """
 from __future__ import annotations
 
@@ -97,16 +102,16 @@ def _wrap32(a: np.ndarray) -> np.ndarray:
 def row_blocks(csr: sp.csr_matrix, max_supports: int = 4096) -> list[tuple[np.ndarray, np.ndarray]] | None:
     """Rows grouped by the columns they read, as (rows, cols) index pairs: a row joins the group
     whose columns contain most of its support, if that is at least MERGE_OVERLAP of it (largest
-    supports first; the group's columns grow to the union, the missing weights are zeros). A convolution's output
-    neurons at one position read one input window: one group per position, each a small dense
-    block, so the product costs the true multiply-adds instead of the dense matrix's. None when
-    there are more than ``max_supports`` distinct supports."""
+    supports first; the group's columns grow to the union, the missing weights are zeros). A
+    convolution's output neurons at one position read one input window: one group per
+    position, each a small dense block, so the product costs the true multiply-adds instead of
+    the dense matrix's. None when there are more than ``max_supports`` distinct supports."""
     csr = csr.copy()
     csr.sort_indices()
     by_support: dict[bytes, list[int]] = {}
     for i in range(csr.shape[0]):
         by_support.setdefault(csr.indices[csr.indptr[i]:csr.indptr[i + 1]].tobytes(), []).append(i)
-    if len(by_support) > max_supports:
+    if len(by_support) > max_supports or len(by_support) * csr.shape[1] > 64_000_000:  # the masks below
         return None
     supports = sorted(((np.frombuffer(k, dtype=csr.indices.dtype), r) for k, r in by_support.items()),
                       key=lambda t: -t[0].size)
