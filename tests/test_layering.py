@@ -25,7 +25,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 FOLDERS = ("models", "exporters", "hardware", "toolchain", "benchmarks")
-SKIP_DIRS = {".git", ".venv", ".venv-lava", "build", "dist", "runs", "node_modules", "__pycache__"}
+# not ours: version control, environments (any name holding site-packages), build outputs
+SKIP_DIRS = {".git", ".venv", ".venv-lava", "venv", ".tox", ".eggs", "build", "dist", "runs", "node_modules",
+             "__pycache__", "site-packages"}
 
 # (layer prefix, forbidden prefixes of ours, forbidden third-party top-level names, exempt files)
 RULES = [
