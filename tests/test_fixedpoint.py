@@ -1,4 +1,4 @@
-"""hardware/fixedpoint.py: Loihi formats (numpy only, no Lava)."""
+"""hardware/loihi/fixedpoint.py: Loihi formats (numpy only, no Lava)."""
 from __future__ import annotations
 
 import subprocess
@@ -8,10 +8,10 @@ from pathlib import Path
 import nir
 import numpy as np
 
-from spikebridge.hardware.fixedpoint import (BIAS_EXP_MAX, BIAS_MANT_MAX, BIAS_MANT_MIN, VTH_MAX, WEIGHT_EXP_MAX,
+from spikebridge.hardware.loihi.fixedpoint import (BIAS_EXP_MAX, BIAS_MANT_MAX, BIAS_MANT_MIN, VTH_MAX, WEIGHT_EXP_MAX,
                                  WEIGHT_EXP_MIN, chain_matrix, effective_bias, lava_effective_weights,
                                  quantize, quantize_bias, sign_mode)
-from spikebridge.hardware.lava.plan import lower
+from spikebridge.hardware.loihi.plan import lower
 
 REPO = Path(__file__).resolve().parents[1]
 

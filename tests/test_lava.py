@@ -23,7 +23,8 @@ import pytest
 import spikebridge.hardware.lava as hl
 from spikebridge.base.errors import BackendError, UnsupportedError
 from spikebridge.hardware.lava import lava_status, run_lava
-from spikebridge.hardware.lava.plan import conv2d_coo, lower
+from spikebridge.hardware.loihi import runner
+from spikebridge.hardware.loihi.plan import conv2d_coo, lower
 from spikebridge.hardware.lava.supervisor import _group_pids, _shm_of, run_job
 
 REPO = Path(__file__).resolve().parents[1]
@@ -296,7 +297,7 @@ def test_dense_if_matches_eventsim_when_present():
 
 @pytest.mark.lava
 def test_conv_graph_matches_reference(monkeypatch):
-    monkeypatch.setattr(hl, "DENSE_MAX_ELEMENTS", 0)  # unrolled convs go through lava Sparse
+    monkeypatch.setattr(runner, "DENSE_MAX_ELEMENTS", 0)  # unrolled convs go through lava Sparse
     rng = np.random.default_rng(12)
     g, layers = conv_graph(rng)
     T, B = 8, 4

@@ -3,8 +3,8 @@ and analog readouts.
 
 Random graphs: 200 seeded NIR graphs per run (1-4 layers, Affine or Conv2d, IF, LIF or
 CubaLIF, 2-64 neurons per layer, per-neuron thresholds, v_init, edge-case biases), each
-lowered and quantised by the real pipeline (spikebridge.hardware.lava.plan.lower +
-spikebridge.hardware.fixedpoint.quantize). To fit 200 graphs in a few Lava jobs, graphs of one depth
+lowered and quantised by the real pipeline (spikebridge.hardware.loihi.plan.lower +
+spikebridge.hardware.loihi.fixedpoint.quantize). To fit 200 graphs in a few Lava jobs, graphs of one depth
 and one T are merged into one network whose layer i holds every graph's layer i; every
 graph keeps its OWN parameters: du, dv and vth are per-neuron vectors of the merged
 population (Lava's LIF models compute elementwise), drawn per graph from the quantiser or
@@ -24,10 +24,11 @@ import nir
 import numpy as np
 import pytest
 
-from spikebridge.hardware.eventsim.loihi_fixed import conn_weights, run_qplan
-from spikebridge.hardware.fixedpoint import lava_effective_weights, quantize, sign_mode
-from spikebridge.hardware.lava import fixed_trace, run_fixed_plan, run_lava
-from spikebridge.hardware.lava.plan import lower
+from spikebridge.hardware.loihi.reference import conn_weights, run_qplan
+from spikebridge.hardware.loihi.fixedpoint import lava_effective_weights, quantize, sign_mode
+from spikebridge.hardware.lava import run_fixed_plan, run_lava
+from spikebridge.hardware.loihi import fixed_trace
+from spikebridge.hardware.loihi.plan import lower
 
 N_GRAPHS = int(os.environ.get("SPIKEBRIDGE_FIXED_GRAPHS", "200"))
 PER_BATCH = 50

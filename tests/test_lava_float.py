@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 
 from spikebridge.hardware.eventsim import simulate
-from spikebridge.hardware.fixedpoint import chain_matrix
+from spikebridge.hardware.loihi.fixedpoint import chain_matrix
 from spikebridge.hardware.lava import run_lava
-from spikebridge.hardware.lava.plan import lower
+from spikebridge.hardware.loihi.plan import lower
 from test_lava_fixed import random_graph
 
 TOL = 1e-9

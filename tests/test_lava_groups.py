@@ -1,4 +1,4 @@
-"""Threshold groups (hardware/lava/groups.py): a population whose per-neuron thresholds
+"""Threshold groups (hardware/loihi/groups.py): a population whose per-neuron thresholds
 spread its folded rows over orders of magnitude is split into LIF processes with their own
 vth. The split is exact in float (a re-indexing), fixes the fixed-point resolution of the
 small rows, and Lava fixed_pt still equals the integer model bit for bit."""
@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 
 from spikebridge.hardware.eventsim import simulate
-from spikebridge.hardware.fixedpoint import chain_matrix, quantize
-from spikebridge.hardware.lava import fixed_trace, run_lava
+from spikebridge.hardware.loihi.fixedpoint import chain_matrix, quantize
+from spikebridge.hardware.lava import run_lava
+from spikebridge.hardware.loihi import fixed_trace
 from spikebridge.hardware.lava.describe import describe
-from spikebridge.hardware.lava.groups import _groups, row_errors, split_threshold_groups
-from spikebridge.hardware.lava.plan import lower
+from spikebridge.hardware.loihi.groups import _groups, row_errors, split_threshold_groups
+from spikebridge.hardware.loihi.plan import lower
 
 
 def spread_graph(seed=3, n0=16, n1=40, n2=24):

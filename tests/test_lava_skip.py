@@ -21,10 +21,11 @@ import numpy as np
 import pytest
 
 from spikebridge.hardware.eventsim import simulate
-from spikebridge.hardware.fixedpoint import quantize
-from spikebridge.hardware.lava import fixed_trace, run_lava
+from spikebridge.hardware.loihi.fixedpoint import quantize
+from spikebridge.hardware.lava import run_lava
+from spikebridge.hardware.loihi import fixed_trace
 from spikebridge.hardware.lava.describe import describe
-from spikebridge.hardware.lava.plan import BIAS_SOURCE, lower
+from spikebridge.hardware.loihi.plan import BIAS_SOURCE, lower
 
 TOL = 1e-9
 
@@ -206,9 +207,9 @@ def test_sparse_and_delay_sparse_connections_bit_exact(monkeypatch):
     16x16x16 is 4096x4096 with 4096 nonzeros): forced here on the small residual graph by
     lowering the Dense size limit, Lava fixed_pt still equals the integer model bit for bit,
     and float matches the lava-float profile."""
-    import spikebridge.hardware.lava as hl
+    from spikebridge.hardware.loihi import runner
 
-    monkeypatch.setattr(hl, "DENSE_MAX_ELEMENTS", 200)
+    monkeypatch.setattr(runner, "DENSE_MAX_ELEMENTS", 200)  # Lava's and the integer model's choice
     rng = np.random.default_rng(4)
     g = residual_graph(rng, False, ("IF", "CubaLIF", "LIF", "IF"))
     T, B = 10, 2

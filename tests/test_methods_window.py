@@ -70,7 +70,7 @@ def test_count_then_emit_graph_runs_in_eventsim_like_torch_and_other_consumers_r
     assert tr.per_sample("spikes") == pytest.approx(events)
     from spikebridge.exporters.nir_import import graph_to_torch
     from spikebridge.base.errors import UnsupportedError
-    from spikebridge.hardware.lava.plan import lower
+    from spikebridge.hardware.loihi.plan import lower
     with pytest.raises(InputError, match="window"):
         graph_to_onnx_step(graph)
     with pytest.raises(InputError, match="window"):

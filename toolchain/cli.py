@@ -173,11 +173,12 @@ def _parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("bench", help="benchmarks (prints JSON)", description="benchmarks (prints JSON)",
                        epilog="example: spikebridge bench methods --help  |  spikebridge bench simulate --quick")
-    b.add_argument("which", choices=["methods", "simulate", "train", "distributed"],
+    b.add_argument("which", choices=["methods", "simulate", "train", "distributed", "loihi"],
                    help="train: SNN2ANN vs the BPTT baseline (time, memory, accuracy, spikes); "
                         "methods: every training method at T = 1, 2, 4, 8; distributed: samples/s of sharded "
                         "simulation and DDP training with 1 and 2 processes (wall, CPU, load); simulate: eventsim vs a dense "
-                        "per-step reference, snnTorch (if installed) and Lava, over activity and T")
+                        "per-step reference, snnTorch (if installed) and Lava, over activity and T; loihi: the bit-exact "
+                        "integer model (profile loihi-fixed) vs Lava fixed_pt")
     b.add_argument("bench_args", nargs=argparse.REMAINDER, help="options of the benchmark (see its --help)")
 
     cmd("doctor", "check the environments: Python, packages, the Lava interpreter and whether Lava runs")

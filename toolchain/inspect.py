@@ -111,7 +111,7 @@ def inspect_graph(path, profile: str | None = None) -> str:
     unsupported = sorted({t for t in info.types.values() if t not in KERNELS})
     lines.append("eventsim: " + ("runs this graph" if not unsupported else f"cannot run {', '.join(unsupported)}"))
     try:
-        from spikebridge.hardware.lava.plan import lower
+        from spikebridge.hardware.loihi.plan import lower
         lower(graph, int(meta.get("timesteps") or 1))
         lines.append("lava:     runs this graph (precision float)")
     except Exception as e:  # the planner names every problem

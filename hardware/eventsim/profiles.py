@@ -137,7 +137,7 @@ register_profile(Profile(
 register_profile(Profile(
     name="lava-float", honour_metadata=False, dt_from_graph=True, default_dt=1.0,
     integrator="euler", reset="zero", threshold_test="gt", synaptic_delay=1,
-    source="lava-nc 0.10.0 floating_pt LIF/Dense/Conv (hardware/lava/plan.py lowering)",
+    source="lava-nc 0.10.0 floating_pt LIF/Dense/Conv (hardware/loihi/plan.py lowering)",
     description="Lava floating_pt: u = u(1-du) + a_in, v = v(1-dv) + u + bias with du = "
                 "dt/tau_syn (1 without a current), dv = dt/tau; reset to 0; v > vth; every "
                 "Lava connection (a chain of synaptic nodes between populations) delays by one "
@@ -147,14 +147,14 @@ register_profile(Profile(
     name="loihi-fixed", honour_metadata=True, dt_from_graph=True, default_dt=1.0,
     source="lava-nc 0.10.0 fixed_pt PyLifResetModelBitAcc / PyDenseModelBitAcc / PySparseModelBitAcc",
     description="Loihi fixed point, bit-exact with Lava fixed_pt: the graph quantised by "
-                "spikebridge.hardware.fixedpoint and run by the integer model in eventsim/loihi_fixed.py "
+                "spikebridge.hardware.loihi.fixedpoint and run by the integer model of hardware/loihi "
                 "(aligned outputs; whole-graph, not node by node)"))
 register_profile(Profile(
     name="loihi-fixed-groups", honour_metadata=True, dt_from_graph=True, default_dt=1.0,
     source="lava-nc 0.10.0 fixed_pt (as loihi-fixed)",
     description="loihi-fixed with threshold groups: populations whose per-neuron thresholds "
                 "spread their folded rows over more than 4x are split into LIF processes with "
-                "their own vth (hardware/lava/groups.py); bit-exact with `--backend lava "
+                "their own vth (hardware/loihi/groups.py); bit-exact with `--backend lava "
                 "--precision fixed --threshold-groups`"))
 
 

@@ -59,7 +59,7 @@ def _check_input(x, info: GraphInfo) -> np.ndarray:
 
 
 def lava_offsets(info: GraphInfo, k: int) -> tuple[dict[str, int], dict[tuple[str, str], int]]:
-    """Raw-time offsets of the Lava lowering (hardware/lava/plan.py) with ``k`` steps of delay
+    """Raw-time offsets of the Lava lowering (hardware/loihi/plan.py) with ``k`` steps of delay
     per Lava connection, for a feed-forward graph.
 
     Every chain of synaptic nodes from a source (Input or neuron) to a target (neuron or
@@ -226,7 +226,7 @@ def simulate(graph, x, profile: str | Profile = "spikebridge", dt: float | None 
     """
     prof = get_profile(profile)
     if prof.name in ("loihi-fixed", "loihi-fixed-groups"):  # whole-graph integer model, bit-exact with Lava
-        from .loihi_fixed import simulate_fixed
+        from ..loihi import simulate_fixed
         return simulate_fixed(graph, x, dt=dt, record_spikes=record_spikes,
                               threshold_groups=prof.name == "loihi-fixed-groups" or None)
     if info is None:

@@ -4,7 +4,10 @@ from __future__ import annotations
 import numpy as np
 
 from spikebridge.base.errors import UnsupportedError
-from spikebridge.hardware.lava.plan import BIAS_SOURCE, lower
+from spikebridge.hardware.loihi.fixedpoint import chain_matrix, format_layers, quantize
+from spikebridge.hardware.loihi.groups import row_errors, split_threshold_groups
+from spikebridge.hardware.loihi.plan import BIAS_SOURCE, lower
+from spikebridge.hardware.loihi.reference import uses_dense
 
 
 def _shape(s) -> str:
@@ -13,9 +16,6 @@ def _shape(s) -> str:
 
 def _groups_summary(plan, q) -> list[str]:
     """What `--threshold-groups` would do: the split and the whole-row error it leaves."""
-    from spikebridge.hardware.fixedpoint import quantize
-    from spikebridge.hardware.lava.groups import row_errors, split_threshold_groups
-
     sp = split_threshold_groups(plan)
     tg = sp.meta.get("threshold_groups")
     if not tg:
@@ -39,8 +39,6 @@ def _groups_summary(plan, q) -> list[str]:
 def describe(graph, timesteps: int | None = None, allow_reset_to_zero: bool = False) -> str:
     """Per population/readout: process, shape, depth (raw delay), decays, threshold, the
     connections feeding it, and the fixed-point quantisation (bits, exponent, error)."""
-    from spikebridge.hardware.fixedpoint import chain_matrix, format_layers, quantize
-
     md = (getattr(graph, "metadata", None) or {}).get("spikebridge", {}) or {}
     T = int(timesteps or md.get("timesteps") or 1)
     lines = []
@@ -64,7 +62,7 @@ def describe(graph, timesteps: int | None = None, allow_reset_to_zero: bool = Fa
             if c["target"] == p["name"]:
                 m = chain_matrix(plan.arrays, c["terms"], int(c["rows"]), int(c["cols"]))
                 nnz = int(np.count_nonzero(m))
-                kind = "Dense" if m.size <= 250_000 or nnz > 0.2 * m.size else "Sparse"
+                kind = "Dense" if uses_dense(m.shape[0], m.shape[1], nnz) else "Sparse"
                 extra = int(c.get("delay", 0))
                 if extra:
                     kind = f"Delay{kind}(+{extra})"

@@ -53,10 +53,10 @@ from pathlib import Path
 
 import numpy as np
 
+from spikebridge.base.dialect import META_KEY
 from spikebridge.base.errors import UnsupportedError
 
 PLAN_VERSION = 1
-from spikebridge.base.dialect import META_KEY  # noqa: E402
 BIAS_SOURCE = "__one__"  # a source that sends 1 at every step (synaptic biases into a current)
 
 SYNAPTIC = ("Affine", "Linear", "Scale", "Identity", "Flatten", "Conv2d", "SumPool2d", "AvgPool2d")
@@ -99,6 +99,12 @@ class Coo:
         x = np.asarray(x, dtype=np.float64)
         if x.ndim == 1:
             return np.bincount(self.rows, weights=self.vals * x[self.cols], minlength=self.shape[0])
+        if self.rows.size and np.unique(self.rows).size == self.rows.size:
+            # at most one weight per row (diagonal scalings, Flatten, group selections): one
+            # product per output, the same floats as the dense product, without its cost
+            y = np.zeros((self.shape[0], x.shape[1]))
+            y[self.rows] = self.vals[:, None] * x[self.cols]
+            return y
         if self.shape[0] * self.shape[1] <= 4_000_000:
             return self.to_dense() @ x
         y = np.zeros((self.shape[0], x.shape[1]))
@@ -109,9 +115,11 @@ class Coo:
         return y
 
     def to_dense(self) -> np.ndarray:
-        m = np.zeros(self.shape)
-        np.add.at(m, (self.rows, self.cols), self.vals)
-        return m
+        # bincount adds the duplicates in input order, as np.add.at does (same floats), faster
+        r, c = self.shape
+        flat = np.bincount(self.rows * c + self.cols, weights=np.asarray(self.vals, dtype=np.float64),
+                           minlength=r * c)
+        return flat.reshape(r, c)
 
     def scale_rows(self, s: np.ndarray) -> "Coo":
         s = np.asarray(s, dtype=np.float64).reshape(-1)
@@ -407,7 +415,7 @@ def lower(graph, timesteps: int, allow_reset_to_zero: bool = False, precision: s
     problems: list[str] = []
     if precision not in ("float", "fixed"):
         problems.append(f"precision {precision!r} is not 'float' or 'fixed' (fixed: quantise this "
-                        "float plan with spikebridge.hardware.fixedpoint.quantize)")
+                        "float plan with spikebridge.hardware.loihi.fixedpoint.quantize)")
     nodes = dict(graph.nodes)
     names = list(nodes)
     kinds = {n: type(nodes[n]).__name__ for n in names}

@@ -1,9 +1,9 @@
 """Quantisation of a lowered Lava plan to Loihi's fixed-point formats (numpy only).
 
-``quantize(plan)`` turns the float plan of ``spikebridge.hardware.lava.plan.lower`` (folded so that
+``quantize(plan)`` turns the float plan of ``spikebridge.hardware.loihi.plan.lower`` (folded so that
 every population has vth = 1, du = 1, scalar dv) into integer parameters that Lava's
 ``fixed_pt`` process models (PyDenseModelBitAcc / PySparseModelBitAcc,
-PyLifResetModelBitAcc) run bit-accurately, and that ``spikebridge.hardware.eventsim.loihi_fixed``
+PyLifResetModelBitAcc) run bit-accurately, and that ``spikebridge.hardware.loihi``'s integer model
 reproduces bit for bit. The result is plain data (``QPlan.meta`` JSON-able,
 ``QPlan.arrays`` integers) plus a per-layer report (``QPlan.layers``).
 
@@ -40,6 +40,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from spikebridge.base.errors import UnsupportedError
+from spikebridge.hardware.loihi.plan import Coo
 
 WEIGHT_EXP_MIN, WEIGHT_EXP_MAX = -8, 7
 VTH_MAX = (1 << 17) - 1
@@ -160,14 +163,13 @@ class QPlan:
 
     def quantize_input(self, x: np.ndarray) -> np.ndarray:
         """Analog input -> the integers the spike source sends (24-bit graded payload)."""
-        q = np.rint(np.asarray(x, dtype=np.float64) * 2.0 ** self.input_frac)
-        return np.clip(q, -GRADED_MAX, GRADED_MAX)
+        q = np.asarray(x, dtype=np.float64) * 2.0 ** self.input_frac
+        np.rint(q, out=q)
+        return np.clip(q, -GRADED_MAX, GRADED_MAX, out=q)
 
 
 def chain_matrix(arrays: dict, terms: list[list[str]], rows: int, cols: int) -> np.ndarray:
     """Dense product of a connection's factor chains (the worker does the same with scipy)."""
-    from spikebridge.hardware.lava.plan import Coo
-
     total = np.zeros((rows, cols))
     for keys in terms:
         m = None
@@ -204,7 +206,7 @@ def robust_max(m: np.ndarray, percentile: float) -> float:
 
 def quantize(plan, vth_bits: int = VTH_BITS_DEFAULT, input_frac: int | None = None,
              clip_percentile: float = CLIP_PERCENTILE_DEFAULT) -> QPlan:
-    """Quantise a float Plan (``spikebridge.hardware.lava.plan.lower``) to Loihi fixed point.
+    """Quantise a float Plan (``spikebridge.hardware.loihi.plan.lower``) to Loihi fixed point.
 
     clip_percentile: when a connection's largest row lies more than OUTLIER_FACTOR times above
     this percentile of its rows' largest |w|, the 8-bit range is fitted to the percentile
@@ -216,7 +218,6 @@ def quantize(plan, vth_bits: int = VTH_BITS_DEFAULT, input_frac: int | None = No
     conns = meta["connections"]
     long = [f"{c['source']} -> {c['target']}: {c['delay']}" for c in conns if int(c.get("delay", 0)) > DELAY_MAX]
     if long:
-        from spikebridge.base.errors import UnsupportedError
         raise UnsupportedError(f"skip connections need more than {DELAY_MAX} steps of extra delay "
                                f"(Loihi's 6-bit synaptic delays): {'; '.join(long)}", place="lava fixed point")
     mats = {c["id"]: chain_matrix(arrays, c["terms"], int(c["rows"]), int(c["cols"])) for c in conns}

@@ -4,7 +4,7 @@ processes, each with its own scalar vth (numpy only).
 Folding per-neuron thresholds into row-scaled weights is exact in float, but in fixed
 point one population has one vth and each connection one weight exponent: rows whose
 folded weights are much smaller than the largest use few of the 8 weight bits, rows far
-above it saturate (spikebridge.hardware.fixedpoint.robust_max). Splitting the neurons into groups of
+above it saturate (spikebridge.hardware.loihi.fixedpoint.robust_max). Splitting the neurons into groups of
 similar folded row scale (the largest folded incoming weight of each neuron) gives every
 group its own vth and weight exponents, so each group's rows use the full 8-bit range.
 
@@ -21,7 +21,8 @@ import copy
 
 import numpy as np
 
-from spikebridge.hardware.lava.plan import Coo, Plan
+from spikebridge.hardware.loihi.fixedpoint import INPUT_FRAC_DEFAULT, chain_matrix
+from spikebridge.hardware.loihi.plan import Coo, Plan
 
 SEP = "~g"  # group population name: f"{population}{SEP}{k}"
 
@@ -57,8 +58,6 @@ def row_scales(plan: Plan) -> dict[str, np.ndarray]:
     """Per population, each neuron's largest folded incoming weight (connections from the
     Input in units of one input integer, as the quantiser sees them): what one vth and one
     weight exponent per connection must cover."""
-    from spikebridge.hardware.fixedpoint import INPUT_FRAC_DEFAULT, chain_matrix
-
     meta, arrays = plan.meta, plan.arrays
     out = {p["name"]: np.zeros(int(p["size"])) for p in meta["populations"]}
     for c in meta["connections"]:
@@ -192,8 +191,6 @@ def row_errors(plan: Plan, qplan) -> dict[str, np.ndarray]:
     quantised input row (all incoming connections side by side, scaled back to the float
     plan's units) against the float plan: ||back - ref|| / ||ref||. Comparable between a
     folded and a split plan (a split row's pieces are put back together first)."""
-    from spikebridge.hardware.fixedpoint import chain_matrix
-
     meta, qmeta = plan.meta, qplan.meta
     in_name = meta["input"]["name"]
     frac = int(qmeta.get("input_frac", 0))

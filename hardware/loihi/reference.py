@@ -1,7 +1,8 @@
-"""The `loihi-fixed` profile: a numpy integer model bit-exact with Lava's fixed_pt models.
+"""The reference integer model of the Loihi plan: step by step, int64, bit-exact with Lava's
+fixed_pt models (the oracle every faster path of the `loihi-fixed` profile is tested against).
 
-It runs the same fixed-point plan the Lava worker runs (``spikebridge.hardware.fixedpoint.quantize``
-of ``spikebridge.hardware.lava.plan.lower``) with the arithmetic of lava-nc 0.10.0's
+It runs the same fixed-point plan the Lava worker runs (``spikebridge.hardware.loihi.fixedpoint.quantize``
+of ``spikebridge.hardware.loihi.plan.lower``) with the arithmetic of lava-nc 0.10.0's
 PyDenseModelBitAcc / PySparseModelBitAcc and PyLifResetModelBitAcc, in delay-free
 (aligned) time: Lava's Dense sends at step t what it accumulated at t-1, so a
 population at depth d sees, at Lava step kP + j + d + 1, what this model computes at
@@ -28,7 +29,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..fixedpoint import DECAY_UNITY, UV_MAX, effective_bias, lava_effective_weights
+from spikebridge.hardware.loihi.fixedpoint import DECAY_UNITY, UV_MAX, effective_bias, lava_effective_weights
 
 _M32 = 1 << 32
 
@@ -151,11 +152,3 @@ def run_qplan(meta: dict, arrays: dict, x_int: np.ndarray, record_state: bool = 
     if record_state:
         res["u"], res["v"] = us, vs
     return res
-
-
-def simulate_fixed(graph, x, dt=None, record_spikes: bool = True, info=None, threshold_groups=None, **_):
-    """eventsim's entry for profiles 'loihi-fixed' (and 'loihi-fixed-groups': threshold
-    groups): returns a Trace like ``simulate``."""
-    from ..lava import fixed_trace
-
-    return fixed_trace(graph, x, record_spikes=record_spikes, threshold_groups=threshold_groups)
