@@ -84,7 +84,9 @@ def _events(x: np.ndarray, shift: int) -> np.ndarray:
 
 def count_node(graph, info: GraphInfo, name: str, activations: dict,
                T: int | None = None, B: int | None = None, delay: int = 0,
-               edge_shift: dict | None = None) -> dict[str, np.ndarray]:
+               edge_shift: dict | None = None, memo: dict | None = None) -> dict[str, np.ndarray]:
+    """One node's counts (see count_ops). ``memo``: a dict shared by the nodes of one
+    count_ops call, so an activation read by several synapse nodes is scanned once."""
     if T is None or B is None:
         T, B = next(iter(activations.values())).shape[:2]
     ref = activations.get(name)
@@ -96,7 +98,14 @@ def count_node(graph, info: GraphInfo, name: str, activations: dict,
             shift = delay + (1 if (p, name) in info.back_edges else 0)
             if edge_shift:
                 shift += int(edge_shift.get((p, name), 0))
-            ops = _events(activations[p], shift) @ f
+            if memo is None:
+                ev = _events(activations[p], shift)
+            else:
+                key = (p, shift)
+                if key not in memo:
+                    memo[key] = _events(activations[p], shift)
+                ev = memo[key]
+            ops = ev @ f
             kind = "synaptic_ops" if info.is_spiking(p) else "macs"
             c[kind] += ops
     elif t in NEURON_TYPES:
@@ -119,4 +128,5 @@ def count_ops(graph, info: GraphInfo, activations: dict, delay: int = 0,
     is delivered.
     """
     T, B = next(iter(activations.values())).shape[:2]
-    return {n: count_node(graph, info, n, activations, T, B, delay, edge_shift) for n in info.order}
+    memo: dict = {}
+    return {n: count_node(graph, info, n, activations, T, B, delay, edge_shift, memo) for n in info.order}
