@@ -297,3 +297,22 @@ def test_memory_estimate_streams_large_batches():
     check_memory(estimate_eventsim(g, info, 2, 64), 4 * GiB)  # was 12 GiB of activations: refused
     with pytest.raises(ResourceError):  # one sample alone above the limit: still refused
         check_memory(estimate_eventsim(g, info, 64, 1), 1 * GiB)
+
+
+def test_bench_scale_sweep_quick(capsys):
+    """The scale sweep stays runnable (digits CNN only at --quick): rows with rates,
+    rates of both references, prediction identity, and the 5 % layer beside the gather
+    ceiling. No speed is asserted."""
+    import json
+
+    from spikebridge.toolchain.cli import main
+    assert main(["--no-progress", "bench", "simulate", "--quick", "--sweep-only"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    (row,) = res["scale_sweep"]
+    assert row["net"] == "digits_cnn" and 0 < row["firing_rate"] < 1
+    for k in ("eventsim_samples_per_s", "dense_ref_samples_per_s", "nir_module_samples_per_s"):
+        assert row[k] > 0
+    assert row["predictions_equal_dense_ref"] >= 0.9 and row["predictions_equal_nir_module"] >= 0.9
+    layer = res["dense_layer_5pct"]
+    assert layer["eventsim_float32_synaptic_ops_per_s"] > 0 and layer["gather_ceiling_float32_ops_per_s"] > 0
+    assert res["machine"]["cpu_model"] and "load_average_end" in res["machine"]
