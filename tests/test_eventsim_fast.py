@@ -148,11 +148,11 @@ def test_per_step_blocks_mix_paths_with_identical_results(monkeypatch):
     rates = [0.01, 0.6, 0.02, 0.5, 0.0, 0.3]
     x = np.stack([_spikes(rng, 1, B, (3, 12, 12), r)[0] for r in rates])
     seen = []
-    orig_ev, orig_im = kernels._conv32_events, kernels.conv_forward_im2col
+    orig_ev, orig_de = kernels._conv32_events, kernels._conv32_dense
     monkeypatch.setattr(kernels, "_conv32_events",
                         lambda p, x2, m=None: seen.append(("ev", x2.shape[0])) or orig_ev(p, x2, m))
-    monkeypatch.setattr(kernels, "conv_forward_im2col",
-                        lambda p, x, bias=True: seen.append(("de", x.shape[0])) or orig_im(p, x, bias))
+    monkeypatch.setattr(kernels, "_conv32_dense",
+                        lambda p, x: seen.append(("de", x.shape[0])) or orig_de(p, x))
     _forced(monkeypatch, "events")
     ref = simulate(g, x, profile=SB)
     monkeypatch.setattr(kernels, "CONV_EVENT_MAX_DENSITY", 0.1)
