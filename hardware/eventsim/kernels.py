@@ -248,10 +248,9 @@ def step_blocks(mask: np.ndarray, block: int | None, event_cost, dense_cost):
     if len(starts) == 1:
         ev = [event_cost(int(np.count_nonzero(mask)), R) < dense_cost(R)]
     else:
-        nb = R // block
-        counts = [int(c) for c in np.count_nonzero(mask[:nb * block].reshape(nb, -1), axis=1)]
-        if nb * block < R:
-            counts.append(int(np.count_nonzero(mask[nb * block:])))
+        # one count per block (count_nonzero over a whole bool block is a fast byte scan;
+        # along an axis it sums bools one by one)
+        counts = [int(np.count_nonzero(mask[r0:r0 + block])) for r0 in starts]
         ev = [event_cost(c, min(block, R - r0)) < dense_cost(min(block, R - r0))
               for c, r0 in zip(counts, starts)]
     first = 0
@@ -290,15 +289,25 @@ EVENT_MAX_DENSITY: float | None = None
 _EVENT_MIN_SIZE = 1 << 12      # smaller products: BLAS, whatever the density
 
 
+def _given_mask(p, x2):
+    """The input's nonzero mask when the simulator passed it (the source neuron's spikes),
+    else None; used once."""
+    m = p.pop("_mask", None)
+    if m is None or m.size != x2.size:
+        return None
+    return m.reshape(x2.shape)
+
+
 def _dense_forward(p, x):
     x2 = x.reshape(x.shape[0], -1)
     wt, dt = p["wt"], p["dtype"]
     R, K = x2.shape
     N = wt.shape[1]
+    given = _given_mask(p, x2)
     if x2.size < _EVENT_MIN_SIZE:
         y = as_dtype(x2, dt) @ wt
     else:
-        mask = nonzero_mask(x2)
+        mask = nonzero_mask(x2) if given is None else given
         if EVENT_MAX_DENSITY is not None:
             ev_cost = lambda e, rows: e / (rows * K) - EVENT_MAX_DENSITY  # noqa: E731
             de_cost = lambda rows: 0.0  # noqa: E731
@@ -338,7 +347,9 @@ def _conv_prepare(node, name, ctx):
     in_shape = info.in_shapes[name]
     nd = len(in_shape) - 1
     kernel, stride, dil, lo, hi, out = conv_geometry(node, nd, tuple(in_shape[1:]))
-    w = _f64(node.weight)
+    # float64: a float64 copy (conv_matrix and im2col sum in float64); float32: the file's
+    # array as it is (converted once into the cached float32 weight matrix)
+    w = _f64(node.weight) if ctx.precision != "float32" else np.asarray(node.weight)
     g = int(node.groups)
     b = _f64(node.bias).reshape(-1)
     return {"w": w, "g": g, "b": b, "kernel": kernel, "stride": stride, "dil": dil,
@@ -426,7 +437,8 @@ def _conv_forward(p, x):
         return _conv_forward32(p, x)
     n = x.shape[0]
     x2 = x.reshape(n, -1)
-    mask = nonzero_mask(x2)
+    mask = _given_mask(p, x2)
+    mask = nonzero_mask(x2) if mask is None else mask
     M = conv_matrix(p)
     if M is None:
         return conv_forward_im2col(p, x)
@@ -701,7 +713,8 @@ def _conv_forward32(p, x):
     (measured costs, see machine_costs)."""
     n = x.shape[0]
     x2 = x.reshape(n, -1)
-    mask = nonzero_mask(x2)
+    mask = _given_mask(p, x2)
+    mask = nonzero_mask(x2) if mask is None else mask
     cout = p["w"].shape[0]
     taps = int(np.prod(p["kernel"]))
     opos = int(np.prod(p["out"]))
@@ -1001,7 +1014,10 @@ def _neuron_scan(p, inp, st):
     spiking = t in ("IF", "LIF")
     if spiking:
         thr = np.broadcast_to(cast(p["thr"]), v.shape)
-        s = np.empty(v.shape, dtype=bool)
+        # the spike masks of every step, kept: out != 0 exactly where s when the amplitude is
+        # nonzero, so counts and the next layer's events need not scan the outputs again
+        smask = np.empty(out.shape, dtype=bool)
+        sub_buf = np.empty(v.shape, dtype=vdt)
         ge = p["threshold_test"] == "ge"
         subtract = p["reset"] == "subtract"
         v_reset = np.broadcast_to(cast(p["v_reset"]), v.shape)
@@ -1019,20 +1035,25 @@ def _neuron_scan(p, inp, st):
             continue
         if pending is not None:
             np.subtract(v, pending, out=v)
+        s = smask[i]
         (np.greater_equal if ge else np.greater)(v, thr, out=s)
         if subtract:
             if p["next_step"]:  # snnTorch: theta is subtracted inside the next update
                 pend_buf[...] = 0.0
                 np.copyto(pend_buf, thr, where=s)
                 pending = pend_buf
-            else:
-                np.subtract(v, thr, out=v, where=s)     # v - where(s, theta, 0)
+            else:  # v - where(s, theta, 0): theta*s is theta or exactly 0 (theta finite), and
+                # two plain passes are faster than one masked one
+                np.multiply(s, thr, out=sub_buf)
+                np.subtract(v, sub_buf, out=v)
         else:
             np.copyto(v, v_reset, where=s)              # where(s, v_reset, v)
         np.multiply(s, amp, out=out[i])
     st = {**st, "v": v}
     if spiking and p["next_step"]:
         st["pending"] = None if pending is None else pending.copy()
+    if spiking and np.all(np.asarray(amp) != 0):
+        st["_spike_mask"] = smask  # (T, B, *shape) bool == (out != 0); not part of the state
     return out, st
 
 

@@ -162,12 +162,14 @@ def _constant_over_time(x: np.ndarray) -> bool:
 
 
 def run(graph, x, profile: str | Profile = "spikebridge", dt: float | None = None,
-        info: GraphInfo | None = None, precision: str = "float64"
+        info: GraphInfo | None = None, precision: str = "float64", masks: dict | None = None
         ) -> tuple[dict[str, np.ndarray], GraphInfo, Profile, float]:
     """Every node's output (T, B, *shape), plus the info, profile and dt used. Outputs are
     float64 (precision 'float32': float32, Outputs float64), except that the Input (and a
     Flatten of it) keep a bool or float32 input as given (exact values; synapse kernels
-    read events from it without a float64 copy)."""
+    read events from it without a float64 copy). ``masks``: a dict to receive, for the
+    neuron nodes whose scan emits it (and Flattens of them), ``output != 0`` as bool."""
+    masks = {} if masks is None else masks
     prof = get_profile(profile)
     if info is None:
         graph = adapt_graph(graph, prof)
@@ -218,6 +220,8 @@ def run(graph, x, profile: str | Profile = "spikebridge", dt: float | None = Non
                 st = k.init(params[n], B)
                 if k.scan is not None:  # all T steps in one call (same arithmetic)
                     acts[n], st = k.scan(params[n], inp, st)
+                    if st.get("_spike_mask") is not None and len(ps) >= 1:
+                        masks[n] = st["_spike_mask"]
                     continue
                 out = np.empty((T, B, *info.shapes[n]), dtype=np.float64)
                 for t in range(T):
@@ -230,6 +234,11 @@ def run(graph, x, profile: str | Profile = "spikebridge", dt: float | None = Non
                 acts[n] = np.broadcast_to(y.reshape(1, B, *info.shapes[n]), (T, B, *info.shapes[n]))
             else:
                 flat = inp.reshape(T * B, *inp.shape[2:])
+                if len(ps) == 1 and ps[0] in masks and not k_delay:
+                    if info.types[n] == "Flatten":
+                        masks[n] = masks[ps[0]].reshape(T, B, *info.shapes[n])
+                    elif isinstance(params[n], dict):  # the events, known: no scan of the input
+                        params[n]["_mask"] = masks[ps[0]]
                 y = k.forward(params[n], flat)
                 if info.types[n] != "Flatten":  # a Flatten of the input stays as given
                     y = as_dtype(np.asarray(y), work)
@@ -352,15 +361,17 @@ def simulate(graph, x, profile: str | Profile = "spikebridge", dt: float | None 
                      spikes={n: np.concatenate([p.spikes[n] for p in parts], axis=1)
                              for n in first.spikes},
                      backend="eventsim", profile=prof.name, meta=first.meta)
-    acts, info, prof, step_dt = run(graph, x, prof, dt, info, precision)
+    masks: dict = {}
+    acts, info, prof, step_dt = run(graph, x, prof, dt, info, precision, masks=masks)
     T, B = next(iter(acts.values())).shape[:2]
     if prof.synaptic_delay and not info.back_edges:
         counts = count_ops(graph, info, acts, edge_shift=lava_offsets(info, prof.synaptic_delay)[1])
     else:
-        counts = count_ops(graph, info, acts, delay=prof.synaptic_delay)
+        counts = count_ops(graph, info, acts, delay=prof.synaptic_delay, masks=masks)
     spikes = {}
     if record_spikes:
-        spikes = {n: acts[n] != 0 for n in info.order if info.types[n] in SPIKING_TYPES}
+        spikes = {n: masks[n] if n in masks else acts[n] != 0
+                  for n in info.order if info.types[n] in SPIKING_TYPES}
     meta = {"dt": step_dt, "precision": precision if not info.back_edges else "float64"}
     try:
         meta["readout"] = graph_meta(graph, info.file)["readout"]
