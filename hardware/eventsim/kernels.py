@@ -150,7 +150,8 @@ def event_matmul(x: np.ndarray, wt: np.ndarray, mask: np.ndarray | None = None) 
 # Which path a product takes (event by event, or one dense BLAS product) depends on the
 # machine: the cost of one event through one weight in the compiled event loop against
 # one multiply-add in BLAS (its vector width, its threads, the load right now). They are
-# measured once per process on small probes (about 50 ms in all; machine_costs()), and
+# measured once per process on small probes, best of 5 each (0.1-0.5 s in all, more on a
+# loaded machine; machine_costs()), and
 # every choice below is the cheaper of two modelled costs (seconds):
 #     event path  = events x (fan-out x ev_op + ev_event)
 #                   (float32 conv: events x taps x C_out x conv_op + the grid walk and scan)
@@ -175,7 +176,7 @@ class MachineCosts:
 _COSTS: MachineCosts | None = None
 
 
-def _best_time(fn, repeat: int = 3) -> float:
+def _best_time(fn, repeat: int = 5) -> float:
     import time
     best = float("inf")
     for _ in range(repeat):
