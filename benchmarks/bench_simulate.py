@@ -15,8 +15,18 @@ In ONE run, on the same graphs and the same inputs:
 Reported: samples/s, synaptic ops/s, cost against input activity (0.5 % .. 50 % spike
 rate) and against T, output equality, and a PNG of the scaling curves.
 
-    spikebridge bench simulate [--quick] [--png PATH] [--no-lava]
+    spikebridge bench simulate [--quick] [--png PATH] [--no-lava] [--sweep-only | --no-sweep]
     python benchmarks/bench_simulate.py ...    (same)
+
+Scale sweep (``--sweep-only`` runs it alone, with the 1000x1000 layer): converted ANNs from
+the digits CNN to a ResNet-18 shape at 3x32x32 and several firing rates, eventsim
+(precision float32) against a multi-step dense torch reference and the NIR -> torch
+module, predictions compared; plus the float event loop's synaptic events/s through a
+1000x1000 layer at 5 % input activity beside the machine's gather ceiling (a plain
+numpy row gather). Measure on one core:
+
+    taskset -c 0 env OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 \
+        spikebridge bench simulate --sweep-only
 
 The machine may be shared: compare the ratios of one run, not absolute numbers.
 """
@@ -246,6 +256,289 @@ def spikes(rng, T, B, shape, rate):
     return (rng.random((T, B, *shape)) < rate).astype(np.float32)
 
 
+# ---------------------------------------------------------------------------- scale sweep
+#
+# How cost grows with the network: converted ANNs (torch -> ONNX -> spikebridge convert,
+# threshold balancing on random calibration frames, direct encoding) from the digits CNN
+# to a ResNet-18 shape at 3x32x32, at several firing rates (every IF threshold and v(0)
+# scaled by a factor; the rate reached is measured and reported), against
+#   - a multi-step dense torch reference (SpikingJelly style, float32: every layer once
+#     over T x B samples, then the IF scan over T), and
+#   - the project's NIR -> torch module (spikebridge.exporters.nir_import, float32, step by
+#     step),
+# with predictions (the graph's readout over T) compared for identity. eventsim runs with
+# precision='float32' (the dense reference's precision; float64 is the default).
+
+
+def _torch_nets(quick):
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+
+    def digits_cnn():  # the `train --arch cnn` shape at 1x8x8 (digits)
+        return nn.Sequential(nn.Conv2d(1, 16, 3, 1, 1), nn.ReLU(), nn.Conv2d(16, 32, 3, 2, 1), nn.ReLU(),
+                             nn.Flatten(), nn.Linear(32 * 4 * 4, 128), nn.ReLU(), nn.Linear(128, 10))
+
+    def vgg(cfg):  # VGG-style at 3x32x32, average pools (convertible), 512-512-10 head
+        layers, c = [], 3
+        for v in cfg:
+            if v == "A":
+                layers.append(nn.AvgPool2d(2))
+            else:
+                layers += [nn.Conv2d(c, v, 3, 1, 1), nn.ReLU()]
+                c = v
+        hw = 32 // 2 ** cfg.count("A")
+        return nn.Sequential(*layers, nn.Flatten(), nn.Linear(c * hw * hw, 512), nn.ReLU(),
+                             nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 10))
+
+    class Block(nn.Module):
+        def __init__(self, i, o, st):
+            super().__init__()
+            self.c1, self.c2 = nn.Conv2d(i, o, 3, st, 1), nn.Conv2d(o, o, 3, 1, 1)
+            self.sc = nn.Conv2d(i, o, 1, st) if (st != 1 or i != o) else None
+
+        def forward(self, x):
+            y = self.c2(torch.relu(self.c1(x)))
+            return torch.relu(y + (x if self.sc is None else self.sc(x)))
+
+    class ResNet18(nn.Module):  # BasicBlocks 64-128-256-512, global average pool, linear
+        def __init__(self, widths=(64, 128, 256, 512)):
+            super().__init__()
+            self.stem = nn.Conv2d(3, widths[0], 3, 1, 1)
+            blocks, c = [], widths[0]
+            for k, w in enumerate(widths):
+                blocks += [Block(c, w, 1 if k == 0 else 2), Block(w, w, 1)]
+                c = w
+            self.blocks = nn.Sequential(*blocks)
+            self.fc = nn.Linear(c, 10)
+
+        def forward(self, x):
+            x = self.blocks(torch.relu(self.stem(x)))
+            return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+    if quick:
+        return {"digits_cnn": (digits_cnn(), (1, 8, 8))}
+    return {"digits_cnn": (digits_cnn(), (1, 8, 8)),
+            "vgg11_avgpool": (vgg([64, "A", 128, "A", 256, 256, "A", 512, 512, "A", 512, 512, "A"]), (3, 32, 32)),
+            "resnet18": (ResNet18(), (3, 32, 32))}
+
+
+def convert_net(net, in_shape, T, n_cal=32, seed=0):
+    """torch -> ONNX (in memory) -> spikebridge convert (the library call behind `spikebridge
+    convert --timesteps T --calibration X.npy`). Returns (graph, calibration frames)."""
+    import io
+
+    import onnx
+    import torch
+
+    from spikebridge.exporters.onnx_to_nir import convert_onnx
+    net = net.eval()
+    buf = io.BytesIO()
+    torch.onnx.export(net, torch.zeros((1, *in_shape)), buf, input_names=["input"], output_names=["logits"],
+                      dynamic_axes={"input": {0: "n"}}, dynamo=False)
+    cal = np.random.default_rng(seed).normal(size=(n_cal, *in_shape)).astype(np.float32)
+    graph, _ = convert_onnx(onnx.load_from_string(buf.getvalue()), cal, T)
+    return graph
+
+
+def scale_thresholds(graph, factor):
+    """A copy of ``graph`` with every IF threshold and v(0) multiplied by ``factor`` (the
+    firing rate falls roughly as 1/factor)."""
+    import copy
+    g = copy.deepcopy(graph)
+    for node in g.nodes.values():
+        if type(node).__name__ == "IF":
+            node.v_threshold = np.asarray(node.v_threshold) * factor
+            md = (node.metadata or {}).get("spikebridge")
+            if isinstance(md, dict) and "v_init" in md:
+                md["v_init"] = (np.asarray(md["v_init"]) * factor).tolist()
+    return g
+
+
+class TorchMultiStep:
+    """SpikingJelly-style multi-step dense run, float32: every synaptic layer once over
+    T x B samples (torch's conv2d / linear), then the neuron scan over T (IF / LIF with the
+    graph's semantics as eventsim reads them: reset, threshold test, v(0), amplitude)."""
+
+    def __init__(self, graph, profile="spikebridge"):
+        import torch
+
+        g = adapt_graph(graph, profile)
+        info = analyse(g)
+        prof = get_profile(profile)
+        ctx = Context(info=info, profile=prof, dt=resolve_dt(g, prof, None))
+        self.info, self.p = info, {}
+
+        def f(a):
+            return torch.tensor(np.ascontiguousarray(a), dtype=torch.float32)
+
+        for n in info.order:
+            t = info.types[n]
+            pr = KERNELS[t].prepare(g.nodes[n], n, ctx)
+            if t == "Conv2d":
+                pr = dict(w=f(pr["w"]), b=f(pr["b"]), stride=tuple(pr["stride"]), dil=tuple(pr["dil"]),
+                          lo=tuple(pr["lo"]), hi=tuple(pr["hi"]), g=pr["g"])
+            elif t in ("Affine", "Linear"):
+                pr = dict(w=f(pr["wt"].T), b=None if pr["b"] is None else f(pr["b"]))
+            elif t == "Scale":
+                pr = dict(s=f(pr["s"]))
+            elif t in ("AvgPool2d", "SumPool2d"):
+                pr = dict(k=tuple(pr["kernel"]), st=tuple(pr["stride"]), scale=pr["scale"],
+                          pad=(pr["lo"][1], pr["hi"][1], pr["lo"][0], pr["hi"][0]))
+            elif t in ("IF", "LIF"):
+                if pr.get("next_step") or pr.get("multi") or pr["reset"] == "window":
+                    raise ValueError(f"{n}: the reference runs same-step IF/LIF only")
+                shape = info.shapes[n]
+
+                def bc(a, shape=shape):
+                    return f(np.broadcast_to(a, shape))
+                q = dict(type=t, thr=bc(pr["thr"]), v0=bc(pr["v_init"]), amp=float(pr["spike_amplitude"]),
+                         ge=pr["threshold_test"] == "ge", sub=pr["reset"] == "subtract", vr=bc(pr["v_reset"]))
+                if t == "IF":
+                    q["k"] = bc(pr["if_scale"])
+                else:
+                    q.update(a=bc(pr["a"]), c=bc(pr["c"]), r=bc(pr["r"]), vl=bc(pr["v_leak"]))
+                pr = q
+            elif t not in ("Input", "Output", "Flatten"):
+                raise ValueError(f"the dense reference has no {t}")
+            self.p[n] = pr
+
+    def __call__(self, x):
+        import torch
+        from torch.nn import functional as F
+        info = self.info
+        T, B = x.shape[:2]
+        acts = {}
+        with torch.no_grad():
+            for n in info.order:
+                t, p = info.types[n], self.p[n]
+                if t == "Input":
+                    acts[n] = torch.as_tensor(np.ascontiguousarray(x, np.float32)).reshape(T * B, *x.shape[2:])
+                    continue
+                inp = acts[info.preds[n][0]]
+                for q in info.preds[n][1:]:
+                    inp = inp + acts[q]
+                if t == "Conv2d":
+                    if p["lo"] == p["hi"]:
+                        y = F.conv2d(inp, p["w"], p["b"], p["stride"], p["lo"], p["dil"], p["g"])
+                    else:
+                        y = F.conv2d(F.pad(inp, (p["lo"][1], p["hi"][1], p["lo"][0], p["hi"][0])), p["w"],
+                                     p["b"], p["stride"], 0, p["dil"], p["g"])
+                elif t in ("Affine", "Linear"):
+                    y = F.linear(inp.reshape(T * B, -1), p["w"], p["b"])
+                elif t == "Scale":
+                    y = inp * p["s"]
+                elif t in ("AvgPool2d", "SumPool2d"):
+                    z = F.pad(inp, p["pad"]) if any(p["pad"]) else inp
+                    y = F.avg_pool2d(z, p["k"], p["st"]) * (float(np.prod(p["k"])) * p["scale"])
+                elif t in ("Flatten", "Output"):
+                    y = inp.reshape(T * B, *info.shapes[n])
+                else:
+                    cur = inp.reshape(T, B, *info.shapes[n])
+                    v = p["v0"].expand(B, *info.shapes[n]).clone()
+                    out = torch.empty_like(cur)
+                    for i in range(T):
+                        if p["type"] == "IF":
+                            v = v + p["k"] * cur[i]
+                        else:
+                            v = p["a"] * v + p["c"] * (p["vl"] + p["r"] * cur[i])
+                        s = v >= p["thr"] if p["ge"] else v > p["thr"]
+                        v = v - p["thr"] * s if p["sub"] else torch.where(s, p["vr"], v)
+                        out[i] = s * p["amp"]
+                    y = out.reshape(T * B, *info.shapes[n])
+                acts[n] = y
+        o = info.outputs[0]
+        return acts[o].reshape(T, B, *info.shapes[o]).numpy()
+
+
+def _predictions(y, readout):
+    from spikebridge.hardware.graph import classify
+    return np.asarray(classify(np.asarray(y, np.float64), readout))
+
+
+def scale_sweep(a, progress=False):
+    """The sweep rows (see the section comment). Timings best of a.repeat, interleaved."""
+    import torch
+
+    from spikebridge.exporters.nir_import import graph_to_torch
+    from spikebridge.hardware.graph import graph_meta
+    from spikebridge.hardware.eventsim.simulator import usable_cpus
+    torch.set_num_threads(usable_cpus())
+    T = a.sweep_timesteps
+    rows = []
+    factors = [float(f) for f in a.sweep_factors.split(",")]
+    for name, (net, in_shape) in _torch_nets(a.quick).items():
+        t0 = time.perf_counter()
+        base = convert_net(net, in_shape, T)
+        convert_s = time.perf_counter() - t0
+        B = a.sweep_batch if name != "digits_cnn" else max(a.sweep_batch, 64)
+        frames = np.random.default_rng(1).normal(size=(B, *in_shape)).astype(np.float32)
+        x = np.ascontiguousarray(np.broadcast_to(frames[None], (T, *frames.shape)))
+        for f in factors:
+            g = scale_thresholds(base, f)
+            info = analyse(g)
+            readout = graph_meta(g)["readout"]
+            ref = TorchMultiStep(g)
+            mod = graph_to_torch(g).float()
+
+            def ev():
+                return simulate(g, x, profile="spikebridge", info=info, precision="float32",
+                                record_spikes=False)
+
+            def nir_mod():
+                with torch.no_grad():
+                    return mod(torch.from_numpy(x))[info.outputs[0]].numpy()
+
+            tr = ev()  # warm-up: machine costs, per-layer calibration, caches
+            fns = {"eventsim": ev, "dense_ref": lambda: ref(x), "nir_module": nir_mod}
+            best, outs = {k: float("inf") for k in fns}, {}
+            t_start, rounds = time.perf_counter(), 0
+            # interleaved rounds, best of each; fast configurations get more rounds (at least
+            # --repeat, until 4 s have passed, at most 15): on a shared CPU a preempted run
+            # is slower by whole time slices, the best run is the machine's own speed
+            while rounds < a.repeat or (time.perf_counter() - t_start < 4.0 and rounds < 15):
+                for k, fn in fns.items():
+                    t, outs[k] = timed(fn, 1)
+                    best[k] = min(best[k], t)
+                rounds += 1
+            tr = outs["eventsim"]
+            y_ev = tr.outputs[info.outputs[0]]
+            p_ev = _predictions(y_ev, readout)
+            p_ref = _predictions(outs["dense_ref"], readout)
+            p_mod = _predictions(outs["nir_module"], readout)
+            neurons = sum(int(np.prod(info.shapes[n])) for n in info.order if info.types[n] == "IF")
+            spikes_total = sum(int(tr.counts[n]["spikes"].sum()) for n in info.order if info.types[n] == "IF")
+            row = {"net": name, "input_shape": list(in_shape), "T": T, "batch": B, "threshold_factor": f,
+                   "firing_rate": spikes_total / max(neurons * T * B, 1),
+                   "synaptic_ops_per_sample": tr.per_sample("synaptic_ops"),
+                   "eventsim_samples_per_s": B / best["eventsim"],
+                   "dense_ref_samples_per_s": B / best["dense_ref"],
+                   "nir_module_samples_per_s": B / best["nir_module"],
+                   "speedup_vs_dense_ref": best["dense_ref"] / best["eventsim"],
+                   "speedup_vs_nir_module": best["nir_module"] / best["eventsim"],
+                   "predictions_equal_dense_ref": float(np.mean(p_ev == p_ref)),
+                   "predictions_equal_nir_module": float(np.mean(p_ev == p_mod)),
+                   "output_max_abs_diff_dense_ref": float(np.abs(y_ev - outs["dense_ref"]).max()),
+                   "convert_s": convert_s, "timing_rounds": rounds}
+            rows.append(row)
+            if progress:
+                print(json.dumps(row), file=sys.stderr)
+    return rows
+
+
+def cpu_model() -> str:
+    try:
+        import subprocess
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+        for line in out.splitlines():
+            if line.startswith("Model name:"):
+                return line.split(":", 1)[1].strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return platform.processor() or "unknown"
+
+
 # ---------------------------------------------------------------------------- main
 
 def main(argv=None, progress=False) -> int:
@@ -266,6 +559,13 @@ def main(argv=None, progress=False) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--layer-only", action="store_true",
                     help="only the dense 1000x1000 layer at 5 %% (synaptic ops/s; a load-sensitive number)")
+    ap.add_argument("--sweep-only", action="store_true",
+                    help="only the scale sweep (digits CNN, VGG-style, ResNet-18-style) and the 1000x1000 layer")
+    ap.add_argument("--no-sweep", action="store_true", help="skip the scale sweep")
+    ap.add_argument("--sweep-batch", type=int, default=8, help="samples per sweep run (digits CNN: at least 64)")
+    ap.add_argument("--sweep-timesteps", type=int, default=8)
+    ap.add_argument("--sweep-factors", default="1,3,8",
+                    help="threshold factors of the sweep (firing rate falls roughly as 1/factor)")
     a = ap.parse_args(argv)
     rates = [float(r) for r in a.rates.split(",")]
     tsweep = [int(t) for t in a.t_sweep.split(",")]
@@ -273,6 +573,7 @@ def main(argv=None, progress=False) -> int:
     if a.quick:
         B, T, rates, tsweep, a.repeat, a.lava_samples = 8, 4, [0.02, 0.2], [2, 4], 1, 2
         a.demo_samples = min(a.demo_samples, 16)
+        a.sweep_batch, a.sweep_timesteps, a.sweep_factors = 4, 4, "1"
     elif a.png is None:
         a.png = str(ROOT / "benchmarks" / "bench_simulate.png")
     rng = np.random.default_rng(a.seed)
@@ -284,11 +585,23 @@ def main(argv=None, progress=False) -> int:
     except ImportError as e:
         have_snn, snn_note = False, (f"snnTorch column skipped: {e} (install the benchmark extra: "
                                      "pip install snntorch nirtorch)")
-    res = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                       "numpy": np.__version__, "load_average": os.getloadavg()},
+    from spikebridge.hardware.eventsim.simulator import usable_cpus
+    res = {"machine": {"cpus": os.cpu_count(), "usable_cpus": usable_cpus(), "cpu_model": cpu_model(),
+                       "python": platform.python_version(), "numpy": np.__version__,
+                       "load_average": os.getloadavg(),
+                       "threads_env": {k: os.environ.get(k) for k in
+                                       ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}},
            "batch": B, "timesteps": T, "snntorch": snn_note, "graphs": {}, "activity": [],
            "timesteps_sweep": [], "notes": []}
 
+    if a.sweep_only:
+        res["scale_sweep"] = scale_sweep(a, progress)
+        dense_layer(res, a, rng, T, B)
+        res["machine"]["load_average_end"] = os.getloadavg()
+        res["summary"] = summarise_sweep(res)
+        print(json.dumps({k: res[k] for k in ("machine", "scale_sweep", "dense_layer_5pct", "summary")},
+                         indent=1, default=float))
+        return 0
     if a.layer_only:
         dense_layer(res, a, rng, T, B)
         res["machine"]["load_average_end"] = os.getloadavg()
@@ -350,6 +663,11 @@ def main(argv=None, progress=False) -> int:
             res["timesteps_sweep"].append(row)
 
     dense_layer(res, a, rng, T, B)
+    if a.no_sweep:
+        res["scale_sweep"] = []
+        res["notes"].append("scale sweep skipped (--no-sweep)")
+    else:
+        res["scale_sweep"] = scale_sweep(a, progress)
 
     # Lava: same graph read the spikebridge way (IF, reset to zero), per-sample cost
     if a.no_lava:
@@ -383,6 +701,7 @@ def main(argv=None, progress=False) -> int:
 
     res["machine"]["load_average_end"] = os.getloadavg()
     res["summary"] = summarise(res)
+    res["summary"].update(summarise_sweep(res))
     if a.png:
         try:
             plot(res, a.png)
@@ -394,8 +713,11 @@ def main(argv=None, progress=False) -> int:
 
 
 def dense_layer(res, a, rng, T, B):
-    """Synaptic ops/s through one dense 1000x1000 layer at 5 % input activity (T, 4 x batch),
-    and the machine's float64 GEMM rate right now (the shared machine's load shows there)."""
+    """Synaptic ops/s through one dense 1000x1000 layer at 5 % input activity (T, 4 x batch):
+    the whole simulate call in float64 and float32, the float32 event loop alone
+    (kernels.event_matmul), the machine's gather ceiling beside it (a plain numpy row gather
+    of every event's weight row into a reused buffer) and its float64 GEMM rate right now
+    (the shared machine's load shows there)."""
     lspec = layer_spec(256 if a.quick else 1000)
     lg = spec_to_nir(lspec, style="plain")
     x = spikes(rng, T, B * 4, lspec["in_shape"], 0.05)
@@ -411,9 +733,41 @@ def dense_layer(res, a, rng, T, B):
     xa = rng.random((xs.shape[0], xs.shape[1]))
     t_mm, _ = timed(lambda: xa @ wt, a.repeat)
     res["machine"]["float64_gemm_gmacs_now"] = xs.shape[0] * wt.shape[0] * wt.shape[1] / t_mm / 1e9
+    # precision float32: the same events through float32 weights
+    simulate(lg, x, profile="nir", record_spikes=False, precision="float32")  # warm-up
+    t_ev32, tr32 = timed(lambda: simulate(lg, x, profile="nir", record_spikes=False, precision="float32"),
+                         a.repeat)
+    ops32 = tr32.counts["linear0"]["synaptic_ops"].sum() + tr32.counts["linear0"]["macs"].sum()
+    # the machine's gather ceiling: a plain numpy row gather of the weight row of every event
+    # (what any event loop must at least read), float32 and float64
+    cols = np.nonzero(x.reshape(-1, x.shape[-1]))[1]
+    wt32 = wt.astype(np.float32)
+
+    def gather(w, chunk=512):  # rows into one reused buffer (no allocation per row block)
+        buf = np.empty((chunk, w.shape[1]), dtype=w.dtype)
+        for i in range(0, cols.size, chunk):
+            c = cols[i:i + chunk]
+            np.take(w, c, axis=0, out=buf[:c.size])
+        return buf
+    gather(wt32)
+    # the event loop alone (kernels.event_matmul: the events of all T x batch rows through
+    # the float32 weights), beside the whole simulate call above (neurons and counts included)
+    from spikebridge.hardware.eventsim.kernels import event_matmul
+    x2 = x.reshape(-1, x.shape[-1])
+    m2 = x2 != 0
+    event_matmul(x2, wt32, m2)
+    t_loop, _ = timed(lambda: event_matmul(x2, wt32, m2), max(a.repeat, 5))
+    t_g32, _ = timed(lambda: gather(wt32), a.repeat)
+    t_g64, _ = timed(lambda: gather(wt), a.repeat)
+    gops = cols.size * wt.shape[1]
     res["dense_layer_5pct"] = {"shape": [lspec["in_shape"][0]] * 2, "T": T, "batch": B * 4,
                                "synaptic_ops": int(ops), "eventsim_s": t_ev,
                                "eventsim_synaptic_ops_per_s": ops / t_ev,
+                               "eventsim_float32_s": t_ev32,
+                               "eventsim_float32_synaptic_ops_per_s": ops32 / t_ev32,
+                               "event_loop_float32_ops_per_s": gops / t_loop,
+                               "gather_ceiling_float32_ops_per_s": gops / t_g32,
+                               "gather_ceiling_float64_ops_per_s": gops / t_g64,
                                "dense_ref_matmul_only_s": t_ref,
                                "dense_ref_synaptic_ops_per_s": ops / t_ref}
 
@@ -474,6 +828,24 @@ def summarise(res):
             "spikes": sum(demo["spikes_compared"].values()),
             "output_max_abs_diff": demo["output_max_abs_diff"],
             "prediction_agreement": demo["prediction_agreement"]}
+    return s
+
+
+def summarise_sweep(res):
+    rows = res.get("scale_sweep") or []
+    s = {}
+    if rows:
+        s["sweep_min_speedup_vs_dense_ref"] = min(r["speedup_vs_dense_ref"] for r in rows)
+        low = [r["speedup_vs_dense_ref"] for r in rows if r["firing_rate"] <= 0.05]
+        s["sweep_min_speedup_vs_dense_ref_rate_le_5pct"] = min(low) if low else None
+        s["sweep_min_speedup_vs_nir_module"] = min(r["speedup_vs_nir_module"] for r in rows)
+        s["sweep_predictions_equal_dense_ref"] = min(r["predictions_equal_dense_ref"] for r in rows)
+        s["sweep_predictions_equal_nir_module"] = min(r["predictions_equal_nir_module"] for r in rows)
+    d = res.get("dense_layer_5pct")
+    if d:
+        s["dense_layer_5pct_float32_synaptic_ops_per_s"] = d["eventsim_float32_synaptic_ops_per_s"]
+        s["event_loop_float32_ops_per_s"] = d["event_loop_float32_ops_per_s"]
+        s["gather_ceiling_float32_ops_per_s"] = d["gather_ceiling_float32_ops_per_s"]
     return s
 
 

@@ -2,12 +2,16 @@
 
 The event-driven simulator keeps every node's output for all T steps of a batch chunk as
 float64 (``hardware/eventsim/simulator.py``), and a node's input sum, delay shift and
-kernel temporaries can coexist with it. The estimate (bytes):
+kernel temporaries can coexist with it. It streams a batch in chunks: as many samples as
+keep one chunk's activations below its budget (simulator.auto_max_batch, 512 MiB), so a
+large batch is run piece by piece instead of refused. The estimate (bytes):
 
-    activations = 3 x sum over nodes of T x chunk x prod(shape) x 8     (chunk = min(batch, 256))
+    activations = 3 x sum over nodes of T x chunk x prod(shape) x 8
+                  (chunk = min(batch, 256, the simulator's chunk for this graph and T))
     parameters  = sum of every array parameter's nbytes, x 2 (kernels prepare float64 copies)
     inputs      = T x chunk x prod(input shape) x 8                       (one contiguous chunk)
-    results     = T x batch x prod(output shapes) x 8 + per-node counts + one sample's spikes
+    results     = T x batch x prod(output shapes) x 8 + per-node counts
+                  + the spikes of the first 256 samples (bool; the CLI keeps them for rasters)
 
 ``check_memory`` raises ResourceError (an InputError: exit 3) naming the estimate and the
 limit. The default limit is 4 GiB or half the physical memory, whichever is smaller;
@@ -82,9 +86,12 @@ def _prod(shape) -> int:
 
 def estimate_eventsim(graph, info, timesteps: int, batch: int, chunk: int = CHUNK) -> MemoryEstimate:
     """Bytes the simulator needs for ``batch`` samples of ``timesteps`` steps (see module
-    docstring). Pure arithmetic on declared shapes: nothing is allocated."""
+    docstring): the batch streamed in chunks, so the activations do not grow with it.
+    Pure arithmetic on declared shapes: nothing is allocated."""
+    from spikebridge.hardware.eventsim.simulator import auto_max_batch
+
     T, B = int(timesteps), int(batch)
-    c = min(B, int(chunk))
+    c = max(1, min(B, int(chunk), auto_max_batch(info, T)))
     acts = sum(_prod(info.shapes[n]) for n in info.order if n in info.shapes)
     params = 0
     for node in graph.nodes.values():
@@ -97,7 +104,8 @@ def estimate_eventsim(graph, info, timesteps: int, batch: int, chunk: int = CHUN
                  ("IF", "LIF", "CubaLIF", "Threshold"))
     return MemoryEstimate(activations=_TEMP_FACTOR * T * c * acts * 8, parameters=2 * params,
                           inputs=T * c * n_in * 8,
-                          results=T * B * n_out * 8 + T * len(info.order) * 4 * 8 + T * spikes)
+                          results=T * B * n_out * 8 + T * len(info.order) * 4 * 8
+                          + T * min(B, CHUNK) * spikes)
 
 
 def check_memory(estimate: MemoryEstimate, limit: int | None, file: str | None = None,

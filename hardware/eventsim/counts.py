@@ -63,16 +63,29 @@ def fanout(node, in_shape: tuple[int, ...]) -> np.ndarray:
     vs = [_valid_taps(in_shape[1 + d], out[d], kernel[d], stride[d], dil[d], lo[d])
           for d in range(nd)]
     if nd == 1:
-        return np.einsum("ck,ki->ci", m, vs[0])
+        return np.einsum("ck,ki->ci", m, vs[0], optimize=True)
     if nd == 2:
-        return np.einsum("ckl,ki,lj->cij", m, vs[0], vs[1])
+        return np.einsum("ckl,ki,lj->cij", m, vs[0], vs[1], optimize=True)
     raise ValueError(f"{nd}-d convolution")
+
+
+def nonzero_per_step(x: np.ndarray) -> np.ndarray:
+    """(T, B, ...) -> (T, ...) int64: nonzero entries summed over the batch. A bool mask is
+    summed as bytes into a narrow integer (exact: the sum is at most B)."""
+    m = np.asarray(x)
+    if m.dtype != np.bool_:
+        m = m != 0
+    B = m.shape[1]
+    if B < (1 << 16) - 1:
+        return np.add.reduce(m.view(np.uint8), axis=1, dtype=np.uint16).astype(np.int64)
+    return m.sum(axis=1, dtype=np.int64)
 
 
 def _events(x: np.ndarray, shift: int) -> np.ndarray:
     """Nonzero inputs per step and position, summed over the batch: (T, N) int64,
-    delivered ``shift`` steps later (events delivered after the last step are dropped)."""
-    e = (np.asarray(x) != 0).sum(axis=1, dtype=np.int64)
+    delivered ``shift`` steps later (events delivered after the last step are dropped).
+    ``x``: the activation, or its nonzero mask (bool)."""
+    e = nonzero_per_step(x)
     e = e.reshape(e.shape[0], -1)
     if shift:
         out = np.zeros_like(e)
@@ -84,7 +97,12 @@ def _events(x: np.ndarray, shift: int) -> np.ndarray:
 
 def count_node(graph, info: GraphInfo, name: str, activations: dict,
                T: int | None = None, B: int | None = None, delay: int = 0,
-               edge_shift: dict | None = None) -> dict[str, np.ndarray]:
+               edge_shift: dict | None = None, memo: dict | None = None,
+               masks: dict | None = None) -> dict[str, np.ndarray]:
+    """One node's counts (see count_ops). ``memo``: a dict shared by the nodes of one
+    count_ops call, so an activation read by several synapse nodes is scanned once;
+    ``masks[n]``: ``activations[n] != 0`` when the caller has it (bool, same shape)."""
+    masks = masks or {}
     if T is None or B is None:
         T, B = next(iter(activations.values())).shape[:2]
     ref = activations.get(name)
@@ -96,18 +114,26 @@ def count_node(graph, info: GraphInfo, name: str, activations: dict,
             shift = delay + (1 if (p, name) in info.back_edges else 0)
             if edge_shift:
                 shift += int(edge_shift.get((p, name), 0))
-            ops = _events(activations[p], shift) @ f
+            src = masks.get(p, activations[p])
+            if memo is None:
+                ev = _events(src, shift)
+            else:
+                key = (p, shift)
+                if key not in memo:
+                    memo[key] = _events(src, shift)
+                ev = memo[key]
+            ops = ev @ f
             kind = "synaptic_ops" if info.is_spiking(p) else "macs"
             c[kind] += ops
     elif t in NEURON_TYPES:
         c["neuron_updates"][:] = B * math.prod(info.shapes[name])
         if t in SPIKING_TYPES:
-            c["spikes"] = (np.asarray(ref) != 0).reshape(T, -1).sum(axis=1, dtype=np.int64)
+            c["spikes"] = nonzero_per_step(masks.get(name, ref)).reshape(T, -1).sum(axis=1, dtype=np.int64)
     return c
 
 
 def count_ops(graph, info: GraphInfo, activations: dict, delay: int = 0,
-              edge_shift: dict | None = None) -> dict[str, dict[str, np.ndarray]]:
+              edge_shift: dict | None = None, masks: dict | None = None) -> dict[str, dict[str, np.ndarray]]:
     """node name -> {kind: int64 (T,)} for every node in ``info.order`` (see module doc).
 
     ``activations`` must hold (T, B, *shape) for every neuron node and every node that
@@ -116,7 +142,10 @@ def count_ops(graph, info: GraphInfo, activations: dict, delay: int = 0,
     ``delay``: steps every synapse node delays its input; ``edge_shift[(p, n)]``: extra
     steps for the events of p reaching synapse node n (profile lava-float: Lava's per-
     connection delays, eventsim.simulator.lava_offsets); an event counts at the step it
-    is delivered.
+    is delivered. ``masks[n]`` (optional): ``activations[n] != 0`` as bool, when the caller
+    has it already (eventsim's neuron scan emits it); counts are the same either way.
     """
     T, B = next(iter(activations.values())).shape[:2]
-    return {n: count_node(graph, info, n, activations, T, B, delay, edge_shift) for n in info.order}
+    memo: dict = {}
+    return {n: count_node(graph, info, n, activations, T, B, delay, edge_shift, memo, masks)
+            for n in info.order}

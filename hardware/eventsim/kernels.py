@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import threading
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -42,10 +43,13 @@ class Kernel:
 
 @dataclass(frozen=True)
 class Context:
+    """precision: 'float64' (every product in float64, the reference) or 'float32' (synaptic
+    products and neuron outputs in float32; see the module doc of simulator.py)."""
     info: GraphInfo
     profile: Profile
     dt: float
     file: str | None = None
+    precision: str = "float64"
 
 
 KERNELS: dict[str, Kernel] = {}
@@ -62,6 +66,11 @@ def _f64(a) -> np.ndarray:
 def as_f64(x: np.ndarray) -> np.ndarray:
     """``x`` as float64 (no copy when it already is; bool, int and float32 convert exactly)."""
     return x if x.dtype == np.float64 else x.astype(np.float64)
+
+
+def as_dtype(x: np.ndarray, dtype) -> np.ndarray:
+    """``x`` as ``dtype`` (no copy when it already is)."""
+    return x if x.dtype == dtype else x.astype(dtype)
 
 
 # Conv matrices kept across simulate calls, keyed by a digest of the weights and the
@@ -110,8 +119,8 @@ def nonzero_mask(x2: np.ndarray) -> np.ndarray:
     return x2 if x2.dtype == np.bool_ else x2 != 0
 
 
-def events_csr(x2: np.ndarray, mask: np.ndarray | None = None) -> sp.csr_matrix:
-    """The nonzeros of a 2-D array (any numeric dtype) as a float64 CSR matrix (rows in
+def events_csr(x2: np.ndarray, mask: np.ndarray | None = None, dtype=np.float64) -> sp.csr_matrix:
+    """The nonzeros of a 2-D array (any numeric dtype) as a CSR matrix of ``dtype`` (rows in
     order, columns ascending within a row): the events, found in one pass. ``mask``:
     nonzero_mask(x2) when the caller has it already."""
     R, K = x2.shape
@@ -123,16 +132,133 @@ def events_csr(x2: np.ndarray, mask: np.ndarray | None = None) -> sp.csr_matrix:
     else:
         cols = (idx % K).astype(itype)
     indptr = np.searchsorted(idx, np.arange(0, (R + 1) * K, K, dtype=np.int64)).astype(itype)
-    data = flat[idx].astype(np.float64)
+    data = flat[idx].astype(dtype)
     return sp.csr_matrix((data, cols, indptr), shape=(R, K), copy=False)
 
 
 def event_matmul(x: np.ndarray, wt: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
     """``x @ wt`` event by event: every nonzero x[r, k] adds x[r, k] * wt[k] to output row
     r, in input order (see above), so the cost is events x fan-out, not x.size. The
-    events' loop is scipy.sparse's compiled CSR x dense product (float64 throughout)."""
-    y = events_csr(x, mask) @ wt
-    return np.asarray(y, dtype=np.float64)
+    events' loop is scipy.sparse's compiled CSR x dense product, in wt's dtype (float64,
+    or float32 under precision 'float32')."""
+    y = events_csr(x, mask, wt.dtype) @ wt
+    return np.asarray(y, dtype=wt.dtype)
+
+
+# -- the machine's costs, measured at first use ---------------------------------------
+#
+# Which path a product takes (event by event, or one dense BLAS product) depends on the
+# machine: the cost of one event through one weight in the compiled event loop against
+# one multiply-add in BLAS (its vector width, its threads, the load right now). They are
+# measured once per process on small probes, best of 5 each (0.1-0.5 s in all, more on a
+# loaded machine; machine_costs()), and
+# every choice below is the cheaper of two modelled costs (seconds):
+#     event path  = events x (fan-out x ev_op + ev_event)
+#                   (float32 conv: events x taps x C_out x conv_op + the grid walk and scan)
+#     dense path  = rows x inputs x outputs x mac           (conv: x taps, + the im2col copy)
+# taken per layer and per step block (the rows of one time step), so a layer whose
+# activity changes over time switches path where it crosses over. Every path computes
+# the same sums (identical on integer-valued data; rounding-level differences otherwise,
+# tested), so the choice changes speed only.
+
+@dataclass(frozen=True)
+class MachineCosts:
+    mac: dict          # dtype name -> s per multiply-add of a BLAS product
+    ev_op: dict        # dtype name -> s per (event x weight) of the event loop (CSR x dense)
+    ev_event: dict     # dtype name -> s per event (fixed part)
+    conv_op: float     # s per (event x tap x C_out) of the float32 conv event path
+    conv_row: float    # s per (grid position x tap) of that path (the row-pointer walk)
+    conv_scan: float   # s per input element of that path (phase grids, finding events)
+    spgemm_op: float   # s per (event x weight) of events x the sparse conv matrix M (float64)
+    mpass_op: float    # s per (row x entry of M) of the dense pass over M (float64)
+
+
+_COSTS: MachineCosts | None = None
+
+
+def _best_time(fn, repeat: int = 5) -> float:
+    import time
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return max(best, 1e-9)
+
+
+def machine_costs(refresh: bool = False) -> MachineCosts:
+    """The cost constants of this machine, measured on first use in this process (cached).
+    ``refresh`` measures again (e.g. after the machine's load changed)."""
+    global _COSTS
+    if _COSTS is not None and not refresh:
+        return _COSTS
+    rng = np.random.default_rng(12345)
+    mac, ev_op, ev_event = {}, {}, {}
+    for dt in (np.float32, np.float64):
+        name = np.dtype(dt).name
+        a = rng.random((384, 256)).astype(dt)
+        w = rng.random((256, 256)).astype(dt)
+        mac[name] = _best_time(lambda: a @ w) / (384 * 256 * 256)
+        x = rng.random((1536, 256)) < 0.05
+        ne = int(np.count_nonzero(x))
+        t_wide = _best_time(lambda: events_csr(x, None, dt) @ w)
+        w8 = np.ascontiguousarray(w[:, :8])
+        t_narrow = _best_time(lambda: events_csr(x, None, dt) @ w8)
+        op = max((t_wide - t_narrow) / (ne * 248), 1e-12)
+        ev_op[name] = op
+        ev_event[name] = max((t_narrow - 8 * op * ne) / ne, 1e-12)
+    # convolution probes: (16, 16, 16) input, 3x3, 32 outputs, 5 % events
+    cp = {"w": rng.normal(size=(32, 16, 3, 3)), "g": 1, "b": np.zeros(32), "kernel": (3, 3),
+          "stride": (1, 1), "dil": (1, 1), "lo": (1, 1), "hi": (1, 1), "out": (16, 16), "nd": 2,
+          "in_shape": (16, 16, 16), "dtype": np.dtype(np.float32)}
+    xc = (rng.random((48, 16 * 16 * 16)) < 0.05)
+    ne = int(np.count_nonzero(xc))
+    t_ev = _best_time(lambda: _conv32_events(cp, xc))
+    x0 = np.zeros_like(xc)
+    t_zero = _best_time(lambda: _conv32_events(cp, x0))
+    grid, _ = _phase_plan(cp)
+    gpos = int(np.prod(grid))
+    conv_op = max((t_ev - t_zero) / (ne * 9 * 32), 1e-12)
+    # the fixed part, split between the row walk and the scan by a probe of one tap
+    cp1 = {k: v for k, v in cp.items() if not k.startswith("_")}
+    cp1.update(w=cp["w"][:, :, :1, :1], kernel=(1, 1), lo=(0, 0), hi=(0, 0))
+    t_one = _best_time(lambda: _conv32_events(cp1, x0))
+    conv_row = max((t_zero - t_one) / (48 * gpos * 8), 1e-12)
+    conv_scan = max(t_one / (48 * (16 * 16 * 16 + gpos * 16)), 1e-12)
+    cp64 = {k: v for k, v in cp.items() if k != "dtype" and not k.startswith("_")}
+    M = conv_matrix(cp64, cache=False)
+    Mt = cp64["_Mt"]
+    ops = float(ne) * M.nnz / M.shape[0]
+    spgemm_op = _best_time(lambda: (events_csr(xc) @ M).toarray()) / max(ops, 1.0)
+    xt = np.ascontiguousarray(xc[:16].astype(np.float64).T)
+    mpass_op = _best_time(lambda: Mt @ xt) / (16 * M.nnz)
+    _COSTS = MachineCosts(mac=mac, ev_op=ev_op, ev_event=ev_event, conv_op=conv_op,
+                          conv_row=conv_row, conv_scan=conv_scan,
+                          spgemm_op=spgemm_op, mpass_op=mpass_op)
+    return _COSTS
+
+
+def step_blocks(mask: np.ndarray, block: int | None, event_cost, dense_cost):
+    """Split the rows of ``mask`` (rows x inputs, bool) into blocks of ``block`` rows (one
+    time step of a (T*B)-row batch; the whole batch when None) and choose per block:
+    yields (r0, r1, use_events) with neighbouring blocks of the same choice merged.
+    ``event_cost(events, rows)`` and ``dense_cost(rows)`` are the modelled seconds."""
+    R = mask.shape[0]
+    block = R if not block or block <= 0 else int(block)
+    starts = list(range(0, R, block))
+    if len(starts) == 1:
+        ev = [event_cost(int(np.count_nonzero(mask)), R) < dense_cost(R)]
+    else:
+        # one count per block (count_nonzero over a whole bool block is a fast byte scan;
+        # along an axis it sums bools one by one)
+        counts = [int(np.count_nonzero(mask[r0:r0 + block])) for r0 in starts]
+        ev = [event_cost(c, min(block, R - r0)) < dense_cost(min(block, R - r0))
+              for c, r0 in zip(counts, starts)]
+    first = 0
+    for i in range(1, len(starts) + 1):
+        if i == len(starts) or ev[i] != ev[i - 1]:
+            yield starts[first], (R if i == len(starts) else starts[i]), ev[i - 1]
+            first = i
 
 
 # -- stateless ------------------------------------------------------------------------
@@ -145,29 +271,61 @@ def _reshape_forward(p, x):
     return x.reshape((x.shape[0], *p["shape"]))
 
 
+def _work_dtype(ctx) -> np.dtype:
+    return np.dtype(np.float32 if ctx.precision == "float32" else np.float64)
+
+
 def _dense_prepare(node, name, ctx):
     b = _f64(getattr(node, "bias", 0.0)).reshape(-1) if hasattr(node, "bias") else None
-    # W^T as float64 in one pass (transpose and exact conversion together; hashing the
+    dt = _work_dtype(ctx)
+    # W^T in the work dtype in one pass (transpose and conversion together; hashing the
     # weights to cache it measured as slow as the copy)
-    return {"wt": np.ascontiguousarray(np.asarray(node.weight).T, dtype=np.float64), "b": b}
+    wt = np.ascontiguousarray(np.asarray(node.weight).T, dtype=dt)
+    return {"wt": wt, "b": None if b is None else b.astype(dt), "dtype": dt}
 
 
-# Below this fraction of nonzero inputs a dense layer runs event by event (event_matmul)
-# instead of one float64 BLAS product over the whole (rows x inputs) matrix. Measured on
-# this 2-core machine (784x512, 512x10, 1000x1000 layers, 1024-4096 rows, under load):
-# an event through a weight costs ~7x a BLAS MAC (2 threads), the crossover sits at
-# 12-15 % nonzeros.
-EVENT_MAX_DENSITY = 0.12
+# Overrides of the measured crossover (tests force a path with them): None = the cost
+# model; a number = the event path below this fraction of nonzero inputs.
+EVENT_MAX_DENSITY: float | None = None
 _EVENT_MIN_SIZE = 1 << 12      # smaller products: BLAS, whatever the density
+
+
+def _given_mask(p, x2):
+    """The input's nonzero mask when the simulator passed it (the source neuron's spikes),
+    else None; used once."""
+    m = p.pop("_mask", None)
+    if m is None or m.size != x2.size:
+        return None
+    return m.reshape(x2.shape)
 
 
 def _dense_forward(p, x):
     x2 = x.reshape(x.shape[0], -1)
-    mask = nonzero_mask(x2) if x2.size >= _EVENT_MIN_SIZE else None
-    if mask is not None and np.count_nonzero(mask) < EVENT_MAX_DENSITY * x2.size:
-        y = event_matmul(x2, p["wt"], mask)
+    wt, dt = p["wt"], p["dtype"]
+    R, K = x2.shape
+    N = wt.shape[1]
+    given = _given_mask(p, x2)
+    if x2.size < _EVENT_MIN_SIZE:
+        y = as_dtype(x2, dt) @ wt
     else:
-        y = as_f64(x2) @ p["wt"]
+        mask = nonzero_mask(x2) if given is None else given
+        if EVENT_MAX_DENSITY is not None:
+            ev_cost = lambda e, rows: e / (rows * K) - EVENT_MAX_DENSITY  # noqa: E731
+            de_cost = lambda rows: 0.0  # noqa: E731
+        else:
+            c = machine_costs()
+            op, per, mac = c.ev_op[dt.name], c.ev_event[dt.name], c.mac[dt.name]
+            ev_cost = lambda e, rows: e * (N * op + per)  # noqa: E731
+            de_cost = lambda rows: rows * K * N * mac  # noqa: E731
+        parts = list(step_blocks(mask, p.get("_block"), ev_cost, de_cost))
+        if len(parts) == 1:
+            r0, r1, ev = parts[0]
+            y = event_matmul(x2, wt, mask) if ev else as_dtype(x2, dt) @ wt
+        else:
+            y = np.empty((R, N), dtype=dt)
+            for r0, r1, ev in parts:
+                y[r0:r1] = (event_matmul(x2[r0:r1], wt, mask[r0:r1]) if ev
+                            else as_dtype(x2[r0:r1], dt) @ wt)
     if p["b"] is not None:
         y += p["b"]
     return y
@@ -182,7 +340,7 @@ def dense_forward_blas(p, x):
 
 
 def _scale_prepare(node, name, ctx):
-    return {"s": _f64(node.scale)}
+    return {"s": _f64(node.scale).astype(_work_dtype(ctx))}
 
 
 def _conv_prepare(node, name, ctx):
@@ -190,11 +348,14 @@ def _conv_prepare(node, name, ctx):
     in_shape = info.in_shapes[name]
     nd = len(in_shape) - 1
     kernel, stride, dil, lo, hi, out = conv_geometry(node, nd, tuple(in_shape[1:]))
-    w = _f64(node.weight)
+    # float64: a float64 copy (conv_matrix and im2col sum in float64); float32: the file's
+    # array as it is (converted once into the cached float32 weight matrix)
+    w = _f64(node.weight) if ctx.precision != "float32" else np.asarray(node.weight)
     g = int(node.groups)
     b = _f64(node.bias).reshape(-1)
     return {"w": w, "g": g, "b": b, "kernel": kernel, "stride": stride, "dil": dil,
-            "lo": lo, "hi": hi, "out": out, "nd": nd, "in_shape": in_shape}
+            "lo": lo, "hi": hi, "out": out, "nd": nd, "in_shape": in_shape, "dtype": _work_dtype(ctx),
+            "_src": node.weight}  # the file's array: identifies the layer across runs
 
 
 # A convolution is a sparse (inputs x outputs) matrix M with one entry per (input, output)
@@ -205,11 +366,14 @@ def _conv_prepare(node, name, ctx):
 # every output over its inputs in input order (bit-identical to each other). Larger
 # convolutions fall back to im2col + BLAS.
 _CONV_MATRIX_MAX_NNZ = 1 << 22
-CONV_EVENT_MAX_DENSITY = 0.04  # measured crossover of the two ~5 % (bench conv layers)
+# Override of the measured crossover between the two passes over M (tests force a path
+# with it): None = the cost model, which may also pick the BLAS path; a number = the
+# event path below this fraction of nonzero inputs, else the dense pass over M.
+CONV_EVENT_MAX_DENSITY: float | None = None
 _CONV_BLOCK_BYTES = 4 << 20
 
 
-def conv_matrix(p) -> sp.csr_matrix | None:
+def conv_matrix(p, cache: bool = True) -> sp.csr_matrix | None:
     """M (inputs x outputs, CSR, float64): M[i, o] = the weight joining input element i
     (flattened (C_in, *spatial)) to output element o (flattened (C_out, *out)); only
     nonzero weights are stored. None when it would exceed _CONV_MATRIX_MAX_NNZ."""
@@ -227,7 +391,7 @@ def conv_matrix(p) -> sp.csr_matrix | None:
         return None
     key = _weights_key("conv", p["w"], p["g"], tuple(p["in_shape"]), tuple(p["kernel"]),
                        tuple(p["stride"]), tuple(p["dil"]), tuple(p["lo"]), tuple(p["out"]))
-    if key in _CACHE:  # the same layer simulated again (batch slices, datasets)
+    if cache and key in _CACHE:  # the same layer simulated again (batch slices, datasets)
         p["_M"], p["_Mt"] = _CACHE[key]
         return p["_M"]
     rows, cols, vals = [], [], []
@@ -264,19 +428,34 @@ def conv_matrix(p) -> sp.csr_matrix | None:
     p["_M"] = M
     p["_Mt"] = M.T.tocsr()  # (outputs x inputs), inputs ascending in every row
     p["_Mt"].sort_indices()
-    _cache_put(key, (M, p["_Mt"]))
+    if cache:
+        _cache_put(key, (M, p["_Mt"]))
     return M
 
 
 def _conv_forward(p, x):
+    if p["dtype"] == np.float32:
+        return _conv_forward32(p, x)
     n = x.shape[0]
+    x2 = x.reshape(n, -1)
+    mask = _given_mask(p, x2)
+    mask = nonzero_mask(x2) if mask is None else mask
     M = conv_matrix(p)
     if M is None:
         return conv_forward_im2col(p, x)
-    x2 = x.reshape(n, -1)
     cout = p["w"].shape[0]
-    mask = nonzero_mask(x2)
-    if np.count_nonzero(mask) < CONV_EVENT_MAX_DENSITY * x2.size:
+    density = np.count_nonzero(mask) / max(x2.size, 1)
+    if CONV_EVENT_MAX_DENSITY is not None:
+        use_events = density < CONV_EVENT_MAX_DENSITY
+    else:
+        c = machine_costs()
+        dense_s = n * _dense_conv_macs(p) * c.mac["float64"] * 1.5  # im2col copies first
+        event_s = density * n * M.nnz * c.spgemm_op
+        pass_s = n * M.nnz * c.mpass_op
+        if dense_s < min(event_s, pass_s):
+            return conv_forward_im2col(p, x)
+        use_events = event_s < pass_s
+    if use_events:
         y = (events_csr(x2, mask) @ M).toarray()  # event by event: events x nonzero fan-out
     else:  # every input through M's entries, a block of rows at a time: y^T = M^T x^T
         Mt = p["_Mt"]
@@ -289,31 +468,335 @@ def _conv_forward(p, x):
     return y.reshape(n, cout, *p["out"])
 
 
-def conv_forward_im2col(p, x):
+def _dense_conv_macs(p) -> int:
+    """Multiply-adds of one sample through the dense (BLAS) conv path."""
+    w = p["w"]
+    return int(np.prod(p["out"])) * int(np.prod(w.shape[1:])) * w.shape[0]
+
+
+# -- float32 convolution: events through the weight rows, or BLAS -------------------------
+#
+# Event path ("phase grids"): output o (per spatial dim) reads the padded input at
+# u = o*stride + tap*dil. Split the padded input into stride phases phi = u mod stride,
+# each a channels-last grid G_phi[v] = padded[v*stride + phi] (all phases of one common
+# grid shape); then tap t reads phase (t*dil) mod stride at v = o + (t*dil) // stride, a
+# constant offset on the flattened grid. Each phase's events (its nonzeros, one CSR row
+# per grid position) go through each of its taps by one compiled CSR x dense pass that
+# reads the CSR from an offset row pointer and ADDS the tap's (C_in x C_out) weight rows
+# into the output grid in place (scipy's csr_matvecs: y += A x): per event and tap, C_out
+# contiguous multiply-adds; nothing is built per tap. Outputs on the grid's margins are
+# computed and dropped. Per output it sums taps in phase order, then input channels
+# ascending, in float32.
+# Dense path (_conv32_dense): stride 1, groups 1: one GEMM per tap over the padded grid,
+# accumulated in place (no im2col copy); otherwise im2col + one GEMM per group; float32.
+
+try:  # y += A @ X for CSR A: the loop scipy's CSR x dense product runs
+    from scipy.sparse._sparsetools import csr_matvecs as _csr_matvecs
+except ImportError:  # pragma: no cover - private API moved: public product + add
+    _csr_matvecs = None
+
+
+def _csr_add_product(indptr, indices, data, n_col, w, y):
+    """y (rows x C_out) += A @ w, A the CSR rows given by ``indptr`` (absolute offsets)."""
+    rows = indptr.size - 1
+    if _csr_matvecs is not None:
+        _csr_matvecs(rows, n_col, w.shape[1], indptr, indices, data, w.reshape(-1), y.reshape(-1))
+        return
+    lo, hi = int(indptr[0]), int(indptr[-1])
+    a = sp.csr_matrix((data[lo:hi], indices[lo:hi], indptr - lo), shape=(rows, n_col))
+    y += a @ w
+
+
+def _conv32_wmat(p) -> np.ndarray:
+    """(taps x C_in, C_out) float32: row tap*C_in + c holds the weights from input channel
+    c through that tap (zero outside c's group). Cached across runs like conv_matrix."""
+    if "_W32" not in p:
+        key = _layer_key(p, "w32")
+        hit = _CACHE.get(key) if key else None
+        if hit is not None and hit[0] is p["_src"]:
+            p["_W32"] = hit[1]
+            return p["_W32"]
+        w, g = p["w"], p["g"]
+        cout, cg = w.shape[0], w.shape[1]
+        cin, og = cg * g, cout // g
+        taps = int(np.prod(p["kernel"]))
+        wm = np.zeros((taps, cin, cout), dtype=np.float32)
+        wk = w.reshape(cout, cg, taps)
+        for gi in range(g):
+            wm[:, gi * cg:(gi + 1) * cg, gi * og:(gi + 1) * og] = \
+                wk[gi * og:(gi + 1) * og].transpose(2, 1, 0)
+        p["_W32"] = wm.reshape(taps * cin, cout)
+        if key:
+            _cache_put(key, (p.get("_src"), p["_W32"]))
+    return p["_W32"]
+
+
+def _layer_key(p, what):
+    """Cache key of a conv layer across runs (batch chunks, dataset loops): the identity of
+    the graph's weight array (held by the cache entry, so the id is not reused), the
+    geometry and ``what``. None when the params have no source array (probes)."""
+    src = p.get("_src")
+    if src is None:
+        return None
+    return (what, id(src), tuple(p["in_shape"]), tuple(p["kernel"]), tuple(p["stride"]),
+            tuple(p["dil"]), tuple(p["lo"]), tuple(p["out"]), int(p["g"]))
+
+
+def _phase_plan(p):
+    """(grid shape, {phase: [(tap index, flat offset), ...]}) of the phase-grid event path."""
+    if "_phases" in p:
+        return p["_phases"]
+    sp_in = tuple(int(s) for s in p["in_shape"][1:])
+    out = tuple(int(o) for o in p["out"])
+    grid = []
+    for s_, o, k, st, d, lo, hi in zip(sp_in, out, p["kernel"], p["stride"], p["dil"], p["lo"], p["hi"]):
+        grid.append(max(-(-(s_ + lo + hi) // st), o + ((k - 1) * d) // st))
+    phases: dict = {}
+    for ti, tap in enumerate(itertools.product(*[range(k) for k in p["kernel"]])):
+        ph = tuple((t * d) % st for t, d, st in zip(tap, p["dil"], p["stride"]))
+        off, mul = 0, 1
+        for dim in reversed(range(len(grid))):
+            off += ((tap[dim] * p["dil"][dim]) // p["stride"][dim]) * mul
+            mul *= grid[dim]
+        phases.setdefault(ph, []).append((ti, off))
+    p["_phases"] = (tuple(grid), phases)
+    return p["_phases"]
+
+
+_EVENT_TILE_BYTES = 256 << 10  # output tile the taps of the event path visit together
+_SCRATCH_MAX_BYTES = 256 << 20
+_scratch_local = threading.local()
+
+
+def _scratch_zeros(shape, dtype) -> np.ndarray:
+    """A zeroed work array from a per-thread buffer reused across calls: a fresh large
+    array is mapped page by page on first touch, which costs more than the event loop
+    that fills it (measured 4x on this VM); reused pages are only cleared."""
+    n = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    if n > _SCRATCH_MAX_BYTES:
+        return np.zeros(shape, dtype=dtype)
+    buf = getattr(_scratch_local, "buf", None)
+    if buf is None or buf.nbytes < n:
+        buf = _scratch_local.buf = np.empty(max(n, 1 << 20), dtype=np.uint8)
+    a = buf[:n].view(dtype).reshape(shape)
+    a.fill(0)
+    return a
+
+
+def _conv32_events(p, x2, mask=None) -> np.ndarray:
+    """Phase-grid event path: (rows x out positions, C_out) float32, channels last, no bias."""
+    n = x2.shape[0]
+    in_shape = tuple(int(s) for s in p["in_shape"])
+    cin, sp_in = in_shape[0], in_shape[1:]
+    out = tuple(int(o) for o in p["out"])
+    cout = p["w"].shape[0]
+    wm = _conv32_wmat(p)
+    grid, phases = _phase_plan(p)
+    npos = int(np.prod(grid))
+    nrow = n * npos
+    # the events in input order (sample, channel, position), found once
+    idx = np.flatnonzero(nonzero_mask(x2) if mask is None else mask)
+    vals = x2.reshape(-1)[idx].astype(np.float32)
+    r, rem = np.divmod(idx, int(np.prod(in_shape)))
+    c, pos = np.divmod(rem, int(np.prod(sp_in)))
+    coords = []
+    for d in reversed(range(len(sp_in))):
+        pos, q = np.divmod(pos, sp_in[d])
+        coords.append(q)
+    coords = coords[::-1]
+    c32 = c.astype(np.int32)
+    z = _scratch_zeros((nrow, cout), np.float32)  # read out below, before the next call
+    rows = max(64, _EVENT_TILE_BYTES // (4 * cout))
+    for ph, taps in phases.items():
+        # grid position v holds padded index v*stride + phase = input index v*stride + phase - lo
+        keep = None
+        grow = r
+        for q, lo, st, f, gd in zip(coords, p["lo"], p["stride"], ph, grid):
+            u = q + (lo - f)
+            if st == 1:
+                v = u
+                k = u >= 0
+            else:
+                v, m = np.divmod(u, st)
+                k = (u >= 0) & (m == 0)
+            keep = k if keep is None else keep & k
+            grow = grow * gd + v
+        if not keep.all():
+            grow, cc, vv = grow[keep], c32[keep], vals[keep]
+        else:
+            cc, vv = c32, vals
+        # one CSR row per grid position, channels ascending within a row (a linear,
+        # stable counting sort of events already in channel-major order)
+        ev = sp.coo_matrix((vv, (grow, cc)), shape=(nrow, cin)).tocsr()
+        ip, ind, dat = ev.indptr, ev.indices, ev.data
+        for r0 in range(0, nrow, rows):  # a tile of the output grid stays in cache
+            r1 = min(r0 + rows, nrow)
+            for ti, off in taps:
+                e = min(r1, nrow - off)
+                if e > r0:
+                    _csr_add_product(ip[r0 + off:e + off + 1], ind, dat, cin,
+                                     wm[ti * cin:(ti + 1) * cin], z[r0:e])
+    zg = z.reshape(n, *grid, cout)[(slice(None),) + tuple(slice(0, o) for o in out)]
+    return zg.reshape(n, -1, cout)
+
+
+_GRID_BYTES = 32 << 20  # chunk the padded-grid GEMM so its buffers stay below this
+_GRID_TILE_BYTES = 256 << 10  # rows of input and output one tile's GEMMs share
+
+
+def _grid_taps(p):
+    """Stride 1, groups 1: (padded spatial shape, flat offset of every tap)."""
+    sp_in = tuple(int(s) for s in p["in_shape"][1:])
+    padded = tuple(s + a + b for s, a, b in zip(sp_in, p["lo"], p["hi"]))
+    offs = []
+    for tap in itertools.product(*[range(k) for k in p["kernel"]]):
+        off, mul = 0, 1
+        for d in reversed(range(len(padded))):
+            off += tap[d] * p["dil"][d] * mul
+            mul *= padded[d]
+        offs.append(off)
+    return padded, offs
+
+
+def _conv32_grid(p, x) -> np.ndarray:
+    """Dense stride-1 conv (groups 1) without im2col: channels last on the padded grid, a
+    tap is a constant offset into the flattened grid, so each tap is one GEMM over a
+    contiguous slice, accumulated in place by sgemm(beta=1); the grid's margin outputs are
+    computed and dropped. (rows x out positions, C_out) float32, no bias."""
+    from scipy.linalg import blas
+    n = x.shape[0]
+    cin = int(p["in_shape"][0])
+    cout = p["w"].shape[0]
+    out = tuple(int(o) for o in p["out"])
+    padded, offs = _grid_taps(p)
+    npad = int(np.prod(padded))
+    wm = _conv32_wmat(p)
+    if "_grid_w" not in p:  # per tap (C_out, C_in) in Fortran order: BLAS reads it in place
+        p["_grid_w"] = [np.asfortranarray(wm[i * cin:(i + 1) * cin].T) for i in range(len(offs))]
+    y = np.empty((n, *out, cout), dtype=np.float32)
+    chunk = max(1, _GRID_BYTES // max(npad * (cin + cout) * 4, 1))
+    tile = max(256, _GRID_TILE_BYTES // (4 * (cin + cout)))
+    maxoff = max(offs)
+    inner = (slice(None),) + tuple(slice(a, a + s) for a, s in zip(p["lo"], p["in_shape"][1:]))
+    for s0 in range(0, n, chunk):
+        xs = x[s0:s0 + chunk]
+        m = xs.shape[0]
+        xp = _scratch_zeros((m, *padded, cin), np.float32)
+        xp[inner] = np.moveaxis(xs, 1, -1)
+        flat = xp.reshape(m * npad, cin)
+        L = m * npad - maxoff
+        z = np.zeros((m * npad, cout), dtype=np.float32)
+        for r0 in range(0, L, tile):  # a tile of outputs stays in cache through the taps
+            r1 = min(L, r0 + tile)
+            zt = z[r0:r1].T  # (C_out, rows), Fortran order: sgemm accumulates into it in place
+            for off, wt in zip(offs, p["_grid_w"]):
+                r = blas.sgemm(1.0, wt, flat[r0 + off:r1 + off].T, beta=1.0, c=zt, overwrite_c=1)
+                if not np.shares_memory(r, z):  # the wrapper copied: keep the sum
+                    zt[...] = r
+        y[s0:s0 + m] = z.reshape(m, *padded, cout)[(slice(None),) + tuple(slice(0, o) for o in out)]
+    return y.reshape(n, -1, cout)
+
+
+def _conv32_dense(p, x) -> np.ndarray:
+    """The float32 dense path: (rows x out positions, C_out), channels last, no bias. The
+    padded-grid GEMMs where the grid's margins cost little, else im2col + GEMM."""
+    n = x.shape[0]
+    opos = int(np.prod(p["out"]))
+    if p["g"] == 1 and all(st == 1 for st in p["stride"]):
+        padded, _ = _grid_taps(p)
+        if np.prod(padded) <= 1.5 * opos:
+            return _conv32_grid(p, x)
+    return np.moveaxis(conv_forward_im2col(p, x, bias=False), 1, -1).reshape(n, opos, -1)
+
+
+def _conv_forward32(p, x):
+    """float32 conv: per step block, the cheaper of the event path and the dense path
+    (measured costs, see machine_costs)."""
+    n = x.shape[0]
+    x2 = x.reshape(n, -1)
+    mask = _given_mask(p, x2)
+    mask = nonzero_mask(x2) if mask is None else mask
+    cout = p["w"].shape[0]
+    taps = int(np.prod(p["kernel"]))
+    opos = int(np.prod(p["out"]))
+    c = machine_costs()
+    grid, phases = _phase_plan(p)
+    gpos = int(np.prod(grid))
+    cin = int(p["in_shape"][0])
+    in_size = int(np.prod(p["in_shape"]))
+    dense_macs = opos * int(np.prod(p["w"].shape[1:])) * cout
+    fixed_row = gpos * taps * c.conv_row + (in_size + gpos * cin) * c.conv_scan
+    op_s, dense_row_s = c.conv_op, dense_macs * c.mac["float32"] * 1.5  # im2col copies first
+    block = int(p.get("_block") or n)
+    key = _layer_key(p, ("cost32", block)) if CONV_EVENT_MAX_DENSITY is None else None
+    learned = _CACHE.get(key) if key else None
+    if learned is not None and learned[0] is p["_src"]:
+        op_s, dense_row_s = learned[1]
+    elif key and n >= 2 * block:
+        # this layer's own costs, measured once per process on its busiest step block:
+        # both paths run on the same rows, best of 3 (results discarded; the plan recomputes)
+        import time
+        nb = n // block
+        busiest = int(np.argmax(np.count_nonzero(mask[:nb * block].reshape(nb, -1), axis=1)))
+        sl = slice(busiest * block, (busiest + 1) * block)
+        t_ev = t_de = float("inf")
+        for _ in range(3):  # interleaved, best of 3: a shared CPU's preemption hits one run
+            t0 = time.perf_counter()
+            _conv32_events(p, x2[sl], mask[sl])
+            t1 = time.perf_counter()
+            _conv32_dense(p, x[sl])
+            t2 = time.perf_counter()
+            t_ev, t_de = min(t_ev, t1 - t0), min(t_de, t2 - t1)
+        e0 = int(np.count_nonzero(mask[sl]))
+        op_s = max((t_ev - block * fixed_row) / max(e0 * taps * cout, 1), 1e-13)
+        dense_row_s = t_de / block
+        _cache_put(key, (p["_src"], (op_s, dense_row_s)))
+    ev_cost = lambda e, rows: e * taps * cout * op_s + rows * fixed_row  # noqa: E731
+    de_cost = lambda rows: rows * dense_row_s  # noqa: E731
+    if CONV_EVENT_MAX_DENSITY is not None:  # forced crossover (tests)
+        ev_cost = lambda e, rows: e / (rows * in_size) - CONV_EVENT_MAX_DENSITY  # noqa: E731
+        de_cost = lambda rows: 0.0  # noqa: E731
+    y = np.empty((n, opos, cout), dtype=np.float32)
+    for r0, r1, ev in step_blocks(mask, p.get("_block"), ev_cost, de_cost):
+        if ev:
+            y[r0:r1] = _conv32_events(p, x2[r0:r1], mask[r0:r1])
+        else:
+            y[r0:r1] = _conv32_dense(p, x[r0:r1])
+    y += p["b"].astype(np.float32)
+    return np.ascontiguousarray(np.moveaxis(y, 2, 1)).reshape(n, cout, *p["out"])
+
+
+def conv_forward_im2col(p, x, bias: bool = True):
     """im2col in channels-last order (the gather copies contiguous channel runs), then one
-    matmul per group, in chunks of the batch so the im2col buffer stays bounded."""
+    matmul per group, in chunks of the batch so the im2col buffer stays bounded. In the
+    params' dtype (float64, or float32 under precision 'float32')."""
     n = x.shape[0]
     w, g, nd = p["w"], p["g"], p["nd"]
     cout, cg = w.shape[0], w.shape[1]
     og = cout // g
     ksz = int(np.prod(p["kernel"]))
     opos = int(np.prod(p["out"]))
+    dt = p.get("dtype", np.dtype(np.float64))
     wmats = p.get("_wmats")
-    if wmats is None:  # (*k, cg, og) per group, flattened to (k*cg, og)
+    if (wmats is None or wmats[0].dtype != dt) and g == 1 and dt == np.float32:
+        wmats = p["_wmats"] = [_conv32_wmat(p)]  # the same (taps x C_in, C_out) matrix, cached
+    if wmats is None or wmats[0].dtype != dt:  # (*k, cg, og) per group, flattened to (k*cg, og)
         wmats = [np.ascontiguousarray(np.moveaxis(w[gi * og:(gi + 1) * og], 0, -1)
                                       .transpose(*range(1, nd + 1), 0, nd + 1)
-                                      .reshape(ksz * cg, og)) for gi in range(g)]
+                                      .reshape(ksz * cg, og), dtype=dt) for gi in range(g)]
         p["_wmats"] = wmats
-    out = np.empty((n, *p["out"], cout), dtype=np.float64)
-    chunk = max(1, _IM2COL_BYTES // max(opos * cg * ksz * 8, 1))
+    out = np.empty((n, *p["out"], cout), dtype=dt)
+    chunk = max(1, _IM2COL_BYTES // max(opos * cg * ksz * dt.itemsize, 1))
     pad = [(0, 0)] + [(a, b) for a, b in zip(p["lo"], p["hi"])] + [(0, 0)]
     taps = list(itertools.product(*[range(k) for k in p["kernel"]]))
     for s0 in range(0, n, chunk):
-        xc = np.moveaxis(x[s0:s0 + chunk], 1, -1)  # channels last
-        if any(a or b for a, b in pad):
-            xc = np.pad(xc, pad)
+        xc = np.moveaxis(as_dtype(x[s0:s0 + chunk], dt), 1, -1)  # channels last
+        if any(a or b for a, b in pad):  # zero borders, the interior copied (np.pad is slower)
+            xp = np.zeros(tuple(s + a + b for s, (a, b) in zip(xc.shape, pad)), dtype=dt)
+            xp[tuple(slice(a, a + s) for s, (a, _) in zip(xc.shape, pad))] = xc
+            xc = xp
         m = xc.shape[0]
-        cols = np.empty((m, *p["out"], ksz, cg), dtype=np.float64)
+        cols = np.empty((m, *p["out"], ksz, cg), dtype=dt)
         for gi in range(g):
             for ti, tap in enumerate(taps):
                 sl = (slice(None),) + tuple(
@@ -323,7 +806,8 @@ def conv_forward_im2col(p, x):
                 cols[..., ti, :] = xc[sl]
             out[s0:s0 + m, ..., gi * og:(gi + 1) * og] = (
                 cols.reshape(m * opos, ksz * cg) @ wmats[gi]).reshape(m, *p["out"], og)
-    out += p["b"]
+    if bias:
+        out += p["b"].astype(dt)
     return np.moveaxis(out, -1, 1)
 
 
@@ -332,14 +816,14 @@ def _pool_prepare(node, name, ctx):
     kernel, stride, dil, lo, hi, out = conv_geometry(node, 2, tuple(in_shape[1:]))
     scale = 1.0 / float(np.prod(kernel)) if type(node).__name__ == "AvgPool2d" else 1.0
     return {"kernel": kernel, "stride": stride, "dil": dil, "lo": lo, "hi": hi, "out": out,
-            "nd": 2, "scale": scale}
+            "nd": 2, "scale": scale, "dtype": _work_dtype(ctx)}
 
 
 def _pool_forward(p, x):
     pad = [(0, 0), (0, 0)] + [(a, b) for a, b in zip(p["lo"], p["hi"])]
     if any(a or b for a, b in pad):
         x = np.pad(x, pad)
-    y = np.zeros((x.shape[0], x.shape[1], *p["out"]), dtype=np.float64)
+    y = np.zeros((x.shape[0], x.shape[1], *p["out"]), dtype=p.get("dtype", np.float64))
     for tap in itertools.product(*[range(k) for k in p["kernel"]]):
         sl = (slice(None), slice(None)) + tuple(
             slice(k, k + (o - 1) * st + 1, st) for k, o, st in zip(tap, p["out"], p["stride"]))
@@ -409,6 +893,7 @@ def _neuron_prepare(node, name, ctx):
     prof = ctx.profile
     p = _semantics(node, name, ctx)
     p["type"] = t
+    p["out_dtype"] = _work_dtype(ctx)  # scan outputs and membrane (float32 under precision 'float32')
     p["dt"] = ctx.dt
     p["r"] = _f64(node.r)
     p["if_scale"] = p["r"] * (ctx.dt if prof.if_input == "dt" else 1.0)
@@ -515,24 +1000,30 @@ def _neuron_scan(p, inp, st):
         for i in range(T):
             out[i], st = _neuron_step(p, inp[i], st)
         return out, st
-    # the drive, written into the output buffer (step i reads drive[i] before writing out[i])
-    out = np.empty(inp.shape, dtype=np.float64)
+    # the drive, written into the output buffer (step i reads drive[i] before writing out[i]);
+    # under precision 'float32' the buffer (drive and outputs) and the membrane are float32
+    vdt = np.dtype(p.get("out_dtype", np.float64))  # precision 'float32': membrane and params too
+    cast = (lambda a: a) if vdt == np.float64 else (lambda a: np.asarray(a, dtype=vdt))  # noqa: E731
+    out = np.empty(inp.shape, dtype=vdt)
     if t in ("IF", "I"):
-        np.multiply(p["if_scale"], inp, out=out)        # v = v + if_scale * I
+        np.multiply(cast(p["if_scale"]), inp, out=out)  # v = v + if_scale * I
         a = None
     else:
-        np.multiply(p["r"], inp, out=out)               # v = a*v + c*(v_leak + r*I)
-        np.add(p["v_leak"], out, out=out)
-        np.multiply(p["c"], out, out=out)
-        a = p["a"]
-    v = np.array(st["v"], dtype=np.float64)  # own copy: updated in place
+        np.multiply(cast(p["r"]), inp, out=out)         # v = a*v + c*(v_leak + r*I)
+        np.add(cast(p["v_leak"]), out, out=out)
+        np.multiply(cast(p["c"]), out, out=out)
+        a = cast(p["a"])
+    v = np.array(st["v"], dtype=vdt)  # own copy: updated in place
     spiking = t in ("IF", "LIF")
     if spiking:
-        thr = np.broadcast_to(p["thr"], v.shape)
-        s = np.empty(v.shape, dtype=bool)
+        thr = np.broadcast_to(cast(p["thr"]), v.shape)
+        # the spike masks of every step, kept: out != 0 exactly where s when the amplitude is
+        # nonzero, so counts and the next layer's events need not scan the outputs again
+        smask = np.empty(out.shape, dtype=bool)
+        sub_buf = np.empty(v.shape, dtype=vdt)
         ge = p["threshold_test"] == "ge"
         subtract = p["reset"] == "subtract"
-        v_reset = np.broadcast_to(p["v_reset"], v.shape)
+        v_reset = np.broadcast_to(cast(p["v_reset"]), v.shape)
         amp = p["spike_amplitude"]
         pending = st.get("pending") if p["next_step"] else None
         if p["next_step"]:
@@ -547,20 +1038,25 @@ def _neuron_scan(p, inp, st):
             continue
         if pending is not None:
             np.subtract(v, pending, out=v)
+        s = smask[i]
         (np.greater_equal if ge else np.greater)(v, thr, out=s)
         if subtract:
             if p["next_step"]:  # snnTorch: theta is subtracted inside the next update
                 pend_buf[...] = 0.0
                 np.copyto(pend_buf, thr, where=s)
                 pending = pend_buf
-            else:
-                np.subtract(v, thr, out=v, where=s)     # v - where(s, theta, 0)
+            else:  # v - where(s, theta, 0): theta*s is theta or exactly 0 (theta finite), and
+                # two plain passes are faster than one masked one
+                np.multiply(s, thr, out=sub_buf)
+                np.subtract(v, sub_buf, out=v)
         else:
             np.copyto(v, v_reset, where=s)              # where(s, v_reset, v)
         np.multiply(s, amp, out=out[i])
     st = {**st, "v": v}
     if spiking and p["next_step"]:
         st["pending"] = None if pending is None else pending.copy()
+    if spiking and np.all(np.asarray(amp) != 0):
+        st["_spike_mask"] = smask  # (T, B, *shape) bool == (out != 0); not part of the state
     return out, st
 
 

@@ -1,11 +1,31 @@
 """The event-driven CPU simulator: runs a NIR graph on numpy, returns a Trace.
 
 Feed-forward graphs run layer by layer over all T steps at once (stateless nodes as
-one batched op over T*B, stateful nodes loop over T). Graphs with cycles run step
-by step; a back edge delivers its source's previous step (zero at step 0).
+one batched op over T*B, stateful nodes loop over T), as a multi-step dense run
+(SpikingJelly style) does. Graphs with cycles run step by step; a back edge delivers
+its source's previous step (zero at step 0).
+
+Speed at every scale:
+- each synaptic layer (Affine/Linear/Conv), per step block (the B rows of one time
+  step), takes the cheaper of its event path (events x fan-out through compiled sparse
+  loops) and its dense path (one BLAS product over the block), by costs measured on this
+  machine at run time (kernels.machine_costs, once per process; convolutions also time
+  both paths once on their own busiest block and keep those costs for the process);
+- a layer fed by the Input with the same frame at every step (direct encoding) is
+  computed for one step and shared by all T;
+- ``precision='float32'`` runs the synaptic products, neuron drive, membranes and spikes
+  in float32 (tolerance FLOAT32_RTOL per summed term, tested); float64 stays the default
+  and the reference. Only the ``spikebridge`` and ``nir`` profiles allow float32: the
+  library profiles (snntorch, norse, sinabs, spikingjelly) reproduce those libraries'
+  spikes exactly and ``lava-float`` reproduces Lava's floating_pt (float64) spikes, so
+  they stay float64; ``loihi-fixed`` is integer arithmetic (its own model);
+- the batch streams in chunks under a memory budget, on one thread per usable CPU
+  when the batch is large (numpy, BLAS and scipy's sparse loops release the GIL);
+  counts are exact whatever the path (they come from the activations).
 """
 from __future__ import annotations
 
+import os
 from dataclasses import replace
 
 import numpy as np
@@ -15,7 +35,7 @@ from ..graph import NEURON_TYPES, SPIKING_TYPES, SYNAPSE_TYPES, GraphInfo, analy
 from ..trace import Trace
 from .adapt import adapt_graph
 from .counts import count_ops
-from .kernels import KERNELS, Context, as_f64
+from .kernels import KERNELS, Context, as_dtype, as_f64, machine_costs
 from .profiles import Profile, get_profile
 
 
@@ -111,15 +131,53 @@ def _shifted(a: np.ndarray, k: int) -> np.ndarray:
     return out
 
 
+PRECISIONS = ("float64", "float32")
+# Profiles whose results may be computed in float32 (precision='float32'): our own exports
+# and strict plain NIR promise the network's function, not bit patterns, and the models
+# they come from compute in float32 themselves. The library profiles (snntorch, norse,
+# sinabs, spikingjelly) reproduce those libraries' spikes exactly and lava-float Lava's
+# floating_pt (float64) run: they stay float64, where the summation order cannot move a
+# membrane across its threshold in the tested cases (tests/test_profiles.py); loihi-fixed
+# is integer arithmetic.
+FLOAT32_PROFILES = frozenset({"spikebridge", "nir"})
+# Declared tolerance of precision='float32' against float64 (relative to the magnitude of
+# the terms summed): float32 rounding of weights, inputs and every partial sum of a
+# synaptic product, ~2^-24 per operation, growing with fan-in (tests use fan-in x 2^-22).
+FLOAT32_RTOL = 2.0 ** -22
+
+
+def check_precision(precision: str, prof: Profile, file: str | None = None) -> str:
+    if precision not in PRECISIONS:
+        raise UnsupportedError(f"precision {precision!r} is not one of {PRECISIONS}", file, "precision")
+    if precision == "float32" and prof.name not in FLOAT32_PROFILES:
+        raise UnsupportedError(f"profile {prof.name} stays float64 (it reproduces a reference's spikes "
+                               f"exactly); precision float32 is for {sorted(FLOAT32_PROFILES)}",
+                               file, "precision")
+    return precision
+
+
+def _constant_over_time(x: np.ndarray) -> bool:
+    """True when every step of x (T, B, ...) equals step 0 (direct encoding)."""
+    return x.shape[0] > 1 and all(np.array_equal(x[t], x[0]) for t in range(1, x.shape[0]))
+
+
 def run(graph, x, profile: str | Profile = "spikebridge", dt: float | None = None,
-        info: GraphInfo | None = None) -> tuple[dict[str, np.ndarray], GraphInfo, Profile, float]:
+        info: GraphInfo | None = None, precision: str = "float64", masks: dict | None = None
+        ) -> tuple[dict[str, np.ndarray], GraphInfo, Profile, float]:
     """Every node's output (T, B, *shape), plus the info, profile and dt used. Outputs are
-    float64, except that the Input (and a Flatten of it) keep a bool or float32 input as
-    given (exact values; synapse kernels read events from it without a float64 copy)."""
+    float64 (precision 'float32': float32, Outputs float64), except that the Input (and a
+    Flatten of it) keep a bool or float32 input as given (exact values; synapse kernels
+    read events from it without a float64 copy). ``masks``: a dict to receive, for the
+    neuron nodes whose scan emits it (and Flattens of them), ``output != 0`` as bool."""
+    masks = {} if masks is None else masks
     prof = get_profile(profile)
     if info is None:
         graph = adapt_graph(graph, prof)
         info = analyse(graph)
+    check_precision(precision, prof, info.file)
+    if info.back_edges:  # step by step in float64 (the float32 paths are for layer-by-layer runs)
+        precision = "float64"
+    work = np.dtype(np.float32 if precision == "float32" else np.float64)
     missing = [f"{n!r} ({t})" for n, t in info.types.items() if t not in KERNELS]
     if missing:
         raise UnsupportedError("eventsim has no kernel for node(s) " + ", ".join(missing),
@@ -127,14 +185,17 @@ def run(graph, x, profile: str | Profile = "spikebridge", dt: float | None = Non
     x = _check_input(x, info)
     T, B = x.shape[0], x.shape[1]
     step_dt = resolve_dt(graph, prof, dt, info.file)
-    ctx = Context(info=info, profile=prof, dt=step_dt, file=info.file)
+    ctx = Context(info=info, profile=prof, dt=step_dt, file=info.file, precision=precision)
     params = {n: KERNELS[info.types[n]].prepare(graph.nodes[n], n, ctx) for n in info.order}
+    for n in info.order:  # synapse kernels choose their path per step block of B rows
+        if isinstance(params[n], dict) and info.types[n] in SYNAPSE_TYPES:
+            params[n]["_block"] = B
     acts: dict[str, np.ndarray] = {}
     if not info.back_edges and prof.synaptic_delay:
         # Lava timing: the delay-free run, each node shifted by its raw offset. This is what
         # the Lava lowering does: each population starts fresh (LIFReset) when its first
         # input arrives, skip connections are delayed to the deepest path, the bias is not.
-        aligned, info, _, step_dt = run(graph, x, replace(prof, synaptic_delay=0), dt, info)
+        aligned, info, _, step_dt = run(graph, x, replace(prof, synaptic_delay=0), dt, info, precision)
         off, _ = lava_offsets(info, prof.synaptic_delay)
         return {n: _shifted(a, off[n]) for n, a in aligned.items()}, info, prof, step_dt
     if not info.back_edges:
@@ -146,9 +207,9 @@ def run(graph, x, profile: str | Profile = "spikebridge", dt: float | None = Non
             ps = info.preds[n]
             inp = acts[ps[0]]  # kernels never write into their input
             if len(ps) > 1 or info.types[n] not in _RAW_CONSUMERS:
-                inp = as_f64(inp)
+                inp = as_dtype(inp, work)
             for p in ps[1:]:
-                inp = inp + as_f64(acts[p])
+                inp = inp + as_dtype(acts[p], work)
             k_delay = prof.synaptic_delay if info.types[n] in SYNAPSE_TYPES else 0
             if k_delay:  # a_out at t is what arrived at t - k (the bias is not delayed)
                 shifted = np.zeros_like(inp)
@@ -159,16 +220,28 @@ def run(graph, x, profile: str | Profile = "spikebridge", dt: float | None = Non
                 st = k.init(params[n], B)
                 if k.scan is not None:  # all T steps in one call (same arithmetic)
                     acts[n], st = k.scan(params[n], inp, st)
+                    if st.get("_spike_mask") is not None and len(ps) >= 1:
+                        masks[n] = st["_spike_mask"]
                     continue
                 out = np.empty((T, B, *info.shapes[n]), dtype=np.float64)
                 for t in range(T):
                     out[t], st = k.step(params[n], inp[t], st)
                 acts[n] = out
+            elif (info.types[n] in SYNAPSE_TYPES and not k_delay and len(ps) == 1
+                  and info.types[ps[0]] == "Input" and _constant_over_time(inp)):
+                # direct encoding: every step is the same input, one step computes them all
+                y = as_dtype(np.asarray(k.forward(params[n], inp[0])), work)
+                acts[n] = np.broadcast_to(y.reshape(1, B, *info.shapes[n]), (T, B, *info.shapes[n]))
             else:
                 flat = inp.reshape(T * B, *inp.shape[2:])
+                if len(ps) == 1 and ps[0] in masks and not k_delay:
+                    if info.types[n] == "Flatten":
+                        masks[n] = masks[ps[0]].reshape(T, B, *info.shapes[n])
+                    elif isinstance(params[n], dict):  # the events, known: no scan of the input
+                        params[n]["_mask"] = masks[ps[0]]
                 y = k.forward(params[n], flat)
                 if info.types[n] != "Flatten":  # a Flatten of the input stays as given
-                    y = as_f64(np.asarray(y))
+                    y = as_dtype(np.asarray(y), work)
                 acts[n] = y.reshape(T, B, *info.shapes[n])
         for o in info.outputs:
             acts[o] = as_f64(acts[o])
@@ -199,7 +272,7 @@ def run(graph, x, profile: str | Profile = "spikebridge", dt: float | None = Non
     return acts, info, prof, step_dt
 
 
-MEMORY_BUDGET_BYTES = 1 << 30  # activations of one slice of the batch (auto max_batch)
+MEMORY_BUDGET_BYTES = 512 << 20  # float64 activations of one chunk of the batch (auto max_batch)
 
 
 def auto_max_batch(info: GraphInfo, T: int, budget: int | None = None) -> int:
@@ -210,19 +283,43 @@ def auto_max_batch(info: GraphInfo, T: int, budget: int | None = None) -> int:
     return max(1, int(budget // max(per_sample, 1)))
 
 
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask, e.g. under taskset)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+MIN_THREAD_CHUNK = 8  # samples: smaller chunks are not worth a thread of their own
+
+
 def simulate(graph, x, profile: str | Profile = "spikebridge", dt: float | None = None,
              record_spikes: bool = True, info: GraphInfo | None = None,
-             max_batch: int | None = None) -> Trace:
+             max_batch: int | None = None, precision: str = "float64",
+             workers: int | None = None) -> Trace:
     """Run ``graph`` on ``x`` (T, batch, *input_shape), time-major, bool or float.
 
     Samples never interact. A library profile first adapts the graph (eventsim.adapt);
     when ``info`` is given, ``graph`` must already be adapted. ``profile`` names an entry of PROFILES (or is a Profile);
     ``dt`` overrides the profile's choice. Returns a Trace with outputs per Output node,
     spikes (bool) per spiking neuron node when ``record_spikes``, and exact counts
-    (spikebridge.hardware.eventsim.counts). Memory grows with every node's (T, batch, *shape)
-    float64 activation: ``max_batch`` runs the batch in slices of that size and joins
-    the results (identical to one run, since samples never interact); by default it is
-    chosen so that one slice's activations stay below MEMORY_BUDGET_BYTES (1 GiB).
+    (spikebridge.hardware.eventsim.counts).
+
+    Each synaptic layer runs, per step block, the cheaper of its event path and its dense
+    path by costs measured on this machine (kernels.machine_costs); feed-forward graphs run
+    layer by layer over all T steps. ``precision``: 'float64' (default; the reference
+    arithmetic) or 'float32' (synaptic products and neuron outputs in float32, membranes
+    float64; tolerance FLOAT32_RTOL; only for the profiles in FLOAT32_PROFILES: the library
+    and Lava profiles stay float64 to reproduce their references' spikes exactly).
+
+    Memory: every node's (T, batch, *shape) activation is kept, so the batch is streamed in
+    chunks (``max_batch`` samples each; by default as many as keep one chunk's float64
+    activations below MEMORY_BUDGET_BYTES, 512 MiB) and the results joined (identical to
+    one run: samples never interact; counts are summed exactly). ``workers``: threads that
+    run chunks in parallel (default: one per usable CPU, when the batch gives each at
+    least MIN_THREAD_CHUNK samples; numpy, BLAS and scipy's sparse loops release the GIL);
+    the budget is shared between them.
     """
     prof = get_profile(profile)
     if prof.name in ("loihi-fixed", "loihi-fixed-groups"):  # whole-graph integer model, bit-exact with Lava
@@ -232,12 +329,28 @@ def simulate(graph, x, profile: str | Profile = "spikebridge", dt: float | None 
     if info is None:
         graph = adapt_graph(graph, prof)
         info = analyse(graph)
+    check_precision(precision, prof, info.file)
     x = np.asarray(x)
-    if max_batch is None and x.ndim >= 2:
-        max_batch = auto_max_batch(info, int(x.shape[0]))
+    if x.ndim >= 2:
+        B = int(x.shape[1])
+        if workers is None:
+            workers = min(usable_cpus(), max(1, B // MIN_THREAD_CHUNK))
+        workers = max(1, int(workers))
+        if max_batch is None:
+            max_batch = auto_max_batch(info, int(x.shape[0]), MEMORY_BUDGET_BYTES // workers)
+            if workers > 1:
+                max_batch = min(max_batch, -(-B // workers))
     if max_batch is not None and x.ndim >= 2 and x.shape[1] > max_batch >= 1:
-        parts = [simulate(graph, x[:, i:i + max_batch], prof, dt, record_spikes, info)
-                 for i in range(0, x.shape[1], max_batch)]
+        slices = [slice(i, i + max_batch) for i in range(0, x.shape[1], max_batch)]
+        one = lambda sl: simulate(graph, x[:, sl], prof, dt, record_spikes, info,  # noqa: E731
+                                  precision=precision, workers=1)
+        if workers > 1 and len(slices) > 1:
+            from concurrent.futures import ThreadPoolExecutor
+            machine_costs()  # measured once, before the threads start
+            with ThreadPoolExecutor(max_workers=min(workers, len(slices))) as pool:
+                parts = list(pool.map(one, slices))
+        else:
+            parts = [one(sl) for sl in slices]
         first = parts[0]
         counts = {n: {k: sum(p.counts[n][k] for p in parts) for k in c}
                   for n, c in first.counts.items()}
@@ -248,16 +361,18 @@ def simulate(graph, x, profile: str | Profile = "spikebridge", dt: float | None 
                      spikes={n: np.concatenate([p.spikes[n] for p in parts], axis=1)
                              for n in first.spikes},
                      backend="eventsim", profile=prof.name, meta=first.meta)
-    acts, info, prof, step_dt = run(graph, x, prof, dt, info)
+    masks: dict = {}
+    acts, info, prof, step_dt = run(graph, x, prof, dt, info, precision, masks=masks)
     T, B = next(iter(acts.values())).shape[:2]
     if prof.synaptic_delay and not info.back_edges:
         counts = count_ops(graph, info, acts, edge_shift=lava_offsets(info, prof.synaptic_delay)[1])
     else:
-        counts = count_ops(graph, info, acts, delay=prof.synaptic_delay)
+        counts = count_ops(graph, info, acts, delay=prof.synaptic_delay, masks=masks)
     spikes = {}
     if record_spikes:
-        spikes = {n: acts[n] != 0 for n in info.order if info.types[n] in SPIKING_TYPES}
-    meta = {"dt": step_dt}
+        spikes = {n: masks[n] if n in masks else acts[n] != 0
+                  for n in info.order if info.types[n] in SPIKING_TYPES}
+    meta = {"dt": step_dt, "precision": precision if not info.back_edges else "float64"}
     try:
         meta["readout"] = graph_meta(graph, info.file)["readout"]
     except InputError:
