@@ -97,7 +97,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--timesteps", type=int, help="T for --dataset (default: the graph's metadata)")
     s.add_argument("--backend", default="eventsim", choices=["eventsim", "lava"])
     s.add_argument("--profile", help="how to read the graph (eventsim; default spikebridge): "
-                   + ", ".join(_profile_names()) + " (README: Profiles)")
+                   + ", ".join(_profile_names()) + " (docs/nir-conventions.md: Profiles)")
     s.add_argument("--dt", type=float, help="time step; overrides the profile's dt (and the graph's)")
     s.add_argument("--precision", default="float", choices=["float", "fixed"],
                    help="Lava precision: float (floating_pt) or fixed (Loihi fixed point, fixed_pt)")
