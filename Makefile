@@ -4,7 +4,9 @@
 #   make setup  creates the environments and nothing else
 #
 # .venv       Python 3.11 (python3): torch (CPU build), nir, onnx, onnxruntime, ...
-# .venv-lava  Python 3.10: lava-nc 0.10.0 (Lava runs only there, in a worker process)
+# .venv-lava  Python 3.10: lava-nc 0.10.0 (Lava runs only there, in a worker process), built by
+#             `spikebridge setup-lava --venv .venv-lava` (a pip install runs the same command
+#             without --venv; docs/lava.md)
 
 PY ?= python3
 VENV := .venv
