@@ -4,7 +4,9 @@
 #   make setup  creates the environments and nothing else
 #
 # .venv       Python 3.11 (python3): torch (CPU build), nir, onnx, onnxruntime, ...
-# .venv-lava  Python 3.10: lava-nc 0.10.0 (Lava runs only there, in a worker process)
+# .venv-lava  Python 3.10: lava-nc 0.10.0 (Lava runs only there, in a worker process), built by
+#             `spikebridge setup-lava --venv .venv-lava` (a pip install runs the same command
+#             without --venv; docs/lava.md)
 
 PY ?= python3
 VENV := .venv
@@ -28,11 +30,11 @@ $(STAMP): pyproject.toml
 	@$(VENV)/bin/pip install -q -e '.[test]'
 	@touch $@
 
-$(LAVA_STAMP): $(LAVA_REQ)
-	@lava_py=$$($(PY) hardware/lava/interpreter.py) || exit 1; \
-	 echo "[setup] Lava environment $(LAVA_VENV) ($$lava_py)"; \
-	 test -x $(LAVA_VENV)/bin/python || $$lava_py -m venv $(LAVA_VENV) || exit 1; \
-	 $(LAVA_VENV)/bin/pip install -q -r $(LAVA_REQ) || exit 1
+# The same command a pip install uses (`spikebridge setup-lava`), pointed at .venv-lava,
+# which the Lava backend looks for in a source checkout.
+$(LAVA_STAMP): $(LAVA_REQ) | $(STAMP)
+	@echo "[setup] Lava environment $(LAVA_VENV)"
+	@$(VENV)/bin/python -m spikebridge setup-lava --venv $(LAVA_VENV) --force >/dev/null
 	@touch $@
 
 # Fashion-MNIST from Debian's dataset-fashion-mnist where apt is usable as root;

@@ -30,7 +30,6 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 def _cpu_children() -> float:
@@ -129,7 +128,8 @@ def bench_train(a, tmp: Path) -> dict:
             if threads:
                 env["OMP_NUM_THREADS"] = str(threads)
             load0, c0, t0 = _load(), _cpu_children(), time.perf_counter()
-            p = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env={**env, "PYTHONPATH": str(REPO)})
+            from spikebridge.benchmarks import child_env
+            p = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp, env=child_env(env))
             wall, cpu = time.perf_counter() - t0, _cpu_children() - c0
             if p.returncode != 0:
                 raise RuntimeError(f"training with {n} processes failed: {p.stderr.strip()[-500:]}")

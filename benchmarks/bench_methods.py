@@ -30,9 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+if not __package__:  # run as a script from a checkout (python benchmarks/bench_methods.py)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 ALL = ("snn2ann", "qcfs", "parallel", "bridge", "lasnn")
 EXTRA = ("parallel-window",)  # parallel exported with --deploy window (count-then-emit); not in the default list

@@ -42,9 +42,8 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+if not __package__:  # run as a script from a checkout (python benchmarks/bench_simulate.py)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import nir  # noqa: E402
 
@@ -550,11 +549,11 @@ def main(argv=None, progress=False) -> int:
     ap.add_argument("--t-sweep", default="4,8,16,32,64")
     ap.add_argument("--lava-samples", type=int, default=8)
     ap.add_argument("--no-lava", action="store_true")
-    ap.add_argument("--demo-graph", default=str(ROOT / "runs" / "demo" / "graph.nir"),
+    ap.add_argument("--demo-graph", default=os.path.join("runs", "demo", "graph.nir"),
                     help="graph for the lava-float profile vs Lava floating_pt row (digits)")
     ap.add_argument("--demo-samples", type=int, default=360, help="digits test samples for that row")
     ap.add_argument("--repeat", type=int, default=3, help="best of N (interleaved) timings")
-    ap.add_argument("--png", help="scaling curves (default benchmarks/bench_simulate.png; "
+    ap.add_argument("--png", help="scaling curves (default bench_simulate.png in the current directory; "
                                   "none with --quick unless given)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--layer-only", action="store_true",
@@ -575,7 +574,7 @@ def main(argv=None, progress=False) -> int:
         a.demo_samples = min(a.demo_samples, 16)
         a.sweep_batch, a.sweep_timesteps, a.sweep_factors = 4, 4, "1"
     elif a.png is None:
-        a.png = str(ROOT / "benchmarks" / "bench_simulate.png")
+        a.png = "bench_simulate.png"
     rng = np.random.default_rng(a.seed)
     try:
         import torch
@@ -800,7 +799,7 @@ def lava_float_demo(path, n_samples):
     ye = ev.outputs[out][delays[out]:delays[out] + T]
     readout = graph_meta(g)["readout"]
     pl, pe = classify(yl, readout), classify(ye, readout)
-    return {"graph": str(Path(path).relative_to(ROOT)) if Path(path).is_relative_to(ROOT) else str(path),
+    return {"graph": str(path),
             "dataset": "digits test", "samples": int(len(ys)), "T": T, "lava_delay_steps": delays,
             "spikes_compared": n_spikes, "spike_mismatch": mismatch,
             "output_max_abs_diff": float(np.abs(yl - ye).max()),

@@ -26,7 +26,6 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 MIN_ITERATIONS = 200  # below this the eval-mode BN statistics have not settled (see notes)
 
@@ -196,9 +195,10 @@ def run(a) -> dict:
 
     def one(job):
         method, T = job
-        cmd = [sys.executable, os.path.abspath(__file__), "--worker", method, "--timesteps", str(T), *common]
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")]))}
-        res = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        cmd = [sys.executable, "-m", "spikebridge.benchmarks.bench_train", "--worker", method, "--timesteps", str(T),
+               *common]
+        from spikebridge.benchmarks import child_env
+        res = subprocess.run(cmd, capture_output=True, text=True, env=child_env())
         if res.returncode != 0:
             tail = (res.stderr.strip().splitlines() or ["no output"])[-1]
             if res.returncode == 3:

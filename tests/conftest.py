@@ -1,7 +1,8 @@
 """Shared pytest hooks.
 
-Tests marked ``@pytest.mark.lava`` need the Lava environment (.venv-lava, or the venv
-named by $SPIKEBRIDGE_LAVA_VENV). Without it they are skipped, unless
+Tests marked ``@pytest.mark.lava`` need the Lava environment (found as the Lava backend
+finds it: $SPIKEBRIDGE_LAVA_VENV, the checkout's .venv-lava, or the per-user environment
+that `spikebridge setup-lava` builds). Without it they are skipped, unless
 SPIKEBRIDGE_REQUIRE_LAVA=1, in which case they fail (CI and `make test` set it).
 """
 from __future__ import annotations
@@ -22,8 +23,8 @@ if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
 
 
 def _lava_python() -> Path:
-    venv = os.environ.get("SPIKEBRIDGE_LAVA_VENV")
-    return (Path(venv) if venv else REPO / ".venv-lava") / "bin" / "python"
+    from spikebridge.hardware.lava.interpreter import find_lava_venv
+    return find_lava_venv()[0] / "bin" / "python"
 
 
 def pytest_runtest_setup(item):
@@ -32,7 +33,7 @@ def pytest_runtest_setup(item):
     py = _lava_python()
     if py.exists():
         return
-    msg = f"Lava environment missing ({py}); run `make setup`"
+    msg = f"Lava environment missing ({py}); run `make setup` or `spikebridge setup-lava`"
     if os.environ.get("SPIKEBRIDGE_REQUIRE_LAVA") == "1":
         pytest.fail(msg + " (SPIKEBRIDGE_REQUIRE_LAVA=1)", pytrace=False)
     pytest.skip(msg)

@@ -25,12 +25,15 @@ EXAMPLES = {
     "inspect": "spikebridge inspect runs/cnn/graph.nir",
     "convert": "spikebridge convert model.onnx --timesteps 32 --calibration digits --out graph.nir",
     "doctor": "spikebridge doctor",
+    "setup-lava": "spikebridge setup-lava  |  spikebridge setup-lava --venv ~/lava-env --python /usr/bin/python3.10",
 }
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="spikebridge", description="Train spiking networks fast, export NIR/ONNX, "
                                 "run them event-driven and on Lava, and report energy and latency.")
+    from spikebridge import __version__
+    p.add_argument("--version", action="version", version=f"spikebridge {__version__}")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -94,7 +97,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--timesteps", type=int, help="T for --dataset (default: the graph's metadata)")
     s.add_argument("--backend", default="eventsim", choices=["eventsim", "lava"])
     s.add_argument("--profile", help="how to read the graph (eventsim; default spikebridge): "
-                   + ", ".join(_profile_names()) + " (README: Profiles)")
+                   + ", ".join(_profile_names()) + " (docs/nir-conventions.md: Profiles)")
     s.add_argument("--dt", type=float, help="time step; overrides the profile's dt (and the graph's)")
     s.add_argument("--precision", default="float", choices=["float", "fixed"],
                    help="Lava precision: float (floating_pt) or fixed (Loihi fixed point, fixed_pt)")
@@ -182,6 +185,15 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("bench_args", nargs=argparse.REMAINDER, help="options of the benchmark (see its --help)")
 
     cmd("doctor", "check the environments: Python, packages, the Lava interpreter and whether Lava runs")
+
+    sl = cmd("setup-lava", "build the Lava worker environment (a Python 3.10 venv with lava-nc 0.10.0, nir, "
+                           "h5py); the Lava backend then finds it")
+    sl.add_argument("--venv", metavar="DIR", help="where to build it (default: $SPIKEBRIDGE_LAVA_VENV, else "
+                    "$XDG_DATA_HOME/spikebridge/lava-venv, i.e. ~/.local/share/spikebridge/lava-venv). "
+                    "Elsewhere: set SPIKEBRIDGE_LAVA_VENV=DIR so the Lava backend uses it")
+    sl.add_argument("--python", metavar="PYTHON3.10", help="the Python 3.10 to build it with (default: "
+                    "$SPIKEBRIDGE_LAVA_PYTHON, python3.10 on PATH, pyenv's 3.10, `uv python find 3.10`)")
+    sl.add_argument("--force", action="store_true", help="reinstall the requirements even if Lava already imports")
     return p
 
 
@@ -340,6 +352,18 @@ def cmd_doctor(args) -> int:
     return 0 if ok else 4
 
 
+def cmd_setup_lava(args) -> int:
+    from spikebridge.hardware.lava.interpreter import find_lava_venv, setup_lava_venv
+    venv = setup_lava_venv(Path(args.venv) if args.venv else None, python=args.python, force=args.force,
+                           log=lambda m: print(f"[setup-lava] {m}", file=sys.stderr))
+    found, _ = find_lava_venv()
+    if found.absolute() != venv:
+        print(f"[setup-lava] the Lava backend looks elsewhere first; use this one with: "
+              f"export SPIKEBRIDGE_LAVA_VENV={venv}", file=sys.stderr)
+    print(venv)
+    return 0
+
+
 def cmd_demo(args) -> int:
     from spikebridge.toolchain.demo import run_demo
     run_demo(args.out, epochs=args.epochs, timesteps=args.timesteps, seed=args.seed, device=args.device,
@@ -401,7 +425,7 @@ def cmd_bench(args) -> int:
 
 
 COMMANDS = {"bench": cmd_bench, "train": cmd_train, "export": cmd_export, "simulate": cmd_simulate, "inspect": cmd_inspect,
-            "doctor": cmd_doctor, "demo": cmd_demo, "report": cmd_report}
+            "doctor": cmd_doctor, "demo": cmd_demo, "report": cmd_report, "setup-lava": cmd_setup_lava}
 
 def cmd_convert(args) -> int:
     from spikebridge.exporters.onnx_to_nir import (calibration_samples, compare_accuracy, convert_onnx, load_onnx_safely,

@@ -1,7 +1,8 @@
 """Run the Lava worker out of process, under supervision (never imports lava).
 
-The worker runs on the Lava interpreter (<repo>/.venv-lava/bin/python, or
-$SPIKEBRIDGE_LAVA_VENV/bin/python) in its own session/process group, with a timeout,
+The worker runs on the Lava environment's interpreter (found by
+``interpreter.find_lava_venv``: $SPIKEBRIDGE_LAVA_VENV, the source checkout's .venv-lava,
+or the per-user environment ``spikebridge setup-lava`` builds) in its own session/process group, with a timeout,
 exchanging files in a private temporary directory. On timeout, SIGINT/SIGTERM or any
 exception in the parent, the whole group is killed (SIGTERM, then SIGKILL after a short
 grace), reaped, the /dev/shm segments its processes had open are removed, and the
@@ -25,18 +26,15 @@ from pathlib import Path
 import numpy as np
 
 from spikebridge.base.errors import BackendError
+from spikebridge.hardware.lava.interpreter import FIX, find_lava_venv
 
-REPO = Path(__file__).resolve().parents[2]
 WORKER = Path(__file__).resolve().parent / "worker.py"
-FIX = "run `make setup` (creates .venv-lava with lava-nc 0.10.0 on Python 3.10)"
 KILL_GRACE_S = 3.0
 
 
 def lava_venv() -> tuple[Path, str]:
-    env = os.environ.get("SPIKEBRIDGE_LAVA_VENV")
-    if env:
-        return Path(env), "SPIKEBRIDGE_LAVA_VENV"
-    return REPO / ".venv-lava", "default (<repo>/.venv-lava)"
+    """(the Lava environment, how it was found): see interpreter.find_lava_venv."""
+    return find_lava_venv()
 
 
 def lava_python() -> Path:
@@ -44,7 +42,8 @@ def lava_python() -> Path:
     venv, how = lava_venv()
     py = venv / "bin" / "python"
     if not py.exists():
-        raise BackendError(f"the Lava environment {venv} is missing ({how}): {FIX}")
+        where = f"{venv} (from {how}) has no bin/python" if how == "SPIKEBRIDGE_LAVA_VENV" else how
+        raise BackendError(f"the Lava environment is missing: {where}; {FIX}")
     return py
 
 
