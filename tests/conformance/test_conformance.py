@@ -114,10 +114,12 @@ def compare(trace, ref, tol: Tolerance, case):
             np.testing.assert_array_equal(got, want, err_msg=name)
         else:
             _close(got, want, tol.rtol, f"output {name}")
-    for name, want in ref.get("spikes", {}).items():
-        if name in trace.spikes:
-            got = np.asarray(trace.spikes[name]).reshape(want.shape) != 0
-            assert np.array_equal(got, want), f"spikes of {name}: {int((got != want).sum())} of {want.size} differ"
+    spikes = ref.get("spikes", {})
+    missing = sorted(set(spikes) - set(trace.spikes))
+    assert not missing, f"no spikes recorded for {missing}"
+    for name, want in spikes.items():
+        got = np.asarray(trace.spikes[name]).reshape(want.shape) != 0
+        assert np.array_equal(got, want), f"spikes of {name}: {int((got != want).sum())} of {want.size} differ"
 
 
 @pytest.mark.parametrize("case,backend", _params())
