@@ -101,7 +101,7 @@ GENERIC = frozenset({"limit", "max_memory"})
 BATCHING = frozenset({"batch_size", "workers", "cluster", "retries"})
 
 
-def _dt_in_graph(graph, dt: float | None):
+def graph_with_dt(graph, dt: float | None):
     """The graph with graph.metadata['spikebridge']['dt'] = dt: how --dt reaches the Loihi
     lowering (hardware.lava.plan reads dt from there)."""
     if dt is None:
@@ -370,7 +370,7 @@ class _LoihiPlan(Backend):
     def check(self, graph, info, options):
         from spikebridge.hardware.lava import lower
         try:
-            lower(_dt_in_graph(graph, options.dt), 1, allow_reset_to_zero=options.allow_reset_to_zero)
+            lower(graph_with_dt(graph, options.dt), 1, allow_reset_to_zero=options.allow_reset_to_zero)
         except UnsupportedError as e:
             return [e.rule]
         return []
@@ -386,7 +386,7 @@ class LoihiFixedBackend(_LoihiPlan):
 
     def run_batch(self, graph, info, x_tb, options, record_spikes):
         from spikebridge.hardware.lava import fixed_trace
-        return fixed_trace(_dt_in_graph(graph, options.dt), x_tb, allow_reset_to_zero=options.allow_reset_to_zero,
+        return fixed_trace(graph_with_dt(graph, options.dt), x_tb, allow_reset_to_zero=options.allow_reset_to_zero,
                            record_spikes=record_spikes, threshold_groups=True if options.threshold_groups else None)
 
 
@@ -404,7 +404,7 @@ class LavaBackend(_LoihiPlan):
 
     def run(self, graph, info, x_tb, options, progress=None):
         from spikebridge.hardware.lava import run_lava
-        return run_lava(_dt_in_graph(graph, options.dt), np.ascontiguousarray(x_tb), precision=self.precision,
+        return run_lava(graph_with_dt(graph, options.dt), np.ascontiguousarray(x_tb), precision=self.precision,
                         allow_reset_to_zero=options.allow_reset_to_zero, timeout_s=options.timeout_s,
                         threshold_groups=True if options.threshold_groups else None, progress=progress)
 

@@ -273,7 +273,9 @@ def cmd_simulate(args) -> int:
 def cmd_inspect(args) -> int:
     from spikebridge.toolchain.inspect import inspect_lava, inspect_path
     from spikebridge.toolchain.pipeline import run_options
-    print(inspect_lava(args.path) if args.lava else
+    if args.lava and args.backend:
+        raise InputError("--lava describes the Loihi plan (the lava and loihi-fixed backends); give no --backend")
+    print(inspect_lava(args.path, run_options(args)) if args.lava else
           inspect_path(args.path, args.profile, run_options(args), args.backend))
     return 0
 

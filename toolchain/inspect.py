@@ -165,12 +165,22 @@ def inspect_checkpoint(path) -> str:
     return "\n".join(lines)
 
 
-def inspect_lava(path) -> str:
-    """`inspect --lava`: the Lava lowering and its fixed-point quantisation, per layer."""
+def inspect_lava(path, options=None) -> str:
+    """`inspect --lava`: the Lava lowering and its fixed-point quantisation, per layer, with
+    the run options a Loihi backend honours (--dt reaches the lowering, --allow-reset-to-zero;
+    the threshold-group split is always shown); others are refused like on a run."""
+    from dataclasses import replace
+
+    from spikebridge.hardware.backends import OptionError, RunOptions, graph_with_dt, get_backend
     from spikebridge.hardware.graph import load_graph
     from spikebridge.hardware.lava.describe import describe
 
-    return f"graph {path}\n" + describe(load_graph(path))
+    options = options or RunOptions()
+    bad = get_backend("lava-float").check_options(replace(options, precision=None))
+    if bad:
+        raise OptionError(bad[0])
+    graph = graph_with_dt(load_graph(path), options.dt)
+    return f"graph {path}\n" + describe(graph, allow_reset_to_zero=options.allow_reset_to_zero)
 
 
 def inspect_path(path, profile: str | None = None, options=None, backend: str | None = None) -> str:
