@@ -148,3 +148,18 @@ def test_max_memory_is_checked_for_every_backend():
     for b in BACKENDS:
         with pytest.raises(InputError, match="memory"):
             run_graph(g, x, b, RunOptions(max_memory=1000))
+
+
+def test_limit_means_the_first_samples_of_an_input_file_too(tmp_path, capsys):
+    d = PEERS / "sinabs" / "dense_iaf_lif"
+    x = np.load(d / "input.npy")
+    assert x.shape[1] > 2
+    assert main(["--no-progress", "simulate", str(d / "graph.nir"), "--profile", "sinabs", "--input",
+                 str(d / "input.npy"), "--limit", "2", "--out", str(tmp_path / "o.npz")]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["samples"] == 2
+    y = np.load(d / "expected.npy")
+    with np.load(tmp_path / "o.npz") as z:
+        out = z["output"]
+    full = run_graph(str(d / "graph.nir"), x, "eventsim", RunOptions(profile="sinabs"))
+    np.testing.assert_array_equal(out, full.outputs[next(iter(full.outputs))][:, :2])
+    assert full.outputs[next(iter(full.outputs))].size == y.size
