@@ -5,8 +5,9 @@ processes, each with wall time, CPU time and the load average around it.
 Simulation: one graph (``--graph``, default: a CNN trained here for 1 epoch on 2048 samples of
 ``--dataset``),
 the dataset split direct-encoded over the graph's T, run (a) in this process
-(``pipeline.run_backend``, the plain ``simulate``), (b) with ``--workers 1`` and (c)
-``--workers 2`` (``spikebridge.toolchain.shard``: spawned processes, whole-batch shards; process start
+(``hardware.backends.run_graph``, the plain ``simulate``), (b) with ``--workers 1`` and (c)
+``--workers 2`` (``run_graph`` with RunOptions(workers=N) -> ``spikebridge.hardware.shard``, which is
+called directly for 1 worker: spawned processes, whole-batch shards; process start
 and graph loading included). Every run is checked against (a): identical outputs and counts.
 Scaling efficiency = samples/s with 2 workers / (2 x samples/s in one process).
 
@@ -58,25 +59,26 @@ def _train_graph(d: Path, dataset: str, progress: bool) -> Path:
 def bench_simulate(a, tmp: Path, progress: bool) -> dict:
     import numpy as np
 
-    from spikebridge.hardware.eventsim import adapt_graph
-    from spikebridge.hardware.graph import analyse, graph_meta, load_graph
+    from spikebridge.hardware.backends import RunOptions, prepare, run_graph
+    from spikebridge.hardware.graph import graph_meta
+    from spikebridge.hardware.shard import run_sharded
     from spikebridge.toolchain import pipeline
-    from spikebridge.toolchain.shard import run_sharded
 
     path = Path(a.graph) if a.graph else _train_graph(tmp, a.dataset, progress)
-    graph = adapt_graph(load_graph(path), "spikebridge")
-    info = analyse(graph, file=str(path))
-    T = int(graph_meta(graph)["timesteps"])
-    x, _ = pipeline.dataset_samples(a.dataset, a.split, a.limit, pipeline.graph_input_shape(graph, info))
+    prep = prepare(path, "eventsim", RunOptions(batch_size=a.batch_size))
+    T = int(graph_meta(prep.graph)["timesteps"])
+    x, _ = pipeline.dataset_samples(a.dataset, a.split, a.limit, prep.input_shape)
     x_tb = pipeline.direct_encode(x, T)
     runs, ref = [], None
     for rep in range(a.repeats):
         for workers in [0] + list(a.workers):  # 0: in this process, no worker
             load0, c0, t0 = _load(), _cpu_all(), time.perf_counter()
             if workers == 0:
-                tr = pipeline.run_backend(graph, info, x_tb, "eventsim", batch_size=a.batch_size, progress=False)
+                tr = run_graph(prep, x_tb)
+            elif workers == 1:  # run_graph runs 1 worker in-process: the shard layer itself, 1 process
+                tr = run_sharded(prepare(path, "eventsim", RunOptions(batch_size=a.batch_size, workers=1)), x_tb)
             else:
-                tr = run_sharded(path, x_tb, workers=workers, batch_size=a.batch_size, progress=False)
+                tr = run_graph(path, x_tb, "eventsim", RunOptions(batch_size=a.batch_size, workers=workers))
             wall, cpu = time.perf_counter() - t0, _cpu_all() - c0
             if ref is None:
                 ref = tr

@@ -82,15 +82,15 @@ def _cfg(args, **kw):
 
 def _eventsim(ckpt: Path, x: np.ndarray, y: np.ndarray) -> dict:
     from spikebridge.exporters.nir_export import checkpoint_to_nir, write_nir
-    from spikebridge.hardware.eventsim import simulate
-    from spikebridge.hardware.graph import analyse, classify, graph_meta, load_graph
+    from spikebridge.hardware.backends import RunOptions, prepare, run_graph
+    from spikebridge.hardware.graph import classify, graph_meta
 
     write_nir(checkpoint_to_nir(ckpt), ckpt / "graph.nir")
-    graph = load_graph(ckpt / "graph.nir")
-    info = analyse(graph, file=str(ckpt / "graph.nir"))
+    prep = prepare(ckpt / "graph.nir", "eventsim", RunOptions(batch_size=100))
+    graph = prep.graph
     T = int(graph_meta(graph)["timesteps"])
     xt = np.broadcast_to(x[None], (T, *x.shape))
-    tr = simulate(graph, xt, record_spikes=False, info=info, max_batch=100)
+    tr = run_graph(prep, xt)
     out = tr.outputs[next(iter(tr.outputs))]
     pred = classify(out, graph_meta(graph)["readout"])
     return {"eventsim_accuracy": float((pred == y).mean()), "eventsim_samples": int(len(y)),

@@ -8,7 +8,7 @@ In ONE run, on the same graphs and the same inputs:
 - snnTorch simulating graphs it exported itself (snn.Leaky nets; optional: skipped
   with a note when snntorch is not importable; snnTorch's own export also needs
   nirtorch, else the graph is written with snnTorch's export formulas),
-- Lava (spikebridge.hardware.lava.run_lava, floating_pt, per-sample cost of a small batch),
+- Lava (run_graph on the lava-float backend, floating_pt, per-sample cost of a small batch),
 - and, on the demo graph (runs/demo/graph.nir, digits), eventsim's `lava-float` profile
   against Lava floating_pt itself: spikes, outputs and accuracy in raw Lava time.
 
@@ -673,10 +673,10 @@ def main(argv=None, progress=False) -> int:
         res["lava"] = {"skipped": "--no-lava"}
     else:
         try:
-            from spikebridge.hardware.lava import run_lava
+            from spikebridge.hardware.backends import run_graph
             pg = spec_to_nir(specs["dense"], style="plain")
             x = spikes(rng, T, a.lava_samples, specs["dense"]["in_shape"], 0.05)
-            t_lava, tr_l = timed(lambda: run_lava(pg, x, precision="float"), 1)
+            t_lava, tr_l = timed(lambda: run_graph(pg, x, "lava-float"), 1)
             t_ev, tr_e = timed(lambda: simulate(pg, x, profile="spikebridge", record_spikes=False),
                                max(a.repeat, 5))
             yl, ye = tr_l.outputs["output"], tr_e.outputs["output"]
@@ -778,7 +778,7 @@ def lava_float_demo(path, n_samples):
     t + delay[node] is compared with Lava's aligned step t, spike by spike and value by
     value, and both are classified with the graph's readout."""
     from spikebridge.hardware.graph import analyse, classify, graph_meta, load_graph
-    from spikebridge.hardware.lava import run_lava
+    from spikebridge.hardware.backends import run_graph
     from spikebridge.toolchain.pipeline import dataset_samples, direct_encode
     if not Path(path).exists():
         return {"skipped": f"{path} missing (make demo writes it)"}
@@ -787,7 +787,7 @@ def lava_float_demo(path, n_samples):
     xs, ys = dataset_samples("digits", "test", n_samples, info.shapes[info.inputs[0]])
     T = int(graph_meta(g)["timesteps"] or 4)
     x = np.ascontiguousarray(direct_encode(xs, T))
-    t_lava, lav = timed(lambda: run_lava(g, x, precision="float"), 1)
+    t_lava, lav = timed(lambda: run_graph(g, x, "lava-float"), 1)
     delays = lav.meta["lava_delay_steps"]
     D = max(delays.values())
     xp = np.concatenate([x, np.zeros((D,) + x.shape[1:], dtype=x.dtype)])  # let the pipeline drain

@@ -29,7 +29,7 @@ import numpy as np
 from spikebridge.base.errors import InputError, ResourceError
 
 GiB = 1 << 30
-CHUNK = 256  # spikebridge.toolchain.pipeline.run_backend's batch size
+CHUNK = 256  # RunOptions.batch_size's default (hardware.backends)
 _TEMP_FACTOR = 3
 
 

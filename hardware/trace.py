@@ -38,3 +38,15 @@ class Trace:
 
     def per_sample(self, kind: str) -> float:
         return self.total(kind) / max(self.batch, 1)
+
+
+def merge_traces(parts: list[Trace]) -> Trace:
+    """Join the traces of consecutive batches of one run: outputs concatenated on the batch
+    axis, integer counts summed; spikes (and meta) are the first batch's."""
+    first = parts[0]
+    outputs = {k: np.concatenate([p.outputs[k] for p in parts], axis=1) for k in first.outputs}
+    counts = {n: {k: sum(p.counts[n][k] for p in parts) for k in c} for n, c in first.counts.items()}
+    meta = dict(first.meta)
+    meta["spikes_recorded_for_batch"] = first.batch
+    return Trace(timesteps=first.timesteps, batch=sum(p.batch for p in parts), outputs=outputs, counts=counts,
+                 spikes=first.spikes, backend=first.backend, profile=first.profile, meta=meta)

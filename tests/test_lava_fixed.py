@@ -389,7 +389,7 @@ def test_demo_network_on_digits_bit_exact_and_within_two_points():
         "snn_test_accuracy"]
     g = checkpoint_to_nir(ckpt)
     info = analyse(g)
-    x, y = pipeline.dataset_samples("digits", "test", None, pipeline.graph_input_shape(g, info))
+    x, y = pipeline.dataset_samples("digits", "test", None, tuple(info.shapes[info.inputs[0]]))
     T = int(g.metadata["spikebridge"]["timesteps"])
     xt = pipeline.direct_encode(x, T)
     ref = fixed_trace(g, xt)

@@ -123,7 +123,7 @@ def test_dask_local_cluster_of_two_workers_matches_one_process(graph, reference,
 
 
 def test_the_shard_worker_does_not_import_torch():
-    code = ("import sys, spikebridge.toolchain.shard, spikebridge.hardware.eventsim; "
+    code = ("import sys, spikebridge.hardware.shard, spikebridge.hardware.backends, spikebridge.hardware.eventsim; "
             "bad = [m for m in ('torch', 'models') if m in sys.modules]; assert not bad, bad")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert p.returncode == 0, p.stderr

@@ -30,6 +30,8 @@ EXAMPLES = {
 
 
 def _parser() -> argparse.ArgumentParser:
+    from spikebridge.toolchain import pipeline
+
     p = argparse.ArgumentParser(prog="spikebridge", description="Train spiking networks fast, export NIR/ONNX, "
                                 "run them event-driven and on Lava, and report energy and latency.")
     from spikebridge import __version__
@@ -93,34 +95,10 @@ def _parser() -> argparse.ArgumentParser:
     src.add_argument("--input", help="X.npy, time-major (T, batch, *input_shape), bool or float")
     src.add_argument("--dataset", help="digits | fashion-mnist (direct encoding over the graph's T)")
     s.add_argument("--split", default="test")
-    s.add_argument("--limit", type=int, help="first N samples of the split")
+    s.add_argument("--limit", type=int, help="first N samples (of the split, or of X.npy)")
     s.add_argument("--timesteps", type=int, help="T for --dataset (default: the graph's metadata)")
-    s.add_argument("--backend", default="eventsim", choices=["eventsim", "lava"])
-    s.add_argument("--profile", help="how to read the graph (eventsim; default spikebridge): "
-                   + ", ".join(_profile_names()) + " (docs/nir-conventions.md: Profiles)")
-    s.add_argument("--dt", type=float, help="time step; overrides the profile's dt (and the graph's)")
-    s.add_argument("--precision", default="float", choices=["float", "fixed"],
-                   help="Lava precision: float (floating_pt) or fixed (Loihi fixed point, fixed_pt)")
-    s.add_argument("--allow-reset-to-zero", action="store_true",
-                   help="lava: run soft-reset (subtractive) neurons with Lava's reset to zero (an approximation)")
-    s.add_argument("--threshold-groups", action="store_true",
-                   help="lava (and --profile loihi-fixed): split populations whose per-neuron thresholds spread "
-                   "the folded weights over more than 4x into LIF processes with their own vth (fixed point "
-                   "resolution; `inspect --lava` shows the split)")
     s.add_argument("--out", required=True, help="OUT.npz")
-    s.add_argument("--max-memory", help="refuse a run whose estimated memory exceeds this (e.g. 8GiB; "
-                   "default: 4 GiB or half the RAM, whichever is smaller)")
-    s.add_argument("--batch-size", type=int, default=256,
-                   help="eventsim: samples per simulator call (default 256); shards are whole batches")
-    s.add_argument("--workers", type=int, default=1, metavar="N",
-                   help="eventsim: shard the samples across N worker processes on this machine (results "
-                        "identical to one process); with --cluster: the number of shards")
-    s.add_argument("--cluster", metavar="ADDRESS",
-                   help="eventsim: run the shards on an existing Dask cluster, e.g. tcp://10.0.0.5:8786 "
-                        "(needs the 'cluster' extra: pip install 'spikebridge[cluster]')")
-    s.add_argument("--retries", type=int, default=2,
-                   help="--workers: restart a shard whose worker process died up to this many times "
-                        "(default 2), then fail with exit code 4; --cluster: retries of a failed task")
+    pipeline.add_run_options(s)
 
     r = cmd("report", "write report.json, report.html and plots for a run directory, any NIR graph, "
                       "or two runs side by side (--compare)")
@@ -133,10 +111,9 @@ def _parser() -> argparse.ArgumentParser:
     rsrc.add_argument("--input", help="GRAPH.nir only: X.npy, time-major (T, batch, *input_shape)")
     rsrc.add_argument("--dataset", help="GRAPH.nir only: digits | fashion-mnist (direct encoding)")
     r.add_argument("--split", default="test")
-    r.add_argument("--limit", type=int, help="first N samples of the split")
+    r.add_argument("--limit", type=int, help="first N samples (of the split, or of X.npy)")
     r.add_argument("--timesteps", type=int, help="T for --dataset (default: the graph's metadata)")
-    r.add_argument("--backend", default="eventsim", choices=["eventsim", "lava"])
-    r.add_argument("--profile", help="how to read the graph (default spikebridge)")
+    pipeline.add_run_options(r)
     r.add_argument("--energy-model", action="append", default=[], metavar="FILE.toml",
                    help="add a user energy model (every constant needs a source); repeatable")
     r.add_argument("--first-layer", default="per_step", choices=["per_step", "once"],
@@ -144,16 +121,17 @@ def _parser() -> argparse.ArgumentParser:
                         "default) or once per sample (once)")
     r.add_argument("--sweep", metavar="FILE", help="accuracy vs T: .json or .npy of (T, accuracy) rows")
     r.add_argument("--sweep-timesteps", metavar="T1,T2,...",
-                   help="re-run at each T on the dataset (a graph: --backend; a run directory: eventsim "
-                        "on its dataset) and plot accuracy vs T, e.g. 1,2,4,8")
+                   help="re-run at each T on the dataset with the same backend and run options (a run "
+                        "directory: on its dataset, eventsim unless --backend) and plot accuracy vs T, e.g. 1,2,4,8")
     r.add_argument("--weight-bits", type=int, help="weight bit width for the core mapping (default: "
                                                     "graph metadata, else 8)")
     r.add_argument("--max-chips", type=int, help="refuse a mapping that needs more chips")
 
     i = cmd("inspect", "print a graph's nodes, shapes, parameters, neuron semantics and backend support")
     i.add_argument("path", help="graph.nir or a checkpoint directory")
-    i.add_argument("--profile", help="show neuron semantics as this profile reads them (default: the file's "
-                                     "spikebridge metadata); third-party graphs are adapted as the profiles read them")
+    pipeline.add_run_options(i, running=False, profile_help="show neuron semantics as this profile reads them "
+                             "(default: the file's spikebridge metadata); third-party graphs are adapted as the "
+                             "profiles read them")
     i.add_argument("--lava", action="store_true",
                    help="the Lava lowering per layer: process, shape, weight bits and exponent, threshold, "
                         "decays, quantisation error")
@@ -195,11 +173,6 @@ def _parser() -> argparse.ArgumentParser:
                     "$SPIKEBRIDGE_LAVA_PYTHON, python3.10 on PATH, pyenv's 3.10, `uv python find 3.10`)")
     sl.add_argument("--force", action="store_true", help="reinstall the requirements even if Lava already imports")
     return p
-
-
-def _profile_names() -> list[str]:
-    from spikebridge.hardware.eventsim.profiles import PROFILES
-    return list(PROFILES)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -277,62 +250,33 @@ def cmd_export(args) -> int:
 def cmd_simulate(args) -> int:
     import numpy as np
 
-    from spikebridge.hardware.graph import analyse, graph_meta, load_graph
+    from spikebridge.hardware.backends import RunOptions, prepare
     from spikebridge.toolchain import pipeline
 
-    graph = load_graph(args.graph)
-    if args.backend == "eventsim":  # library profiles fix exporters' Input/Output shapes
-        from spikebridge.hardware.eventsim import adapt_graph
-        graph = adapt_graph(graph, args.profile or "spikebridge")
-    info = analyse(graph, file=args.graph)
-    shape = pipeline.graph_input_shape(graph, info)
+    prep = prepare(args.graph, args.backend, pipeline.run_options(args), file=args.graph)
+    x_tb, labels, _ = pipeline.load_samples(prep, input_npy=args.input, dataset=args.dataset, split=args.split,
+                                            limit=args.limit, timesteps=args.timesteps, file=args.graph)
+    trace = pipeline.run(prep, x_tb, progress=_progress(args), desc=args.backend)
     extra = {}
-    if args.input:
-        x_tb = pipeline.load_input_npy(args.input, shape)
-        labels = None
-    else:
-        T = args.timesteps or graph_meta(graph, file=args.graph).get("timesteps")
-        if not T:
-            raise InputError("the graph states no timesteps; pass --timesteps", file=args.graph)
-        x, labels = pipeline.dataset_samples(args.dataset, args.split, args.limit, shape)
-        x_tb = pipeline.direct_encode(x, int(T))
-    from spikebridge.hardware.memory import check_memory, estimate_eventsim, parse_size
-    check_memory(estimate_eventsim(graph, info, x_tb.shape[0], x_tb.shape[1]),
-                 parse_size(args.max_memory) if args.max_memory else None, file=args.graph)
-    if args.workers < 1 or args.batch_size < 1 or args.retries < 0:
-        raise InputError("--workers and --batch-size must be at least 1, --retries at least 0")
-    if args.workers > 1 or args.cluster:
-        if args.backend != "eventsim":
-            raise InputError("--workers and --cluster shard the eventsim backend only")
-        from spikebridge.toolchain.shard import run_sharded
-        prof = "loihi-fixed-groups" if args.threshold_groups and args.profile == "loihi-fixed" else args.profile
-        trace = run_sharded(args.graph, x_tb, profile=prof, dt=args.dt, workers=args.workers,
-                            cluster=args.cluster, batch_size=args.batch_size, retries=args.retries,
-                            progress=_progress(args))
-    else:
-        trace = pipeline.run_backend(graph, info, x_tb, args.backend, profile=args.profile, dt=args.dt,
-                                     precision=args.precision, progress=_progress(args),
-                                     allow_reset_to_zero=args.allow_reset_to_zero,
-                                     threshold_groups=args.threshold_groups, batch_size=args.batch_size)
     summary = {"backend": args.backend, "samples": trace.batch, "timesteps": trace.timesteps,
                "synaptic_ops_per_sample": trace.per_sample("synaptic_ops"),
                "macs_per_sample": trace.per_sample("macs"),
                "spikes_per_sample": trace.per_sample("spikes"),
                "samples_per_second": trace.meta.get("samples_per_second")}
-    if args.workers > 1 or args.cluster:
-        summary.update({k: trace.meta[k] for k in ("workers", "shards") if k in trace.meta})
+    summary.update({k: trace.meta[k] for k in ("workers", "shards") if k in trace.meta})
     if labels is not None:
-        acc, preds = pipeline.accuracy_of(graph, trace, labels)
+        acc, preds = pipeline.accuracy_of(prep.graph, trace, labels)
         extra = {"accuracy": np.float64(acc), "labels": labels, "predictions": preds}
         summary["accuracy"] = acc
         if trace.meta.get("approximation"):  # soft reset run as reset to zero: say what it costs
-            exact = pipeline.run_backend(graph, info, x_tb, "eventsim", progress=False)
-            acc_soft, _ = pipeline.accuracy_of(graph, exact, labels)
+            exact = pipeline.run(prep.graph, x_tb, "eventsim", RunOptions(dt=args.dt), progress=False)
+            acc_soft, _ = pipeline.accuracy_of(prep.graph, exact, labels)
             summary["reset_to_zero"] = {"approximation": trace.meta["approximation"],
                                         "eventsim_soft_reset_accuracy": acc_soft,
                                         "accuracy_cost": acc_soft - acc}
-    if args.backend == "lava":
-        summary["lava"] = {"precision": args.precision, "delay_steps_raw": trace.meta.get("lava_delay_steps"),
+    if prep.backend.name.startswith("lava"):
+        summary["lava"] = {"precision": prep.backend.precision,
+                           "delay_steps_raw": trace.meta.get("lava_delay_steps"),
                            "timing": "outputs aligned (delay removed); raw Lava step = k*window + j + delay + 1"}
     pipeline.save_trace_npz(args.out, trace, extra)
     print(json.dumps(summary))
@@ -341,7 +285,11 @@ def cmd_simulate(args) -> int:
 
 def cmd_inspect(args) -> int:
     from spikebridge.toolchain.inspect import inspect_lava, inspect_path
-    print(inspect_lava(args.path) if args.lava else inspect_path(args.path, args.profile))
+    from spikebridge.toolchain.pipeline import run_options
+    if args.lava and args.backend:
+        raise InputError("--lava describes the Loihi plan (the lava and loihi-fixed backends); give no --backend")
+    print(inspect_lava(args.path, run_options(args)) if args.lava else
+          inspect_path(args.path, args.profile, run_options(args), args.backend))
     return 0
 
 
@@ -400,18 +348,28 @@ def cmd_report(args) -> int:
         if args.input or args.dataset:
             return usage("--input/--dataset are for GRAPH.nir; a run directory has its own data")
         from spikebridge.toolchain.demo import report_run_dir
+        from spikebridge.toolchain import pipeline
+        options = pipeline.run_options(args)
         if sweep_ts:
             from spikebridge.toolchain.report import sweep_for_run
-            sweep = sweep_for_run(target, sweep_ts, args.out, progress=_progress(args))
+            sweep = sweep_for_run(target, sweep_ts, args.out, progress=_progress(args), backend=args.backend,
+                                  options=options)
+        elif options.given() or args.backend != "eventsim":
+            flags = ", ".join(sorted({"--" + f.replace("_", "-") for f in options.given()}
+                                     | ({"--backend"} if args.backend != "eventsim" else set())))
+            return usage(f"{flags}: a run directory is reported from its saved results; run options apply "
+                         "only to its --sweep-timesteps re-runs")
         out = report_run_dir(target, args.out, sweep=sweep, **common)
     else:
         if not args.out:
             return usage("a graph needs --out DIR")
         if not (args.input or args.dataset):
             return usage("a graph needs --input X.npy or --dataset NAME")
+        from spikebridge.toolchain import pipeline
         from spikebridge.toolchain.report import report_graph
         report_graph(target, args.out, input_npy=args.input, dataset=args.dataset, split=args.split,
-                     limit=args.limit, timesteps=args.timesteps, profile=args.profile, backend=args.backend,
+                     limit=args.limit, timesteps=args.timesteps, backend=args.backend,
+                     options=pipeline.run_options(args),
                      sweep=sweep, sweep_timesteps=sweep_ts, progress=_progress(args), **common)
         out = Path(args.out)
     print(f"wrote {out / 'report.json'} and {out / 'report.html'}")

@@ -49,7 +49,7 @@ def run_demo(out, epochs: int = 30, timesteps: int = 4, seed: int = 0, device: s
              progress: bool = True, lava: bool = True) -> dict:
     from spikebridge.exporters.nir_export import checkpoint_to_nir, write_nir
     from spikebridge.exporters.onnx_export import checkpoint_to_onnx, write_onnx
-    from spikebridge.hardware.graph import analyse, load_graph
+    from spikebridge.hardware.backends import prepare
     from spikebridge.models.train import TrainConfig, train
     from spikebridge.toolchain import pipeline
 
@@ -66,13 +66,13 @@ def run_demo(out, epochs: int = 30, timesteps: int = 4, seed: int = 0, device: s
     write_nir(checkpoint_to_nir(out / "checkpoint"), out / "graph.nir")
     write_onnx(checkpoint_to_onnx(out / "checkpoint"), out / "model.onnx")
 
-    graph = load_graph(out / "graph.nir")
-    info = analyse(graph, file=str(out / "graph.nir"))
-    x, y = pipeline.dataset_samples(DATASET, "test", None, pipeline.graph_input_shape(graph, info))
+    prep = prepare(out / "graph.nir", "eventsim")
+    graph = prep.graph
+    x, y = pipeline.dataset_samples(DATASET, "test", None, prep.input_shape)
     x_tb = pipeline.direct_encode(x, timesteps)
 
     _stage(f"3/5 event-driven simulator on the {len(x)} test samples")
-    tr_e = pipeline.run_backend(graph, info, x_tb, "eventsim", progress=progress, desc="eventsim")
+    tr_e = pipeline.run(prep, x_tb, progress=progress, desc="eventsim")
     acc_e, pred_e = pipeline.accuracy_of(graph, tr_e, y)
     pipeline.save_trace_npz(out / "eventsim.npz", tr_e, {"accuracy": acc_e, "labels": y, "predictions": pred_e})
     _stage(f"    eventsim accuracy {acc_e:.4f}, {tr_e.per_sample('synaptic_ops'):.0f} synaptic ops/sample, "
@@ -82,7 +82,7 @@ def run_demo(out, epochs: int = 30, timesteps: int = 4, seed: int = 0, device: s
     lava_info = {"ran": False}
     if lava:
         _stage(f"4/5 Lava (floating point) on the {len(x)} test samples")
-        tr_l = pipeline.run_backend(graph, info, x_tb, "lava", progress=progress, desc="lava")
+        tr_l = pipeline.run(graph, x_tb, "lava-float", progress=progress, desc="lava")
         acc_l, pred_l = pipeline.accuracy_of(graph, tr_l, y)
         pipeline.save_trace_npz(out / "lava.npz", tr_l, {"accuracy": acc_l, "labels": y, "predictions": pred_l})
         agree = float(np.mean(pred_l == pred_e))
@@ -92,8 +92,7 @@ def run_demo(out, epochs: int = 30, timesteps: int = 4, seed: int = 0, device: s
         _stage(f"    lava accuracy {acc_l:.4f} ({tr_l.meta['samples_per_second']:.0f} samples/s, "
                f"agreement with eventsim {agree:.4f})")
         _stage(f"4/5 Lava fixed point (Loihi formats, fixed_pt) on the {len(x)} test samples")
-        tr_q = pipeline.run_backend(graph, info, x_tb, "lava", precision="fixed", progress=progress,
-                                    desc="lava fixed")
+        tr_q = pipeline.run(graph, x_tb, "lava-fixed", progress=progress, desc="lava fixed")
         acc_q, _ = pipeline.accuracy_of(graph, tr_q, y)
         lava_info["fixed"] = {"accuracy": acc_q, "samples_per_second": tr_q.meta["samples_per_second"],
                               "quantization_cost_vs_lava_float": acc_l - acc_q,

@@ -35,26 +35,27 @@ _PROFILE_FIELDS = ("integrator", "decay", "reset", "default_reset", "reset_timin
 def _analysed(graph, path, profile):
     """(graph, info, note): the graph as read, or adapted the way a library profile reads
     it (third-party exporters write their trace sample's batch/time dims into the Input
-    node); info None with the problem as note when neither analyses."""
+    node; hardware.backends.prepare); info None with the problem as note when neither analyses."""
     from spikebridge.base.errors import InputError
-    from spikebridge.hardware.graph import analyse
+    from spikebridge.hardware.backends import RunOptions, prepare
+    from spikebridge.hardware.eventsim import PROFILES, get_profile
 
+    if profile:
+        get_profile(profile)  # an unknown profile is refused first
     try:
-        return graph, analyse(graph, file=str(path)), ""
+        prep = prepare(graph, "eventsim", RunOptions(profile=profile), file=str(path))
+        note = "" if prep.graph is graph else (f"Input/Output shapes adapted as profile {profile} reads them (the "
+                                               "leading batch/time dimensions the exporter wrote dropped)")
+        return prep.graph, prep.info, note
     except InputError as e:
         first = e
-    try:  # the library-profile adaptation (hardware/eventsim/adapt.py) when present
-        from spikebridge.hardware.eventsim import PROFILES
-        from spikebridge.hardware.eventsim.adapt import adapt_graph
-    except ImportError:
-        return graph, None, str(first)
     names = [profile] if profile else [n for n, p in PROFILES.items() if getattr(p, "strip_io_dims", False)]
     for name in names:
         try:
-            adapted = adapt_graph(graph, name)
-            if adapted is graph:
+            prep = prepare(graph, "eventsim", RunOptions(profile=name), file=str(path))
+            if prep.graph is graph:
                 continue
-            return adapted, analyse(adapted, file=str(path)), (
+            return prep.graph, prep.info, (
                 "Input/Output shapes adapted as the library profiles read them (the leading "
                 f"batch/time dimensions the exporter wrote into the Input dropped; profile {name})")
         except InputError:
@@ -62,8 +63,34 @@ def _analysed(graph, path, profile):
     return graph, None, str(first)
 
 
-def inspect_graph(path, profile: str | None = None) -> str:
-    from spikebridge.hardware.eventsim import KERNELS, fanout
+def backend_support(graph, info, options=None, only: str | None = None) -> list[str]:
+    """One line per registered backend (or ``only``): whether it runs the graph with these
+    run options, else every reason it does not."""
+    from spikebridge.base.errors import InputError
+    from spikebridge.hardware.backends import BACKENDS, RunOptions, resolve_backend
+
+    options = options or RunOptions()
+    if only:
+        be, opts = resolve_backend(only, options)
+        items = [(be, opts)]
+    else:
+        items = [(be, options) for be in BACKENDS.values()]
+    lines = []
+    for be, opts in items:
+        try:
+            reasons = be.check_options(opts) or be.check(graph, info, opts)
+        except InputError as e:
+            reasons = [str(e)]
+        head = f"{be.name}: "
+        lines.append(head + ("runs this graph" + (f" (precision {be.precision})" if be.name != "eventsim" else "")
+                             if not reasons else "cannot run it: " + "; ".join(reasons)))
+    return lines
+
+
+def inspect_graph(path, profile: str | None = None, options=None, backend: str | None = None) -> str:
+    """What the graph holds and, per registered backend (or ``backend``), whether it runs it
+    with ``options`` (hardware.backends.RunOptions; ``profile`` is its reading)."""
+    from spikebridge.hardware.eventsim import fanout
     from spikebridge.hardware.graph import graph_meta, load_graph, neuron_semantics
 
     graph = load_graph(path)
@@ -108,14 +135,11 @@ def inspect_graph(path, profile: str | None = None) -> str:
                 desc += " (no spikebridge metadata)"
         lines.append(f"{name:<16}{typ:<11}{_fmt_shape(info.shapes[name]):<12}{syn:>10}  {desc}")
     lines += ["", f"nodes: {len(info.order)}, edges: {len(graph.edges)}, synapses (nonzero weights): {total_syn}", ""]
-    unsupported = sorted({t for t in info.types.values() if t not in KERNELS})
-    lines.append("eventsim: " + ("runs this graph" if not unsupported else f"cannot run {', '.join(unsupported)}"))
-    try:
-        from spikebridge.hardware.loihi.plan import lower
-        lower(graph, int(meta.get("timesteps") or 1))
-        lines.append("lava:     runs this graph (precision float)")
-    except Exception as e:  # the planner names every problem
-        lines.append(f"lava:     cannot run it: {e}")
+    from dataclasses import replace
+
+    from spikebridge.hardware.backends import RunOptions
+    opts = replace(options or RunOptions(), profile=profile)
+    lines += backend_support(graph, info, opts, backend)
     try:
         from spikebridge.exporters.nir_import import SUPPORTED
         bad = sorted({t for t in info.types.values() if t not in SUPPORTED})
@@ -141,16 +165,26 @@ def inspect_checkpoint(path) -> str:
     return "\n".join(lines)
 
 
-def inspect_lava(path) -> str:
-    """`inspect --lava`: the Lava lowering and its fixed-point quantisation, per layer."""
+def inspect_lava(path, options=None) -> str:
+    """`inspect --lava`: the Lava lowering and its fixed-point quantisation, per layer, with
+    the run options a Loihi backend honours (--dt reaches the lowering, --allow-reset-to-zero;
+    the threshold-group split is always shown); others are refused like on a run."""
+    from dataclasses import replace
+
+    from spikebridge.hardware.backends import OptionError, RunOptions, graph_with_dt, get_backend
     from spikebridge.hardware.graph import load_graph
     from spikebridge.hardware.lava.describe import describe
 
-    return f"graph {path}\n" + describe(load_graph(path))
+    options = options or RunOptions()
+    bad = get_backend("lava-float").check_options(replace(options, precision=None))
+    if bad:
+        raise OptionError(bad[0])
+    graph = graph_with_dt(load_graph(path), options.dt)
+    return f"graph {path}\n" + describe(graph, allow_reset_to_zero=options.allow_reset_to_zero)
 
 
-def inspect_path(path, profile: str | None = None) -> str:
+def inspect_path(path, profile: str | None = None, options=None, backend: str | None = None) -> str:
     p = Path(path)
     if p.is_dir():
         return inspect_checkpoint(p)
-    return inspect_graph(p, profile)
+    return inspect_graph(p, profile, options, backend)

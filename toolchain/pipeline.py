@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import platform
-import time
 from pathlib import Path
 
 import numpy as np
@@ -18,12 +17,6 @@ MAX_TRACE_BYTES = 256 << 20  # a result .npz read back by `report` (outputs, cou
 def progress_bar(total: int, desc: str, enabled: bool = True, unit: str = "sample"):
     from tqdm.auto import tqdm
     return tqdm(total=total, desc=desc, unit=unit, disable=not enabled, dynamic_ncols=True, leave=True)
-
-
-def graph_input_shape(graph, info) -> tuple[int, ...]:
-    if len(info.inputs) != 1:
-        raise InputError(f"graph has {len(info.inputs)} Input nodes; spikebridge runs graphs with exactly one")
-    return tuple(int(s) for s in info.shapes[info.inputs[0]])
 
 
 def load_input_npy(path, input_shape: tuple[int, ...]) -> np.ndarray:
@@ -74,53 +67,98 @@ def direct_encode(x: np.ndarray, T: int) -> np.ndarray:
     return np.broadcast_to(x[None], (T, *x.shape))
 
 
-def merge_traces(parts: list[Trace]) -> Trace:
-    first = parts[0]
-    outputs = {k: np.concatenate([p.outputs[k] for p in parts], axis=1) for k in first.outputs}
-    counts = {n: {k: sum(p.counts[n][k] for p in parts) for k in c} for n, c in first.counts.items()}
-    meta = dict(first.meta)
-    meta["spikes_recorded_for_batch"] = first.batch
-    return Trace(timesteps=first.timesteps, batch=sum(p.batch for p in parts), outputs=outputs, counts=counts,
-                 spikes=first.spikes, backend=first.backend, profile=first.profile, meta=meta)
+def load_samples(prep, *, input_npy=None, dataset: str | None = None, split: str = "test",
+                 limit: int | None = None, timesteps: int | None = None, file: str | None = None):
+    """(x_tb, labels or None, description) for a prepared graph: X.npy (T, batch, *input_shape)
+    as given, or a dataset split direct-encoded over T = ``timesteps`` or the graph's metadata."""
+    from spikebridge.hardware.graph import graph_meta
+
+    if (input_npy is None) == (dataset is None):
+        raise InputError("give exactly one of --input X.npy or --dataset NAME")
+    shape = prep.input_shape
+    if input_npy is not None:
+        x_tb = load_input_npy(input_npy, shape)
+        if limit is not None:
+            x_tb = x_tb[:, :limit]
+        return x_tb, None, {"input": str(input_npy)}
+    T = timesteps or graph_meta(prep.graph, file=file).get("timesteps")
+    if not T:
+        raise InputError("the graph states no timesteps; pass --timesteps", file=file)
+    x, labels = dataset_samples(dataset, split, limit, shape)
+    return direct_encode(x, int(T)), labels, {"dataset": dataset, "split": split, "encoding": "direct"}
 
 
-def run_backend(graph, info, x_tb: np.ndarray, backend: str, profile: str | None = None, dt: float | None = None,
-                precision: str = "float", batch_size: int = 256, progress: bool = True, desc: str | None = None,
-                allow_reset_to_zero: bool = False, threshold_groups: bool = False) -> Trace:
-    """Run (T, batch, *shape) inputs through a backend, batching for the simulator.
-    threshold_groups: lava, and eventsim's loihi-fixed profile: split populations with
-    spread per-neuron thresholds into LIF processes with their own vth."""
-    total = x_tb.shape[1]
-    bar = progress_bar(total, desc or backend, progress)
-    t0 = time.perf_counter()
+def add_run_options(p, *, running: bool = True, profile_help: str | None = None) -> None:
+    """The graph/run flags, spelled and meaning the same in every command that takes them
+    (simulate, report; inspect with ``running=False``: the flags that decide whether and how a
+    backend reads the graph, not those of an actual run); ``run_options`` makes the RunOptions."""
+    from spikebridge.hardware.backends import BACKENDS
+    from spikebridge.hardware.eventsim.profiles import PROFILES
+
+    p.add_argument("--backend", default="eventsim" if running else None,
+                   choices=["eventsim", "lava", *sorted(b for b in BACKENDS if b != "eventsim")],
+                   help=("" if running else "the backend to check (default: every registered backend); ")
+                   + ("eventsim (default)" if running else "eventsim") + " | lava (floating_pt; with --precision fixed: fixed_pt) | lava-float | "
+                        "lava-fixed | loihi-fixed (the numpy integer model of the Loihi plan, bit-exact with "
+                        "lava-fixed; also --backend eventsim --profile loihi-fixed). A flag the backend does not "
+                        "honour is refused (exit 3)")
+    p.add_argument("--profile", help=(profile_help or "how to read the graph (eventsim; default spikebridge)") + ": "
+                   + ", ".join(PROFILES) + " (docs/nir-conventions.md: Profiles); the Loihi backends read spikebridge graphs only")
+    p.add_argument("--dt", type=float, help="time step; overrides the profile's dt (and the graph's); the Loihi "
+                   "backends (lava, loihi-fixed) lower with it")
+    p.add_argument("--precision", choices=["float", "fixed"],
+                   help="Lava precision: float (floating_pt) or fixed (Loihi fixed point, fixed_pt); eventsim is "
+                        "float only (fixed point: --backend loihi-fixed)")
+    p.add_argument("--allow-reset-to-zero", action="store_true",
+                   help="lava, loihi-fixed: run soft-reset (subtractive) neurons with Lava's reset to zero "
+                        "(an approximation)")
+    p.add_argument("--threshold-groups", action="store_true",
+                   help="lava (and --profile loihi-fixed): split populations whose per-neuron thresholds spread "
+                   "the folded weights over more than 4x into LIF processes with their own vth (fixed point "
+                   "resolution; `inspect --lava` shows the split)")
+    if not running:
+        return
+    p.add_argument("--max-memory", help="refuse a run whose estimated memory exceeds this (e.g. 8GiB; "
+                   "default: 4 GiB or half the RAM, whichever is smaller)")
+    p.add_argument("--batch-size", type=int,
+                   help="eventsim, loihi-fixed: samples per simulator call (default 256); shards are whole batches")
+    p.add_argument("--workers", type=int, metavar="N",
+                   help="eventsim, loihi-fixed: shard the samples across N worker processes on this machine "
+                        "(results identical to one process); with --cluster: the number of shards")
+    p.add_argument("--cluster", metavar="ADDRESS",
+                   help="eventsim, loihi-fixed: run the shards on an existing Dask cluster, e.g. "
+                        "tcp://10.0.0.5:8786 (needs the 'cluster' extra: pip install 'spikebridge[cluster]')")
+    p.add_argument("--retries", type=int,
+                   help="--workers: restart a shard whose worker process died up to this many times "
+                        "(default 2), then fail with exit code 4; --cluster: retries of a failed task")
+
+
+def run_options(args):
+    """RunOptions from the flags of ``add_run_options`` (and --limit) in ``args``."""
+    from spikebridge.hardware.backends import RunOptions
+
+    return RunOptions(profile=getattr(args, "profile", None), dt=getattr(args, "dt", None),
+                      precision=getattr(args, "precision", None),
+                      allow_reset_to_zero=bool(getattr(args, "allow_reset_to_zero", False)),
+                      threshold_groups=bool(getattr(args, "threshold_groups", False)),
+                      batch_size=getattr(args, "batch_size", None), workers=getattr(args, "workers", None),
+                      cluster=getattr(args, "cluster", None), retries=getattr(args, "retries", None),
+                      limit=getattr(args, "limit", None), max_memory=getattr(args, "max_memory", None))
+
+
+def run(graph, x_tb: np.ndarray, backend: str = "eventsim", options=None, progress: bool = True,
+        desc: str | None = None) -> Trace:
+    """``hardware.backends.run_graph`` with a progress bar (``graph``: a Prepared or a graph)."""
+    from spikebridge.hardware.backends import Prepared, run_graph
+
+    name = graph.backend.name if isinstance(graph, Prepared) else backend
+    bar = progress_bar(int(x_tb.shape[1]), desc or name, progress)
     try:
-        if backend == "eventsim":
-            from spikebridge.hardware.eventsim import simulate
-            if threshold_groups and profile == "loihi-fixed":
-                profile = "loihi-fixed-groups"
-            parts = []
-            for i in range(0, total, batch_size):
-                xb = np.ascontiguousarray(x_tb[:, i:i + batch_size])
-                parts.append(simulate(graph, xb, profile=profile or "spikebridge", dt=dt,
-                                      record_spikes=(i == 0), info=info))
-                bar.update(xb.shape[1])
-            trace = merge_traces(parts)
-        elif backend == "lava":
-            from spikebridge.hardware.lava import run_lava
-            if profile not in (None, "spikebridge", "lava-float", "loihi-fixed", "loihi-fixed-groups"):
-                raise InputError(f"--profile {profile} is not used by the lava backend (it reads the graph as "
-                                 "spikebridge exports it)")
-            trace = run_lava(graph, np.ascontiguousarray(x_tb), precision=precision,
-                             allow_reset_to_zero=allow_reset_to_zero,
-                             threshold_groups=threshold_groups or profile == "loihi-fixed-groups" or None,
-                             progress=lambda done, total: bar.update(done - bar.n))
-        else:
-            raise InputError(f"unknown backend {backend!r}; use eventsim or lava")
+        if isinstance(graph, Prepared):
+            return run_graph(graph, x_tb, progress=lambda done, total: bar.update(done - bar.n))
+        return run_graph(graph, x_tb, backend, options, progress=lambda done, total: bar.update(done - bar.n))
     finally:
         bar.close()
-    trace.meta["wall_seconds"] = time.perf_counter() - t0
-    trace.meta["samples_per_second"] = total / max(trace.meta["wall_seconds"], 1e-9)
-    return trace
 
 
 def accuracy_of(graph, trace: Trace, labels: np.ndarray) -> tuple[float, np.ndarray]:

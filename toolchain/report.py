@@ -741,59 +741,57 @@ def parse_timesteps_list(text: str) -> list[int]:
     return ts
 
 
-def run_sweep(graph, info, x: np.ndarray, y: np.ndarray, timesteps: list[int], backend: str = "eventsim",
-              profile: str | None = None, progress: bool = False) -> list[dict]:
-    """Accuracy of the graph at each T (direct encoding of the samples x)."""
+def run_sweep(prep, x: np.ndarray, y: np.ndarray, timesteps: list[int], progress: bool = False,
+              label: str | None = None) -> list[dict]:
+    """Accuracy of a prepared graph (``hardware.backends.prepare``: backend and run options) at
+    each T, direct encoding of the samples x; rows keyed by ``label`` (default the backend's name)."""
     from spikebridge.toolchain import pipeline
 
+    label = label or prep.backend.name
     rows = []
     for T in timesteps:
-        tr = pipeline.run_backend(graph, info, pipeline.direct_encode(x, T), backend, profile=profile,
-                                  progress=progress, desc=f"{backend} T={T}")
-        acc, _ = pipeline.accuracy_of(graph, tr, y)
-        rows.append({"timesteps": int(T), "accuracy": {backend: float(acc)}})
+        tr = pipeline.run(prep, pipeline.direct_encode(x, T), progress=progress, desc=f"{label} T={T}")
+        acc, _ = pipeline.accuracy_of(prep.graph, tr, y)
+        rows.append({"timesteps": int(T), "accuracy": {label: float(acc)}})
     return rows
 
 
 def report_graph(graph_path, out_dir, *, input_npy=None, dataset: str | None = None, split: str = "test",
-                 limit: int | None = None, timesteps: int | None = None, profile: str | None = None,
-                 backend: str = "eventsim", energy_models=DEFAULT_ENERGY_MODELS, first_layer: str = "per_step",
+                 limit: int | None = None, timesteps: int | None = None, backend: str = "eventsim",
+                 options=None, energy_models=DEFAULT_ENERGY_MODELS, first_layer: str = "per_step",
                  sweep=None, sweep_timesteps: list[int] | None = None, weight_bits=None,
                  max_chips: int | None = None, progress: bool = True) -> dict:
-    """``spikebridge report GRAPH.nir``: run ``backend`` on X.npy or a dataset (direct encoding
-    over T = --timesteps or the graph's metadata), then write the report into ``out_dir``.
+    """``spikebridge report GRAPH.nir``: run ``backend`` with ``options``
+    (``hardware.backends.RunOptions``: profile, dt, precision, ...; the same as ``simulate``)
+    on X.npy or a dataset (direct encoding over T = --timesteps or the graph's metadata), then
+    write the report into ``out_dir``.
 
     Accuracy is measured only with a dataset (labels). ``sweep_timesteps`` re-runs the graph
-    at each T on the same samples (dataset only) for the accuracy-vs-T plot; ``sweep`` is an
-    already-computed sweep (``normalise_sweep``)."""
-    from spikebridge.hardware.graph import analyse, graph_meta, load_graph
+    at each T on the same samples (dataset only) with the same backend and options for the
+    accuracy-vs-T plot; ``sweep`` is an already-computed sweep (``normalise_sweep``)."""
+    from dataclasses import replace
+
+    from spikebridge.hardware.backends import RunOptions, prepare
     from spikebridge.toolchain import pipeline
 
     if (input_npy is None) == (dataset is None):
         raise InputError("give exactly one of --input X.npy or --dataset NAME", place="report")
-    graph = load_graph(graph_path)
-    info = analyse(graph, file=str(graph_path))
-    shape = pipeline.graph_input_shape(graph, info)
-    labels = None
-    inputs = {"graph": str(graph_path), "backend": backend, "profile": profile or "spikebridge"}
-    if input_npy is not None:
-        if sweep_timesteps:
-            raise InputError("--sweep-timesteps needs --dataset (labels)", place="report")
-        x_tb = pipeline.load_input_npy(input_npy, shape)
-        inputs["input"] = str(input_npy)
-    else:
-        T = timesteps or graph_meta(graph, file=str(graph_path)).get("timesteps")
-        if not T:
-            raise InputError("the graph states no timesteps; pass --timesteps", file=str(graph_path))
-        x, labels = pipeline.dataset_samples(dataset, split, limit, shape)
-        x_tb = pipeline.direct_encode(x, int(T))
-        inputs.update(dataset=dataset, split=split, encoding="direct")
-    trace = pipeline.run_backend(graph, info, x_tb, backend, profile=profile, progress=progress)
+    if input_npy is not None and sweep_timesteps:
+        raise InputError("--sweep-timesteps needs --dataset (labels)", place="report")
+    options = options or RunOptions()
+    if limit is not None:
+        options = replace(options, limit=limit)
+    prep = prepare(graph_path, backend, options, file=str(graph_path))
+    graph = prep.graph
+    x_tb, labels, desc = pipeline.load_samples(prep, input_npy=input_npy, dataset=dataset, split=split,
+                                               limit=limit, timesteps=timesteps, file=str(graph_path))
+    inputs = {"graph": str(graph_path), "backend": backend, "profile": options.profile or "spikebridge", **desc}
+    trace = pipeline.run(prep, x_tb, progress=progress)
     accuracy = {}
     if labels is not None:
         accuracy[backend], _ = pipeline.accuracy_of(graph, trace, labels)
         if sweep_timesteps:
-            sweep = run_sweep(graph, info, x, labels, sweep_timesteps, backend, profile, progress)
+            sweep = run_sweep(prep, x_tb[0], labels, sweep_timesteps, progress, label=backend)
     models = [_energy.get_model(m) for m in energy_models]
     report = build_report(graph, trace, accuracy=accuracy, energy_models=models, first_layer=first_layer,
                           graph_path=graph_path, versions=pipeline.versions(), sweep=sweep,
@@ -813,13 +811,15 @@ def energy_models_with(user_files) -> list:
     return models
 
 
-def sweep_for_run(run_dir, timesteps: list[int], out_dir=None, progress: bool = False) -> list[dict]:
-    """Accuracy vs T for a demo run directory: eventsim on run.json's dataset and split at each
-    T; written to OUT_DIR/sweep.json (default the run directory) so later reports reuse it."""
+def sweep_for_run(run_dir, timesteps: list[int], out_dir=None, progress: bool = False, backend: str = "eventsim",
+                  options=None) -> list[dict]:
+    """Accuracy vs T for a demo run directory: ``backend`` (default eventsim) with ``options``
+    on run.json's dataset and split at each T; written to OUT_DIR/sweep.json (default the run
+    directory) so later reports reuse it."""
     import json
 
-    from spikebridge.hardware.graph import analyse, load_graph
     from spikebridge.base.fileio import atomic_write_json
+    from spikebridge.hardware.backends import prepare
     from spikebridge.toolchain import pipeline
 
     d = Path(run_dir)
@@ -828,9 +828,8 @@ def sweep_for_run(run_dir, timesteps: list[int], out_dir=None, progress: bool = 
         dataset, split = run["dataset"], run.get("split", "test")
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise InputError(f"run.json is missing or names no dataset ({e})", file=str(d / "run.json")) from None
-    graph = load_graph(d / "graph.nir")
-    info = analyse(graph, file=str(d / "graph.nir"))
-    x, y = pipeline.dataset_samples(dataset, split, run.get("samples"), pipeline.graph_input_shape(graph, info))
-    sweep = run_sweep(graph, info, x, y, timesteps, "eventsim", progress=progress)
+    prep = prepare(d / "graph.nir", backend, options, file=str(d / "graph.nir"))
+    x, y = pipeline.dataset_samples(dataset, split, run.get("samples"), prep.input_shape)
+    sweep = run_sweep(prep, x, y, timesteps, progress=progress, label=str(backend))
     atomic_write_json(Path(out_dir or d) / "sweep.json", sweep)
     return sweep

@@ -1,16 +1,17 @@
-"""Sharded dataset simulation: the event-driven simulator over a test set split across worker
-processes on this machine (``simulate --workers N``) or across an existing Dask cluster
-(``simulate --cluster ADDRESS``).
+"""Sharded runs of a batched backend (eventsim, loihi-fixed): the samples split across worker
+processes on this machine (``RunOptions(workers=N)``, ``--workers N``) or across an existing
+Dask cluster (``RunOptions(cluster=ADDRESS)``, ``--cluster ADDRESS``). Reached only through
+``spikebridge.hardware.backends.run_graph``.
 
 Results are bit-identical to one process: the samples are cut into the same batches the
 single-process run uses (``--batch-size``, default 256), a shard is a run of whole batches,
-every worker simulates its batches exactly as ``pipeline.run_backend`` does (spikes recorded
+every worker runs its batches exactly as ``Backend.run`` does (``run_batch``, spikes recorded
 for the first batch only), and the parent joins the per-batch traces in batch order with
-``pipeline.merge_traces``: outputs are concatenated, integer counts summed.
+``merge_traces``: outputs are concatenated, integer counts summed.
 
-Nothing here imports torch (the workers load only numpy, nir/h5py and hardware/). The graph
-travels as the bytes of its .nir file and is validated by ``spikebridge.hardware.graph.load_graph`` in
-each worker, like any file.
+Nothing here imports torch (the workers load only numpy, nir/h5py and hardware/). The
+graph travels already read, adapted and analysed by ``backends.prepare`` in the parent
+(pickled with its backend object and options), so every worker runs the same reading.
 
 Failures. A worker that raises an input error (exit 3) or a backend error (exit 4) ends the
 run with that error. A worker process that dies (killed, out of memory) is retried: locally
@@ -23,7 +24,6 @@ merged trace has exactly the input's samples or the run fails.
 from __future__ import annotations
 
 import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from spikebridge.base.errors import BackendError, InputError, SpikebridgeError
+from spikebridge.hardware.trace import merge_traces
 
 KILL_ENV = "SPIKEBRIDGE_TEST_KILL_SHARD"  # tests: "SHARD:COUNT:DIR" SIGKILLs shard's worker COUNT times
 
@@ -38,10 +39,7 @@ KILL_ENV = "SPIKEBRIDGE_TEST_KILL_SHARD"  # tests: "SHARD:COUNT:DIR" SIGKILLs sh
 @dataclass(frozen=True)
 class Job:
     """What every shard needs besides its samples."""
-    graph_bytes: bytes
-    graph_name: str
-    profile: str
-    dt: float | None
+    prepared: object       # backends.Prepared: backend, options, adapted graph, info
     timesteps: int | None  # direct-encode the samples over T steps; None: samples are (T, b, ...)
 
 
@@ -81,15 +79,7 @@ def run_shard(job: Job, x: np.ndarray, batches: list[tuple[int, int]], shard: in
     """Simulate this shard's batches; ``x`` holds exactly its samples (axis 0 when the job
     direct-encodes, else axis 1). Returns one Trace per batch."""
     _maybe_die(shard)
-    from spikebridge.hardware.eventsim import adapt_graph, simulate
-    from spikebridge.hardware.graph import analyse, load_graph
-
-    with tempfile.TemporaryDirectory(prefix="spikebridge-shard-") as d:
-        path = Path(d) / Path(job.graph_name).name
-        path.write_bytes(job.graph_bytes)
-        graph = load_graph(path)
-    graph = adapt_graph(graph, job.profile)
-    info = analyse(graph, file=job.graph_name)
+    prep = job.prepared
     base = batches[0][0]
     traces = []
     for a, b in batches:
@@ -97,7 +87,7 @@ def run_shard(job: Job, x: np.ndarray, batches: list[tuple[int, int]], shard: in
             xb = np.ascontiguousarray(np.broadcast_to(x[a - base:b - base][None], (job.timesteps, b - a, *x.shape[1:])))
         else:
             xb = np.ascontiguousarray(x[:, a - base:b - base])
-        traces.append(simulate(graph, xb, profile=job.profile, dt=job.dt, record_spikes=(a == 0), info=info))
+        traces.append(prep.backend.run_batch(prep.graph, prep.info, xb, prep.options, record_spikes=(a == 0)))
     return traces
 
 
@@ -108,7 +98,7 @@ def _proc_main(conn, job, x, batches, shard):
     except SpikebridgeError as e:
         msg = ("error", e.exit_code, str(e))
     except Exception as e:  # noqa: BLE001 - a bug in a worker: reported by the parent in one line
-        msg = ("error", 1, f"internal error in simulate worker ({type(e).__name__}: {' '.join(str(e).split())[:300]})")
+        msg = ("error", 1, f"internal error in shard worker ({type(e).__name__}: {' '.join(str(e).split())[:300]})")
     conn.send(msg)
     conn.close()
 
@@ -228,42 +218,47 @@ def run_dask(address: str, job: Job, x_tb, encoded: bool, shards: list, retries:
     return [t for s in range(len(shards)) for t in results[s]]
 
 
-def run_sharded(graph_path, x_tb: np.ndarray, profile: str | None = None, dt: float | None = None,
-                workers: int = 1, cluster: str | None = None, batch_size: int = 256, retries: int = 2,
-                progress: bool = True):
-    """The eventsim Trace of ``x_tb`` (T, batch, ...) computed in shards; identical to
-    ``pipeline.run_backend(..., "eventsim", batch_size=batch_size)``."""
-    from spikebridge.toolchain.pipeline import merge_traces, progress_bar
+def run_sharded(prepared, x_tb: np.ndarray, progress=None):
+    """The Trace of ``x_tb`` (T, batch, ...) computed in shards (``prepared.options.workers``
+    local processes, or the Dask cluster at ``prepared.options.cluster``); identical to
+    ``prepared.backend.run(...)`` with the same batch size. ``progress(done, total)``."""
+    from spikebridge.hardware.backends import DEFAULT_BATCH_SIZE, DEFAULT_RETRIES
 
+    o = prepared.options
+    if not prepared.backend.batched:
+        raise InputError(f"--workers and --cluster shard batched backends only; {prepared.backend.name} is not")
+    workers = int(o.workers or 1)
+    retries = DEFAULT_RETRIES if o.retries is None else int(o.retries)
     if workers < 1:
         raise InputError("--workers must be at least 1")
     if retries < 0:
         raise InputError("--retries must be >= 0")
     total = int(x_tb.shape[1])
-    batches = batch_ranges(total, batch_size)
+    batches = batch_ranges(total, int(o.batch_size or DEFAULT_BATCH_SIZE))
     encoded = x_tb.ndim >= 2 and x_tb.strides[0] == 0  # direct encoding: send each sample once
-    job = Job(graph_bytes=Path(graph_path).read_bytes(), graph_name=str(graph_path), profile=profile or "spikebridge",
-              dt=dt, timesteps=int(x_tb.shape[0]) if encoded else None)
-    bar = progress_bar(total, "eventsim (sharded)", progress)
+    job = Job(prepared=prepared, timesteps=int(x_tb.shape[0]) if encoded else None)
+    done = [0]
+
+    def step(n):
+        done[0] += n
+        if progress:
+            progress(done[0], total)
+
     t0, c0 = time.perf_counter(), _cpu_seconds()
-    try:
-        if cluster:
-            if workers == 1:  # one shard per cluster worker thread unless --workers says otherwise
-                workers = _cluster_slots(cluster)
-            shards = split_shards(batches, workers)
-            parts = run_dask(cluster, job, x_tb, encoded, shards, retries, bar.update)
-        else:
-            shards = split_shards(batches, workers)
-            parts = run_local(job, x_tb, encoded, shards, workers, retries, bar.update)
-    finally:
-        bar.close()
+    if o.cluster:
+        if workers == 1:  # one shard per cluster worker thread unless --workers says otherwise
+            workers = _cluster_slots(o.cluster)
+        shards = split_shards(batches, workers)
+        parts = run_dask(o.cluster, job, x_tb, encoded, shards, retries, step)
+    else:
+        shards = split_shards(batches, workers)
+        parts = run_local(job, x_tb, encoded, shards, workers, retries, step)
     trace = merge_traces(parts)
-    trace.meta["wall_seconds"] = time.perf_counter() - t0
-    trace.meta["samples_per_second"] = total / max(trace.meta["wall_seconds"], 1e-9)
     trace.meta["shards"] = len(shards)
     trace.meta["workers"] = workers
-    if not cluster:
+    if not o.cluster:
         trace.meta["cpu_seconds"] = _cpu_seconds() - c0  # this process and its (waited-for) workers
+    trace.meta["shard_wall_seconds"] = time.perf_counter() - t0
     return trace
 
 
