@@ -41,6 +41,7 @@ import numpy as np
 
 from spikebridge.base.dialect import META_KEY
 from spikebridge.base.errors import InputError, UnsupportedError
+from spikebridge.hardware.shard import DEFAULT_BATCH_SIZE, DEFAULT_RETRIES
 from spikebridge.hardware.trace import Trace, merge_traces
 
 Progress = Callable[[int, int], None]  # progress(done_samples, total_samples)
@@ -86,9 +87,6 @@ class RunOptions:
         """Names of the options set (not None / False)."""
         return [f.name for f in fields(self) if getattr(self, f.name) not in (None, False)]
 
-
-DEFAULT_BATCH_SIZE = 256
-DEFAULT_RETRIES = 2
 
 # option -> the CLI flag that sets it (for one-line refusals)
 FLAGS = {"profile": "--profile", "dt": "--dt", "precision": "--precision",

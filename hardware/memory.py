@@ -27,9 +27,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from spikebridge.base.errors import InputError, ResourceError
+from spikebridge.hardware.shard import DEFAULT_BATCH_SIZE as CHUNK  # samples per backend call
 
 GiB = 1 << 30
-CHUNK = 256  # RunOptions.batch_size's default (hardware.backends)
 _TEMP_FACTOR = 3
 
 

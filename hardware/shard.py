@@ -33,6 +33,9 @@ import numpy as np
 from spikebridge.base.errors import BackendError, InputError, SpikebridgeError
 from spikebridge.hardware.trace import merge_traces
 
+DEFAULT_BATCH_SIZE = 256  # samples per backend call (RunOptions.batch_size); shards are whole batches
+DEFAULT_RETRIES = 2       # restarts of a dead shard (RunOptions.retries)
+
 KILL_ENV = "SPIKEBRIDGE_TEST_KILL_SHARD"  # tests: "SHARD:COUNT:DIR" SIGKILLs shard's worker COUNT times
 
 
@@ -222,8 +225,6 @@ def run_sharded(prepared, x_tb: np.ndarray, progress=None):
     """The Trace of ``x_tb`` (T, batch, ...) computed in shards (``prepared.options.workers``
     local processes, or the Dask cluster at ``prepared.options.cluster``); identical to
     ``prepared.backend.run(...)`` with the same batch size. ``progress(done, total)``."""
-    from spikebridge.hardware.backends import DEFAULT_BATCH_SIZE, DEFAULT_RETRIES
-
     o = prepared.options
     if not prepared.backend.batched:
         raise InputError(f"--workers and --cluster shard batched backends only; {prepared.backend.name} is not")
