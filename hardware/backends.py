@@ -244,8 +244,8 @@ def check_run_options(options: RunOptions) -> None:
         v = getattr(options, f)
         if v is not None and int(v) < low:
             raise OptionError(f"{FLAGS[f]} must be at least {low}", place=FLAGS[f])
-    if options.precision not in (None, "float", "fixed"):
-        raise OptionError(f"--precision {options.precision!r} is not float or fixed", place="--precision")
+    if options.precision not in (None, "float", "float32", "fixed"):
+        raise OptionError(f"--precision {options.precision!r} is not float, float32 or fixed", place="--precision")
 
 
 def prepare(graph, backend: str | Backend = "eventsim", options: RunOptions | None = None,
@@ -332,7 +332,9 @@ class EventsimBackend(Backend):
     tolerance = "spikes identical to the reference; analog outputs to float64 rounding"
 
     def check_options(self, options):
-        out = super().check_options(options)
+        # float32: the faster products of the spikebridge/nir profiles, with the declared
+        # tolerance of hardware.eventsim.simulator (library profiles stay float64-exact)
+        out = super().check_options(replace(options, precision=None) if options.precision == "float32" else options)
         if options.profile is not None:
             from spikebridge.hardware.eventsim import get_profile
             prof = get_profile(options.profile)  # UnsupportedError for an unknown profile
@@ -348,7 +350,8 @@ class EventsimBackend(Backend):
     def run_batch(self, graph, info, x_tb, options, record_spikes):
         from spikebridge.hardware.eventsim import simulate
         return simulate(graph, x_tb, profile=options.profile or "spikebridge", dt=options.dt,
-                        record_spikes=record_spikes, info=info)
+                        record_spikes=record_spikes, info=info,
+                        precision="float32" if options.precision == "float32" else "float64")
 
 
 class _LoihiPlan(Backend):

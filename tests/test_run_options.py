@@ -62,6 +62,8 @@ REFUSED = [  # (flags, words the one-line error must contain)
     (["--backend", "loihi-fixed", "--profile", "snntorch"], ["--profile snntorch", "loihi-fixed"]),
     (["--profile", "brian"], ["unknown profile"]),
     (["--workers", "0"], ["--workers"]),
+    (["--backend", "lava", "--precision", "float32"], ["--precision float32", "lava-float"]),
+    (["--profile", "snntorch", "--precision", "float32"], ["float32"]),
 ]
 
 
@@ -163,3 +165,34 @@ def test_limit_means_the_first_samples_of_an_input_file_too(tmp_path, capsys):
     full = run_graph(str(d / "graph.nir"), x, "eventsim", RunOptions(profile="sinabs"))
     np.testing.assert_array_equal(out, full.outputs[next(iter(full.outputs))][:, :2])
     assert full.outputs[next(iter(full.outputs))].size == y.size
+
+
+def test_eventsim_float32_reaches_the_simulator_from_the_cli(tmp_path, capsys):
+    """--precision float32 reaches eventsim's float32 path (spikebridge/nir profiles). Dyadic
+    weights and binary inputs make every sum exact in float32 and float64, so the two runs
+    must agree exactly; the trace says which arithmetic ran."""
+    import nir
+    rng = np.random.default_rng(3)
+    w = (rng.integers(-32, 33, (16, 12)) / 64).astype(np.float32)
+    g = nir.NIRGraph(nodes={"input": nir.Input(input_type={"input": np.array([12])}),
+                            "fc": nir.Linear(weight=w),
+                            "lif": nir.IF(r=np.ones(16), v_threshold=np.full(16, 0.75)),
+                            "output": nir.Output(output_type={"output": np.array([16])})},
+                     edges=[("input", "fc"), ("fc", "lif"), ("lif", "output")])
+    gp, xp = tmp_path / "g.nir", tmp_path / "x.npy"
+    nir.write(gp, g)
+    x = (rng.random((6, 5, 12)) < 0.3).astype(np.float32)
+    np.save(xp, x)
+    runs = {}
+    for prec in ("float", "float32"):
+        assert main(["--no-progress", "simulate", str(gp), "--input", str(xp), "--precision", prec,
+                     "--out", str(tmp_path / f"{prec}.npz")]) == 0
+        runs[prec] = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        with np.load(tmp_path / f"{prec}.npz") as z:
+            runs[prec]["y"] = z["output"]
+    assert runs["float"]["synaptic_ops_per_sample"] == runs["float32"]["synaptic_ops_per_sample"]
+    np.testing.assert_array_equal(runs["float"]["y"], runs["float32"]["y"])
+    assert runs["float"]["y"].sum() > 0
+    from spikebridge.hardware.backends import RunOptions, run_graph
+    assert run_graph(g, x, "eventsim", RunOptions(precision="float32")).meta["precision"] == "float32"
+    assert run_graph(g, x, "eventsim", RunOptions()).meta["precision"] == "float64"

@@ -106,9 +106,10 @@ def add_run_options(p, *, running: bool = True, profile_help: str | None = None)
                    + ", ".join(PROFILES) + " (docs/nir-conventions.md: Profiles); the Loihi backends read spikebridge graphs only")
     p.add_argument("--dt", type=float, help="time step; overrides the profile's dt (and the graph's); the Loihi "
                    "backends (lava, loihi-fixed) lower with it")
-    p.add_argument("--precision", choices=["float", "fixed"],
-                   help="Lava precision: float (floating_pt) or fixed (Loihi fixed point, fixed_pt); eventsim is "
-                        "float only (fixed point: --backend loihi-fixed)")
+    p.add_argument("--precision", choices=["float", "float32", "fixed"],
+                   help="Lava precision: float (floating_pt) or fixed (Loihi fixed point, fixed_pt); eventsim: "
+                        "float (float64, default) or float32 (faster; spikebridge and nir profiles only, within "
+                        "the tolerance in docs/cli.md; fixed point: --backend loihi-fixed)")
     p.add_argument("--allow-reset-to-zero", action="store_true",
                    help="lava, loihi-fixed: run soft-reset (subtractive) neurons with Lava's reset to zero "
                         "(an approximation)")
