@@ -45,7 +45,7 @@ RES = [{"name": "conv1", "type": "conv", "out_channels": 8, "kernel_size": 3, "s
         "neuron": True},
        {"name": "block1", "type": "resblock", "out_channels": 8, "stride": 1, "neuron": True},
        {"name": "block2", "type": "resblock", "out_channels": 16, "stride": 2, "neuron": True},
-       {"name": "gap", "type": "avgpool", "kernel_size": "global", "neuron": True},
+       {"name": "gap", "type": "avgpool", "kernel_size": 2, "neuron": True},
        {"name": "flatten", "type": "flatten"},
        {"name": "classifier", "type": "linear", "out_features": 10, "bn": False, "neuron": False}]
 MAXPOOL = [{"name": "conv1", "type": "conv", "out_channels": 8, "kernel_size": 3, "stride": 1, "padding": 1,
