@@ -6,6 +6,10 @@ compare exports made by two versions of the code by content.
     # 2. exports with the code on PYTHONPATH (run once per version)
     PYTHONPATH=/path/to/old python scripts/export_equivalence.py export OUT/ckpt OUT/old
     PYTHONPATH=$PWD         python scripts/export_equivalence.py export OUT/ckpt OUT/new
+    # tiny reference checkpoints (tests/data/exports) and their export digests (old code)
+    PYTHONPATH=/path/to/old python scripts/export_equivalence.py tiny tests/data/exports
+    PYTHONPATH=/path/to/old python scripts/export_equivalence.py digests tests/data/exports \\
+        tests/data/exports/digests.json
     # 3. content comparison (NIR: node types, every parameter array exactly, metadata;
     #    ONNX: nodes, attributes, initializers exactly, model properties)
     python scripts/export_equivalence.py compare OUT/old OUT/new
@@ -54,6 +58,42 @@ MAXPOOL = [{"name": "conv1", "type": "conv", "out_channels": 8, "kernel_size": 3
            {"name": "classifier", "type": "linear", "out_features": 10, "bn": False, "neuron": False}]
 SYNTH = {"snn2ann-res": ("snn2ann-cnn", RES), "bptt-lif-res": ("bptt-lif-cnn", RES),
          "bptt-if-res": ("bptt-if-cnn", RES), "snn2ann-maxpool": ("snn2ann-cnn", MAXPOOL)}
+# tiny layer lists for the stored reference checkpoints of tests/data/exports (a few KB each)
+_FC = {"type": "linear", "bn": True, "neuron": True}
+_CLS = {"name": "classifier", "type": "linear", "out_features": 10, "bn": False, "neuron": False}
+TINY_SPECS = {
+    "mlp": [{"name": "flatten", "type": "flatten"}, {"name": "fc1", "out_features": 6, **_FC}, _CLS],
+    "cnn": [{"name": "conv1", "type": "conv", "out_channels": 2, "kernel_size": 3, "stride": 2, "padding": 1,
+             "bn": True, "neuron": True},
+            {"name": "flatten", "type": "flatten"}, {"name": "fc1", "out_features": 6, **_FC}, _CLS],
+    "res": [{"name": "conv1", "type": "conv", "out_channels": 2, "kernel_size": 3, "stride": 1, "padding": 1,
+             "bn": True, "neuron": True},
+            {"name": "block1", "type": "resblock", "out_channels": 2, "stride": 1, "neuron": True},
+            {"name": "block2", "type": "resblock", "out_channels": 3, "stride": 2, "neuron": True},
+            {"name": "pool", "type": "avgpool", "kernel_size": 4, "neuron": True},
+            {"name": "flatten", "type": "flatten"}, _CLS],
+    "maxpool": [{"name": "conv1", "type": "conv", "out_channels": 2, "kernel_size": 3, "stride": 1, "padding": 1,
+                 "bn": True, "neuron": True, "maxpool": 2},
+                {"name": "flatten", "type": "flatten"}, _CLS],
+}
+TINY = {  # case -> (tiny spec, train arguments)
+    "snn2ann-mlp": ("mlp", ["--method", "snn2ann"]),
+    "snn2ann-cnn": ("cnn", ["--method", "snn2ann"]),
+    "snn2ann-res": ("res", ["--method", "snn2ann"]),
+    "snn2ann-maxpool": ("maxpool", ["--method", "snn2ann"]),
+    "bptt-lif-cnn": ("cnn", ["--method", "bptt", "--neuron", "lif"]),
+    "bptt-lif-res": ("res", ["--method", "bptt", "--neuron", "lif"]),
+    "bptt-if-mlp": ("mlp", ["--method", "bptt", "--neuron", "if"]),
+    "qcfs-mlp": ("mlp", ["--method", "qcfs"]),
+    "qcfs-cnn": ("cnn", ["--method", "qcfs"]),
+    "parallel-cnn": ("cnn", ["--method", "parallel"]),
+    "parallel-window-cnn": ("cnn", ["--method", "parallel", "--deploy", "window"]),
+    "bridge-mlp": ("mlp", ["--method", "bridge"]),
+    "bridge-cnn": ("cnn", ["--method", "bridge"]),
+    "lasnn-cnn": ("cnn", ["--method", "lasnn"]),
+    "ann-mlp": ("mlp", ["--method", "ann"]),
+    "ann-cnn": ("cnn", ["--method", "ann"]),
+}
 FORMATS = {"nir": "graph.nir", "onnx": "model.onnx", "onnx-step": "step.onnx"}
 
 
@@ -112,6 +152,86 @@ def synth(ckpt_root: Path) -> None:
         meta["layers"] = [dict(x) for x in layers]
         save_checkpoint(out, model.state_dict(), meta)
         print(f"synth {name}: from {src}", flush=True)
+
+
+def tiny(out_root: Path) -> None:
+    """Train the TINY cases (the arch's layer list replaced by TINY_SPECS, in every module that
+    imported build_spec) and keep only weights.safetensors + model.json, with the run's own
+    paths replaced by '.'."""
+    import importlib
+    import shutil
+    import tempfile
+
+    for name, (spec_name, extra) in TINY.items():
+        out = out_root / name
+        if (out / "model.json").is_file():
+            continue
+        spec = TINY_SPECS[spec_name]
+        patched = []
+        for mod in ("spikebridge.models.architectures", "spikebridge.models.train", "spikebridge.models.methods.common",
+                    "spikebridge.models.methods.snn2ann"):
+            try:
+                m = importlib.import_module(mod)
+            except ImportError:
+                continue
+            if hasattr(m, "build_spec"):
+                patched.append((m, m.build_spec))
+                m.build_spec = lambda *a, **k: [dict(x) for x in spec]
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                rc, err = _cli(["--no-progress", "train", *COMMON, "--arch", "cnn", *extra, "--out", f"{tmp}/ck"])
+                print(f"tiny {name}: exit {rc} {' '.join(err)}", flush=True)
+                if rc == 0:
+                    out.mkdir(parents=True, exist_ok=True)
+                    shutil.copy(f"{tmp}/ck/weights.safetensors", out / "weights.safetensors")
+                    text = (Path(tmp) / "ck" / "model.json").read_text().replace(f"{tmp}/ck", ".").replace(tmp, ".")
+                    (out / "model.json").write_text(text)
+        finally:
+            for m, f in patched:
+                m.build_spec = f
+
+
+def content_digest(path) -> str:
+    """sha256 of a canonical description of an exported file's content (NIR: node types, every
+    field, arrays by dtype/shape/bytes, edges, metadata; ONNX: nodes, initialisers, I/O,
+    opset, properties), independent of the HDF5/protobuf byte layout."""
+    import hashlib
+
+    import numpy as np
+
+    def canon(v):
+        if isinstance(v, tuple) and len(v) == 4 and v[0] == "array":
+            return ["array", v[1], list(v[2]), hashlib.sha256(v[3]).hexdigest()]
+        if isinstance(v, bytes):
+            return hashlib.sha256(v).hexdigest()
+        if isinstance(v, dict):
+            return {str(k): canon(x) for k, x in sorted(v.items(), key=lambda kv: str(kv[0]))}
+        if isinstance(v, (list, tuple)):
+            return [canon(x) for x in v]
+        if isinstance(v, np.generic):
+            return v.item()
+        return v
+
+    path = Path(path)
+    c = nir_content(path) if path.suffix == ".nir" else onnx_content(path)
+    if path.suffix != ".nir":
+        c["initializers"] = {k: ("array", *v) for k, v in c["initializers"].items()}
+    return hashlib.sha256(json.dumps(canon(c), sort_keys=True, default=str).encode()).hexdigest()
+
+
+def digests(ckpt_root: Path, out_json: Path) -> None:
+    """Export every checkpoint under ckpt_root in every format; write {case.format: digest or
+    'exit N'} as JSON."""
+    import tempfile
+
+    res = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for d in sorted(p for p in ckpt_root.iterdir() if (p / "model.json").is_file()):
+            for fmt, fname in FORMATS.items():
+                out = Path(tmp) / f"{d.name}.{fname}"
+                rc, _ = _cli(["export", str(d), "--format", fmt, "--out", str(out)])
+                res[f"{d.name}.{fmt}"] = content_digest(out) if rc == 0 else f"exit {rc}"
+    out_json.write_text(json.dumps(res, indent=1, sort_keys=True) + "\n")
 
 
 def export(ckpt_root: Path, out_root: Path) -> None:
@@ -206,6 +326,10 @@ if __name__ == "__main__":
     if cmd == "train":
         train(Path(rest[0]))
         synth(Path(rest[0]))
+    elif cmd == "tiny":
+        tiny(Path(rest[0]))
+    elif cmd == "digests":
+        digests(Path(rest[0]), Path(rest[1]))
     elif cmd == "export":
         export(Path(rest[0]), Path(rest[1]))
     elif cmd == "compare":

@@ -22,9 +22,13 @@ def build_model(meta: dict, tensors: dict, file: str | None = None):
 
 
 def deployed(meta: dict, tensors: dict, file: str | None = None):
+    return deployed_from_model(build_model(meta, tensors, file), meta)
+
+
+def deployed_from_model(model, meta: dict):
+    """A BPTTNet as a DeployedNet (the module docstring)."""
     from spikebridge.models.deployed import from_spec_model
 
-    model = build_model(meta, tensors, file)
     neuron = model.neuron
     if neuron.reset != "zero":
         raise UnsupportedError("only hard reset is exported", place="neuron")

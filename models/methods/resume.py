@@ -36,7 +36,7 @@ MAX_ROWS = 1_000_000
 def check_settings(theirs: dict, mine: dict, file: str) -> None:
     """Refuse a --resume whose settings differ from the run that wrote ``file`` (InputError
     naming the first differing setting, both values)."""
-    for k in sorted(set(theirs) | set(mine)):
+    for k in sorted(set(theirs) | set(mine), key=lambda k: (k != "method", k)):  # another method first
         if theirs.get(k) != mine.get(k):
             raise InputError(f"{file}: --resume with a different configuration than the run that wrote it "
                              f"({k}: {theirs.get(k)!r} there, {mine.get(k)!r} now)")

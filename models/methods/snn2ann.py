@@ -345,14 +345,18 @@ def build_model(meta: dict, tensors: dict, file: str | None = None) -> SNN2ANNNe
     return model
 
 
-def deployed(meta: dict, tensors: dict, file: str | None = None):
-    """BN folded, bias / T, IF with the per-neuron thresholds, hard reset to 0, ``>``."""
+def deployed_from_model(model: SNN2ANNNet, meta: dict):
+    """The SNN branch as a DeployedNet: BN folded, bias / T, IF with the per-neuron thresholds,
+    hard reset to 0, ``>``; avg-pool and residual blocks as in models/snn2ann.py."""
     from spikebridge.models.deployed import from_spec_model
 
     T = int(meta["timesteps"])
-    model = build_model(meta, tensors, file)
     return from_spec_model(model, meta, "if", folded=lambda layer: layer.folded(T),
                            threshold=lambda module, shape: module.threshold)
+
+
+def deployed(meta: dict, tensors: dict, file: str | None = None):
+    return deployed_from_model(build_model(meta, tensors, file), meta)
 
 
 def onnx(meta: dict, tensors: dict, file: str | None = None):
