@@ -153,11 +153,18 @@ def _modules():
     return mods
 
 
-def test_models_never_import_exporters():
-    bad = {m: sorted(i for i in _imports(p) if i.removeprefix("spikebridge.").split(".")[0] in ("exporters",
-                                                                                                 "toolchain"))
-           for m, p in _modules().items() if m.startswith("models")}
-    assert not {m: v for m, v in bad.items() if v}
+def test_models_import_only_base_and_models_and_nothing_bare():
+    """models -> spikebridge.base, spikebridge.models (never exporters, hardware, toolchain);
+    models and exporters name our packages only as spikebridge.* (never bare ``models.x``)."""
+    ours = ("models", "exporters", "hardware", "toolchain", "benchmarks", "base")
+    for m, p in _modules().items():
+        imps = _imports(p)
+        bare = sorted(i for i in imps if i.split(".")[0] in ours)
+        assert not bare, f"{m}: bare imports {bare}"
+        if m.startswith("models"):
+            up = sorted(i for i in imps if i.startswith("spikebridge.")
+                        and i.split(".")[1] not in ("base", "models"))
+            assert not up, f"{m} imports {up}"
 
 
 def test_no_import_cycle_among_models_and_exporters():

@@ -21,7 +21,7 @@ from spikebridge.models.methods import common as C
 
 def train_relu_ann(cfg, data, progress=False, history=None, stages=None) -> C.Stack:
     info = data[0]
-    C.seed_all(cfg.seed)
+    C.seed_everything(cfg.seed)
     spec = C.default_spec(cfg, info)
     model = C.Stack(spec, info.input_shape)
     C.fit_ann(model, lambda e: C.relu_act, cfg, data, cfg.epochs, progress, "relu-ann", history, stages=stages)
@@ -52,7 +52,7 @@ def train(cfg, out_dir, progress=True, resume=False) -> dict:
 def build_model(meta, tensors, file=None) -> C.Stack:
     C.check_spec(C.spec_of(meta), "ann")
     model = C.Stack(meta["layers"], meta["input_shape"])
-    C.load_state(model, tensors, file)
+    C.load_weights(model, tensors, file)
     return model.eval()
 
 
@@ -87,7 +87,7 @@ def load_teacher(path):
     if method == "snn2ann":
         C.check_spec(C.spec_of(meta), "snn2ann teacher")
         net = C.Stack(meta["layers"], meta["input_shape"])
-        C.load_state(net, tensors, file, ignore=("layers.",))
+        C.load_weights(net, tensors, file, ignore=("layers.",))
         T = float(meta["timesteps"])
         with torch.no_grad():
             blocks = list(net.layers.values())

@@ -76,7 +76,7 @@ def train(cfg, out_dir, progress=True, resume=False) -> dict:
     device = pick_device(cfg.device)
     data = C.load_data(cfg, device)
     info = data[0]
-    C.seed_all(cfg.seed)
+    C.seed_everything(cfg.seed)
     spec = C.default_spec(cfg, info)
     history: list[dict] = []
     clock = C.timer()
@@ -87,7 +87,7 @@ def train(cfg, out_dir, progress=True, resume=False) -> dict:
         if imeta["method"] != "bridge" or imeta["layers"] != spec:
             raise InputError(f"--init {init} is not a bridge checkpoint of this architecture")
         ann = C.Stack(spec, info.input_shape, bn_init=THRESHOLD)
-        C.load_state(ann, itensors, str(init))
+        C.load_weights(ann, itensors, str(init))
         ann = ann.to(device)
         pre_seconds = float(imeta.get("metrics", {}).get("pretrain_seconds", 0.0))
         ann_acc = imeta.get("metrics", {}).get("ann_test_accuracy")
@@ -128,7 +128,7 @@ def build_lif_stack(meta, tensors, file=None, method: str = "bridge") -> C.Spiki
     """The LIF SNN (decay 0.25, threshold 0.5, hard reset) of a bridge or lasnn checkpoint."""
     C.check_spec(C.spec_of(meta), method)
     model = C.SpikingStack(meta["layers"], meta["input_shape"], DECAY, THRESHOLD)
-    C.load_state(model, tensors, file)
+    C.load_weights(model, tensors, file)
     return model.eval()
 
 

@@ -29,6 +29,8 @@ from torch.nn import functional as F
 from spikebridge.base.errors import CheckpointError, InputError
 from spikebridge.base.fileio import atomic_path, atomic_write_text
 from spikebridge.models.architectures import build_spec, infer_shapes
+from spikebridge.models.checkpoint import load_weights  # noqa: F401 (the methods' weight loader)
+from spikebridge.models.config import seed_everything  # noqa: F401 (the methods' seeding)
 from spikebridge.models.methods.options import SCHEDULES
 
 BN_EPS = 1e-5
@@ -404,13 +406,6 @@ def plot_curves(history: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def load_state(model: nn.Module, tensors: dict, file=None, ignore=()) -> None:
-    """Load numpy tensors into ``model`` by name, checking names and shapes."""
-    from spikebridge.models.checkpoint import load_weights
-
-    load_weights(model, tensors, file, ignore)
-
-
 def spec_of(meta: dict, key: str = "layers") -> list[dict]:
     spec = meta.get(key)
     if not isinstance(spec, list):
@@ -502,11 +497,6 @@ def fit_ann(model: Stack, act_for_epoch, cfg, data, epochs: int, progress: bool 
 
 def relu_act(i, blk, z):
     return F.relu(z)
-
-
-def seed_all(seed: int) -> None:
-    from spikebridge.models.config import seed_everything
-    seed_everything(seed)
 
 
 def fit_snn(model: "SpikingStack", T: int, cfg, data, epochs: int, loss_fn=None, progress: bool = False,

@@ -122,7 +122,7 @@ def train(cfg, out_dir, progress=True, resume=False) -> dict:
     teacher_seconds = clock()
     ann_acc = C.ann_accuracy(teacher, tact, data[3], data[4])
 
-    C.seed_all(cfg.seed)
+    C.seed_everything(cfg.seed)
     spec = C.shrink_spec(C.default_spec(cfg, info), o["width"])
     student = C.SpikingStack(spec, info.input_shape, DECAY, THRESHOLD).to(device)
     T = cfg.timesteps

@@ -311,7 +311,7 @@ def neuron_meta(deploy: str = "sequential") -> dict:
 def build_model(meta, tensors, file=None) -> ParallelNet:
     C.check_spec(C.spec_of(meta), "parallel")
     net = ParallelNet(meta["layers"], meta["input_shape"], meta["timesteps"])
-    C.load_state(net, tensors, file)
+    C.load_weights(net, tensors, file)
     for blk in net.neuron_blocks():
         if not bool((net.cal(blk, "theta") > 0).all()):
             raise CheckpointError("thresholds must be positive", file=file, place=f"theta_{blk.spec['name']}")

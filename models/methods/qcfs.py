@@ -102,7 +102,7 @@ def _L(cfg) -> int:
 
 def train_qcfs_ann(cfg, data, progress=False, history=None, stages=None) -> QCFSNet:
     info = data[0]
-    C.seed_all(cfg.seed)
+    C.seed_everything(cfg.seed)
     spec = C.default_spec(cfg, info)
     model = QCFSNet(spec, info.input_shape, _L(cfg))
     C.fit_ann(model, lambda e: model.act, cfg, data, cfg.epochs, progress, "qcfs-ann", history, stages=stages)
@@ -145,7 +145,7 @@ def build_model(meta, tensors, file=None) -> QCFSNet:
     if not isinstance(L, int) or isinstance(L, bool) or L < 1:
         raise CheckpointError("L must be a positive integer", file=file, place="L")
     model = QCFSNet(meta["layers"], meta["input_shape"], L)
-    C.load_state(model, tensors, file)
+    C.load_weights(model, tensors, file)
     return model.eval()
 
 

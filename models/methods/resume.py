@@ -38,8 +38,9 @@ def check_settings(theirs: dict, mine: dict, file: str) -> None:
     naming the first differing setting, both values)."""
     for k in sorted(set(theirs) | set(mine), key=lambda k: (k != "method", k)):  # another method first
         if theirs.get(k) != mine.get(k):
+            what = "method options" if k == "extra" else "--" + k.replace("_", "-")
             raise InputError(f"{file}: --resume with a different configuration than the run that wrote it "
-                             f"({k}: {theirs.get(k)!r} there, {mine.get(k)!r} now)")
+                             f"({what}: {theirs.get(k)!r} there, {mine.get(k)!r} now)")
 
 
 def _finite(value) -> bool:
