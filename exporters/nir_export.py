@@ -2,7 +2,7 @@
 
 ``to_nir(net)`` is the one torch->NIR writer: every method hands it the ``DeployedNet`` its
 registry entry builds (models/deployed.py; ``checkpoint_to_nir(ckpt)`` dispatches on
-model.json's ``method``). The SNN is written exactly as it runs in torch: BN folded from
+model.json's ``method`` through the method registry). The SNN is written exactly as it runs in torch: BN folded from
 running statistics, the bias as injected per step, per-neuron thresholds as arrays, IF
 (r = 1) or LIF under forward Euler with dt = 1, and an analog readout Affine(W/T, b/T) whose
 output summed over T equals the model's SNN logits. What plain NIR cannot say (reset kind,
@@ -19,7 +19,7 @@ import numpy as np
 from spikebridge.base.dialect import META_KEY
 from spikebridge.base.errors import UnsupportedError
 from spikebridge.base.fileio import atomic_path
-from spikebridge.models.deployed import AvgPool, DeployedNet, Flatten, Neuron, Synapse
+from spikebridge.models.deployed import AvgPool, DeployedNet, Flatten, Neuron, Synapse, from_checkpoint
 
 
 def neuron_metadata(reset="zero", threshold_test="gt", v_init=0.0, spike_amplitude=1.0) -> dict:
@@ -64,22 +64,9 @@ def to_nir(net: DeployedNet) -> nir.NIRGraph:
     return nir.NIRGraph(nodes=nodes, edges=edges, metadata={META_KEY: net.metadata})
 
 
-def deployed_of(ckpt_dir) -> DeployedNet:
-    """The DeployedNet of a checkpoint directory (through the method registry; a method
-    without an SNN, or an unknown one, is refused in one line)."""
-    from spikebridge.models import methods as method_registry
-    from spikebridge.models.checkpoint import load_checkpoint
-
-    meta, tensors = load_checkpoint(ckpt_dir)
-    spec = method_registry.require(meta["method"], file=str(Path(ckpt_dir) / "model.json"))
-    if spec.deployed is None:
-        raise UnsupportedError(spec.no_snn or f"method {spec.name!r} has no SNN to export", file=str(ckpt_dir),
-                               place="method")
-    return spec.deployed(meta, tensors, str(ckpt_dir))
-
-
 def checkpoint_to_nir(ckpt_dir) -> nir.NIRGraph:
-    return to_nir(deployed_of(ckpt_dir))
+    """``export --format nir``: the checkpoint's DeployedNet (models.deployed.from_checkpoint) as NIR."""
+    return to_nir(from_checkpoint(ckpt_dir))
 
 
 def write_nir(graph: nir.NIRGraph, path) -> None:

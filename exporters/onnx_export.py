@@ -233,15 +233,9 @@ def snn_to_onnx(net: DeployedNet) -> onnx.ModelProto:
 
 def checkpoint_to_onnx(ckpt_dir) -> onnx.ModelProto:
     """``export --format onnx``: the method's ANN, or its SNN unrolled over T (bridge, lasnn)."""
-    from spikebridge.models import methods as method_registry
-    from spikebridge.models.checkpoint import load_checkpoint
+    from spikebridge.models.deployed import onnx_form
 
-    meta, tensors = load_checkpoint(ckpt_dir)
-    spec = method_registry.require(meta["method"], file=str(Path(ckpt_dir) / "model.json"))
-    if spec.onnx is None:
-        raise UnsupportedError(spec.no_onnx or f"method {spec.name!r} has no ONNX form (export --format nir)",
-                               file=str(ckpt_dir), place="method")
-    net = spec.onnx(meta, tensors, str(ckpt_dir))
+    net = onnx_form(ckpt_dir)
     return snn_to_onnx(net) if isinstance(net, DeployedNet) else ann_to_onnx(net)
 
 

@@ -1,7 +1,7 @@
 """The deployed network: what a checkpoint runs as on neuromorphic hardware, as plain data.
 
 Every training method turns its checkpoint into one ``DeployedNet`` (the method registry's
-``deployed`` hook, models/methods/__init__.py); the exporters write it (NIR:
+``deployed`` hook, models/methods/__init__.py; ``from_checkpoint(ckpt_dir)``); the exporters write it (NIR:
 ``spikebridge.exporters.nir_export.to_nir``; the SNN unrolled over T as ONNX:
 ``spikebridge.exporters.onnx_export.snn_to_onnx``) and never look at torch modules or
 at ``method``. Models never import the exporters.
@@ -101,6 +101,36 @@ class DeployedNet:
     def neuron_names(self) -> list[str]:
         """Neuron node names, in the order the torch models report counts/spikes."""
         return [n.name for n in self.nodes if isinstance(n.op, Neuron)]
+
+
+def from_checkpoint(ckpt_dir) -> DeployedNet:
+    """The DeployedNet of a checkpoint directory, built by its method's registry entry (an
+    unknown method, or one without an SNN such as ``ann``, is refused in one line)."""
+    spec, meta, tensors = _method_of(ckpt_dir)
+    if spec.deployed is None:
+        raise UnsupportedError(spec.no_snn or f"method {spec.name!r} has no SNN to export", file=str(ckpt_dir),
+                               place="method")
+    return spec.deployed(meta, tensors, str(ckpt_dir))
+
+
+def onnx_form(ckpt_dir) -> "AnnNet | DeployedNet":
+    """What ``export --format onnx`` writes for a checkpoint: its method's ANN (AnnNet), or its
+    SNN to unroll over T (DeployedNet: bridge, lasnn); refused in one line when there is none."""
+    spec, meta, tensors = _method_of(ckpt_dir)
+    if spec.onnx is None:
+        raise UnsupportedError(spec.no_onnx or f"method {spec.name!r} has no ONNX form (export --format nir)",
+                               file=str(ckpt_dir), place="method")
+    return spec.onnx(meta, tensors, str(ckpt_dir))
+
+
+def _method_of(ckpt_dir):
+    from pathlib import Path
+
+    from spikebridge.models import methods as method_registry
+    from spikebridge.models.checkpoint import load_checkpoint
+
+    meta, tensors = load_checkpoint(ckpt_dir)
+    return method_registry.require(meta["method"], file=str(Path(ckpt_dir) / "model.json")), meta, tensors
 
 
 def f32(a, shape=None) -> np.ndarray:

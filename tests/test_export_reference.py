@@ -119,10 +119,10 @@ def test_every_method_registers_the_same_way():
 def test_deployed_of_a_checkpoint_is_a_frozen_description(tmp_path):
     import dataclasses
 
-    from spikebridge.exporters.nir_export import deployed_of
+    from spikebridge.models.deployed import from_checkpoint
     from spikebridge.models.deployed import Neuron, Synapse
 
-    net = deployed_of(DATA / "bptt-lif-res")
+    net = from_checkpoint(DATA / "bptt-lif-res")
     assert net.method == "bptt" and net.timesteps >= 1 and net.readout == "sum"
     kinds = [type(n.op).__name__ for n in net.nodes]
     assert kinds.count("Neuron") == 6 and "AvgPool" in kinds

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from spikebridge.exporters.nir_export import checkpoint_to_nir, deployed_of
+from spikebridge.exporters.nir_export import checkpoint_to_nir
+from spikebridge.models.deployed import from_checkpoint
 from spikebridge.base.errors import UnsupportedError
 from spikebridge.hardware.eventsim import simulate
 from spikebridge.hardware.graph import analyse
@@ -109,7 +110,7 @@ def test_bptt_nir_export_reproduced_by_eventsim(bptt_ckpt):
     g = checkpoint_to_nir(bptt_ckpt)
     T = meta["timesteps"]
     tr = simulate(g, np.broadcast_to(x[None], (T, *x.shape)), info=analyse(g))
-    names = deployed_of(bptt_ckpt).neuron_names()
+    names = from_checkpoint(bptt_ckpt).neuron_names()
     assert len(names) == len(spikes)
     total = mism = 0
     for name, s_t in zip(names, spikes):

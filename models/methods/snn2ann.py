@@ -174,7 +174,8 @@ def train(cfg, out_dir, progress: bool = True, resume: bool = False) -> dict:
     C.check_cfg(cfg, resume)
     out = Path(out_dir)
     device = pick_device(cfg.device)
-    state = _read_state(out, cfg) if resume and (out / "train_state.pt").exists() else None
+    sp = out / "train_state.pt"
+    state = _read_state(out, cfg) if resume and (sp.exists() or sp.is_symlink()) else None
     seed_everything(cfg.seed)
     info, xtr_t, ytr_t, xte_t, yte_t = C.load_data(cfg, device)  # --limit-train / --limit-test applied
     use_aug = info.augment if cfg.augment is None else bool(cfg.augment)
