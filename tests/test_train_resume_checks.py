@@ -219,3 +219,45 @@ def test_nan_rows_inside_the_state_are_refused(run2, tmp_path):
     rc, err = _resume(out)
     _refused(rc, err, "train_state.pt", "non-finite")
     assert _snapshot(out) == before
+
+
+def test_a_kill_before_model_json_of_the_last_epoch_is_repaired_by_resume(tmp_path, monkeypatch):
+    """Killed after the last epoch's train_state.pt, before its model.json and metrics.jsonl:
+    --resume trains nothing more and leaves checkpoint, model.json and rows of that epoch."""
+    from spikebridge.models import checkpoint as CK
+    from spikebridge.models.checkpoint import read_meta
+    from spikebridge.models.config import TrainConfig
+    from spikebridge.models.train import train
+
+    cfg = TrainConfig(method="bptt", arch="mlp", dataset="digits", timesteps=2, epochs=2, batch_size=32,
+                      limit_train=64, device="cpu", neuron="if", extra={"limit_test": 32})
+    out = tmp_path / "run"
+    real, calls = CK.atomic_write_json, {"n": 0}
+
+    def kill_second(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        real(*a, **k)
+
+    monkeypatch.setattr(CK, "atomic_write_json", kill_second)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, out, progress=False)
+    monkeypatch.setattr(CK, "atomic_write_json", real)
+    assert read_meta(out)["metrics"]["epoch"] == 1
+    assert torch.load(out / "train_state.pt", weights_only=True)["epoch"] == 2
+    row = train(cfg, out, progress=False, resume=True)
+    assert row["epoch"] == 2 and read_meta(out)["metrics"] == row
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2] and rows[-1] == row
+
+
+@pytest.mark.parametrize("method", ["snn2ann", "qcfs"])
+def test_a_directory_in_place_of_the_state_is_refused_not_retrained(tmp_path, method):
+    out = tmp_path / "run"
+    out.mkdir()
+    state = out / ("train_state.pt" if method == "snn2ann" else "train_state.qcfs-ann.pt")
+    state.mkdir()
+    rc, err = _main("train", *COMMON, "--method", method, "--epochs", "1", "--out", str(out), "--resume")
+    _refused(rc, err, state.name, "not a regular file")
+    assert sorted(p.name for p in out.iterdir()) == [state.name]

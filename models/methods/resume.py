@@ -126,8 +126,8 @@ class Stages:
         from spikebridge.models.checkpoint import load_train_state
 
         p = self.path(stage)
-        if not self.resume or not p.is_file():
-            return 0, []
+        if not self.resume or not (p.exists() or p.is_symlink()):
+            return 0, []  # (a directory, FIFO or dangling link in its place is refused by load_train_state)
         st = load_train_state(p, map_location="cpu",
                               required=("epoch", "epochs", "model", "optimizer", "scheduler", "generator",
                                         "torch_rng", "history", "config"))

@@ -254,6 +254,10 @@ def train(cfg, out_dir, progress: bool = True, resume: bool = False) -> dict:
             save_checkpoint(out, model.state_dict(), {**meta, "metrics": row}, train_state=state)
             C.write_history(out, history, plot=False)
     if ctx.is_main:
+        if history and start_epoch == cfg.epochs:  # resumed a finished run (maybe killed before model.json
+            # and metrics.jsonl of its last epoch were renamed): make the checkpoint and the rows agree
+            save_checkpoint(out, model.state_dict(), {**meta, "metrics": history[-1]})
+            C.write_history(out, history, plot=False)
         C.plot_curves(history, out / "curves.png")
     D.barrier()
     return history[-1] if history else {}
