@@ -175,7 +175,6 @@ def from_spec_model(model, meta: dict, kind: str, folded, threshold, lif: dict |
 
     from spikebridge.models.architectures import infer_shapes, pool_kernel
 
-    T = int(meta["timesteps"])
     g = _Graph()
     readout = "count"
 
@@ -231,7 +230,6 @@ def from_spec_model(model, meta: dict, kind: str, folded, threshold, lif: dict |
                 prev = neuron(f"{name}_{kind}", out_shape, blk, b, short)
             else:
                 raise CheckpointError(f"unknown layer type {typ!r}", place=name)
-    del T
     return DeployedNet(tuple(g.nodes), readout=readout, **_meta_fields(meta))
 
 
