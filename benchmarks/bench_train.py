@@ -67,7 +67,7 @@ def _warm_up(model, xb, yb) -> None:
 
     import torch
 
-    from spikebridge.models.train import train_step
+    from spikebridge.models.methods.snn2ann import train_step
 
     state = torch.get_rng_state()
     m = copy.deepcopy(model)
@@ -88,7 +88,8 @@ def worker(a) -> dict:
     import torch
 
     from spikebridge.models.methods.common import load_data, make_optimizer
-    from spikebridge.models.train import TrainConfig, evaluate, make_model, pick_device, seed_everything, train_step
+    from spikebridge.models.config import TrainConfig, pick_device, seed_everything
+    from spikebridge.models.methods.snn2ann import evaluate, make_model, train_step
 
     if a.threads:
         torch.set_num_threads(a.threads)

@@ -31,12 +31,12 @@ import re
 import nir
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto
 
 from spikebridge.base.errors import UnsupportedError
+from spikebridge.exporters.onnx_export import OnnxBuilder, finish, value_info
 from spikebridge.hardware.graph import analyse, conv_geometry, graph_meta, neuron_semantics
 
-OPSET = 17
 SPIKING = ("IF", "LIF", "CubaLIF")
 STATEFUL = SPIKING + ("LI", "I", "CubaLI")
 
@@ -114,37 +114,27 @@ def graph_to_onnx_step(graph: nir.NIRGraph, file: str | None = None, name: str =
             value[n] = op("Mul", [cur, const(f"{tag}_s", f32(node.scale))], tag)
         else:  # neurons
             value[n] = _neuron(b, n, node, t, cur, info.shapes[n], dt, file)
-    graph_proto = helper.make_graph(b.nodes, name, inputs, outputs, initializer=b.inits)
-    model = helper.make_model(graph_proto, opset_imports=[helper.make_opsetid("", OPSET)],
-                              producer_name="spikebridge")
-    model.ir_version = 8
-    helper.set_model_props(model, {
+    return finish(b, name, inputs, outputs, {
         "spikebridge.state": json.dumps(state_meta),
         "spikebridge.graph": json.dumps({k: (v if isinstance(v, (int, float, str)) or v is None else str(v))
                                          for k, v in meta.items()}),
     })
-    onnx.checker.check_model(model, full_check=True)
-    return model
 
 
-class _Builder:
+class _Builder(OnnxBuilder):
     def __init__(self):
-        self.inits, self.nodes, self.inputs, self.outputs, self.state_meta = [], [], [], [], []
+        super().__init__()
+        self.inputs, self.outputs, self.state_meta = [], [], []
 
     def const(self, tag, arr, dtype=np.float32):
-        nm = f"c{len(self.inits)}_{_safe(tag)}"
-        self.inits.append(numpy_helper.from_array(np.ascontiguousarray(np.asarray(arr, dtype=dtype)), nm))
-        return nm
+        # at least 1-d (np.ascontiguousarray), as this writer always made its constants
+        return self.init(f"c{len(self.inits)}_{_safe(tag)}", np.ascontiguousarray(np.asarray(arr, dtype=dtype)), dtype)
 
     def op(self, op_type, ins, tag, out=None, **attrs):
         out = out or f"{_safe(tag)}_{len(self.nodes)}"
-        self.nodes.append(helper.make_node(op_type, ins, [out], name=f"{op_type}_{len(self.nodes)}_{_safe(tag)}",
-                                           **attrs))
-        return out
+        return self.node(op_type, ins, out, f"{op_type}_{len(self.nodes)}_{_safe(tag)}", **attrs)
 
-    @staticmethod
-    def vi(nm, shape):
-        return helper.make_tensor_value_info(nm, TensorProto.FLOAT, ["N", *[int(s) for s in shape]])
+    vi = staticmethod(value_info)
 
     def state(self, node, in_name, out_name, shape, init):
         self.inputs.append(self.vi(in_name, shape))

@@ -159,21 +159,12 @@ def load_checkpoint(ckpt_dir) -> tuple[dict, dict[str, np.ndarray]]:
 
 
 def build_model(meta: dict, tensors: dict[str, np.ndarray], file: str | None = None):
-    """Rebuild the torch model of a checkpoint (SNN2ANN family) with its weights."""
+    """Rebuild the torch model of a checkpoint with its weights, through the method registry
+    (an unknown ``method`` is refused naming the known ones)."""
     from spikebridge.models import methods as method_registry
-    from spikebridge.models.snn2ann import SNN2ANNNet
 
-    other = method_registry.get(meta["method"])
-    if other is not None and other.build_model is not None:
-        return other.build_model(meta, tensors, file)
-    if meta["method"] == "bptt":
-        from spikebridge.models.bptt import build_bptt_model
-        return build_bptt_model(meta, tensors, file)
-    model = SNN2ANNNet(meta["layers"], meta["input_shape"], meta["timesteps"],
-                       smu=meta.get("smu", "stsu"))
-    load_weights(model, tensors, file)
-    model.eval()
-    return model
+    spec = method_registry.require(meta.get("method"), file=file)
+    return spec.build_model(meta, tensors, file)
 
 
 def load_weights(model, tensors: dict, file=None, ignore=()) -> None:

@@ -307,8 +307,9 @@ def sliced_loss(loss: torch.Tensor, local: int, global_batch: int) -> torch.Tens
 
 # ---- launcher ------------------------------------------------------------------------------
 
-def launch(nproc: int, cfg, out_dir, resume: bool = False, progress: bool = False) -> dict:
-    """Run ``spikebridge.models.train.train(cfg, out_dir)`` in ``nproc`` processes on this machine with
+def launch(nproc: int, cfg, out_dir, resume: bool = False, progress: bool = False, *, entry) -> dict:
+    """Run ``entry(cfg, out_dir, progress=..., resume=...)`` (``spikebridge.models.train.train``:
+    use ``spikebridge.models.train.launch``) in ``nproc`` processes on this machine with
     torchrun's own machinery (torch.distributed.launcher.api.elastic_launch, standalone
     c10d rendezvous on a free local port, no restarts). Returns rank 0's last metrics row.
 
@@ -339,7 +340,8 @@ def launch(nproc: int, cfg, out_dir, resume: bool = False, progress: bool = Fals
                       start_method="spawn", log_line_prefix_template=None)
     with tempfile.TemporaryDirectory(prefix="spikebridge-dist-") as errdir:
         try:
-            res = elastic_launch(lc, _worker)(asdict(cfg), str(out_dir), bool(resume), progress, errdir, threads)
+            res = elastic_launch(lc, _worker)(entry, asdict(cfg), str(out_dir), bool(resume), progress, errdir,
+                                              threads)
         except ChildFailedError as e:
             errors = []
             for f in sorted(os.listdir(errdir)):
@@ -359,7 +361,7 @@ def launch(nproc: int, cfg, out_dir, resume: bool = False, progress: bool = Fals
     return res.get(0) or {}
 
 
-def _worker(cfg_dict: dict, out_dir: str, resume: bool, progress: bool, errdir: str, threads: str):
+def _worker(entry, cfg_dict: dict, out_dir: str, resume: bool, progress: bool, errdir: str, threads: str):
     """One training process (spawned by elastic_launch). Errors end it with the CLI's exit code
     and a one-line message in ``errdir`` for the launcher (no traceback on the console)."""
     import json
@@ -370,8 +372,8 @@ def _worker(cfg_dict: dict, out_dir: str, resume: bool, progress: bool, errdir: 
     if threads:
         torch.set_num_threads(int(threads))
     try:
-        from spikebridge.models.train import TrainConfig, train
-        row = train(TrainConfig(**cfg_dict), out_dir, progress=progress and rank == 0, resume=resume)
+        from spikebridge.models.config import TrainConfig
+        row = entry(TrainConfig(**cfg_dict), out_dir, progress=progress and rank == 0, resume=resume)
         return row if rank == 0 else None
     except SpikebridgeError as e:
         msg, code = str(e), e.exit_code

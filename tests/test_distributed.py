@@ -92,7 +92,7 @@ def test_resume_with_two_processes_via_cli_matches_one_process(tmp_path):
     """A 1-process run killed after epoch 1 of 3, resumed by `spikebridge train --nproc-per-node 2
     --sync-bn --resume` (torchrun's launcher): the same weights (float tolerance), thresholds
     (exactly), logged losses and noisy fractions as one uninterrupted process."""
-    import spikebridge.models.train as T
+    import spikebridge.models.methods.common as T  # metrics.jsonl's writer (common.write_history)
 
     _one_process("snn2ann", tmp_path / "one", epochs=3)
     real, calls = T.atomic_write_text, {"n": 0}

@@ -5,6 +5,8 @@ import numpy as np
 import pytest
 import torch
 
+from spikebridge.exporters.nir_export import to_nir
+from spikebridge.models.deployed import from_layers
 from spikebridge.models.methods import common as C
 from spikebridge.models.methods import bridge as B
 from spikebridge.models.methods import lasnn as LA
@@ -229,7 +231,7 @@ def test_exported_graph_runs_in_eventsim_like_the_torch_deployed_network(kind):
         layers = C.lif_deployed(_randomise_bn(C.SpikingStack(CNN, SHAPE), gen), B.DECAY, B.THRESHOLD)
     meta = {"timesteps": T, "layers": CNN, "input_shape": list(SHAPE), "num_classes": 3, "method": kind,
             "arch": "test"}
-    graph = C.deployed_to_nir(layers, meta)
+    graph = to_nir(from_layers(layers, meta))
     x = torch.rand(12, *SHAPE, generator=gen, dtype=torch.float64) * 2
     ref, _ = C.run_deployed(layers, x, T)
     tr = simulate(graph, np.broadcast_to(x.numpy()[None], (T, *x.shape)), info=analyse(graph))

@@ -1,4 +1,4 @@
-"""ONNX of bridge and lasnn: the deployed SNN unrolled over T steps (models/methods/snn_onnx.py),
+"""ONNX of bridge and lasnn: the deployed SNN unrolled over T steps (exporters/onnx_export.snn_to_onnx),
 run in onnxruntime, gives the logits of the torch deployed network (run_deployed) and of the
 BPTT model itself; the same builder handles the IF / >= / subtract / amplitude / v(0) path."""
 from __future__ import annotations
@@ -57,7 +57,8 @@ def test_onnx_of_the_lif_snn_equals_the_deployed_network(method, width, T, tmp_p
 
 def test_onnx_builder_handles_if_ge_subtract_amplitude_and_v_init():
     from spikebridge.models.methods import qcfs as Q
-    from spikebridge.models.methods.snn_onnx import deployed_to_onnx
+    from spikebridge.exporters.onnx_export import snn_to_onnx
+    from spikebridge.models.deployed import from_layers
 
     torch.manual_seed(1)
     spec = build_spec("cnn", SHAPE, 10)
@@ -68,8 +69,8 @@ def test_onnx_builder_handles_if_ge_subtract_amplitude_and_v_init():
     net.eval()
     T = 4
     layers = Q.deployed(net)
-    model = deployed_to_onnx(layers, {"timesteps": T, "input_shape": list(SHAPE), "num_classes": 10,
-                                      "method": "qcfs"})
+    model = snn_to_onnx(from_layers(layers, {"timesteps": T, "input_shape": list(SHAPE), "num_classes": 10,
+                                             "method": "qcfs", "arch": "cnn", "layers": spec}))
     x = torch.rand(16, *SHAPE)
     y = _session(model).run(None, {"input": x.numpy()})[0]
     ref, spikes = C.run_deployed(layers, x, T)

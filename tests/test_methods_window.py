@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 import torch
 
+from spikebridge.exporters.nir_export import to_nir
+from spikebridge.models.deployed import from_layers
 from spikebridge.models.methods import common as C
 from spikebridge.models.methods import parallel as P
 from test_methods import CNN, SHAPE, _randomise_bn
@@ -60,7 +62,7 @@ def test_count_then_emit_graph_runs_in_eventsim_like_torch_and_other_consumers_r
     layers = P.deployed(net, "WINDOW")
     meta = {"timesteps": T, "layers": CNN, "input_shape": list(SHAPE), "num_classes": 3, "method": "parallel",
             "arch": "test"}
-    graph = C.deployed_to_nir(layers, meta)
+    graph = to_nir(from_layers(layers, meta))
     ref, events = C.run_deployed(layers, x, T)
     tr = simulate(graph, np.broadcast_to(x.numpy()[None], (T, *x.shape)), info=analyse(graph))
     out = tr.outputs["output"]

@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from spikebridge.exporters.nir_export import model_to_nir, neuron_node_names
+from spikebridge.exporters.nir_export import to_nir
+from spikebridge.models.methods import bptt as MB
+from spikebridge.models.methods import snn2ann as MS
 from spikebridge.base.errors import InputError, UnsupportedError
 from spikebridge.hardware.eventsim import simulate
 from spikebridge.hardware.graph import analyse
@@ -47,9 +49,10 @@ def _meta(method, T, **neuron):
 def _compare(net, meta, record_fn, x):
     with torch.no_grad():
         logits, _, spikes = record_fn(torch.from_numpy(x))
-    g = model_to_nir(net, meta)
+    dep = (MB if meta["method"] == "bptt" else MS).deployed_from_model(net, meta)
+    g = to_nir(dep)
     assert sum(1 for n in g.nodes.values() if type(n).__name__ == "AvgPool2d") == 1
-    names = neuron_node_names(meta)  # conv1, block1.a, block1, block2.a, block2, pool
+    names = dep.neuron_names()  # conv1, block1.a, block1, block2.a, block2, pool
     into = [a for a, b in g.edges if b == names[2]]
     assert sorted(into) == sorted(["block1_b", names[0]])  # conv_b's current + the identity shortcut
     T = meta["timesteps"]
@@ -96,7 +99,7 @@ def test_maxpool_export_names_the_layer():
     meta = {"method": "snn2ann", "arch": "t", "timesteps": 2, "input_shape": [1, 8, 8], "num_classes": 3,
             "layers": spec, "neuron": {}}
     with pytest.raises(UnsupportedError, match="conv1.*max-pool"):
-        model_to_nir(net, meta)
+        MS.deployed_from_model(net, meta)
     # max-pool is taken on the current / pre-activation: the SNN current of one step is pooled
     x = torch.rand(2, 1, 8, 8)
     layer = net.layers["conv1"]

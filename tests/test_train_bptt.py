@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from spikebridge.exporters.nir_export import checkpoint_to_nir, neuron_node_names
+from spikebridge.exporters.nir_export import checkpoint_to_nir
+from spikebridge.models.deployed import from_checkpoint
 from spikebridge.base.errors import UnsupportedError
 from spikebridge.hardware.eventsim import simulate
 from spikebridge.hardware.graph import analyse
@@ -109,7 +110,7 @@ def test_bptt_nir_export_reproduced_by_eventsim(bptt_ckpt):
     g = checkpoint_to_nir(bptt_ckpt)
     T = meta["timesteps"]
     tr = simulate(g, np.broadcast_to(x[None], (T, *x.shape)), info=analyse(g))
-    names = neuron_node_names(meta)
+    names = from_checkpoint(bptt_ckpt).neuron_names()
     assert len(names) == len(spikes)
     total = mism = 0
     for name, s_t in zip(names, spikes):
@@ -136,7 +137,7 @@ def test_channels_last_bptt_computes_the_same_network(arch, shape, tmp_path):
     """The CPU default lays BPTT's convolutions out NHWC: same spikes, logits and gradients
     as NCHW (up to float summation order), parameters really channels-last, and the
     checkpointed tensors plain contiguous."""
-    from spikebridge.models.train import make_model
+    from spikebridge.models.methods.snn2ann import make_model
     torch.manual_seed(0)
     cfg = TrainConfig(method="bptt", arch=arch, timesteps=3, channels_last=False)
     a = make_model(cfg, shape, 10, torch.device("cpu"))

@@ -116,13 +116,14 @@ def test_augmentation_seeded_and_shape_preserving():
 @pytest.mark.parametrize("method", ["snn2ann", "bptt"])
 def test_resume_after_kill_gives_the_same_weights(method, tmp_path, monkeypatch):
     """Kill after epoch 2 of 3, resume: same weights as one uninterrupted run (CPU, same seed)."""
+    import spikebridge.models.methods.snn2ann as S  # the loop snn2ann and bptt share
     import spikebridge.models.train as T
     from spikebridge.models.checkpoint import load_tensors
 
     cfg = dict(method=method, arch="mlp", dataset="digits", epochs=3, limit_train=128, limit_test=32,
                seed=5, batch_size=32, device="cpu", augment=True)
     T.train(T.TrainConfig(**cfg), tmp_path / "full", progress=False)
-    real = T.save_checkpoint
+    real = S.save_checkpoint
     calls = {"n": 0}
 
     def killing_save(*a, **k):
@@ -131,10 +132,10 @@ def test_resume_after_kill_gives_the_same_weights(method, tmp_path, monkeypatch)
         if calls["n"] == 2:
             raise KeyboardInterrupt  # the run dies right after epoch 2's checkpoint
 
-    monkeypatch.setattr(T, "save_checkpoint", killing_save)
+    monkeypatch.setattr(S, "save_checkpoint", killing_save)
     with pytest.raises(KeyboardInterrupt):
         T.train(T.TrainConfig(**cfg), tmp_path / "killed", progress=False)
-    monkeypatch.setattr(T, "save_checkpoint", real)
+    monkeypatch.setattr(S, "save_checkpoint", real)
     torch.manual_seed(999)  # the resumed process starts from a different global RNG state
     T.train(T.TrainConfig(**cfg), tmp_path / "killed", progress=False, resume=True)
     a, b = load_tensors(tmp_path / "full"), load_tensors(tmp_path / "killed")

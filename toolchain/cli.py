@@ -218,7 +218,7 @@ def cmd_train(args) -> int:
     if args.nproc_per_node < 1:
         raise InputError("--nproc-per-node must be at least 1")
     if args.nproc_per_node > 1 and "WORLD_SIZE" not in os.environ:
-        from spikebridge.models.distributed import launch
+        from spikebridge.models.train import launch
         row = launch(args.nproc_per_node, cfg, args.out, resume=args.resume, progress=_progress(args))
     else:
         row = train(cfg, args.out, progress=_progress(args), resume=args.resume)

@@ -1,10 +1,18 @@
-"""Training methods beyond SNN2ANN, each in its own module, registered here.
+"""The method registry: every training method, SNN2ANN and BPTT included, registers here.
 
-A method registers a ``MethodSpec``: how to train it (writing the common checkpoint
-format: weights.safetensors + model.json with ``method`` set), how to rebuild its torch
-model from a checkpoint, and how to export it to NIR and ONNX. ``spikebridge.models.train.train``,
-``spikebridge.models.checkpoint.build_model`` and the exporters dispatch on ``model.json``'s
-``method`` through this registry; SNN2ANN (and BPTT) are handled in models/train.py.
+A method registers a ``MethodSpec``: how to train it (writing the common checkpoint format:
+weights.safetensors + model.json with ``method`` set), how to rebuild its torch model from a
+checkpoint, and what it deploys: ``deployed(meta, tensors, file) -> DeployedNet`` (the SNN,
+models/deployed.py; what the NIR export and the one-step ONNX export write) and
+``onnx(meta, tensors, file) -> AnnNet | DeployedNet`` (what ``export --format onnx`` writes:
+the method's ANN, or its SNN unrolled over T). A hook left ``None`` means the method has no
+such form; the exporters then refuse with the spec's ``no_snn`` / ``no_onnx`` sentence.
+``resume_keys`` are the TrainConfig fields a ``--resume`` must share with the run it continues
+(models/methods/resume.py checks them for every method).
+
+``spikebridge.models.train.train``, ``spikebridge.models.checkpoint.build_model`` and the
+exporters dispatch on ``model.json``'s ``method`` through ``require``: an unknown name is
+refused with one line naming the known ones.
 """
 from __future__ import annotations
 
@@ -16,9 +24,11 @@ from typing import Callable
 class MethodSpec:
     name: str
     train: Callable  # (cfg: TrainConfig, out_dir, progress: bool, resume: bool) -> dict (last metrics row)
-    build_model: Callable | None = None  # (meta, tensors, file) -> torch module
-    to_nir: Callable | None = None  # (meta, tensors, file) -> nir.NIRGraph
-    to_onnx: Callable | None = None  # (meta, tensors, file) -> onnx.ModelProto
+    build_model: Callable  # (meta, tensors, file) -> torch module
+    deployed: Callable | None = None  # (meta, tensors, file) -> DeployedNet
+    onnx: Callable | None = None  # (meta, tensors, file) -> AnnNet | DeployedNet
+    no_snn: str = ""  # why ``deployed`` is None
+    no_onnx: str = ""  # why ``onnx`` is None
     description: str = ""
 
 
@@ -37,6 +47,20 @@ def get(name: str) -> MethodSpec | None:
 def names() -> list[str]:
     _load_builtin()
     return sorted(METHODS)
+
+
+def require(name, file: str | None = None, error=None) -> MethodSpec:
+    """The registered spec of ``name``; otherwise ``error`` (default CheckpointError, place
+    ``method``) naming the known methods."""
+    spec = get(name) if isinstance(name, str) else None
+    if spec is not None:
+        return spec
+    from spikebridge.base.errors import CheckpointError
+
+    msg = f"unknown method {name!r}; known: {', '.join(names())}"
+    if error is not None:
+        raise error(msg)
+    raise CheckpointError(msg, file=file, place="method")
 
 
 _LOADED = False

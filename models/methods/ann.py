@@ -14,14 +14,14 @@ from pathlib import Path
 
 import torch
 
-from spikebridge.base.errors import CheckpointError, UnsupportedError
+from spikebridge.base.errors import CheckpointError
 from spikebridge.models.methods import MethodSpec, register
 from spikebridge.models.methods import common as C
 
 
 def train_relu_ann(cfg, data, progress=False, history=None, stages=None) -> C.Stack:
     info = data[0]
-    C.seed_all(cfg.seed)
+    C.seed_everything(cfg.seed)
     spec = C.default_spec(cfg, info)
     model = C.Stack(spec, info.input_shape)
     C.fit_ann(model, lambda e: C.relu_act, cfg, data, cfg.epochs, progress, "relu-ann", history, stages=stages)
@@ -29,7 +29,7 @@ def train_relu_ann(cfg, data, progress=False, history=None, stages=None) -> C.St
 
 
 def train(cfg, out_dir, progress=True, resume=False) -> dict:
-    from spikebridge.models.train import pick_device
+    from spikebridge.models.config import pick_device
 
     from spikebridge.models.methods.resume import Stages
 
@@ -52,13 +52,15 @@ def train(cfg, out_dir, progress=True, resume=False) -> dict:
 def build_model(meta, tensors, file=None) -> C.Stack:
     C.check_spec(C.spec_of(meta), "ann")
     model = C.Stack(meta["layers"], meta["input_shape"])
-    C.load_state(model, tensors, file)
+    C.load_weights(model, tensors, file)
     return model.eval()
 
 
-def to_nir(meta, tensors, file=None):
-    raise UnsupportedError("an 'ann' checkpoint has no SNN; convert it with "
-                           "`spikebridge train --method parallel --teacher CKPT`", file=file)
+def onnx(meta, tensors, file=None):
+    """The ReLU network: SNN2ANN's ANN-branch form with timesteps = 1 is exactly it."""
+    from spikebridge.models.deployed import ann_branch
+    build_model(meta, tensors, file)  # validates names and shapes against the spec
+    return ann_branch(meta, tensors)
 
 
 def load_teacher(path):
@@ -85,7 +87,7 @@ def load_teacher(path):
     if method == "snn2ann":
         C.check_spec(C.spec_of(meta), "snn2ann teacher")
         net = C.Stack(meta["layers"], meta["input_shape"])
-        C.load_state(net, tensors, file, ignore=("layers.",))
+        C.load_weights(net, tensors, file, ignore=("layers.",))
         T = float(meta["timesteps"])
         with torch.no_grad():
             blocks = list(net.layers.values())
@@ -95,5 +97,7 @@ def load_teacher(path):
     raise CheckpointError(f"a teacher must be an ann, qcfs or snn2ann checkpoint, not {method!r}", file=file)
 
 
-register(MethodSpec("ann", train=train, build_model=build_model, to_nir=to_nir, to_onnx=None,
+register(MethodSpec("ann", train=train, build_model=build_model, deployed=None, onnx=onnx,
+                    no_snn="an 'ann' checkpoint has no SNN; convert it with "
+                           "`spikebridge train --method parallel --teacher CKPT`",
                     description="plain ReLU ANN (teacher / training-free conversion source; no SNN)"))

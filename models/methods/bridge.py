@@ -65,7 +65,7 @@ def sharp_act(a: float, b: float):
 
 def train(cfg, out_dir, progress=True, resume=False) -> dict:
     from spikebridge.models.methods.resume import Stages
-    from spikebridge.models.train import pick_device
+    from spikebridge.models.config import pick_device
 
     C.check_cfg(cfg, resume)
     ft = int((cfg.extra or {}).get("finetune_epochs", max(1, cfg.epochs // 4)))
@@ -76,7 +76,7 @@ def train(cfg, out_dir, progress=True, resume=False) -> dict:
     device = pick_device(cfg.device)
     data = C.load_data(cfg, device)
     info = data[0]
-    C.seed_all(cfg.seed)
+    C.seed_everything(cfg.seed)
     spec = C.default_spec(cfg, info)
     history: list[dict] = []
     clock = C.timer()
@@ -87,7 +87,7 @@ def train(cfg, out_dir, progress=True, resume=False) -> dict:
         if imeta["method"] != "bridge" or imeta["layers"] != spec:
             raise InputError(f"--init {init} is not a bridge checkpoint of this architecture")
         ann = C.Stack(spec, info.input_shape, bn_init=THRESHOLD)
-        C.load_state(ann, itensors, str(init))
+        C.load_weights(ann, itensors, str(init))
         ann = ann.to(device)
         pre_seconds = float(imeta.get("metrics", {}).get("pretrain_seconds", 0.0))
         ann_acc = imeta.get("metrics", {}).get("ann_test_accuracy")
@@ -128,32 +128,25 @@ def build_lif_stack(meta, tensors, file=None, method: str = "bridge") -> C.Spiki
     """The LIF SNN (decay 0.25, threshold 0.5, hard reset) of a bridge or lasnn checkpoint."""
     C.check_spec(C.spec_of(meta), method)
     model = C.SpikingStack(meta["layers"], meta["input_shape"], DECAY, THRESHOLD)
-    C.load_state(model, tensors, file)
+    C.load_weights(model, tensors, file)
     return model.eval()
 
 
-def lif_stack_to_nir(meta, tensors, file=None, method: str = "bridge"):
-    return C.deployed_to_nir(C.lif_deployed(build_lif_stack(meta, tensors, file, method), DECAY, THRESHOLD), meta)
-
-
-def lif_stack_to_onnx(meta, tensors, file=None, method: str = "bridge"):
-    """The deployed LIF SNN unrolled over T steps as ONNX (models/methods/snn_onnx.py)."""
-    from spikebridge.models.methods.snn_onnx import deployed_to_onnx
-    return deployed_to_onnx(C.lif_deployed(build_lif_stack(meta, tensors, file, method), DECAY, THRESHOLD), meta)
+def lif_stack_deployed(meta, tensors, file=None, method: str = "bridge"):
+    """The deployed LIF SNN of a bridge or lasnn checkpoint: its DeployedNet is both the NIR
+    export and (unrolled over T) the ONNX export: these methods have no ANN equal to their SNN."""
+    from spikebridge.models.deployed import from_layers
+    return from_layers(C.lif_deployed(build_lif_stack(meta, tensors, file, method), DECAY, THRESHOLD), meta)
 
 
 def build_model(meta, tensors, file=None) -> C.SpikingStack:
     return build_lif_stack(meta, tensors, file, "bridge")
 
 
-def to_nir(meta, tensors, file=None):
-    return lif_stack_to_nir(meta, tensors, file, "bridge")
+def deployed(meta, tensors, file=None):
+    return lif_stack_deployed(meta, tensors, file, "bridge")
 
 
-def to_onnx(meta, tensors, file=None):
-    return lif_stack_to_onnx(meta, tensors, file, "bridge")
-
-
-register(MethodSpec("bridge", train=train, build_model=build_model, to_nir=to_nir, to_onnx=to_onnx,
+register(MethodSpec("bridge", train=train, build_model=build_model, deployed=deployed, onnx=deployed,
                     description="ANN pretraining with the annealed sharpened ReLU, one-to-one transfer into a "
                                 "LIF SNN (decay 0.25, threshold 0.5, hard reset), short BPTT fine-tune"))

@@ -8,8 +8,9 @@
   gradient (rectangular, 1[|v - theta| < 1/2]), BN applied to the current over the T*B batch
   (folded from running statistics at export). Used by BPTT in bridge and lasnn.
 - The *deployed* SNN: a list of plain layer dicts (folded weights, neuron parameters) that
-  ``run_deployed`` (torch, sequential) and ``deployed_to_nir`` (NIR graph) both read, so the
-  torch accuracy and the exported graph cannot disagree.
+  ``run_deployed`` (torch, sequential) simulates and ``models.deployed.from_layers`` turns
+  into the DeployedNet the exporters write, so the torch accuracy and the exported graph
+  cannot disagree.
 - data loading, epoch loops, metrics/curves writing.
 """
 from __future__ import annotations
@@ -28,6 +29,8 @@ from torch.nn import functional as F
 from spikebridge.base.errors import CheckpointError, InputError
 from spikebridge.base.fileio import atomic_path, atomic_write_text
 from spikebridge.models.architectures import build_spec, infer_shapes
+from spikebridge.models.checkpoint import load_weights  # noqa: F401 (the methods' weight loader)
+from spikebridge.models.config import seed_everything  # noqa: F401 (the methods' seeding)
 from spikebridge.models.methods.options import SCHEDULES
 
 BN_EPS = 1e-5
@@ -299,75 +302,6 @@ def deployed_accuracy(layers, x, y, T: int, batch_size: int = 500) -> tuple[floa
     return ok / n, spikes / n
 
 
-def _np(a, shape=None):
-    a = a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else np.asarray(a)
-    a = a.astype(np.float32)
-    if shape is not None and a.ndim:
-        a = np.ascontiguousarray(np.broadcast_to(a, shape))
-    return a
-
-
-def deployed_to_nir(layers: list[dict], meta: dict):
-    """NIR graph of deployed layers (docs/nir-conventions.md): Conv2d/Affine carry the folded
-    weights with the bias injected every step; IF (r = 1) or LIF (tau = 1/(1 - decay),
-    r = tau, so forward Euler with dt = 1 gives v <- decay*v + I) with reset, threshold test,
-    v(0) and spike amplitude under the ``spikebridge`` metadata key; the classifier is an
-    Affine W/T, b/T into Output (``readout = sum``)."""
-    import nir
-    from spikebridge.exporters.nir_export import META_KEY, neuron_metadata
-
-    T = int(meta["timesteps"])
-    shapes = infer_shapes(meta["layers"], meta["input_shape"])
-    nodes = {"input": nir.Input(input_type={"input": np.array(meta["input_shape"])})}
-    edges = []
-    prev = "input"
-    for layer, (in_shape, out_shape) in zip(layers, shapes):
-        name = layer["name"]
-        if layer["type"] == "flatten":
-            nodes[name] = nir.Flatten(input_type={"input": np.array(in_shape)}, start_dim=0, end_dim=-1)
-            edges.append((prev, name))
-            prev = name
-            continue
-        n = layer.get("neuron")
-        w, b = _np(layer["w"]), _np(layer["b"])
-        if n is None:
-            w, b = w / T, b / T
-        if layer["type"] == "conv":
-            s = layer["spec"]
-            nodes[name] = nir.Conv2d(input_shape=tuple(int(v) for v in in_shape[1:]), weight=w,
-                                     stride=s["stride"], padding=s["padding"], dilation=1, groups=1, bias=b)
-        else:
-            nodes[name] = nir.Affine(weight=w, bias=b)
-        edges.append((prev, name))
-        prev = name
-        if n is None:
-            continue
-        out_shape = tuple(int(v) for v in out_shape)
-        thr = _np(n["threshold"], out_shape)
-        v_init = n["v_init"]
-        v_init = float(v_init) if np.ndim(_np(v_init)) == 0 else _np(v_init, out_shape)
-        amp = n["amplitude"]
-        amp = float(amp) if np.ndim(_np(amp)) == 0 else _np(amp, out_shape)
-        md = neuron_metadata(reset=n["reset"], threshold_test=n["test"], v_init=v_init, spike_amplitude=amp)
-        if n["reset"] == "window":  # count-then-emit over the whole run (one window of T steps)
-            md[META_KEY]["window"] = T
-        zeros = np.zeros(out_shape, np.float32)
-        nname = f"{name}_{n['kind'].lower()}"
-        if n["kind"] == "LIF":
-            tau = 1.0 / (1.0 - n["decay"])
-            nodes[nname] = nir.LIF(tau=np.full(out_shape, tau, np.float32), r=np.full(out_shape, tau, np.float32),
-                                   v_leak=zeros, v_threshold=thr, v_reset=zeros, metadata=md)
-        else:
-            nodes[nname] = nir.IF(r=np.ones(out_shape, np.float32), v_threshold=thr, v_reset=zeros, metadata=md)
-        edges.append((prev, nname))
-        prev = nname
-    nodes["output"] = nir.Output(output_type={"output": np.array([int(meta["num_classes"])])})
-    edges.append((prev, "output"))
-    gm = {META_KEY: {"format_version": 1, "dt": 1.0, "timesteps": T, "encoding": "direct", "readout": "sum",
-                     "method": str(meta["method"]), "arch": str(meta["arch"])}}
-    return nir.NIRGraph(nodes=nodes, edges=edges, metadata=gm)
-
-
 # ---------------------------------------------------------------------------------
 # data, loops, checkpoint helpers
 # ---------------------------------------------------------------------------------
@@ -431,9 +365,11 @@ def _jsonable(obj):
     return json.loads(json.dumps(obj, default=str))
 
 
-def write_history(out: Path, history: list[dict]) -> None:
+def write_history(out: Path, history: list[dict], plot: bool = True) -> None:
+    """metrics.jsonl (one JSON object per row, atomically) and, with ``plot``, curves.png."""
     atomic_write_text(out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
-    plot_curves(history, out / "curves.png")
+    if plot:
+        plot_curves(history, out / "curves.png")
 
 
 def save_outputs(out: Path, state_dict: dict, meta: dict, history: list[dict]) -> None:
@@ -468,13 +404,6 @@ def plot_curves(history: list[dict], path: Path) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
     plt.close(fig)
-
-
-def load_state(model: nn.Module, tensors: dict, file=None, ignore=()) -> None:
-    """Load numpy tensors into ``model`` by name, checking names and shapes."""
-    from spikebridge.models.checkpoint import load_weights
-
-    load_weights(model, tensors, file, ignore)
 
 
 def spec_of(meta: dict, key: str = "layers") -> list[dict]:
@@ -570,11 +499,6 @@ def relu_act(i, blk, z):
     return F.relu(z)
 
 
-def seed_all(seed: int) -> None:
-    from spikebridge.models.train import seed_everything
-    seed_everything(seed)
-
-
 def fit_snn(model: "SpikingStack", T: int, cfg, data, epochs: int, loss_fn=None, progress: bool = False,
             label: str = "bptt", history: list | None = None, lr: float | None = None, stages=None) -> list[dict]:
     """BPTT (surrogate gradient) over T steps; loss_fn(model, xb, yb) -> loss (default: CE on
@@ -607,73 +531,3 @@ def fit_snn(model: "SpikingStack", T: int, cfg, data, epochs: int, loss_fn=None,
             print(f"[{label}] epoch {e + 1}/{epochs}: loss {loss_mean:.4f} SNN acc {acc:.4f} {secs:.1f}s",
                   file=sys.stderr, flush=True)
     return history
-
-
-def quantised_ann_onnx(model: Stack, meta: dict, acts: dict):
-    """The ANN of a conversion method as ONNX (opset 17): Conv/Gemm -> BatchNormalization
-    (running statistics) -> per neuron layer the quantiser
-        y = scale * Clip(Floor((z + psi) * k + phi), 0, levels)
-    with ``acts[name] = (psi, k, phi, levels, scale)`` (per-channel arrays or scalars):
-    QCFS is psi = 0, k = L / lambda, phi = 1/2, levels = L, scale = lambda / L."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    inits, nodes = [], []
-
-    def const(name, arr):
-        inits.append(numpy_helper.from_array(np.asarray(arr, dtype=np.float32), name))
-        return name
-
-    cur = "input"
-    with torch.no_grad():
-        for s in model.spec:
-            name = s["name"]
-            if s["type"] == "flatten":
-                nodes.append(helper.make_node("Flatten", [cur], [f"{name}_out"], axis=1, name=name))
-                cur = f"{name}_out"
-                continue
-            blk = model.layers[name]
-            w = blk.op.weight.detach().cpu().numpy()
-            b = blk.op.bias.detach().cpu().numpy()
-            if s["type"] == "conv":
-                p = s["padding"]
-                nodes.append(helper.make_node("Conv", [cur, const(f"{name}.w", w), const(f"{name}.b", b)], [f"{name}_z"],
-                                              name=name, strides=[s["stride"]] * 2, pads=[p] * 4,
-                                              kernel_shape=[s["kernel_size"]] * 2))
-            else:
-                nodes.append(helper.make_node("Gemm", [cur, const(f"{name}.w", w), const(f"{name}.b", b)], [f"{name}_z"],
-                                              name=name, transB=1))
-            cur = f"{name}_z"
-            if not blk.neuron:
-                break
-            if blk.bn is not None:
-                args = [const(f"{name}.bn.{k}", getattr(blk.bn, k).detach().cpu().numpy())
-                        for k in ("weight", "bias", "running_mean", "running_var")]
-                nodes.append(helper.make_node("BatchNormalization", [cur] + args, [f"{name}_bn"], name=f"{name}_bn",
-                                              epsilon=BN_EPS))
-                cur = f"{name}_bn"
-            psi, k, phi, levels, scale = acts[name]
-            shape = (-1, 1, 1) if s["type"] == "conv" else (-1,)
-
-            def per(v, tag):
-                v = np.asarray(v, dtype=np.float32)
-                return const(f"{name}.{tag}", v.reshape(shape) if v.ndim else v)
-            steps = [("Add", per(psi, "psi")), ("Mul", per(k, "k")), ("Add", per(phi, "phi"))]
-            for i, (op, c) in enumerate(steps):
-                nodes.append(helper.make_node(op, [cur, c], [f"{name}_q{i}"], name=f"{name}_q{i}"))
-                cur = f"{name}_q{i}"
-            nodes.append(helper.make_node("Floor", [cur], [f"{name}_floor"], name=f"{name}_floor"))
-            nodes.append(helper.make_node("Clip", [f"{name}_floor", const(f"{name}.lo", 0.0),
-                                                   const(f"{name}.hi", float(levels))], [f"{name}_clip"],
-                                          name=f"{name}_clip"))
-            nodes.append(helper.make_node("Mul", [f"{name}_clip", per(scale, "scale")], [f"{name}_act"],
-                                          name=f"{name}_act"))
-            cur = f"{name}_act"
-    nodes.append(helper.make_node("Identity", [cur], ["logits"], name="logits"))
-    inp = helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", *meta["input_shape"]])
-    out = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", int(meta["num_classes"])])
-    graph = helper.make_graph(nodes, f"spikebridge_{meta['method']}_ann", [inp], [out], initializer=inits)
-    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="spikebridge")
-    m.ir_version = 8
-    onnx.checker.check_model(m, full_check=True)
-    return m

@@ -44,7 +44,7 @@ from torch.nn import functional as F
 from spikebridge.base.errors import InputError
 from spikebridge.models.methods import MethodSpec, register
 from spikebridge.models.methods import common as C
-from spikebridge.models.methods.bridge import DECAY, THRESHOLD, build_lif_stack, lif_stack_to_nir, lif_stack_to_onnx, neuron_meta
+from spikebridge.models.methods.bridge import DECAY, THRESHOLD, build_lif_stack, lif_stack_deployed, neuron_meta
 
 
 DEFAULT_WIDTH = 0.75  # student width multiplier (module docstring: why)
@@ -92,7 +92,7 @@ def _opts(cfg):
 
 
 def train(cfg, out_dir, progress=True, resume=False) -> dict:
-    from spikebridge.models.train import TrainConfig, pick_device
+    from spikebridge.models.config import TrainConfig, pick_device
     from spikebridge.models.methods import ann as A
 
     from spikebridge.models.methods.resume import Stages
@@ -122,7 +122,7 @@ def train(cfg, out_dir, progress=True, resume=False) -> dict:
     teacher_seconds = clock()
     ann_acc = C.ann_accuracy(teacher, tact, data[3], data[4])
 
-    C.seed_all(cfg.seed)
+    C.seed_everything(cfg.seed)
     spec = C.shrink_spec(C.default_spec(cfg, info), o["width"])
     student = C.SpikingStack(spec, info.input_shape, DECAY, THRESHOLD).to(device)
     T = cfg.timesteps
@@ -153,14 +153,10 @@ def build_model(meta, tensors, file=None) -> C.SpikingStack:
     return build_lif_stack(meta, tensors, file, "lasnn")
 
 
-def to_nir(meta, tensors, file=None):
-    return lif_stack_to_nir(meta, tensors, file, "lasnn")
+def deployed(meta, tensors, file=None):
+    return lif_stack_deployed(meta, tensors, file, "lasnn")
 
 
-def to_onnx(meta, tensors, file=None):
-    return lif_stack_to_onnx(meta, tensors, file, "lasnn")
-
-
-register(MethodSpec("lasnn", train=train, build_model=build_model, to_nir=to_nir, to_onnx=to_onnx,
+register(MethodSpec("lasnn", train=train, build_model=build_model, deployed=deployed, onnx=deployed,
                     description="layer-wise distillation of an ANN teacher into a smaller LIF SNN student "
                                 "(CE + KD + attention transfer on firing-rate maps)"))

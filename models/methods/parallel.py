@@ -266,7 +266,7 @@ def _par_acc(net, x, y, T):
 
 
 def train(cfg, out_dir, progress=True, resume=False) -> dict:
-    from spikebridge.models.train import pick_device
+    from spikebridge.models.config import pick_device
 
     C.check_cfg(cfg, resume)
     deploy = (cfg.extra or {}).get("deploy", "sequential")
@@ -311,32 +311,34 @@ def neuron_meta(deploy: str = "sequential") -> dict:
 def build_model(meta, tensors, file=None) -> ParallelNet:
     C.check_spec(C.spec_of(meta), "parallel")
     net = ParallelNet(meta["layers"], meta["input_shape"], meta["timesteps"])
-    C.load_state(net, tensors, file)
+    C.load_weights(net, tensors, file)
     for blk in net.neuron_blocks():
         if not bool((net.cal(blk, "theta") > 0).all()):
             raise CheckpointError("thresholds must be positive", file=file, place=f"theta_{blk.spec['name']}")
     return net.eval()
 
 
-def to_nir(meta, tensors, file=None):
+def deployed_net(meta, tensors, file=None):
+    """The exported form (``deploy``: sequential IF, or count-then-emit IF) as a DeployedNet."""
+    from spikebridge.models.deployed import from_layers
     deploy = meta.get("deploy", "sequential")
     if deploy not in DEPLOYS:
         raise CheckpointError(f"deploy must be one of {DEPLOYS}", file=file, place="deploy")
-    return C.deployed_to_nir(deployed(build_model(meta, tensors, file), "WINDOW" if deploy == "window" else "IF"),
-                             meta)
+    return from_layers(deployed(build_model(meta, tensors, file), "WINDOW" if deploy == "window" else "IF"), meta)
 
 
-def to_onnx(meta, tensors, file=None):
-    """The calibrated proxy ANN (== the windowed-neuron SNN's rates) as ONNX."""
+def onnx(meta, tensors, file=None):
+    """The calibrated proxy ANN (== the windowed-neuron SNN's rates)."""
+    from spikebridge.models.deployed import quantised_ann
     net = build_model(meta, tensors, file)
     T = net.T
     acts = {}
     for blk in net.neuron_blocks():
         th = net.cal(blk, "theta").numpy()
         acts[blk.spec["name"]] = (net.cal(blk, "psi").numpy(), T / th, net.cal(blk, "phi").numpy(), T, th / T)
-    return C.quantised_ann_onnx(net, meta, acts)
+    return quantised_ann(net, meta, acts)
 
 
-register(MethodSpec("parallel", train=train, build_model=build_model, to_nir=to_nir, to_onnx=to_onnx,
+register(MethodSpec("parallel", train=train, build_model=build_model, deployed=deployed_net, onnx=onnx,
                     description="parallel conversion (windowed neuron, DA-QCFS calibration) from a QCFS or "
                                 "ReLU ANN; exported as sequential IF"))

@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from spikebridge.base.errors import CheckpointError, UnsupportedError
+from spikebridge.base.errors import CheckpointError
 from spikebridge.models.methods import MethodSpec, register
 from spikebridge.models.methods import common as C
 
@@ -102,7 +102,7 @@ def _L(cfg) -> int:
 
 def train_qcfs_ann(cfg, data, progress=False, history=None, stages=None) -> QCFSNet:
     info = data[0]
-    C.seed_all(cfg.seed)
+    C.seed_everything(cfg.seed)
     spec = C.default_spec(cfg, info)
     model = QCFSNet(spec, info.input_shape, _L(cfg))
     C.fit_ann(model, lambda e: model.act, cfg, data, cfg.epochs, progress, "qcfs-ann", history, stages=stages)
@@ -110,7 +110,7 @@ def train_qcfs_ann(cfg, data, progress=False, history=None, stages=None) -> QCFS
 
 
 def train(cfg, out_dir, progress=True, resume=False) -> dict:
-    from spikebridge.models.train import pick_device
+    from spikebridge.models.config import pick_device
 
     from spikebridge.models.methods.resume import Stages
 
@@ -145,29 +145,27 @@ def build_model(meta, tensors, file=None) -> QCFSNet:
     if not isinstance(L, int) or isinstance(L, bool) or L < 1:
         raise CheckpointError("L must be a positive integer", file=file, place="L")
     model = QCFSNet(meta["layers"], meta["input_shape"], L)
-    C.load_state(model, tensors, file)
+    C.load_weights(model, tensors, file)
     return model.eval()
 
 
-def to_nir(meta, tensors, file=None):
-    return C.deployed_to_nir(deployed(build_model(meta, tensors, file)), meta)
+def deployed_net(meta, tensors, file=None):
+    """The converted IF SNN (the module docstring) as a DeployedNet."""
+    from spikebridge.models.deployed import from_layers
+    return from_layers(deployed(build_model(meta, tensors, file)), meta)
 
 
-def to_onnx(meta, tensors, file=None):
-    """The QCFS ANN (BN, QCFS activation with the trained lambdas) as ONNX."""
+def onnx(meta, tensors, file=None):
+    """The QCFS ANN (BN, QCFS activation with the trained lambdas)."""
+    from spikebridge.models.deployed import quantised_ann
     model = build_model(meta, tensors, file)
     acts = {}
     for blk in model.neuron_blocks():
         lam = float(model.lam[blk.spec["name"]].detach())
         acts[blk.spec["name"]] = (0.0, model.L / lam, PHI, model.L, lam / model.L)
-    return C.quantised_ann_onnx(model, meta, acts)
+    return quantised_ann(model, meta, acts)
 
 
-def no_onnx(meta, tensors, file=None):
-    raise UnsupportedError(f"ONNX export is not implemented for method {meta.get('method')!r} "
-                           "(export --format nir)", file=file)
-
-
-register(MethodSpec("qcfs", train=train, build_model=build_model, to_nir=to_nir, to_onnx=to_onnx,
+register(MethodSpec("qcfs", train=train, build_model=build_model, deployed=deployed_net, onnx=onnx,
                     description="QCFS ANN (L levels, trainable lambda) converted to an IF SNN "
                                 "(reset by subtraction, v(0) = theta/2)"))

@@ -29,6 +29,81 @@ from spikebridge.base.fileio import atomic_path
 SAME = ("method", "arch", "dataset", "seed", "batch_size", "lr", "weight_decay", "schedule", "limit_train", "timesteps")
 
 
+MAX_METRICS_BYTES = 16 << 20  # metrics.jsonl: a few hundred bytes per epoch
+MAX_ROWS = 1_000_000
+
+
+def check_settings(theirs: dict, mine: dict, file: str) -> None:
+    """Refuse a --resume whose settings differ from the run that wrote ``file`` (InputError
+    naming the first differing setting, both values)."""
+    for k in sorted(set(theirs) | set(mine), key=lambda k: (k != "method", k)):  # another method first
+        if theirs.get(k) != mine.get(k):
+            what = "method options" if k == "extra" else "--" + k.replace("_", "-")
+            raise InputError(f"{file}: --resume with a different configuration than the run that wrote it "
+                             f"({what}: {theirs.get(k)!r} there, {mine.get(k)!r} now)")
+
+
+def _finite(value) -> bool:
+    if isinstance(value, float):
+        return value == value and value not in (float("inf"), float("-inf"))
+    if isinstance(value, (list, tuple)):
+        return all(_finite(v) for v in value)
+    if isinstance(value, dict):
+        return all(_finite(v) for v in value.values())
+    return value is None or isinstance(value, (str, int, bool))
+
+
+def check_rows(rows, file: str, place: str = "rows") -> list[dict]:
+    """Metrics rows as written by training: a list of objects with string keys, every number
+    finite, each row's ``epoch`` (when present) a positive integer. CheckpointError otherwise."""
+    if not isinstance(rows, list) or len(rows) > MAX_ROWS:
+        raise CheckpointError("metrics rows must be a list (of at most a million objects)", file=file, place=place)
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict) or not all(isinstance(k, str) for k in row):
+            raise CheckpointError(f"row {i + 1} is not an object", file=file, place=place)
+        if not _finite(row):
+            raise CheckpointError(f"row {i + 1} has a non-finite or non-JSON value", file=file, place=place)
+        ep = row.get("epoch", 1)
+        if isinstance(ep, bool) or not isinstance(ep, int) or ep < 0:
+            raise CheckpointError(f"row {i + 1}: epoch must be a non-negative integer", file=file, place=place)
+    return rows
+
+
+def read_metrics(path) -> list[dict]:
+    """metrics.jsonl (one JSON object per line) through the bounded regular-file reader: a FIFO,
+    a device, a directory, a file above MAX_METRICS_BYTES, invalid UTF-8 or JSON, NaN/Infinity,
+    a row that is not an object: CheckpointError, nothing read beyond the bound."""
+    from spikebridge.base.fileio import regular_file
+
+    file = str(path)
+    regular_file(file, MAX_METRICS_BYTES, CheckpointError)
+    try:
+        with open(file, "rb") as f:
+            data = f.read(MAX_METRICS_BYTES + 1)
+    except OSError as e:
+        raise CheckpointError(f"cannot read: {e.strerror}", file=file, place="file") from None
+    if len(data) > MAX_METRICS_BYTES:
+        raise CheckpointError(f"file grew above the limit {MAX_METRICS_BYTES}", file=file, place="file")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise CheckpointError("not UTF-8 text", file=file, place="file") from None
+    rows = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line, parse_constant=_no_constant))
+        except (ValueError, RecursionError) as e:
+            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise CheckpointError(f"not a JSON object per line ({msg})", file=file, place=f"line {n}") from None
+    return check_rows(rows, file, "rows")
+
+
+def _no_constant(name):
+    raise ValueError(f"non-finite number {name} is not allowed")
+
+
 class Stages:
     """Per-stage training state of one output directory (see the module docstring)."""
 
@@ -51,8 +126,8 @@ class Stages:
         from spikebridge.models.checkpoint import load_train_state
 
         p = self.path(stage)
-        if not self.resume or not p.is_file():
-            return 0, []
+        if not self.resume or not (p.exists() or p.is_symlink()):
+            return 0, []  # (a directory, FIFO or dangling link in its place is refused by load_train_state)
         st = load_train_state(p, map_location="cpu",
                               required=("epoch", "epochs", "model", "optimizer", "scheduler", "generator",
                                         "torch_rng", "history", "config"))
@@ -62,10 +137,10 @@ class Stages:
             done, total = int(st["epoch"]), int(st["epochs"])
         except (TypeError, ValueError) as e:
             raise CheckpointError(f"unreadable training state ({e})", file=str(p), place="config/history") from None
-        for k in sorted(set(config) | set(self.config)):
-            if config.get(k) != self.config.get(k):
-                raise InputError(f"{p}: --resume with a different configuration than the run that wrote it "
-                                 f"({k}: {config.get(k)!r} there, {self.config.get(k)!r} now)")
+        if not isinstance(config, dict):
+            raise CheckpointError("unreadable run settings", file=str(p), place="config")
+        check_settings(config, self.config, str(p))
+        check_rows(history, str(p), "history")
         if total != epochs or not 0 <= done <= epochs or len(history) != done:
             raise CheckpointError(f"stage {stage!r} recorded {done} of {total} epochs, this run has {epochs}",
                                   file=str(p), place="epoch")
