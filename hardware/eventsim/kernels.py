@@ -415,9 +415,12 @@ def _neuron_prepare(node, name, ctx):
     p["next_step"] = prof.reset_timing == "next_step" and p["reset"] == "subtract"
     p["multi"] = prof.multi_spike
     p["jump"] = prof.current_input == "jump"
+    p["v_floor"] = None
     if hasattr(node, "v_threshold"):
         p["thr"] = _f64(node.v_threshold)
         p["v_reset"] = _f64(node.v_reset if getattr(node, "v_reset", None) is not None else 0.0)
+        if prof.v_floor is not None:  # sinabs min_v_mem, applied after the reset
+            p["v_floor"] = -p["thr"] if prof.v_floor == "-threshold" else _f64(prof.v_floor)
     if t in ("LIF", "LI"):
         p["a"], p["c"] = _leak(ctx, node.tau)
         p["v_leak"] = _f64(node.v_leak)
@@ -496,6 +499,8 @@ def _neuron_step(p, inp, st):
         s, v = _fire(p, v)
         if p["next_step"]:
             st = {**st, "pending": np.where(s, p["thr"], 0.0)}
+        if p["v_floor"] is not None:
+            v = np.maximum(v, p["v_floor"])
         out = s * p["spike_amplitude"]
     else:
         out = v
@@ -510,7 +515,8 @@ def _neuron_scan(p, inp, st):
     ``_neuron_step``."""
     t = p["type"]
     T = inp.shape[0]
-    if t not in ("IF", "I", "LIF", "LI") or p["multi"] or p["reset"] == "window":
+    if t not in ("IF", "I", "LIF", "LI") or p["multi"] or p["reset"] == "window" \
+            or p["v_floor"] is not None:
         out = np.empty((T, *inp.shape[1:]), dtype=np.float64)
         for i in range(T):
             out[i], st = _neuron_step(p, inp[i], st)
