@@ -85,6 +85,9 @@ def detect_library(graph) -> tuple[str | None, list[str]]:
         if t == "IF" and r is not None:
             if _close(r, 1e4):
                 vote("spikingjelly", 2, f"{name}: IF r = 1e4 (1/dt, dt = 1e-4)")
+            elif _close(r, 1.0):
+                vote("norse", 1, f"{name}: IF r = 1")
+                vote("sinabs", 1, f"{name}: IF r = 1")
         if t in ("LIF", "LI") and r is not None:
             tau = _arr(node.tau)
             if tau is None or not tau.size or np.any(tau <= 0):
@@ -96,7 +99,7 @@ def detect_library(graph) -> tuple[str | None, list[str]]:
                 tmax = float(tau.max())
                 if tmax < 1e-4:
                     vote("norse", 2, f"{name}: {t} r = 1, tau {tmax:.3g} s < 1e-4 (to_nir's dt*tau)")
-                elif tmax < 1e-3 and np.allclose(tau / 1e-4, np.round(tau / 1e-4), atol=1e-6):
+                elif tmax < 1e-3:  # below Norse's 1 ms step, above its dt*tau range
                     vote("spikingjelly", 2, f"{name}: {t} r = 1, tau = tau_steps * 1e-4")
                 elif tmax < 1.0:
                     vote("norse", 1, f"{name}: {t} r = 1, tau {tmax:.3g} in seconds")
@@ -128,10 +131,18 @@ def detect_library(graph) -> tuple[str | None, list[str]]:
             vote("norse", 1, f"{name}: Input {shape} keeps a leading batch/time axis")
             vote("sinabs", 1, f"{name}: Input {shape} keeps a leading batch/time axis")
     best = max(votes.values())
-    if best < 2:  # one weak hint (a batch axis) names no library
-        return None, []
-    lib = max(LIBRARIES, key=lambda k: (votes[k], -LIBRARIES.index(k)))
-    return lib, why[lib]
+    top = [k for k in LIBRARIES if votes[k] == best]
+    if best < 2 or len(top) > 1:  # one weak hint, or a tie (IF r = 1: Norse or sinabs)
+        return None, [f"{k}: {why[k][0]}" for k in top if why[k]]
+    return top[0], why[top[0]]
+
+
+def candidates(graph) -> list[str]:
+    """The libraries tied for the most evidence (one when detect_library names it)."""
+    lib, why = detect_library(graph)
+    if lib is not None:
+        return [lib]
+    return [w.split(":", 1)[0] for w in why]
 
 
 def foreign_graph_note(graph, profile: str | Profile) -> str | None:
@@ -141,6 +152,11 @@ def foreign_graph_note(graph, profile: str | Profile) -> str | None:
     if prof.name != "spikebridge" or has_spikebridge_metadata(graph):
         return None
     lib, why = detect_library(graph)
+    if lib is None and why:
+        libs = [w.split(":", 1)[0] for w in why]
+        return (f"graph has no spikebridge metadata and looks like a {' or '.join(libs)} export "
+                f"({why[0].split(': ', 1)[1]}); it is being read with spikebridge semantics: pass "
+                + " or ".join(f"--profile {k}" for k in libs) + " (with options: see --help)")
     if lib is None:
         return ("graph has no spikebridge metadata and no library's exporter signature; read "
                 "with the spikebridge profile (plain NIR, forward Euler); if another library "

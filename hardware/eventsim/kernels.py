@@ -421,6 +421,11 @@ def _neuron_prepare(node, name, ctx):
         p["v_reset"] = _f64(node.v_reset if getattr(node, "v_reset", None) is not None else 0.0)
         if prof.v_floor is not None:  # sinabs min_v_mem, applied after the reset
             p["v_floor"] = -p["thr"] if prof.v_floor == "-threshold" else _f64(prof.v_floor)
+        if prof.v_init_reset:  # SpikingJelly: the membrane starts at v_reset
+            p["v_init"] = np.broadcast_to(p["v_reset"], ctx.info.shapes[name])
+    # snnTorch reset_delay=False: the spike test sees v - theta where the stored membrane
+    # was still above theta (its "avoid double reset" term); the stored v subtracts s*theta
+    p["guard"] = prof.reset_timing == "same_step_guarded" and p["reset"] == "subtract"
     if t in ("LIF", "LI"):
         p["a"], p["c"] = _leak(ctx, node.tau)
         p["v_leak"] = _f64(node.v_leak)
@@ -496,7 +501,12 @@ def _neuron_step(p, inp, st):
     if t in ("IF", "LIF", "CubaLIF"):
         if p["next_step"] and st["pending"] is not None:
             v = v - st["pending"]
-        s, v = _fire(p, v)
+        if p["guard"]:
+            r = np.where(st["v"] > p["thr"], p["thr"], 0.0)
+            s = (v - r >= p["thr"]) if p["threshold_test"] == "ge" else (v - r > p["thr"])
+            v = v - np.where(s, p["thr"], 0.0)
+        else:
+            s, v = _fire(p, v)
         if p["next_step"]:
             st = {**st, "pending": np.where(s, p["thr"], 0.0)}
         if p["v_floor"] is not None:
@@ -516,7 +526,7 @@ def _neuron_scan(p, inp, st):
     t = p["type"]
     T = inp.shape[0]
     if t not in ("IF", "I", "LIF", "LI") or p["multi"] or p["reset"] == "window" \
-            or p["v_floor"] is not None:
+            or p["v_floor"] is not None or p["guard"]:
         out = np.empty((T, *inp.shape[1:]), dtype=np.float64)
         for i in range(T):
             out[i], st = _neuron_step(p, inp[i], st)

@@ -18,7 +18,7 @@ from spikebridge.base.errors import UnsupportedError
 
 INTEGRATORS = ("euler", "exact")
 RESETS = (None, "zero", "subtract")
-RESET_TIMINGS = ("same_step", "next_step")
+RESET_TIMINGS = ("same_step", "next_step", "same_step_guarded")
 THRESHOLD_TESTS = (None, "gt", "ge")
 CURRENT_INPUTS = ("euler", "jump")
 IF_INPUTS = ("dt", "step")
@@ -39,7 +39,9 @@ class Profile:
                      'zero' (v <- v_reset) or 'subtract' (v <- v - theta) forces one.
     reset_timing:    'same_step': the reset follows the spike at once;
                      'next_step': it is applied inside the next update (snnTorch:
-                     v[t+1] = beta*v[t] + I - s[t]*theta; for 'zero' this is identical).
+                     v[t+1] = beta*v[t] + I - s[t]*theta; for 'zero' this is identical);
+                     'same_step_guarded' (snnTorch reset_delay=False): subtract in the
+                     spiking step, but the spike test sees v - theta*(v[t-1] > theta).
     threshold_test:  None: the file's (our metadata, else '>'); 'gt' (>) or 'ge' (>=).
     current_input:   CubaLIF / CubaLI: 'euler': i <- i + dt/tau_syn*(w_in*I - i), then the
                      membrane integrates the new current; 'jump' (Norse): j = i + w_in*I
@@ -57,6 +59,7 @@ class Profile:
                      (a graded output) and subtracts that many thetas.
     strip_io_dims:   the exporter writes its trace sample's batch/time dimensions into the
                      Input/Output shapes; drop them (spikebridge.hardware.eventsim.adapt.adapt_graph).
+    v_init_reset:    every membrane starts at its v_reset (SpikingJelly), not at 0.
     v_floor:         membrane floor applied after the reset (sinabs min_v_mem): None (no floor),
                      a number, or "-threshold" (each neuron's -v_threshold, sinabs' from_nir).
     source:          library and version the convention was learned from.
@@ -80,6 +83,7 @@ class Profile:
     synaptic_delay: int = 0
     multi_spike: bool = False
     strip_io_dims: bool = False
+    v_init_reset: bool = False
     v_floor: float | str | None = None
     source: str = ""
     description: str = ""
@@ -157,10 +161,10 @@ register_profile(Profile(
                 "spikes per step (v >= theta), reset by subtracting them"))
 register_profile(Profile(
     name="spikingjelly", honour_metadata=False, strip_io_dims=True, dt_from_graph=False, default_dt=1e-4,
-    integrator="euler", reset="zero", threshold_test="ge",
+    integrator="euler", reset="zero", threshold_test="ge", v_init_reset=True,
     source="spikingjelly 2.0 (activation_based/nir_exchange.py, neuron.py)",
     description="tau = tau_steps*dt, dt = 1e-4, IF r = 1/dt, Euler; hard reset to v_reset; "
-                "spike if v >= theta"))
+                "spike if v >= theta; the membrane starts at v_reset"))
 register_profile(Profile(
     name="lava-float", honour_metadata=False, dt_from_graph=True, default_dt=1.0,
     integrator="euler", reset="zero", threshold_test="gt", synaptic_delay=1,
@@ -283,7 +287,8 @@ def _with_options(base: Profile, spec: str, given: dict[str, str]) -> Profile:
             ch.update(reset="zero", reset_timing="same_step")
         else:
             ch.update(reset="subtract",
-                      reset_timing="next_step" if opts["reset_delay"] == "true" else "same_step")
+                      reset_timing="next_step" if opts["reset_delay"] == "true"
+                      else "same_step_guarded")
     elif name == "sinabs":
         ch["multi_spike"] = opts["spike"] == "multi"
         ch["reset"] = opts["reset"]
