@@ -196,6 +196,8 @@ def describe_reading(graph, profile: str | Profile, dt: float | None = None) -> 
     for o in LIBRARY_OPTIONS.get(prof.name, ()):
         v = given.get(o.name, o.default)
         src = "given" if o.name in explicit else "library default (the file does not say)"
+        if o.name == "dt" and v == "graph":
+            src = "the graph's metadata dt, else 1.0"
         extra = ""
         if prof.name == "norse" and o.name == "export_dt" and v == "auto":
             ed, why = norse_export_dt(graph)
@@ -206,8 +208,15 @@ def describe_reading(graph, profile: str | Profile, dt: float | None = None) -> 
             seen = sorted({"true" if _close(r, 1.0) else "false" for _, r, _ in lif_r})
             src = "read from the file's r" + (f": {', '.join(seen)}" if seen else " (no LIF)")
         lines.append(f"  option {o.name}={v}{extra}: {src}")
-    step = dt if dt is not None else prof.default_dt
-    lines.append(f"  dt: {step:g}" + (" (--dt)" if dt is not None else " (profile)"))
+    md = graph.metadata.get(META_KEY) if isinstance(getattr(graph, "metadata", None), dict) else None
+    if dt is not None:
+        lines.append(f"  dt: {dt:g} (--dt)")
+    elif prof.dt_from_graph and isinstance(md, dict) and "dt" in md:
+        lines.append(f"  dt: {float(md['dt']):g} (the graph's metadata)")
+    else:
+        lines.append(f"  dt: {prof.default_dt:g} (profile"
+                     + (", the file stores none)" if prof.name != "norse" else
+                        ": Norse's dt * 1e-3, the taus brought to to_nir's default)"))
     assume = [f"reset {prof.reset or 'as the file says (v_reset)'}"
               + (", one step late" if prof.reset == "subtract" and prof.reset_timing == "next_step" else ""),
               f"threshold test {'>=' if prof.threshold_test == 'ge' else '>'}",
