@@ -69,8 +69,25 @@ def test_library_graph_reproduces_library_outputs(case):
     for prof in [case_profile(case)] + ([meta["profile_explicit"]] if "profile_explicit" in meta else []):
         out, y, tr = run_case(case, prof)
         assert (y != 0).sum() > 0, "the case must spike"
-        np.testing.assert_array_equal(out, y, err_msg=prof)
+        if meta.get("output") == "membrane":
+            tol = membrane_tolerance(case, y)
+            assert np.abs(out - y).max() <= tol, (prof, np.abs(out - y).max(), tol)
+        else:
+            np.testing.assert_array_equal(out, y, err_msg=prof)
         assert tr.profile == lib
+
+
+def membrane_tolerance(case: str, y: np.ndarray) -> float:
+    """The library's float32 membrane vs our float64 one, the spikes feeding it being
+    identical: each step computes the readout's input (fan_in products and the bias) and
+    v = a*v + c*I in float32, each operation off by at most eps32 * (the magnitude it
+    handles), and the error carries over T steps (|a| <= 1). Bound:
+    eps32 * T * (fan_in + 3) * S, with S = max|y| + max row sum |W| + max|b|."""
+    graph = load_case(case)[0]
+    aff = [n for n in graph.nodes.values() if type(n).__name__ == "Affine"][-1]
+    W, b = np.abs(np.asarray(aff.weight)), np.abs(np.asarray(aff.bias))
+    S = float(np.abs(y).max() + W.sum(axis=1).max() + b.max())
+    return float(np.finfo(np.float32).eps) * y.shape[0] * (W.shape[1] + 3) * S
 
 
 OPTION_CASES = sorted(c for c in CASES if "settings" in load_case(c)[3])
@@ -81,7 +98,8 @@ def test_corpus_has_the_non_default_settings():
             "snntorch/rsynaptic", "snntorch/rleaky_samestep", "norse/dense_lif_export_default",
             "norse/dense_lif_export_seconds", "sinabs/dense_single_spike",
             "sinabs/dense_membrane_reset", "sinabs/dense_min_v_mem",
-            "spikingjelly/dense_if_vreset", "spikingjelly/conv_lif_nodecay_vreset"}
+            "spikingjelly/dense_if_vreset", "spikingjelly/conv_lif_nodecay_vreset",
+            "norse/dense_lif_li_readout", "sinabs/dense_iaf_expleak_readout"}
     assert want <= set(OPTION_CASES)
 
 
@@ -101,6 +119,8 @@ WRONG = {
     "spikingjelly/dense_if_vreset": ["spikingjelly:v_reset=0"],
     "spikingjelly/conv_lif_nodecay_vreset": ["spikingjelly:decay_input=true",
                                              "spikingjelly:v_reset=0"],
+    "sinabs/dense_iaf_expleak_readout": ["sinabs:norm_input=true"],
+    "norse/dense_lif_li_readout": ["norse:export_dt=1", "norse:dt=0.002"],
 }
 
 
@@ -113,7 +133,10 @@ def test_options_matter(case):
         except GraphError as e:  # a decay out of range under the wrong convention
             assert "decay outside [0, 1]" in str(e)
             continue
-        assert not np.array_equal(out, y), (case, prof)
+        if load_case(case)[3].get("output") == "membrane":
+            assert np.abs(out - y).max() > 100 * membrane_tolerance(case, y), (case, prof)
+        else:
+            assert not np.array_equal(out, y), (case, prof)
 
 
 def test_recurrent_bias_is_present_from_step_zero():

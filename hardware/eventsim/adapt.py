@@ -9,7 +9,8 @@ Conv2d: (C_in, *spatial), Flatten: its declared input), and lets every Output no
 its predecessor's shape (an Output node is a sink; its declared type is only a check).
 
 Profile options that the file cannot say are applied here too (the kernels then read a
-plain graph): Norse's tau convention (``export_dt``: the file's taus are brought to
+plain graph): sinabs' ``norm_input`` (r = 1/(1 - exp(-dt/tau)) where it is false),
+Norse's tau convention (``export_dt``: the file's taus are brought to
 to_nir's default, tau = 1e-3 * true tau, which the profile reads at dt * 1e-3),
 SpikingJelly's ``decay_input`` (LIF r = 1 or tau/dt) and ``v_reset`` (v_reset and the
 leak target v_leak). Nested graphs (snnTorch writes RLeaky/RSynaptic as a subgraph
@@ -103,6 +104,19 @@ def _apply_options(graph: nir.NIRGraph, prof: Profile) -> nir.NIRGraph:
                     nodes[name], changed = _scaled(node, ("tau",), factor), True
                 elif t in ("CubaLIF", "CubaLI"):
                     nodes[name], changed = _scaled(node, ("tau_mem", "tau_syn"), factor), True
+    if prof.name == "sinabs":
+        ni = prof.option("norm_input")
+        dt = float(prof.default_dt)
+        for name, node in graph.nodes.items():
+            t = type(node).__name__
+            if t not in ("LIF", "LI"):
+                continue
+            norm = {"true": True, "false": False}.get(ni, t == "LIF")
+            if not norm:  # v = a*v + I: the exact integrator's (1-a) undone in r
+                n2 = copy.copy(node)
+                a = np.exp(-dt / np.asarray(node.tau, dtype=np.float64))
+                n2.r = np.asarray(node.r, dtype=np.float64) / (1.0 - a)
+                nodes[name], changed = n2, True
     if prof.name == "spikingjelly":
         di, vr = prof.option("decay_input"), prof.option("v_reset")
         dt = float(prof.default_dt)

@@ -255,6 +255,10 @@ LIBRARY_OPTIONS: dict[str, tuple[Option, ...]] = {
                doc="min_v_mem, the membrane floor applied after the reset: none (the layers' "
                    "default), a number (sinabs.from_model sets -1), or -threshold (each "
                    "neuron's -v_threshold: what sinabs.from_nir builds)"),
+        Option("norm_input", "layer", ("layer", "true", "false"),
+               doc="norm_input (the exporter writes r = 1 either way): layer = each layer's "
+                   "default (LIF true: v = a*v + (1-a)*I; ExpLeak, written as LI, false: "
+                   "v = a*v + I); true/false for every LIF and LI"),
         _DT("1.0", "one time step (sinabs' tau is in steps)"),
     ),
     "spikingjelly": (

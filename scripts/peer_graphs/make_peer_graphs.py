@@ -22,7 +22,7 @@ throwaway environment:
     /tmp/peers-venv/bin/pip install snntorch==1.0.0 norse==1.1.0 sinabs==3.1.3 spikingjelly==2.0.0
     /tmp/peers-venv/bin/pip install --no-deps torch==2.13.0  # if a dependency upgraded it
     /tmp/peers-venv/bin/python scripts/peer_graphs/make_peer_graphs.py --only norse sinabs \
-        norse_options sinabs_options        # sinabs 3.1.3 pins nir <= 1.0.4: written by 1.0.4
+        norse_options sinabs_options readouts  # sinabs 3.1.3 pins nir <= 1.0.4: written by 1.0.4
     /tmp/peers-venv/bin/pip install nir==1.0.8 nirtorch==2.6   # snnTorch 1.0 and SpikingJelly
     /tmp/peers-venv/bin/pip install --no-deps torch==2.13.0    # 2.0 need these (v_reset,
     /tmp/peers-venv/bin/python scripts/peer_graphs/make_peer_graphs.py --only snntorch \
@@ -432,6 +432,46 @@ def gen_norse_options():
                    "patched_by_script": []})
 
 
+def gen_readouts():
+    """Membrane outputs: Norse LIBoxCell (nir.LI, Euler) and sinabs ExpLeak (nir.LI, exact
+    decay). The library's float32 membrane is the expected output."""
+    import importlib
+    rng = np.random.default_rng(9)
+    if importlib.util.find_spec("norse"):
+        from norse.torch import LIBoxCell, LIFBoxCell, SequentialState
+        from norse.torch.utils.export_nir import to_nir
+        net = SequentialState(nn.Linear(10, 8), LIFBoxCell(), nn.Linear(8, 5), LIBoxCell())
+        init_weights(net, 90, 3.0)
+        x = spikes(rng, (T, B, 10))
+        state, out = None, []
+        with torch.no_grad():
+            for t in range(T):
+                y, state = net(torch.from_numpy(x[t]), state)
+                out.append(y.numpy())
+        y = np.stack(out)
+        graph = to_nir(net, torch.from_numpy(x[0]))
+        save_case("norse", "dense_lif_li_readout", graph, x, y,
+                  {"modules": repr(net), "simulated": "SequentialState, one step per call, dt=1e-3",
+                   "settings": {"readout": "LIBoxCell membrane"}, "profile": "norse",
+                   "output": "membrane", "patched_by_script": []})
+    import sinabs
+    import sinabs.layers as sl
+    from sinabs.nir import to_nir as sinabs_to_nir
+    net = nn.Sequential(nn.Linear(10, 8), sl.IAF(spike_threshold=1.0), nn.Linear(8, 5),
+                        sl.ExpLeak(tau_mem=5.0))
+    init_weights(net, 91, 1.5)
+    x = spikes(rng, (T, B, 10))
+    sinabs.reset_states(net)
+    with torch.no_grad():
+        y = net(torch.from_numpy(np.ascontiguousarray(x.transpose(1, 0, 2)))).numpy().transpose(1, 0, 2)
+    sinabs.reset_states(net)
+    graph = sinabs_to_nir(net, torch.from_numpy(np.ascontiguousarray(x.transpose(1, 0, 2))))
+    save_case("sinabs", "dense_iaf_expleak_readout", graph, x, y,
+              {"modules": repr(net), "simulated": "whole sequence in one call (sinabs layout)",
+               "settings": {"readout": "ExpLeak membrane"}, "profile": "sinabs",
+               "output": "membrane", "patched_by_script": []})
+
+
 def gen_sinabs_options():
     import sinabs
     import sinabs.layers as sl
@@ -513,7 +553,7 @@ def gen_spikingjelly_options():
 GENERATORS = {"snntorch": gen_snntorch, "norse": gen_norse, "sinabs": gen_sinabs,
               "spikingjelly": gen_spikingjelly,
               "snntorch_options": gen_snntorch_options, "norse_options": gen_norse_options,
-              "sinabs_options": gen_sinabs_options,
+              "sinabs_options": gen_sinabs_options, "readouts": gen_readouts,
               "spikingjelly_options": gen_spikingjelly_options}
 
 
