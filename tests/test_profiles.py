@@ -95,7 +95,8 @@ OPTION_CASES = sorted(c for c in CASES if "settings" in load_case(c)[3])
 
 def test_corpus_has_the_non_default_settings():
     want = {"snntorch/dense_leaky_zero", "snntorch/dense_leaky_samestep", "snntorch/rleaky_bias",
-            "snntorch/rsynaptic", "snntorch/rleaky_samestep", "norse/dense_lif_export_default",
+            "snntorch/rsynaptic", "snntorch/rleaky_samestep", "snntorch/dense_synaptic_zero",
+            "snntorch/rleaky_zero", "snntorch/rsynaptic_zero", "norse/dense_lif_export_default",
             "norse/dense_lif_export_seconds", "sinabs/dense_single_spike",
             "sinabs/dense_membrane_reset", "sinabs/dense_min_v_mem",
             "spikingjelly/dense_if_vreset", "spikingjelly/conv_lif_nodecay_vreset",
@@ -109,6 +110,9 @@ WRONG = {
     "snntorch/dense_leaky_zero": ["snntorch"],
     "snntorch/dense_leaky_samestep": ["snntorch", "snntorch:reset_delay=true"],
     "snntorch/rleaky_samestep": ["snntorch"],
+    "snntorch/dense_synaptic_zero": ["snntorch", "snntorch:reset=zero,reset_delay=false"],
+    "snntorch/rleaky_zero": ["snntorch", "snntorch:reset=zero,reset_delay=false"],
+    "snntorch/rsynaptic_zero": ["snntorch", "snntorch:reset=zero,reset_delay=false"],
     "sinabs/dense_single_spike": ["sinabs"],
     "sinabs/dense_membrane_reset": ["sinabs"],
     "sinabs/dense_min_v_mem": ["sinabs"],

@@ -218,7 +218,12 @@ def describe_reading(graph, profile: str | Profile, dt: float | None = None) -> 
                      + (", the file stores none)" if prof.name != "norse" else
                         ": Norse's dt * 1e-3, the taus brought to to_nir's default)"))
     assume = [f"reset {prof.reset or 'as the file says (v_reset)'}"
-              + (", one step late" if prof.reset == "subtract" and prof.reset_timing == "next_step" else ""),
+              + (", one step late" if prof.reset == "subtract" and prof.reset_timing == "next_step" else "")
+              + (", one step late in CubaLIF and self-looped LIF nodes (snnTorch Synaptic/RLeaky/"
+                 "RSynaptic: the whole next step zeroed); LIF: zeroed, then integrates"
+                 if prof.reset == "zero" and prof.reset_timing == "next_step" else "")
+              + (" (snnTorch reset_delay=False: the spike test sees v - theta where the "
+                 "stored membrane was above theta)" if prof.reset_timing == "same_step_guarded" else ""),
               f"threshold test {'>=' if prof.threshold_test == 'ge' else '>'}",
               f"integrator {prof.integrator}"]
     if prof.multi_spike:

@@ -235,8 +235,10 @@ LIBRARY_OPTIONS: dict[str, tuple[Option, ...]] = {
         Option("reset", "subtract", ("subtract", "zero"),
                doc="snn.Leaky/Synaptic reset_mechanism (the exporter writes v_reset = 0 for both)"),
         Option("reset_delay", "true", ("true", "false"),
-               doc="reset_delay: true (default) subtracts theta one step late, inside the next "
-                   "update; false subtracts in the spiking step (no effect with reset=zero)"),
+               doc="reset_delay: true (default) resets one step late: subtract theta inside the "
+                   "next update; with reset=zero, Synaptic/RLeaky/RSynaptic zero the whole next "
+                   "step (a plain Leaky zeroes, then integrates: the same spikes as false); "
+                   "false resets in the spiking step"),
         _DT("0.0001", "the exporter's dt (snnTorch 1.0 hard-codes 1e-4 s: tau = dt/(1-beta))"),
     ),
     "norse": (
@@ -287,8 +289,9 @@ def _with_options(base: Profile, spec: str, given: dict[str, str]) -> Profile:
             ch["dt_from_graph"] = False
     name = base.name
     if name == "snntorch":
-        if opts["reset"] == "zero":
-            ch.update(reset="zero", reset_timing="same_step")
+        if opts["reset"] == "zero":  # one step late: Synaptic/RLeaky/RSynaptic zero the next step
+            ch.update(reset="zero",
+                      reset_timing="next_step" if opts["reset_delay"] == "true" else "same_step")
         else:
             ch.update(reset="subtract",
                       reset_timing="next_step" if opts["reset_delay"] == "true"

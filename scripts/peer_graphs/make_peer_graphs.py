@@ -371,6 +371,28 @@ def gen_snntorch_options():
                                             linear_features=8, init_hidden=True),
             nn.Linear(8, 5), leaky(5, 0.9, 1.0)), 0.7,
             "snntorch", {"recurrent": "RSynaptic(linear_features=8), nn.Linear with bias"}),
+        # reset to zero in Synaptic / RLeaky / RSynaptic: with reset_delay the whole step
+        # after a spike is zeroed (a plain Leaky zeroes, then integrates)
+        "dense_synaptic_zero": (lambda: nn.Sequential(
+            nn.Linear(10, 8), snn.Synaptic(alpha=full((8,), 0.6), beta=full((8,), 0.85),
+                                           threshold=full((8,), 1.0), init_hidden=True,
+                                           reset_mechanism="zero"),
+            nn.Linear(8, 5), snn.Synaptic(alpha=full((5,), 0.5), beta=full((5,), 0.9),
+                                          threshold=full((5,), 1.0), init_hidden=True,
+                                          reset_mechanism="zero")), 0.9,
+            "snntorch:reset=zero", {"reset_mechanism": "zero", "neuron": "Synaptic"}),
+        "rleaky_zero": (lambda: nn.Sequential(
+            nn.Linear(10, 8), snn.RLeaky(beta=0.85, threshold=1.0, linear_features=8,
+                                         init_hidden=True, reset_mechanism="zero"),
+            nn.Linear(8, 5), leaky(5, 0.9, 1.0, reset_mechanism="zero")), 1.2,
+            "snntorch:reset=zero", {"recurrent": "RLeaky(linear_features=8, reset_mechanism='zero')"}),
+        "rsynaptic_zero": (lambda: nn.Sequential(
+            nn.Linear(10, 8), snn.RSynaptic(alpha=0.6, beta=0.85, threshold=1.0,
+                                            linear_features=8, init_hidden=True,
+                                            reset_mechanism="zero"),
+            nn.Linear(8, 5), leaky(5, 0.9, 1.0, reset_mechanism="zero")), 0.9,
+            "snntorch:reset=zero",
+            {"recurrent": "RSynaptic(linear_features=8, reset_mechanism='zero')"}),
         # same-step subtract in a recurrent layer (the NIR paper's braille RNN uses RSynaptic
         # so; snnTorch 1.0's RSynaptic(reset_delay=False) raises TypeError in forward, since
         # it reads a local `spk` it never set, so RLeaky stands in for it)
