@@ -192,7 +192,9 @@ def adapt_graph(graph: nir.NIRGraph, profile: str | Profile) -> nir.NIRGraph:
         return graph
     note = foreign_graph_note(graph, prof)
     if note:
-        warnings.warn(note, ForeignGraphWarning, stacklevel=2)
+        # one stderr line under Python's default format (no source line is found for
+        # this location), every time a foreign graph is read without a profile
+        warnings.warn_explicit(note, ForeignGraphWarning, "spikebridge", 0)
     flat = flatten_subgraphs(graph)
     opt = _apply_options(flat, prof)
     if not prof.strip_io_dims:

@@ -4,6 +4,23 @@ NIR stores continuous-time neurons and no dt; every library that writes NIR mean
 own discrete-time update by them. A profile names one such reading. Adding one is one
 entry in ``PROFILES`` (``register_profile``); the kernels read only the fields below.
 
+Profile strings (one syntax for every command and for Python):
+
+    LIB[:opt=val[,opt=val]]     e.g.  snntorch:reset=zero   sinabs:spike=single,floor=-1
+
+``get_profile`` / ``parse_profile`` read them; ``LIBRARY_OPTIONS`` lists each library's
+options (``describe_options(lib)`` prints them), every default being the library's own:
+
+    snntorch      reset=subtract|zero  reset_delay=true|false  dt=<s> (1e-4)
+    norse         export_dt=auto|<s> (to_nir's dt; auto: from the magnitude of tau)  dt=<s> (1e-3)
+    sinabs        spike=multi|single  reset=subtract|zero  floor=none|-threshold|<v>
+                  norm_input=layer|true|false  dt=<steps> (1)
+    spikingjelly  decay_input=file|true|false  v_reset=file|<v>  dt=<s> (1e-4)
+    nir, spikebridge   dt=<s>
+
+A bad string raises one UnsupportedError line naming the valid options and values.
+``detect.describe_reading(graph, profile)`` says how a graph will be read (``inspect``).
+
 How each library profile was established (its exporter, then its own simulation of the
 exported graph, compared with ours on fixed inputs) is in scripts/peer_graphs/ and the
 conformance data under tests/data/peers/<library>/.

@@ -274,7 +274,7 @@ def simulate(graph, x, profile: str | Profile = "spikebridge", dt: float | None 
                      counts=counts,
                      spikes={n: np.concatenate([p.spikes[n] for p in parts], axis=1)
                              for n in first.spikes},
-                     backend="eventsim", profile=prof.name, meta=first.meta)
+                     backend="eventsim", profile=prof.label, meta=first.meta)
     acts, info, prof, step_dt = run(graph, x, prof, dt, info)
     T, B = next(iter(acts.values())).shape[:2]
     if prof.synaptic_delay and not info.back_edges:
@@ -292,4 +292,4 @@ def simulate(graph, x, profile: str | Profile = "spikebridge", dt: float | None 
             raise
     return Trace(timesteps=int(T), batch=int(B),
                  outputs={o: acts[o] for o in info.outputs}, counts=counts, spikes=spikes,
-                 backend="eventsim", profile=prof.name, meta=meta)
+                 backend="eventsim", profile=prof.label, meta=meta)
