@@ -415,8 +415,14 @@ def test_detects_the_library_of_every_peer_graph():
         graph = load_case(case)[0]
         assert lib in candidates(graph), case
         named += detect_library(graph)[0] == lib
-    # IF-only graphs (r = 1) are Norse's or sinabs': both named, not one guessed
-    assert named >= len(CASES) - 6
+    assert named == len(CASES)
+    # a hand-made plain NIR graph (IF r = 1, no leading Input axis) names no library
+    plain = nir.NIRGraph(nodes={"in": nir.Input(input_type={"input": np.array([3])}),
+                                "fc": nir.Affine(weight=np.eye(3), bias=np.zeros(3)),
+                                "if": nir.IF(r=np.ones(3), v_threshold=np.ones(3)),
+                                "out": nir.Output(output_type={"output": np.array([3])})},
+                         edges=[("in", "fc"), ("fc", "if"), ("if", "out")], type_check=False)
+    assert detect_library(plain) == (None, [])
 
 
 def test_foreign_graph_without_profile_warns_with_the_profile_to_pass():

@@ -86,8 +86,11 @@ def detect_library(graph) -> tuple[str | None, list[str]]:
             if _close(r, 1e4):
                 vote("spikingjelly", 2, f"{name}: IF r = 1e4 (1/dt, dt = 1e-4)")
             elif _close(r, 1.0):
-                vote("norse", 1, f"{name}: IF r = 1")
-                vote("sinabs", 1, f"{name}: IF r = 1")
+                # Norse keeps IAFCell's scalar parameters; sinabs expands them to the layer
+                if np.ndim(node.r) == 0 and np.ndim(node.v_threshold) == 0:
+                    vote("norse", 1, f"{name}: IF r = 1 with scalar parameters")
+                else:
+                    vote("sinabs", 1, f"{name}: IF r = 1 with per-neuron parameters")
         if t in ("LIF", "LI") and r is not None:
             tau = _arr(node.tau)
             if tau is None or not tau.size or np.any(tau <= 0):
@@ -122,17 +125,25 @@ def detect_library(graph) -> tuple[str | None, list[str]]:
             continue
         shape = tuple(int(v) for v in shape)
         succ = [b for a, b in graph.edges if a == name]
-        need = None
+        extra = False
         for s in succ:
-            w = _arr(getattr(graph.nodes.get(s), "weight", None))
-            if node_type(graph.nodes.get(s)) in ("Affine", "Linear") and w is not None:
-                need = np.asarray(graph.nodes[s].weight).shape[1]
-        if need is not None and len(shape) == 2 and shape[-1] == need:
+            nd = graph.nodes.get(s)
+            w = getattr(nd, "weight", None)
+            if w is None:
+                continue
+            w = np.asarray(w)
+            if node_type(nd) in ("Affine", "Linear"):
+                extra = len(shape) == 2 and shape[-1] == w.shape[1]
+            elif node_type(nd) in ("Conv1d", "Conv2d"):  # (N, C_in, *spatial)
+                extra = len(shape) == w.ndim and shape[1] == w.shape[1] * int(nd.groups)
+        if extra:
             vote("norse", 1, f"{name}: Input {shape} keeps a leading batch/time axis")
             vote("sinabs", 1, f"{name}: Input {shape} keeps a leading batch/time axis")
     best = max(votes.values())
     top = [k for k in LIBRARIES if votes[k] == best]
-    if best < 2 or len(top) > 1:  # one weak hint, or a tie (IF r = 1: Norse or sinabs)
+    if best < 2:  # one weak hint (an IF with r = 1 is plain NIR too) names no library
+        return None, []
+    if len(top) > 1:  # a tie (IF r = 1 and a leading Input axis: Norse or sinabs)
         return None, [f"{k}: {why[k][0]}" for k in top if why[k]]
     return top[0], why[top[0]]
 
