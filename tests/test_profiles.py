@@ -413,9 +413,11 @@ def test_detects_the_library_of_every_peer_graph():
     for case in CASES:
         lib = case.split("/")[0]
         graph = load_case(case)[0]
-        assert lib in candidates(graph), case
+        cands = candidates(graph)
+        assert cands in ([lib], []), (case, cands)  # never a wrong library
         named += detect_library(graph)[0] == lib
-    assert named == len(CASES)
+    # unnamed: sinabs/conv_iaf, IF layers only and no time axis left in its Input type
+    assert named >= len(CASES) - 1
     # a hand-made plain NIR graph (IF r = 1, no leading Input axis) names no library
     plain = nir.NIRGraph(nodes={"in": nir.Input(input_type={"input": np.array([3])}),
                                 "fc": nir.Affine(weight=np.eye(3), bias=np.zeros(3)),
@@ -423,6 +425,11 @@ def test_detects_the_library_of_every_peer_graph():
                                 "out": nir.Output(output_type={"output": np.array([3])})},
                          edges=[("in", "fc"), ("fc", "if"), ("if", "out")], type_check=False)
     assert detect_library(plain) == (None, [])
+    nodes = dict(plain.nodes, fc2=nir.Affine(weight=np.eye(3), bias=np.zeros(3)),
+                 if2=nir.IF(r=np.ones(3), v_threshold=np.ones(3)))
+    deeper = nir.NIRGraph(nodes=nodes, edges=[("in", "fc"), ("fc", "if"), ("if", "fc2"),
+                                              ("fc2", "if2"), ("if2", "out")], type_check=False)
+    assert detect_library(deeper) == (None, [])  # IF r = 1 counts once, however many layers
 
 
 def test_foreign_graph_without_profile_warns_with_the_profile_to_pass():

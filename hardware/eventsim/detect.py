@@ -87,10 +87,12 @@ def detect_library(graph) -> tuple[str | None, list[str]]:
                 vote("spikingjelly", 2, f"{name}: IF r = 1e4 (1/dt, dt = 1e-4)")
             elif _close(r, 1.0):
                 # Norse keeps IAFCell's scalar parameters; sinabs expands them to the layer
-                if np.ndim(node.r) == 0 and np.ndim(node.v_threshold) == 0:
-                    vote("norse", 1, f"{name}: IF r = 1 with scalar parameters")
-                else:
-                    vote("sinabs", 1, f"{name}: IF r = 1 with per-neuron parameters")
+                # (weak: plain NIR's IF too; counted once per graph, not per node)
+                lib = ("norse" if np.ndim(node.r) == 0 and np.ndim(node.v_threshold) == 0
+                       else "sinabs")
+                if not any("IF r = 1" in w for w in why[lib]):
+                    vote(lib, 1, f"{name}: IF r = 1 with "
+                                 + ("scalar" if lib == "norse" else "per-neuron") + " parameters")
         if t in ("LIF", "LI") and r is not None:
             tau = _arr(node.tau)
             if tau is None or not tau.size or np.any(tau <= 0):
