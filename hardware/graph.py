@@ -208,7 +208,11 @@ def _parse_hdf5(raw: bytes, file: str, limits: LoadLimits) -> dict:
                 _validate_tree(f, file, limits)
                 if "node" not in f or not isinstance(f["node"], h5py.Group):
                     raise GraphError("missing group 'node' (not a NIR file)", file, "/node")
-                return _read_tree(f["node"])
+                tree = _read_tree(f["node"])
+                v = f.get("version")  # nir >= 0.2 writes it; older files have none
+                v = _decode(v[()]) if isinstance(v, h5py.Dataset) and v.size <= 64 else None
+                tree[_VERSION_KEY] = v if isinstance(v, str) else None
+                return tree
             except InputError:
                 raise
             except Exception as e:  # noqa: BLE001 - corrupt/truncated data
@@ -314,15 +318,41 @@ def load_graph(path: str | os.PathLike, limits: LoadLimits | None = None) -> nir
     data = _parse_hdf5(raw, file, limits)
     if data.get("type") != "NIRGraph":
         raise GraphError("root node is not a NIRGraph", file, "/node/type")
+    written_by = data.pop(_VERSION_KEY, None)
     _check_node_dict(data, file, "/node")
+    _upgrade_old_fields(data)
     try:
         with warnings.catch_warnings(), np.errstate(all="ignore"):  # nir warns on crafted values
             warnings.simplefilter("ignore")
             graph = nir.dict2NIRNode(data)
     except Exception as e:  # noqa: BLE001 - nir raises Assertion/Type/Value errors
-        raise GraphError(f"nir could not build the graph ({type(e).__name__}: {e})",
+        who = (f"nir {written_by}" if written_by else "a nir older than 0.2 (no version field)")
+        raise GraphError(f"nir could not build the graph ({type(e).__name__}: {e}); the file "
+                         f"was written by {who}, this reader is nir {_NIR_VERSION}",
                          file, "/node") from None
     return graph
+
+
+_VERSION_KEY = "\0nir_version"  # never a node field name (HDF5 names cannot hold NUL)
+try:
+    from importlib.metadata import version as _pkg_version
+    _NIR_VERSION = _pkg_version("nir")
+except Exception:  # noqa: BLE001 - informational only
+    _NIR_VERSION = "?"
+
+
+def _upgrade_old_fields(d: dict) -> None:
+    """Fields that older nir versions did not write, filled as nir 1.0.8 reads them:
+    Conv1d/Conv2d input_shape (added in nir 1.0; None = taken from the predecessor,
+    which ``analyse`` does). LIF/CubaLIF v_reset, IF v_reset and Flatten input_type have
+    defaults in nir 1.0.8 already. Recurses into nested graphs."""
+    t = d.get("type")
+    if t in ("Conv1d", "Conv2d") and "input_shape" not in d:
+        d["input_shape"] = None
+    if t == "NIRGraph":
+        for n in (d.get("nodes") or {}).values():
+            if isinstance(n, dict):
+                _upgrade_old_fields(n)
 
 
 # ----------------------------------------------------------------------------------

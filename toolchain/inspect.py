@@ -94,6 +94,7 @@ def inspect_graph(path, profile: str | None = None, options=None, backend: str |
     from spikebridge.hardware.graph import graph_meta, load_graph, neuron_semantics
 
     graph = load_graph(path)
+    raw = graph  # as written: the profile's reading is described from the file itself
     graph, info, note = _analysed(graph, path, profile)
     meta = graph_meta(graph, file=str(path))
     lines = [f"graph {path}", f"metadata: {meta}"]
@@ -111,7 +112,8 @@ def inspect_graph(path, profile: str | None = None, options=None, backend: str |
     if profile:
         from spikebridge.hardware.eventsim import get_profile
         prof = get_profile(profile)
-        lines.append(f"profile {prof.name}: {prof.description}")
+    from spikebridge.hardware.eventsim.detect import describe_reading
+    lines += describe_reading(raw, prof or "spikebridge")  # options, detections, assumptions
     lines += ["", f"{'node':<16}{'type':<11}{'output':<12}{'synapses':>10}  parameters / neuron semantics"]
     total_syn = 0
     for name in info.order:

@@ -900,9 +900,22 @@ def _neuron_prepare(node, name, ctx):
     p["next_step"] = prof.reset_timing == "next_step" and p["reset"] == "subtract"
     p["multi"] = prof.multi_spike
     p["jump"] = prof.current_input == "jump"
+    p["v_floor"] = None
     if hasattr(node, "v_threshold"):
         p["thr"] = _f64(node.v_threshold)
         p["v_reset"] = _f64(node.v_reset if getattr(node, "v_reset", None) is not None else 0.0)
+        if prof.v_floor is not None:  # sinabs min_v_mem, applied after the reset
+            p["v_floor"] = -p["thr"] if prof.v_floor == "-threshold" else _f64(prof.v_floor)
+        if prof.v_init_reset:  # SpikingJelly: the membrane starts at v_reset
+            p["v_init"] = np.broadcast_to(p["v_reset"], ctx.info.shapes[name])
+    # snnTorch reset_delay=False: the spike test sees v - theta where the stored membrane
+    # was still above theta (its "avoid double reset" term); the stored v subtracts s*theta
+    p["guard"] = prof.reset_timing == "same_step_guarded" and p["reset"] == "subtract"
+    # snnTorch Synaptic / RSynaptic / RLeaky, reset to zero with reset_delay: the membrane
+    # keeps its value in the spiking step and the WHOLE next step is zeroed (its input
+    # lost); a plain Leaky (LIF without a recurrent loop onto itself) zeroes, then integrates
+    p["zero_late"] = (prof.reset_timing == "next_step" and p["reset"] == "zero"
+                      and (t == "CubaLIF" or (t == "LIF" and _self_loop(name, ctx.info))))
     if t in ("LIF", "LI"):
         p["a"], p["c"] = _leak(ctx, node.tau)
         p["v_leak"] = _f64(node.v_leak)
@@ -914,6 +927,12 @@ def _neuron_prepare(node, name, ctx):
     return p
 
 
+def _self_loop(name, info) -> bool:
+    """``name`` feeds a synaptic node that feeds it back (a recurrent layer's own loop)."""
+    return any(name in info.preds.get(m, ()) for m in info.preds.get(name, ())
+               if m != name)
+
+
 def _neuron_init(p, batch):
     v = np.broadcast_to(p["v_init"], (batch, *p["v_init"].shape)).astype(np.float64)
     st = {"v": v}
@@ -921,8 +940,8 @@ def _neuron_init(p, batch):
         st["pos"] = 0  # steps into the current window
     if p["type"] in ("CubaLIF", "CubaLI"):
         st["i"] = np.zeros_like(v)
-    if p["next_step"]:
-        st["pending"] = None  # theta where the neuron spiked last step (snnTorch)
+    if p["next_step"] or p.get("zero_late"):
+        st["pending"] = None  # theta (or the mask) where the neuron spiked last step (snnTorch)
     return st
 
 
@@ -978,9 +997,21 @@ def _neuron_step(p, inp, st):
     if t in ("IF", "LIF", "CubaLIF"):
         if p["next_step"] and st["pending"] is not None:
             v = v - st["pending"]
-        s, v = _fire(p, v)
+        if p.get("zero_late"):
+            if st["pending"] is not None:
+                v = np.where(st["pending"], 0.0, v)
+            s = v >= p["thr"] if p["threshold_test"] == "ge" else v > p["thr"]
+            st = {**st, "pending": s}
+        elif p["guard"]:
+            r = np.where(st["v"] > p["thr"], p["thr"], 0.0)
+            s = (v - r >= p["thr"]) if p["threshold_test"] == "ge" else (v - r > p["thr"])
+            v = v - np.where(s, p["thr"], 0.0)
+        else:
+            s, v = _fire(p, v)
         if p["next_step"]:
             st = {**st, "pending": np.where(s, p["thr"], 0.0)}
+        if p["v_floor"] is not None:
+            v = np.maximum(v, p["v_floor"])
         out = s * p["spike_amplitude"]
     else:
         out = v
@@ -995,7 +1026,8 @@ def _neuron_scan(p, inp, st):
     ``_neuron_step``."""
     t = p["type"]
     T = inp.shape[0]
-    if t not in ("IF", "I", "LIF", "LI") or p["multi"] or p["reset"] == "window":
+    if t not in ("IF", "I", "LIF", "LI") or p["multi"] or p["reset"] == "window" \
+            or p["v_floor"] is not None or p["guard"] or p["zero_late"]:
         out = np.empty((T, *inp.shape[1:]), dtype=np.float64)
         for i in range(T):
             out[i], st = _neuron_step(p, inp[i], st)

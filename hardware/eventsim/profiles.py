@@ -4,19 +4,38 @@ NIR stores continuous-time neurons and no dt; every library that writes NIR mean
 own discrete-time update by them. A profile names one such reading. Adding one is one
 entry in ``PROFILES`` (``register_profile``); the kernels read only the fields below.
 
+Profile strings (one syntax for every command and for Python):
+
+    LIB[:opt=val[,opt=val]]     e.g.  snntorch:reset=zero   sinabs:spike=single,floor=-1
+
+``get_profile`` / ``parse_profile`` read them; ``LIBRARY_OPTIONS`` lists each library's
+options (``describe_options(lib)`` prints them), every default being the library's own:
+
+    snntorch      reset=subtract|zero  reset_delay=true|false  dt=<s> (1e-4)
+    norse         export_dt=auto|<s> (to_nir's dt; auto: from the magnitude of tau)  dt=<s> (1e-3)
+    sinabs        spike=multi|single  reset=subtract|zero  floor=none|-threshold|<v>
+                  norm_input=layer|true|false  dt=<steps> (1)
+    spikingjelly  decay_input=file|true|false  v_reset=file|<v>  dt=<s> (1e-4)
+    nir, spikebridge   dt=<s>
+
+A bad string raises one UnsupportedError line naming the valid options and values.
+``detect.describe_reading(graph, profile)`` says how a graph will be read (``inspect``).
+
 How each library profile was established (its exporter, then its own simulation of the
 exported graph, compared with ours on fixed inputs) is in scripts/peer_graphs/ and the
 conformance data under tests/data/peers/<library>/.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
+
+import numpy as np
 
 from spikebridge.base.errors import UnsupportedError
 
 INTEGRATORS = ("euler", "exact")
 RESETS = (None, "zero", "subtract")
-RESET_TIMINGS = ("same_step", "next_step")
+RESET_TIMINGS = ("same_step", "next_step", "same_step_guarded")
 THRESHOLD_TESTS = (None, "gt", "ge")
 CURRENT_INPUTS = ("euler", "jump")
 IF_INPUTS = ("dt", "step")
@@ -37,7 +56,9 @@ class Profile:
                      'zero' (v <- v_reset) or 'subtract' (v <- v - theta) forces one.
     reset_timing:    'same_step': the reset follows the spike at once;
                      'next_step': it is applied inside the next update (snnTorch:
-                     v[t+1] = beta*v[t] + I - s[t]*theta; for 'zero' this is identical).
+                     v[t+1] = beta*v[t] + I - s[t]*theta; for 'zero' this is identical);
+                     'same_step_guarded' (snnTorch reset_delay=False): subtract in the
+                     spiking step, but the spike test sees v - theta*(v[t-1] > theta).
     threshold_test:  None: the file's (our metadata, else '>'); 'gt' (>) or 'ge' (>=).
     current_input:   CubaLIF / CubaLI: 'euler': i <- i + dt/tau_syn*(w_in*I - i), then the
                      membrane integrates the new current; 'jump' (Norse): j = i + w_in*I
@@ -55,7 +76,15 @@ class Profile:
                      (a graded output) and subtracts that many thetas.
     strip_io_dims:   the exporter writes its trace sample's batch/time dimensions into the
                      Input/Output shapes; drop them (spikebridge.hardware.eventsim.adapt.adapt_graph).
+    v_init_reset:    every membrane starts at its v_reset (SpikingJelly), not at 0.
+    v_floor:         membrane floor applied after the reset (sinabs min_v_mem): None (no floor),
+                     a number, or "-threshold" (each neuron's -v_threshold, sinabs' from_nir).
     source:          library and version the convention was learned from.
+    spec:            the profile string it was built from ("snntorch:reset=zero"); equal to
+                     ``name`` for a registry entry read without options.
+    options:         the options the library profile was given, resolved, as (name, value)
+                     pairs; the graph-level ones (Norse's tau convention, SpikingJelly's
+                     decay_input / v_reset overrides) are applied by adapt_graph.
     """
 
     name: str
@@ -71,8 +100,12 @@ class Profile:
     synaptic_delay: int = 0
     multi_spike: bool = False
     strip_io_dims: bool = False
+    v_init_reset: bool = False
+    v_floor: float | str | None = None
     source: str = ""
     description: str = ""
+    spec: str = ""
+    options: tuple = ()
 
     def __post_init__(self):
         for f, allowed in (("integrator", INTEGRATORS), ("reset", RESETS),
@@ -82,6 +115,21 @@ class Profile:
                 raise ValueError(f"profile {self.name}: {f}={getattr(self, f)!r} not in {allowed}")
         if not (self.default_dt > 0) or self.synaptic_delay < 0:
             raise ValueError(f"profile {self.name}: default_dt > 0 and synaptic_delay >= 0")
+        if not (self.v_floor is None or self.v_floor == "-threshold"
+                or isinstance(self.v_floor, (int, float))):
+            raise ValueError(f"profile {self.name}: v_floor must be None, a number or '-threshold'")
+
+    @property
+    def label(self) -> str:
+        """What traces and reports call this reading: the spec when options were given."""
+        return self.spec or self.name
+
+    def option(self, key: str):
+        """The resolved value of a library option (its default when none was given)."""
+        got = dict(self.options)
+        if key in got:
+            return got[key]
+        return next((o.default for o in LIBRARY_OPTIONS.get(self.name, ()) if o.name == key), None)
 
     def as_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -130,10 +178,10 @@ register_profile(Profile(
                 "spikes per step (v >= theta), reset by subtracting them"))
 register_profile(Profile(
     name="spikingjelly", honour_metadata=False, strip_io_dims=True, dt_from_graph=False, default_dt=1e-4,
-    integrator="euler", reset="zero", threshold_test="ge",
+    integrator="euler", reset="zero", threshold_test="ge", v_init_reset=True,
     source="spikingjelly 2.0 (activation_based/nir_exchange.py, neuron.py)",
     description="tau = tau_steps*dt, dt = 1e-4, IF r = 1/dt, Euler; hard reset to v_reset; "
-                "spike if v >= theta"))
+                "spike if v >= theta; the membrane starts at v_reset"))
 register_profile(Profile(
     name="lava-float", honour_metadata=False, dt_from_graph=True, default_dt=1.0,
     integrator="euler", reset="zero", threshold_test="gt", synaptic_delay=1,
@@ -158,11 +206,164 @@ register_profile(Profile(
                 "--precision fixed --threshold-groups`"))
 
 
+# -- options: what a library's exporter does not record -----------------------------------
+#
+# One syntax for every command:  --profile LIB[:opt=val[,opt=val]]   e.g. snntorch:reset=zero
+# Every option's default is the library's own default, so a bare library name reads a graph
+# exported with default settings exactly as before.
+
+@dataclass(frozen=True)
+class Option:
+    """One named option of a profile. ``values``: the allowed words; ``number``: a finite
+    float is allowed too (``positive``: > 0). ``doc`` says which library setting it is."""
+
+    name: str
+    default: str
+    values: tuple = ()
+    number: bool = False
+    positive: bool = False
+    doc: str = ""
+
+    def allowed(self) -> str:
+        words = list(self.values) + ([f"<number{' > 0' if self.positive else ''}>"]
+                                     if self.number else [])
+        return "|".join(words)
+
+    def parse(self, raw: str, spec: str) -> str:
+        v = raw.strip()
+        if v in self.values:
+            return v
+        if self.number:
+            try:
+                f = float(v)
+            except ValueError:
+                f = None
+            if f is not None and np.isfinite(f) and (f > 0 or not self.positive):
+                return repr(f)
+        raise UnsupportedError(f"profile {spec!r}: {self.name}={raw!r} is not allowed; "
+                               f"{self.name} takes {self.allowed()}", None, "profile")
+
+
+_DT = lambda default, doc: Option("dt", default, ("default",) if default == "graph" else (),  # noqa: E731
+                                  number=True, positive=True, doc=doc)
+
+LIBRARY_OPTIONS: dict[str, tuple[Option, ...]] = {
+    "snntorch": (
+        Option("reset", "subtract", ("subtract", "zero"),
+               doc="snn.Leaky/Synaptic reset_mechanism (the exporter writes v_reset = 0 for both)"),
+        Option("reset_delay", "true", ("true", "false"),
+               doc="reset_delay: true (default) resets one step late: subtract theta inside the "
+                   "next update; with reset=zero, Synaptic/RLeaky/RSynaptic zero the whole next "
+                   "step (a plain Leaky zeroes, then integrates: the same spikes as false); "
+                   "false resets in the spiking step"),
+        _DT("0.0001", "the exporter's dt (snnTorch 1.0 hard-codes 1e-4 s: tau = dt/(1-beta))"),
+    ),
+    "norse": (
+        Option("export_dt", "auto", ("auto",), number=True, positive=True,
+               doc="the dt given to to_nir (the file's tau = export_dt * true tau, norse#411); "
+                   "auto: 0.001 (to_nir's default) when the smallest tau is below 1 ms, else "
+                   "1.0 (to_nir(..., dt=1.0): true time constants in seconds)"),
+        _DT("0.001", "Norse's simulation step (the cells' dt, 1e-3 s by default)"),
+    ),
+    "sinabs": (
+        Option("spike", "multi", ("multi", "single"),
+               doc="spike_fn: MultiSpike (floor(v/theta) spikes per step, the default) or SingleSpike"),
+        Option("reset", "subtract", ("subtract", "zero"),
+               doc="reset_fn: MembraneSubtract (default) or MembraneReset (to the file's v_reset, 0)"),
+        Option("floor", "none", ("none", "-threshold"), number=True,
+               doc="min_v_mem, the membrane floor applied after the reset: none (the layers' "
+                   "default), a number (sinabs.from_model sets -1), or -threshold (each "
+                   "neuron's -v_threshold: what sinabs.from_nir builds)"),
+        Option("norm_input", "layer", ("layer", "true", "false"),
+               doc="norm_input (the exporter writes r = 1 either way): layer = each layer's "
+                   "default (LIF true: v = a*v + (1-a)*I; ExpLeak, written as LI, false: "
+                   "v = a*v + I); true/false for every LIF and LI"),
+        _DT("1.0", "one time step (sinabs' tau is in steps)"),
+    ),
+    "spikingjelly": (
+        Option("decay_input", "file", ("file", "true", "false"),
+               doc="LIFNode decay_input; file: read from r (the exporter writes r = 1 for true, "
+                   "r = tau_steps for false); true/false overrides it"),
+        Option("v_reset", "file", ("file",), number=True,
+               doc="the hard-reset value v_reset (also the leak target); file: the file's "
+                   "v_reset / v_leak as the exporter wrote them"),
+        _DT("0.0001", "the exporter's dt (export_to_nir(..., dt=1e-4) by default)"),
+    ),
+    "nir": (_DT("1.0", "the step length in the file's time unit"),),
+    "spikebridge": (_DT("graph", "default: the graph's metadata dt (else 1.0)"),),
+}
+
+
+def _with_options(base: Profile, spec: str, given: dict[str, str]) -> Profile:
+    """The library profile with its resolved options applied (``given`` validated)."""
+    opts = {o.name: given.get(o.name, o.default) for o in LIBRARY_OPTIONS[base.name]}
+    ch: dict = {}
+    if opts.get("dt") not in (None, "default", "graph"):
+        ch["default_dt"] = float(opts["dt"])
+        if base.name == "norse":  # the file's taus are brought to to_nir's default convention
+            ch["default_dt"] = float(opts["dt"]) * 1e-3  # by adapt_graph: read at dt * 1e-3
+        if base.dt_from_graph and "dt" in given:
+            ch["dt_from_graph"] = False
+    name = base.name
+    if name == "snntorch":
+        if opts["reset"] == "zero":  # one step late: Synaptic/RLeaky/RSynaptic zero the next step
+            ch.update(reset="zero",
+                      reset_timing="next_step" if opts["reset_delay"] == "true" else "same_step")
+        else:
+            ch.update(reset="subtract",
+                      reset_timing="next_step" if opts["reset_delay"] == "true"
+                      else "same_step_guarded")
+    elif name == "sinabs":
+        ch["multi_spike"] = opts["spike"] == "multi"
+        ch["reset"] = opts["reset"]
+        f = opts["floor"]
+        ch["v_floor"] = None if f == "none" else (f if f == "-threshold" else float(f))
+    return replace(base, spec=spec, options=tuple(opts.items()), **ch)
+
+
+def parse_profile(spec: str) -> Profile:
+    """``LIB[:opt=val[,opt=val]]`` -> Profile. One-line UnsupportedError (exit 3) naming the
+    valid profiles, options and values on any mistake."""
+    text = str(spec).strip()
+    name, sep, rest = text.partition(":")
+    name = name.strip()
+    if name not in PROFILES:
+        raise UnsupportedError(f"unknown profile {name!r}; known: {', '.join(sorted(PROFILES))} "
+                               "(syntax LIB[:opt=val[,opt=val]])", None, "profile")
+    base = PROFILES[name]
+    if not sep:
+        return base
+    table = {o.name: o for o in LIBRARY_OPTIONS.get(name, ())}
+    if not table:
+        raise UnsupportedError(f"profile {name!r} takes no options; profiles with options: "
+                               f"{', '.join(sorted(LIBRARY_OPTIONS))}", None, "profile")
+    usage = ", ".join(f"{o.name}={o.allowed()}" for o in table.values())
+    given: dict[str, str] = {}
+    for item in rest.split(","):
+        if not item.strip():
+            continue
+        k, eq, v = item.partition("=")
+        k = k.strip()
+        if not eq or k not in table:
+            raise UnsupportedError(f"profile {text!r}: {item.strip()!r} is not an option of "
+                                   f"{name}; options: {usage}", None, "profile")
+        if k in given:
+            raise UnsupportedError(f"profile {text!r}: option {k} given twice", None, "profile")
+        given[k] = table[k].parse(v, text)
+    canon = name + (":" + ",".join(f"{k}={given[k]}" for k in table if k in given) if given else "")
+    return _with_options(base, canon, given)
+
+
+def describe_options(name: str) -> str:
+    """One line per option of profile ``name`` (its values, default and meaning)."""
+    return "\n".join(f"  {o.name}={o.allowed()} (default {o.default}): {o.doc}"
+                      for o in LIBRARY_OPTIONS.get(name, ()))
+
+
 def get_profile(profile: str | Profile) -> Profile:
+    """A registered profile by name, or ``LIB:opt=val,...`` with options (parse_profile)."""
     if isinstance(profile, Profile):
         return profile
-    try:
+    if profile in PROFILES:
         return PROFILES[profile]
-    except KeyError:
-        raise UnsupportedError(f"unknown profile {profile!r}; known: {sorted(PROFILES)}",
-                               None, "profile") from None
+    return parse_profile(profile)

@@ -3,7 +3,9 @@
 Feed-forward graphs run layer by layer over all T steps at once (stateless nodes as
 one batched op over T*B, stateful nodes loop over T), as a multi-step dense run
 (SpikingJelly style) does. Graphs with cycles run step by step; a back edge delivers
-its source's previous step (zero at step 0).
+its source's previous step. At step 0 that is the value the source has before any input
+(``_before_start``): zero for neurons, the bias for a recurrent Affine/Conv (snnTorch
+RLeaky/RSynaptic add recurrent(spk = 0) = bias at t = 0).
 
 Speed at every scale:
 - each synaptic layer (Affine/Linear/Conv), per step block (the B rows of one time
@@ -35,6 +37,7 @@ from ..graph import NEURON_TYPES, SPIKING_TYPES, SYNAPSE_TYPES, GraphInfo, analy
 from ..trace import Trace
 from .adapt import adapt_graph
 from .counts import count_ops
+from .detect import check_decays
 from .kernels import KERNELS, Context, as_dtype, as_f64, machine_costs
 from .profiles import Profile, get_profile
 
@@ -185,6 +188,7 @@ def run(graph, x, profile: str | Profile = "spikebridge", dt: float | None = Non
     x = _check_input(x, info)
     T, B = x.shape[0], x.shape[1]
     step_dt = resolve_dt(graph, prof, dt, info.file)
+    check_decays(graph, info, prof, step_dt)
     ctx = Context(info=info, profile=prof, dt=step_dt, file=info.file, precision=precision)
     params = {n: KERNELS[info.types[n]].prepare(graph.nodes[n], n, ctx) for n in info.order}
     for n in info.order:  # synapse kernels choose their path per step block of B rows
@@ -253,6 +257,7 @@ def run(graph, x, profile: str | Profile = "spikebridge", dt: float | None = Non
         acts[n] = np.zeros((T, B, *info.shapes[n]), dtype=np.float64)
     states = {n: KERNELS[info.types[n]].init(params[n], B)
               for n in info.order if KERNELS[info.types[n]].stateful}
+    before = _before_start(info, params, B) if not prof.synaptic_delay else {}
     for t in range(T):
         for n in info.order:
             k = KERNELS[info.types[n]]
@@ -265,11 +270,33 @@ def run(graph, x, profile: str | Profile = "spikebridge", dt: float | None = Non
                 src = t - k_delay - (1 if (p, n) in back else 0)
                 if src >= 0:
                     inp += acts[p][src]
+                elif src == -1 and p in before:  # a back edge at step 0
+                    inp += before[p]
             if k.stateful:
                 acts[n][t], states[n] = k.step(params[n], inp, states[n])
             else:
                 acts[n][t] = k.forward(params[n], inp)
     return acts, info, prof, step_dt
+
+
+def _before_start(info: GraphInfo, params: dict, B: int) -> dict[str, np.ndarray]:
+    """Each stateless node's output at step -1 (inputs and neurons give 0 there), where it
+    is nonzero: an Affine's bias, passed on through Scale/Flatten/... A back edge from such
+    a node delivers it at step 0."""
+    vals: dict[str, np.ndarray] = {}
+    back = set(info.back_edges)
+    for n in info.order:
+        k = KERNELS[info.types[n]]
+        if info.types[n] == "Input" or k.stateful:
+            continue
+        inp = np.zeros((B, *info.in_shapes[n]), dtype=np.float64)
+        for p in info.preds[n]:
+            if (p, n) not in back and p in vals:
+                inp = inp + vals[p]
+        y = np.asarray(k.forward(params[n], inp), dtype=np.float64).reshape(B, *info.shapes[n])
+        if np.any(y != 0):
+            vals[n] = y
+    return vals
 
 
 MEMORY_BUDGET_BYTES = 512 << 20  # float64 activations of one chunk of the batch (auto max_batch)
@@ -360,7 +387,7 @@ def simulate(graph, x, profile: str | Profile = "spikebridge", dt: float | None 
                      counts=counts,
                      spikes={n: np.concatenate([p.spikes[n] for p in parts], axis=1)
                              for n in first.spikes},
-                     backend="eventsim", profile=prof.name, meta=first.meta)
+                     backend="eventsim", profile=prof.label, meta=first.meta)
     masks: dict = {}
     acts, info, prof, step_dt = run(graph, x, prof, dt, info, precision, masks=masks)
     T, B = next(iter(acts.values())).shape[:2]
@@ -380,4 +407,4 @@ def simulate(graph, x, profile: str | Profile = "spikebridge", dt: float | None 
             raise
     return Trace(timesteps=int(T), batch=int(B),
                  outputs={o: acts[o] for o in info.outputs}, counts=counts, spikes=spikes,
-                 backend="eventsim", profile=prof.name, meta=meta)
+                 backend="eventsim", profile=prof.label, meta=meta)

@@ -10,13 +10,23 @@ the library's OWN NIR exporter, and store
     meta.json      library and torch versions, the modules used, seed
 
 tests/test_profiles.py replays each graph through spikebridge.hardware.eventsim with the library's
-profile and compares. Not run in CI (the libraries are not dependencies); run it in a
+profile and compares. The ``*_options`` generators write the non-default settings the
+exporters do not record (snnTorch reset zero / same-step subtract, RLeaky / RSynaptic
+with a recurrent bias, Norse exported both ways, sinabs SingleSpike / MembraneReset /
+min_v_mem, SpikingJelly decay_input=False and non-zero v_reset); their meta.json names
+the profile string that reads them (``profile``) and the settings used (``settings``). Not run in CI (the libraries are not dependencies); run it in a
 throwaway environment:
 
-    python3 -m venv /tmp/peers-venv
+    python3.11 -m venv /tmp/peers-venv
     /tmp/peers-venv/bin/pip install torch==2.13.0   # the CPU build first
-    /tmp/peers-venv/bin/pip install snntorch norse sinabs spikingjelly
-    /tmp/peers-venv/bin/python scripts/peer_graphs/make_peer_graphs.py [--only LIB ...]
+    /tmp/peers-venv/bin/pip install snntorch==1.0.0 norse==1.1.0 sinabs==3.1.3 spikingjelly==2.0.0
+    /tmp/peers-venv/bin/pip install --no-deps torch==2.13.0  # if a dependency upgraded it
+    /tmp/peers-venv/bin/python scripts/peer_graphs/make_peer_graphs.py --only norse sinabs \
+        norse_options sinabs_options readouts  # sinabs 3.1.3 pins nir <= 1.0.4: written by 1.0.4
+    /tmp/peers-venv/bin/pip install nir==1.0.8 nirtorch==2.6   # snnTorch 1.0 and SpikingJelly
+    /tmp/peers-venv/bin/pip install --no-deps torch==2.13.0    # 2.0 need these (v_reset,
+    /tmp/peers-venv/bin/python scripts/peer_graphs/make_peer_graphs.py --only snntorch \
+        spikingjelly snntorch_options spikingjelly_options   # torch_to_nir(type_check=))
 """
 from __future__ import annotations
 
@@ -320,8 +330,253 @@ def gen_spikingjelly():
                   {"modules": repr(net), "simulated": "step_mode 's', net(x[t]) per step"})
 
 
+# ------------------------------------------------------------- non-default settings
+def _steps(net, x, reset):
+    reset(net)
+    with torch.no_grad():
+        return np.stack([net(torch.from_numpy(x[t])).numpy() for t in range(len(x))])
+
+
+def gen_snntorch_options():
+    import snntorch as snn
+    from snntorch import utils as snn_utils
+    from snntorch.export_nir import export_to_nir
+    rng = np.random.default_rng(5)
+
+    def full(shape, v):
+        return torch.full(shape, float(v))
+
+    def leaky(n, beta, thr, **kw):
+        return snn.Leaky(beta=full((n,), beta), threshold=full((n,), thr), init_hidden=True, **kw)
+
+    cases = {
+        # reset_mechanism="zero": the exporter still writes v_reset = 0, as for subtract
+        "dense_leaky_zero": (lambda: nn.Sequential(
+            nn.Linear(10, 8), leaky(8, 0.8, 1.0, reset_mechanism="zero"),
+            nn.Linear(8, 5), leaky(5, 0.9, 0.7, reset_mechanism="zero")), 1.2,
+            "snntorch:reset=zero", {"reset_mechanism": "zero"}),
+        # reset_delay=False: subtract in the spiking step
+        "dense_leaky_samestep": (lambda: nn.Sequential(
+            nn.Linear(10, 8), leaky(8, 0.8, 1.0, reset_delay=False),
+            nn.Linear(8, 5), leaky(5, 0.9, 0.7, reset_delay=False)), 1.2,
+            "snntorch:reset_delay=false", {"reset_mechanism": "subtract", "reset_delay": False}),
+        # RLeaky: all-to-all recurrent nn.Linear WITH bias (added from t = 0)
+        "rleaky_bias": (lambda: nn.Sequential(
+            nn.Linear(10, 8), snn.RLeaky(beta=0.85, threshold=1.0, linear_features=8,
+                                         init_hidden=True),
+            nn.Linear(8, 5), leaky(5, 0.9, 1.0)), 0.9,
+            "snntorch", {"recurrent": "RLeaky(linear_features=8), nn.Linear with bias"}),
+        "rsynaptic": (lambda: nn.Sequential(
+            nn.Linear(10, 8), snn.RSynaptic(alpha=0.6, beta=0.85, threshold=1.0,
+                                            linear_features=8, init_hidden=True),
+            nn.Linear(8, 5), leaky(5, 0.9, 1.0)), 0.7,
+            "snntorch", {"recurrent": "RSynaptic(linear_features=8), nn.Linear with bias"}),
+        # reset to zero in Synaptic / RLeaky / RSynaptic: with reset_delay the whole step
+        # after a spike is zeroed (a plain Leaky zeroes, then integrates)
+        "dense_synaptic_zero": (lambda: nn.Sequential(
+            nn.Linear(10, 8), snn.Synaptic(alpha=full((8,), 0.6), beta=full((8,), 0.85),
+                                           threshold=full((8,), 1.0), init_hidden=True,
+                                           reset_mechanism="zero"),
+            nn.Linear(8, 5), snn.Synaptic(alpha=full((5,), 0.5), beta=full((5,), 0.9),
+                                          threshold=full((5,), 1.0), init_hidden=True,
+                                          reset_mechanism="zero")), 0.9,
+            "snntorch:reset=zero", {"reset_mechanism": "zero", "neuron": "Synaptic"}),
+        "rleaky_zero": (lambda: nn.Sequential(
+            nn.Linear(10, 8), snn.RLeaky(beta=0.85, threshold=1.0, linear_features=8,
+                                         init_hidden=True, reset_mechanism="zero"),
+            nn.Linear(8, 5), leaky(5, 0.9, 1.0, reset_mechanism="zero")), 1.2,
+            "snntorch:reset=zero", {"recurrent": "RLeaky(linear_features=8, reset_mechanism='zero')"}),
+        "rsynaptic_zero": (lambda: nn.Sequential(
+            nn.Linear(10, 8), snn.RSynaptic(alpha=0.6, beta=0.85, threshold=1.0,
+                                            linear_features=8, init_hidden=True,
+                                            reset_mechanism="zero"),
+            nn.Linear(8, 5), leaky(5, 0.9, 1.0, reset_mechanism="zero")), 0.9,
+            "snntorch:reset=zero",
+            {"recurrent": "RSynaptic(linear_features=8, reset_mechanism='zero')"}),
+        # same-step subtract in a recurrent layer (the NIR paper's braille RNN uses RSynaptic
+        # so; snnTorch 1.0's RSynaptic(reset_delay=False) raises TypeError in forward, since
+        # it reads a local `spk` it never set, so RLeaky stands in for it)
+        "rleaky_samestep": (lambda: nn.Sequential(
+            nn.Linear(10, 8), snn.RLeaky(beta=0.85, threshold=1.0, linear_features=8,
+                                         init_hidden=True, reset_delay=False),
+            nn.Linear(8, 5), leaky(5, 0.9, 1.0, reset_delay=False)), 0.9,
+            "snntorch:reset_delay=false",
+            {"recurrent": "RLeaky(linear_features=8, reset_delay=False)", "reset_delay": False}),
+    }
+    for i, (case, (make, gain, profile, settings)) in enumerate(cases.items()):
+        net = make()
+        init_weights(net, 50 + i, gain)
+        x = spikes(rng, (T, B, 10))
+        y = _steps(net, x, snn_utils.reset)
+        snn_utils.reset(net)
+        graph = export_to_nir(net, torch.from_numpy(x[0, 0]))
+        snn_utils.reset(net)
+        save_case("snntorch", case, graph, x, y,
+                  {"modules": repr(net), "simulated": "net(x[t]) for t in range(T), init_hidden",
+                   "exported_with": "export_to_nir(net, one unbatched sample)",
+                   "settings": settings, "profile": profile, "patched_by_script": []})
+
+
+def gen_norse_options():
+    from norse.torch import LIFBoxCell, LIFCell, SequentialState
+    from norse.torch.functional.lif import LIFParameters
+    from norse.torch.functional.lif_box import LIFBoxParameters
+    from norse.torch.utils.export_nir import to_nir
+    rng = np.random.default_rng(6)
+
+    def run(net, x):
+        state, out = None, []
+        with torch.no_grad():
+            for t in range(len(x)):
+                y, state = net(torch.from_numpy(x[t]), state)
+                out.append(y.numpy())
+        return np.stack(out)
+
+    make = lambda: SequentialState(  # noqa: E731
+        nn.Linear(10, 8), LIFCell(LIFParameters(tau_mem_inv=torch.tensor(100.0),
+                                                tau_syn_inv=torch.tensor(200.0))),
+        nn.Linear(8, 8), LIFBoxCell(LIFBoxParameters(tau_mem_inv=torch.tensor(150.0))),
+        nn.Linear(8, 5), LIFCell())
+    net = make()
+    init_weights(net, 60, 3.0)
+    x = spikes(rng, (T, B, 10))
+    y = run(net, x)
+    # the same net exported both ways: to_nir's default (tau = 1e-3 * tau, norse#411) and
+    # the workaround to_nir(..., dt=1.0), which writes the true time constants in seconds
+    for case, kw, profile in (("dense_lif_export_default", {}, "norse"),
+                              ("dense_lif_export_seconds", {"dt": 1.0}, "norse")):
+        graph = to_nir(net, torch.from_numpy(x[0]), **kw)
+        save_case("norse", case, graph, x, y,
+                  {"modules": repr(net), "simulated": "SequentialState, one step per call, dt=1e-3",
+                   "exported_with": f"to_nir(net, x[0]{', dt=1.0' if kw else ''})",
+                   "settings": {"to_nir_dt": kw.get("dt", 1e-3)}, "profile": profile,
+                   "profile_explicit": "norse:export_dt=" + ("1.0" if kw else "0.001"),
+                   "patched_by_script": []})
+
+
+def gen_readouts():
+    """Membrane outputs: Norse LIBoxCell (nir.LI, Euler) and sinabs ExpLeak (nir.LI, exact
+    decay). The library's float32 membrane is the expected output."""
+    import importlib
+    rng = np.random.default_rng(9)
+    if importlib.util.find_spec("norse"):
+        from norse.torch import LIBoxCell, LIFBoxCell, SequentialState
+        from norse.torch.utils.export_nir import to_nir
+        net = SequentialState(nn.Linear(10, 8), LIFBoxCell(), nn.Linear(8, 5), LIBoxCell())
+        init_weights(net, 90, 3.0)
+        x = spikes(rng, (T, B, 10))
+        state, out = None, []
+        with torch.no_grad():
+            for t in range(T):
+                y, state = net(torch.from_numpy(x[t]), state)
+                out.append(y.numpy())
+        y = np.stack(out)
+        graph = to_nir(net, torch.from_numpy(x[0]))
+        save_case("norse", "dense_lif_li_readout", graph, x, y,
+                  {"modules": repr(net), "simulated": "SequentialState, one step per call, dt=1e-3",
+                   "settings": {"readout": "LIBoxCell membrane"}, "profile": "norse",
+                   "output": "membrane", "patched_by_script": []})
+    import sinabs
+    import sinabs.layers as sl
+    from sinabs.nir import to_nir as sinabs_to_nir
+    net = nn.Sequential(nn.Linear(10, 8), sl.IAF(spike_threshold=1.0), nn.Linear(8, 5),
+                        sl.ExpLeak(tau_mem=5.0))
+    init_weights(net, 91, 1.5)
+    x = spikes(rng, (T, B, 10))
+    sinabs.reset_states(net)
+    with torch.no_grad():
+        y = net(torch.from_numpy(np.ascontiguousarray(x.transpose(1, 0, 2)))).numpy().transpose(1, 0, 2)
+    sinabs.reset_states(net)
+    graph = sinabs_to_nir(net, torch.from_numpy(np.ascontiguousarray(x.transpose(1, 0, 2))))
+    save_case("sinabs", "dense_iaf_expleak_readout", graph, x, y,
+              {"modules": repr(net), "simulated": "whole sequence in one call (sinabs layout)",
+               "settings": {"readout": "ExpLeak membrane"}, "profile": "sinabs",
+               "output": "membrane", "patched_by_script": []})
+
+
+def gen_sinabs_options():
+    import sinabs
+    import sinabs.layers as sl
+    from sinabs.activation import MembraneReset, SingleSpike
+    from sinabs.nir import to_nir
+    rng = np.random.default_rng(7)
+
+    def run_seq(net, x):
+        sinabs.reset_states(net)
+        with torch.no_grad():
+            y = net(torch.from_numpy(np.ascontiguousarray(x.transpose(1, 0, 2))))
+        return y.numpy().transpose(1, 0, 2)
+
+    cases = {
+        "dense_single_spike": (lambda: nn.Sequential(
+            nn.Linear(10, 8), sl.IAF(spike_threshold=1.0, spike_fn=SingleSpike),
+            nn.Linear(8, 5), sl.LIF(tau_mem=4.0, spike_threshold=0.5, spike_fn=SingleSpike)),
+            1.5, "sinabs:spike=single", {"spike_fn": "SingleSpike"}),
+        "dense_membrane_reset": (lambda: nn.Sequential(
+            nn.Linear(10, 8), sl.IAF(spike_threshold=1.0, reset_fn=MembraneReset()),
+            nn.Linear(8, 5), sl.LIF(tau_mem=4.0, spike_threshold=0.5, reset_fn=MembraneReset())),
+            1.5, "sinabs:reset=zero", {"reset_fn": "MembraneReset(reset_value=0)"}),
+        "dense_min_v_mem": (lambda: nn.Sequential(
+            nn.Linear(10, 8), sl.IAF(spike_threshold=1.0, min_v_mem=-1.0),
+            nn.Linear(8, 5), sl.IAF(spike_threshold=1.0, min_v_mem=-1.0)),
+            1.5, "sinabs:floor=-1", {"min_v_mem": -1.0}),
+        "dense_single_reset_floor": (lambda: nn.Sequential(
+            nn.Linear(10, 8), sl.IAF(spike_threshold=1.0, spike_fn=SingleSpike,
+                                     reset_fn=MembraneReset(), min_v_mem=-1.0),
+            nn.Linear(8, 5), sl.IAF(spike_threshold=1.0, spike_fn=SingleSpike,
+                                    reset_fn=MembraneReset(), min_v_mem=-1.0)),
+            1.5, "sinabs:spike=single,reset=zero,floor=-threshold",
+            {"spike_fn": "SingleSpike", "reset_fn": "MembraneReset", "min_v_mem": -1.0,
+             "note": "thresholds are 1, so min_v_mem = -1 is -threshold (sinabs.from_nir's floor)"}),
+    }
+    for i, (case, (make, gain, profile, settings)) in enumerate(cases.items()):
+        net = make()
+        init_weights(net, 70 + i, gain)
+        x = spikes(rng, (T, B, 10))
+        y = run_seq(net, x)
+        sample = torch.from_numpy(np.ascontiguousarray(x.transpose(1, 0, 2)))
+        sinabs.reset_states(net)
+        graph = to_nir(net, sample)
+        sinabs.reset_states(net)
+        save_case("sinabs", case, graph, x, y,
+                  {"modules": repr(net), "simulated": "whole sequence in one call (sinabs layout)",
+                   "settings": settings, "profile": profile, "patched_by_script": []})
+
+
+def gen_spikingjelly_options():
+    from spikingjelly.activation_based import functional, layer, neuron
+    from spikingjelly.activation_based.nir_exchange import export_to_nir
+    rng = np.random.default_rng(8)
+
+    cases = {
+        "dense_if_vreset": (lambda: nn.Sequential(
+            layer.Linear(10, 8), neuron.IFNode(v_reset=0.3),
+            layer.Linear(8, 5), neuron.IFNode(v_reset=-0.2)), (10,), 1.0,
+            {"IFNode": "v_reset=0.3 / -0.2"}),
+        "conv_lif_nodecay_vreset": (lambda: nn.Sequential(
+            layer.Conv2d(1, 3, 3, padding=1),
+            neuron.LIFNode(tau=2.0, decay_input=False, v_reset=-0.3),
+            layer.Flatten(), layer.Linear(3 * 6 * 6, 5),
+            neuron.LIFNode(tau=3.0, decay_input=False, v_reset=0.2)), (1, 6, 6), 0.5,
+            {"LIFNode": "decay_input=False, v_reset=-0.3 / 0.2"}),
+    }
+    for i, (case, (make, shape, gain, settings)) in enumerate(cases.items()):
+        net = make()
+        init_weights(net, 80 + i, gain)
+        x = spikes(rng, (T, B, *shape))
+        y = _steps(net, x, functional.reset_net)
+        functional.reset_net(net)
+        graph = export_to_nir(net, torch.from_numpy(x[0]))
+        save_case("spikingjelly", case, graph, x, y,
+                  {"modules": repr(net), "simulated": "step_mode 's', net(x[t]) per step",
+                   "settings": settings, "profile": "spikingjelly"})
+
+
 GENERATORS = {"snntorch": gen_snntorch, "norse": gen_norse, "sinabs": gen_sinabs,
-              "spikingjelly": gen_spikingjelly}
+              "spikingjelly": gen_spikingjelly,
+              "snntorch_options": gen_snntorch_options, "norse_options": gen_norse_options,
+              "sinabs_options": gen_sinabs_options, "readouts": gen_readouts,
+              "spikingjelly_options": gen_spikingjelly_options}
 
 
 def main(argv=None):
