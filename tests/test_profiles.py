@@ -78,16 +78,9 @@ def test_library_graph_reproduces_library_outputs(case):
 
 
 def membrane_tolerance(case: str, y: np.ndarray) -> float:
-    """The library's float32 membrane vs our float64 one, the spikes feeding it being
-    identical: each step computes the readout's input (fan_in products and the bias) and
-    v = a*v + c*I in float32, each operation off by at most eps32 * (the magnitude it
-    handles), and the error carries over T steps (|a| <= 1). Bound:
-    eps32 * T * (fan_in + 3) * S, with S = max|y| + max row sum |W| + max|b|."""
-    graph = load_case(case)[0]
-    aff = [n for n in graph.nodes.values() if type(n).__name__ == "Affine"][-1]
-    W, b = np.abs(np.asarray(aff.weight)), np.abs(np.asarray(aff.bias))
-    S = float(np.abs(y).max() + W.sum(axis=1).max() + b.max())
-    return float(np.finfo(np.float32).eps) * y.shape[0] * (W.shape[1] + 3) * S
+    """The float32-vs-float64 membrane bound of the conformance suite (one definition)."""
+    from tests.conformance.cases import membrane_tolerance as bound
+    return bound(load_case(case)[0], y)
 
 
 OPTION_CASES = sorted(c for c in CASES if "settings" in load_case(c)[3])

@@ -106,7 +106,11 @@ def compare(trace, ref, tol: Tolerance, case):
         y = ref["expected"]
         out = next(iter(trace.outputs.values()))
         assert out.size == y.size, (out.shape, y.shape)
-        np.testing.assert_array_equal(out.reshape(y.shape), y)
+        if "membrane_atol" in ref:  # a membrane readout: float32 in the library (cases.membrane_tolerance)
+            d = np.max(np.abs(out.reshape(y.shape) - y))
+            assert d <= ref["membrane_atol"], (d, ref["membrane_atol"])
+        else:
+            np.testing.assert_array_equal(out.reshape(y.shape), y)
         return
     for name, want in ref["outputs"].items():
         got = trace.outputs[name]
