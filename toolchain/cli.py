@@ -453,18 +453,12 @@ COMMANDS = {"bench": cmd_bench, "train": cmd_train, "export": cmd_export, "simul
             "doctor": cmd_doctor, "demo": cmd_demo, "report": cmd_report}
 
 def cmd_convert(args) -> int:
-    from spikebridge.exporters.onnx_to_nir import (calibration_samples, compare_accuracy, convert_onnx, load_onnx_safely,
-                                       write_graph)
+    from spikebridge.exporters.onnx_to_nir import calibration_samples, compare_accuracy, convert_onnx, write_graph
 
     if args.calibration_limit is not None and args.calibration_limit < 1:
         raise InputError("--calibration-limit must be at least 1")
     from spikebridge.toolchain.safety import load_onnx
-    load_onnx(args.model)  # dims, sizes, nesting and external data checked before conversion
-    try:  # the shared safe loader when present (toolchain/safety.py), else the converter's own check
-        from spikebridge.toolchain.safety import load_onnx
-    except ImportError:
-        load_onnx = load_onnx_safely
-    model = load_onnx(args.model)
+    model = load_onnx(args.model)  # dims, sizes, nesting, functions and external data checked before conversion
     x = calibration_samples(args.calibration, args.calibration_limit)
     graph, summary = convert_onnx(model, x, args.timesteps, percentile=args.percentile, readout=args.readout,
                                   file=args.model)
