@@ -198,7 +198,9 @@ def train(cfg: TrainConfig, out_dir, progress: bool = True, resume: bool = False
     Under torchrun (WORLD_SIZE > 1) every method trains data-parallel with DDP; rank 0 alone
     writes the outputs (models/distributed.py states the rules)."""
     from spikebridge.models import distributed as D
+    from spikebridge.models.checkpoint import check_checkpoint_files
 
+    check_checkpoint_files(out_dir)  # a directory or /proc link named train_state.pt is refused, not skipped
     with D.session(cfg) as ctx:
         return _train(cfg, out_dir, progress and ctx.is_main, resume)
 
