@@ -222,6 +222,30 @@ def read_regular_bytes(file: str | os.PathLike, max_bytes: int, error: type = In
     return data
 
 
+def load_npy(file: str | os.PathLike, max_bytes: int, error: type = InputError, kinds: str = "biuf"):
+    """A .npy array from a stranger, bounded by its header before anything is allocated: a
+    regular file, memory-mapped read-only (a header that declares more data than the file
+    holds fails there, at no cost), never unpickled, dtype kind in ``kinds``, at most
+    ``max_bytes``; returns an in-memory copy. Failures are ``error(rule, file, "file")``."""
+    import numpy as np
+
+    file = str(file)
+    regular_file(file, max_bytes + (1 << 20), error)  # the header is not counted in max_bytes
+    try:
+        arr = np.load(file, allow_pickle=False, mmap_mode="r")
+    except Exception as e:  # noqa: BLE001 - numpy parses the header with ast: crafted ones raise anything
+        msg = " ".join(str(e).split())[:160] or type(e).__name__
+        raise error(f"not a readable .npy array ({msg})", file, "file") from None
+    if not isinstance(arr, np.ndarray):
+        raise error("expected a single .npy array", file, "file")
+    if arr.dtype.kind not in kinds:
+        raise error(f"dtype {arr.dtype} is not one of the kinds {kinds!r}", file, "file")
+    if arr.nbytes > max_bytes:
+        raise error(f"the array {arr.shape} of {arr.dtype} is {arr.nbytes} bytes, above the limit {max_bytes}",
+                    file, "file")
+    return np.array(arr)
+
+
 MAX_JSON_DEPTH = 64
 
 
