@@ -7,7 +7,6 @@ Everything lands in one run directory:
 """
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
