@@ -214,3 +214,22 @@ sys.exit(main(["export", {str(inputs / 'ckpt')!r}, "--format", "nir", "--out", {
                        capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
     assert stat.S_IMODE((out / "g.nir").stat().st_mode) == 0o666 & ~umask
+
+
+def test_stale_temporaries_age_rule_and_naming(tmp_path):
+    """In-process rules of clean_stale_temps: a temporary of a live writer is kept until it is
+    older than STALE_TEMP_SECONDS; names not of atomic_path's pattern (even .tmp) are never
+    touched; the temporary atomic_path creates matches the pattern."""
+    live_old = tmp_path / f".a.sb{os.getpid()}.abcdefgh.tmp"
+    live_new = tmp_path / f".b.sb{os.getpid()}.abcdefgh.tmp"
+    user = tmp_path / "notes.tmp"
+    for p in (live_old, live_new, user):
+        p.write_text("x")
+    old = live_old.stat().st_mtime - fileio.STALE_TEMP_SECONDS - 60
+    os.utime(live_old, (old, old))
+    assert fileio.clean_stale_temps(tmp_path) == [live_old.name]
+    only(tmp_path, live_new.name, user.name)
+    with fileio.atomic_path(tmp_path / "c.bin") as t:
+        assert fileio._TEMP_RE.match(t.name), t.name
+        t.write_bytes(b"1")
+    only(tmp_path, live_new.name, user.name, "c.bin")
