@@ -62,6 +62,18 @@ def test_a_valid_model_converts_and_onnxruntime_stays_quiet(tmp_path, calib):
     only(out, "g.nir")
 
 
+def test_onnxruntime_failure_is_one_line_without_its_own_log(tmp_path, calib):
+    """onnxruntime refuses the model (auto_pad VALID with pads) after logging a coloured
+    warning about an unused initializer: only our one error line reaches stderr."""
+    m = conv_model({"auto_pad": "VALID", "pads": [1, 1, 1, 1]},
+                   extra_inits=[numpy_helper.from_array(np.ones(3, F32), "unused")])
+    onnx.save(m, str(tmp_path / "m.onnx"))
+    r, out = convert(tmp_path, tmp_path / "m.onnx", calib)
+    refused(r, 3, "onnxruntime cannot run the model")
+    assert "[W:onnxruntime" not in r.stderr and "Removing initializer" not in r.stderr
+    only(out)
+
+
 def test_external_data_inside_a_function_body_is_refused(tmp_path, calib):
     """A Constant in a model-local function body points at external data: onnxruntime would
     resolve it against the current directory. Refused naming the function, before anything
