@@ -7,7 +7,6 @@ import os
 
 import numpy as np
 import onnx
-import pytest
 
 from spikebridge.toolchain.cli import terminal_safe
 from tests.reliability._contract import refused, run_cli
@@ -58,8 +57,7 @@ def test_control_characters_from_file_contents(tmp_path):
     _assert_clean(r.stderr)
 
 
-@pytest.mark.parametrize("debug", [False])
-def test_internal_error_text_is_escaped_too(debug, monkeypatch, capsys):
+def test_internal_error_text_is_escaped_too(monkeypatch, capsys):
     """The catch-all (exit 1) prints exception text: escaped as well."""
     from spikebridge.toolchain import cli
 
