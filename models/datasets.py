@@ -330,9 +330,10 @@ def _decode_tiny(path: Path, split: str):
             if root + "wnids.txt" not in names:
                 raise DatasetError("wnids.txt missing", file=str(path), place=root + "wnids.txt")
             wnids = _zip_member(z, root + "wnids.txt", TINY_MAX_TEXT_BYTES, path).decode("ascii", "replace").split()
-            if len(wnids) != DATASETS["tiny-imagenet"].num_classes or len(set(wnids)) != len(wnids):
-                raise DatasetError(f"expected {DATASETS['tiny-imagenet'].num_classes} distinct class ids, found "
-                                   f"{len(set(wnids))} distinct of {len(wnids)}", file=str(path), place=root + "wnids.txt")
+            classes = DATASETS["tiny-imagenet"].num_classes
+            if not 1 <= len(wnids) <= classes or len(set(wnids)) != len(wnids):
+                raise DatasetError(f"expected 1..{classes} distinct class ids, found {len(set(wnids))} distinct of "
+                                   f"{len(wnids)}", file=str(path), place=root + "wnids.txt")
             index = {w: i for i, w in enumerate(wnids)}
             items = []
             if split == "train":
