@@ -5,7 +5,8 @@ the target (``.NAME.sb<pid>.XXXXXXXX<ext>.tmp``), fsync, rename. An interrupted 
 either the old file or the new one, never a partial file. The file gets the mode any file
 the user writes gets (0o666 & ~umask, not mkstemp's 0600). A SIGKILL can still strand a
 temporary file; the next atomic write into the same folder removes stranded temporaries
-of this naming whose writer process is gone (or that are older than a day). A write that
+of this naming whose writer process is gone (untouched for a minute), or that are older
+than a day. A write that
 fails because the disk is full or a file-size limit is hit (ENOSPC, EDQUOT, EFBIG; HDF5's
 own wording of them included) raises ``OutputError`` (exit 3) naming the file.
 
@@ -33,6 +34,9 @@ from typing import Iterator
 from spikebridge.base.errors import InputError, OutputError
 
 STALE_TEMP_SECONDS = 24 * 3600  # a temporary of a live writer older than this is stranded too
+# a dead writer's temporary is removed once untouched this long (a writer in another PID
+# namespace sharing the folder looks dead from here, but keeps its file's mtime fresh)
+DEAD_WRITER_GRACE_SECONDS = 60
 _TEMP_RE = re.compile(r"^\..+\.sb(\d+)\.[A-Za-z0-9_]{8}.*\.tmp$")
 _FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 # HDF5 (h5py) reports a failed write as a plain OSError/RuntimeError whose text carries the errno
@@ -66,8 +70,8 @@ def _pid_alive(pid: int) -> bool:
 
 def clean_stale_temps(folder: str | os.PathLike, max_age_s: float = STALE_TEMP_SECONDS) -> list[str]:
     """Remove temporaries of ``atomic_path``'s naming in ``folder`` whose writer process is
-    gone (or that are older than ``max_age_s``); returns the removed names. Files of any
-    other naming are never touched."""
+    gone (and that were untouched for DEAD_WRITER_GRACE_SECONDS), or that are older than
+    ``max_age_s``; returns the removed names. Files of any other naming are never touched."""
     removed = []
     try:
         entries = list(os.scandir(folder))
@@ -85,7 +89,8 @@ def clean_stale_temps(folder: str | os.PathLike, max_age_s: float = STALE_TEMP_S
         if not stat.S_ISREG(st.st_mode):
             continue
         pid = int(m.group(1))
-        if (pid != os.getpid() and not _pid_alive(pid)) or now - st.st_mtime > max_age_s:
+        age = now - st.st_mtime
+        if (age > DEAD_WRITER_GRACE_SECONDS and pid != os.getpid() and not _pid_alive(pid)) or age > max_age_s:
             with contextlib.suppress(OSError):
                 os.unlink(e.path)
                 removed.append(e.name)

@@ -42,6 +42,11 @@ def inputs(tmp_path_factory):
     return d
 
 
+def _age(p: Path, seconds: float) -> None:
+    t = p.stat().st_mtime - seconds
+    os.utime(p, (t, t))
+
+
 def _dead_pid() -> int:
     p = subprocess.Popen([sys.executable, "-c", "pass"])
     p.wait()
@@ -58,6 +63,7 @@ def test_a_stranded_temporary_is_removed_by_the_next_write(tmp_path, inputs):
     other = out / ".graph.nir.zzzz.nir.tmp"  # not our naming: never touched
     for p in (dead, live, other):
         p.write_bytes(b"partial")
+        _age(p, 120)
     r = run_cli("export", inputs / "ckpt", "--format", "nir", "--out", out / "graph.nir")
     assert r.code == 0, r.stderr
     only(out, "graph.nir", live.name, other.name)
@@ -78,6 +84,9 @@ with atomic_path({str(out / 'f.bin')!r}) as tmp:
     assert p.returncode == -9
     stranded = [q.name for q in out.iterdir()]
     assert len(stranded) == 1 and stranded[0].endswith(".tmp")
+    fileio.atomic_write_text(out / "g.txt", "ok")  # within the grace period: kept
+    only(out, "g.txt", stranded[0])
+    _age(out / stranded[0], fileio.DEAD_WRITER_GRACE_SECONDS + 5)
     fileio.atomic_write_text(out / "g.txt", "ok")
     only(out, "g.txt")
 
