@@ -213,18 +213,20 @@ def _error(text: str) -> None:
     print("error: " + terminal_safe(str(text)), file=sys.stderr, flush=True)
 
 
-def _output_paths(args) -> list[str]:
-    """Where a command will write (checked for writability before any computation)."""
+def _output_paths(args) -> list[tuple[str, str]]:
+    """(path, "file" | "folder") a command will write (checked before any computation)."""
     cmd = args.command
     out = getattr(args, "out", None)
     if cmd == "export":
-        return [out or args.checkpoint]
+        return [(out, "file")] if out else [(args.checkpoint, "folder")]
     if cmd == "report":
         if out:
-            return [out]
-        return [args.target] if args.target and Path(args.target).is_dir() else []
-    if cmd in ("train", "simulate", "convert", "demo") and out:
-        return [out]
+            return [(out, "folder")]
+        return [(args.target, "folder")] if args.target and Path(args.target).is_dir() else []
+    if cmd in ("simulate", "convert") and out:
+        return [(out, "file")]
+    if cmd in ("train", "demo") and out:
+        return [(out, "folder")]
     return []
 
 
@@ -239,8 +241,8 @@ def main(argv: list[str] | None = None) -> int:
     if hasattr(signal, "SIGXFSZ"):  # over a file-size limit: EFBIG (reported in one line), not a core dump
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     try:
-        for path in _output_paths(args):
-            check_writable(path)
+        for path, kind in _output_paths(args):
+            check_writable(path, "--out" if path == getattr(args, "out", None) else "output folder", kind)
         lock = contextlib.nullcontext()
         if args.command in ("train", "demo") and "WORLD_SIZE" not in os.environ:
             lock = output_lock(args.out)  # torchrun's ranks run under the launcher's lock

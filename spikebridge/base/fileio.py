@@ -301,14 +301,19 @@ def read_json(file: str | os.PathLike, max_bytes: int = 16 << 20, error: type = 
     return obj
 
 
-def check_writable(path: str | os.PathLike, what: str = "output") -> None:
-    """Refuse, before any computation, an output ``path`` (a file or a folder to be created
-    or replaced) that cannot be written: the nearest existing folder on its way must be a
-    writable folder on a file system with free space; an existing ``path`` must not be a
-    special file. Raises ``OutputError`` naming the path (nothing is created)."""
+def check_writable(path: str | os.PathLike, what: str = "output", kind: str | None = None) -> None:
+    """Refuse, before any computation, an output ``path`` (``kind`` "file" or "folder", or
+    None for either) that cannot be written: the nearest existing folder on its way must be
+    a writable folder on a file system with free space; an existing ``path`` must be of the
+    expected kind (never a special file). Raises ``OutputError`` naming the path (nothing
+    is created)."""
     p = Path(os.path.abspath(os.fspath(path)))
     if p.exists() and not p.is_dir() and not p.is_file():
         raise OutputError(f"the {what} exists and is not a regular file or folder", str(p))
+    if kind == "file" and p.is_dir():
+        raise OutputError(f"the {what} is a folder; give a file name", str(p))
+    if kind == "folder" and p.exists() and not p.is_dir():
+        raise OutputError(f"the {what} exists and is not a folder", str(p))
     folder = p if p.is_dir() else p.parent
     while not folder.exists():
         if folder.parent == folder:
