@@ -242,3 +242,18 @@ def test_stale_temporaries_age_rule_and_naming(tmp_path):
         assert fileio._TEMP_RE.match(t.name), t.name
         t.write_bytes(b"1")
     only(tmp_path, live_new.name, user.name, "c.bin")
+
+
+@pytest.mark.parametrize("cmd", COMMANDS)
+def test_output_of_the_wrong_kind_is_refused_up_front(tmp_path, inputs, cmd):
+    """A file --out that is an existing folder (export, simulate, convert) or a folder --out
+    that is an existing file (report, train): refused before computing, not at the rename."""
+    argv = _argv(cmd, inputs, tmp_path)
+    target = Path(argv[-1])
+    if cmd in ("report", "train"):
+        target.write_text("a file")
+    else:
+        target.mkdir()
+    r = run_cli(*argv)
+    refused(r, 3, "--out")
+    assert r.stdout == ""
