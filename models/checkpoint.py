@@ -70,12 +70,9 @@ def check_checkpoint_files(ckpt_dir, names=CHECKPOINT_FILES) -> None:
         if not stat.S_ISREG(st.st_mode):
             kind = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file (a FIFO, socket or device)"
             raise CheckpointError(f"{name} is {kind}", file=str(p), place="file")
-        try:
-            pseudo = os.statvfs(p).f_blocks == 0
-        except OSError:
-            pseudo = False
-        if pseudo:
-            raise CheckpointError(f"{name} lives on a pseudo file system (such as /proc or /sys), not a file",
+        real = os.path.realpath(p)
+        if real.startswith(("/proc/", "/sys/", "/dev/")):
+            raise CheckpointError(f"{name} leads to {real}, a kernel pseudo-file, not a checkpoint file",
                                   file=str(p), place="file")
 
 

@@ -332,9 +332,7 @@ def check_writable(path: str | os.PathLike, what: str = "output", kind: str | No
         sv = os.statvfs(folder)
     except OSError:
         return
-    if sv.f_blocks == 0:
-        raise OutputError(f"{folder} is not on a file system that stores files", str(p))
-    if sv.f_bavail == 0 and os.geteuid() != 0 or sv.f_bfree == 0:
+    if sv.f_blocks and (sv.f_bavail == 0 and os.geteuid() != 0 or sv.f_bfree == 0):  # (FUSE may report 0 blocks)
         raise OutputError(f"no space left on the file system of {folder}", str(p))
 
 
