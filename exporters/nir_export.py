@@ -70,6 +70,11 @@ def checkpoint_to_nir(ckpt_dir) -> nir.NIRGraph:
 
 
 def write_nir(graph: nir.NIRGraph, path) -> None:
-    """Write atomically (nir.write to a temporary file, then rename)."""
-    with atomic_path(Path(path)) as tmp:
-        nir.write(str(tmp), graph)
+    """Write atomically: HDF5 is built in memory (h5py failing on a full disk crashes the
+    interpreter), then the bytes go to a temporary file that is renamed."""
+    import io
+
+    from spikebridge.base.fileio import atomic_write_bytes
+    buf = io.BytesIO()
+    nir.write(buf, graph)
+    atomic_write_bytes(Path(path), buf.getvalue())

@@ -38,17 +38,15 @@ that stay plain IF neurons with binary spikes:
   is negative or two classes saturate, so it is opt-in. ``readout`` in the graph
   metadata says which one a graph uses.
 
-The ONNX file is loaded with a minimal safety check written here (exporters may not
-import toolchain/, so toolchain/safety.py's fuller loader is used by the CLI when present):
-bounded file size, no external data outside the model's directory, no subgraphs. Before converting, the parsed network is evaluated in
+The ONNX file is loaded with the one safe loader (exporters/onnx_load.py: bounded parse,
+every tensor of every graph and function checked, external data only inside the
+model's directory). Before converting, the parsed network is evaluated in
 float64 and compared with onnxruntime on the calibration samples, so an operator whose
 semantics were misread is an error, not a silently wrong graph.
 """
 from __future__ import annotations
 
-import os
 import re
-import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -57,20 +55,21 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from spikebridge.base.errors import DatasetError, InputError, UnsupportedError
+from spikebridge.base.errors import DatasetError, InputError, ResourceError, UnsupportedError
 
 from spikebridge.base.dialect import META_KEY  # noqa: E402
-MAX_ONNX_BYTES = 2 << 30
-MAX_EXTERNAL_BYTES = 4 << 30
 MAX_CALIBRATION_BYTES = 2 << 30
+# float64 self-check: the activations kept for calibration, and separately the working set of
+# one chunk of samples, each at most this (evaluated in chunks; a network whose single sample
+# does not fit is refused before anything is allocated)
+MAX_EVAL_BYTES = 1 << 30
 DEFAULT_PERCENTILE = 99.9
 SUPPORTED_OPS = ("Gemm", "MatMul", "Add", "Conv", "Relu", "Clip", "AveragePool", "GlobalAveragePool",
                  "Flatten", "Reshape", "BatchNormalization", "Identity", "Dropout", "Constant", "Softmax",
                  "LogSoftmax")
 
 
-class OnnxModelError(InputError):
-    """An ONNX file is unreadable, unsafe, or not a network the converter understands."""
+from spikebridge.exporters.onnx_load import OnnxModelError, load_onnx  # noqa: E402
 
 
 # ----------------------------------------------------------------------------------
@@ -78,60 +77,9 @@ class OnnxModelError(InputError):
 # ----------------------------------------------------------------------------------
 
 def load_onnx_safely(path) -> onnx.ModelProto:
-    """Load an ONNX file: regular file, bounded size, external data only inside the
-    model's directory (relative paths, no escape through '..' or symlinks), bounded."""
-    p = Path(path)
-    file = str(p)
-    try:
-        st = os.stat(p)
-    except OSError as e:
-        raise OnnxModelError(f"cannot open: {e.strerror}", file) from None
-    if not stat.S_ISREG(st.st_mode):
-        raise OnnxModelError("not a regular file", file)
-    if st.st_size > MAX_ONNX_BYTES:
-        raise OnnxModelError(f"file is {st.st_size} bytes, above the {MAX_ONNX_BYTES}-byte limit", file)
-    try:
-        model = onnx.load(file, load_external_data=False)
-    except Exception as e:  # noqa: BLE001 - protobuf raises DecodeError and others
-        raise OnnxModelError(f"not a readable ONNX model ({type(e).__name__})", file) from None
-    base = p.parent.resolve()
-    total = 0
-    for t in _all_tensors(model, file):
-        if t.data_location != onnx.TensorProto.EXTERNAL:
-            continue
-        info = {e.key: e.value for e in t.external_data}
-        loc = info.get("location", "")
-        target = (base / loc).resolve()
-        if not loc or os.path.isabs(loc) or base not in target.parents:
-            raise OnnxModelError(f"external data {loc!r} is outside the model's directory", file,
-                                 f"tensor {t.name!r}")
-        if not target.is_file():
-            raise OnnxModelError(f"external data file {loc!r} is missing", file, f"tensor {t.name!r}")
-        try:
-            offset, length = int(info.get("offset", 0)), int(info.get("length", target.stat().st_size))
-        except ValueError:
-            raise OnnxModelError("external data offset/length are not integers", file, f"tensor {t.name!r}") from None
-        if offset < 0 or length < 0 or offset + length > target.stat().st_size:
-            raise OnnxModelError("external data range lies outside its file", file, f"tensor {t.name!r}")
-        total += length
-        if total > MAX_EXTERNAL_BYTES:
-            raise OnnxModelError(f"external data above {MAX_EXTERNAL_BYTES} bytes", file)
-    if total:
-        from onnx.external_data_helper import load_external_data_for_model
-        load_external_data_for_model(model, str(base))
-    return model
-
-
-def _all_tensors(model, file):
-    g = model.graph
-    yield from g.initializer
-    for n in g.node:
-        for a in n.attribute:
-            if a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS):
-                raise OnnxModelError(f"node {n.name or n.op_type!r} ({n.op_type}) has a subgraph; "
-                                     "control flow is not supported", file)
-            if a.type == onnx.AttributeProto.TENSOR:
-                yield a.t
+    """The one safe ONNX loader (exporters/onnx_load.py: bounded parse, every tensor of
+    every graph and function checked, external data only inside the model's directory)."""
+    return load_onnx(path)
 
 
 # ----------------------------------------------------------------------------------
@@ -158,10 +106,30 @@ def _tensor(t, file) -> np.ndarray:
         raise OnnxModelError(f"dims {dims} are negative or exceed {MAX_TENSOR_ELEMENTS} elements", file,
                              f"tensor {t.name!r}")
     try:
-        return numpy_helper.to_array(t)
+        arr = numpy_helper.to_array(t)
     except Exception as e:  # noqa: BLE001 - malformed data (size vs dims, unknown type)
         raise OnnxModelError(f"tensor data does not match its dims/type ({type(e).__name__})", file,
                              f"tensor {t.name!r}") from None
+    if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
+        raise OnnxModelError("tensor has NaN or Inf values", file, f"tensor {t.name!r}")
+    return arr
+
+
+MAX_ATTR = 1 << 16  # strides, dilations, pads and kernel sizes beyond this are not networks
+
+
+def _ints(a: dict, key: str, default: list, n: int, lo: int, what: str) -> list[int]:
+    """An integer-list attribute of length ``n`` with every value in lo..MAX_ATTR, else _Skip."""
+    v = a.get(key, default)
+    try:
+        v = [int(x) for x in v]
+    except (TypeError, ValueError):
+        raise _Skip(f"{key} must be a list of integers, is {v!r}") from None
+    if len(v) != n:
+        raise _Skip(f"{key} {v} must have {n} values ({what})")
+    if any(x < lo or x > MAX_ATTR for x in v):
+        raise _Skip(f"{key} {v} must be integers in {lo}..{MAX_ATTR}")
+    return v
 
 
 def _attrs(node) -> dict:
@@ -244,6 +212,9 @@ class _Parser:
                 getattr(self, f"op_{node.op_type}")(node, _attrs(node))
             except _Skip as e:
                 self.problems.append(f"{self.where(node)}: {e}")
+            except (ValueError, TypeError, IndexError, KeyError, OverflowError, ZeroDivisionError) as e:
+                msg = " ".join(str(e).split())[:160] or type(e).__name__
+                self.problems.append(f"{self.where(node)}: malformed attributes or inputs ({msg})")
         if self.problems:
             raise UnsupportedError("cannot convert: " + "; ".join(self.problems), self.file, "graph")
         out = g.output[0].name
@@ -311,14 +282,17 @@ class _Parser:
             raise _Skip("the weight (input B) must be a constant matrix")
         if a.get("transA", 0):
             raise _Skip("transA = 1 is not supported")
+        if not all(np.isfinite(float(a.get(k, 1.0))) for k in ("alpha", "beta")):
+            raise _Skip("alpha and beta must be finite")
         w = (B if a.get("transB", 0) else B.T) * float(a.get("alpha", 1.0))  # (out, in)
         b = np.zeros(w.shape[0])
         if len(node.input) > 2 and node.input[2]:
             C = self.const(node.input[2])
             if C is None:
                 raise _Skip("the bias (input C) must be a constant")
-            b = np.broadcast_to(np.asarray(C, np.float64).reshape(-1) if C.size in (1, w.shape[0]) else C,
-                                (w.shape[0],)) * float(a.get("beta", 1.0))
+            if C.size not in (1, w.shape[0]):
+                raise _Skip(f"the bias (input C) has {C.size} values, the layer {w.shape[0]} outputs")
+            b = np.broadcast_to(np.asarray(C, np.float64).reshape(-1), (w.shape[0],)) * float(a.get("beta", 1.0))
         self._dense(node, src, w, np.array(b))
 
     def op_MatMul(self, node, a):
@@ -336,13 +310,17 @@ class _Parser:
             raise _Skip("only 2-D convolutions with a constant weight on (N, C, H, W) inputs are supported")
         if a.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET", b"VALID", "VALID"):
             raise _Skip("auto_pad SAME_* is not supported; give explicit pads")
-        pads = list(a.get("pads", [0, 0, 0, 0]))
+        pads = _ints(a, "pads", [0, 0, 0, 0], 4, 0, "begin and end of both spatial axes")
         if pads[:2] != pads[2:]:
             raise _Skip(f"asymmetric pads {pads} cannot be written as NIR Conv2d padding")
-        stride = list(a.get("strides", [1, 1]))
-        dil = list(a.get("dilations", [1, 1]))
+        stride = _ints(a, "strides", [1, 1], 2, 1, "one per spatial axis")
+        dil = _ints(a, "dilations", [1, 1], 2, 1, "one per spatial axis")
+        if "kernel_shape" in a and _ints(a, "kernel_shape", [], 2, 1, "one per spatial axis") != list(W.shape[2:]):
+            raise _Skip(f"kernel_shape {list(a['kernel_shape'])} does not match the weight {W.shape}")
+        if min(W.shape) < 1:
+            raise _Skip(f"empty weight {W.shape}")
         groups = int(a.get("group", 1))
-        if W.shape[1] * groups != shp[0]:
+        if groups < 1 or W.shape[0] % groups or W.shape[1] * groups != shp[0]:
             raise _Skip(f"weight {W.shape} with group {groups} does not fit {shp[0]} input channels")
         b = np.zeros(W.shape[0])
         if len(node.input) > 2 and node.input[2]:
@@ -350,7 +328,13 @@ class _Parser:
             if B is None:
                 raise _Skip("the bias must be a constant")
             b = np.asarray(B, np.float64).reshape(-1)
-        out = [(shp[1 + d] + 2 * pads[d] - dil[d] * (W.shape[2 + d] - 1) - 1) // stride[d] + 1 for d in range(2)]
+            if b.shape != (W.shape[0],):
+                raise _Skip(f"the bias has {b.size} values, the weight {W.shape[0]} output channels")
+        span = [dil[d] * (W.shape[2 + d] - 1) + 1 for d in range(2)]
+        if any(span[d] > shp[1 + d] + 2 * pads[d] for d in range(2)):
+            raise _Skip(f"the kernel {tuple(W.shape[2:])} (dilation {dil}) spans {span}, more than the padded "
+                        f"input {[shp[1 + d] + 2 * pads[d] for d in range(2)]}")
+        out = [(shp[1 + d] + 2 * pads[d] - span[d]) // stride[d] + 1 for d in range(2)]
         self.alias(node, self.add_layer("conv", self.name_for(node), [src], (W.shape[0], *out),
                                         weight=W.astype(np.float64), bias=b, stride=stride, padding=pads[:2],
                                         dilation=dil, groups=groups))
@@ -360,8 +344,17 @@ class _Parser:
         gamma, beta, mean, var = (self.const(n) for n in node.input[1:5])
         if any(v is None for v in (gamma, beta, mean, var)):
             raise _Skip("scale, bias, mean and variance must be constants (inference mode)")
-        s = np.asarray(gamma, np.float64) / np.sqrt(np.asarray(var, np.float64) + float(a.get("epsilon", 1e-5)))
-        c = np.asarray(beta, np.float64) - s * np.asarray(mean, np.float64)
+        ch = self.layers[src].shape[0]
+        if any(np.asarray(v).size not in (1, ch) for v in (gamma, beta, mean, var)):
+            raise _Skip(f"scale, bias, mean and variance must have 1 or {ch} values")
+        eps = float(a.get("epsilon", 1e-5))
+        if not np.all(np.asarray(var, np.float64) + eps > 0):
+            raise _Skip("variance + epsilon must be > 0")
+        with np.errstate(all="ignore"):
+            s = np.asarray(gamma, np.float64) / np.sqrt(np.asarray(var, np.float64) + eps)
+            c = np.asarray(beta, np.float64) - s * np.asarray(mean, np.float64)
+        if not (np.all(np.isfinite(s)) and np.all(np.isfinite(c))):
+            raise _Skip("the folded scale or shift is not finite")
         self._channel_affine(node, src, s, c)
 
     def _channel_affine(self, node, src, s, c):
@@ -421,6 +414,8 @@ class _Parser:
             lo = self.const(node.input[1])
         if len(node.input) > 2 and node.input[2]:
             hi = self.const(node.input[2])
+        if any(v is not None and np.asarray(v).size != 1 for v in (lo, hi)):
+            raise _Skip("Clip min and max must be scalars")
         if lo is None or float(np.asarray(lo)) != 0.0:
             raise _Skip(f"Clip must have min = 0 (a ReLU with an optional ceiling), has min {lo}")
         hi = None if hi is None else float(np.asarray(hi))
@@ -434,9 +429,17 @@ class _Parser:
         shp = self.layers[src].shape
         if len(shp) != 3:
             raise _Skip("only 2-D pooling on (N, C, H, W) is supported")
-        k = list(a["kernel_shape"])
-        stride = list(a.get("strides", [1, 1]))
-        pads = list(a.get("pads", [0, 0, 0, 0]))
+        if "kernel_shape" not in a:
+            raise _Skip("kernel_shape is required")
+        k = _ints(a, "kernel_shape", [], 2, 1, "one per spatial axis")
+        stride = _ints(a, "strides", [1, 1], 2, 1, "one per spatial axis")
+        pads = _ints(a, "pads", [0, 0, 0, 0], 4, 0, "begin and end of both spatial axes")
+        if _ints(a, "dilations", [1, 1], 2, 1, "one per spatial axis") != [1, 1]:
+            raise _Skip("dilated pooling is not supported")
+        if any(p > kk // 2 for p, kk in zip(pads[:2], k)):
+            raise _Skip(f"pads {pads} must be at most half the kernel {k}")
+        if any(kk > n + 2 * p for kk, n, p in zip(k, shp[1:], pads[:2])):
+            raise _Skip(f"the kernel {k} is larger than the padded input {[n + 2 * p for n, p in zip(shp[1:], pads[:2])]}")
         if a.get("ceil_mode", 0):
             raise _Skip("ceil_mode = 1 is not supported")
         if a.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET", b"VALID", "VALID"):
@@ -526,12 +529,58 @@ def evaluate_layers(layers: list[Layer], x: np.ndarray, keep=None) -> dict[int, 
     return {i: v.numpy() for i, v in vals.items() if keep is None or i in keep}
 
 
+def eval_cost(layers: list[Layer]) -> tuple[int, str]:
+    """(bytes per sample of ``evaluate_layers``' working set in float64, the layer that
+    dominates it): every layer's output is held, plus the largest convolution's padded input
+    and unfolded patches (im2col)."""
+    held = 8 * sum(int(np.prod(L.shape, dtype=np.float64)) for L in layers)
+    work, worst, worst_bytes = 0, layers[0].name, 0
+    for L in layers:
+        size = 8 * int(np.prod(L.shape, dtype=np.float64))
+        if L.kind in ("conv", "avgpool"):
+            p = L.params
+            c_in = int(L.shape[0]) if L.kind == "avgpool" else int(p["weight"].shape[1]) * int(p["groups"])
+            k = p["kernel"] if L.kind == "avgpool" else list(p["weight"].shape[2:])
+            hw_out = int(L.shape[1]) * int(L.shape[2])
+            cols = c_in // (1 if L.kind == "avgpool" else int(p["groups"])) * int(np.prod(k)) * hw_out
+            padded = c_in * int(np.prod([n + 2 * q for n, q in zip(L.shape[1:], p["padding"])], dtype=np.float64))
+            size += 8 * (cols + padded)
+            work = max(work, 8 * (cols + padded))
+        if size > worst_bytes:
+            worst, worst_bytes = L.name, size
+    return held + work, worst
+
+
+def evaluate_chunked(layers: list[Layer], x: np.ndarray, keep: set, max_bytes: int = MAX_EVAL_BYTES,
+                     file: str | None = None) -> dict[int, np.ndarray]:
+    """``evaluate_layers`` over chunks of samples so that neither the working set of a chunk
+    nor the kept outputs exceed ``max_bytes``; refused (ResourceError, naming the layer) when
+    one sample alone does not fit."""
+    per_sample, worst = eval_cost(layers)
+    if per_sample > max_bytes:
+        raise ResourceError(f"the float64 self-check would need {per_sample / 2**30:.1f} GiB per sample (layer "
+                            f"{worst!r}), above the {max_bytes / 2**30:.1f} GiB limit: check the layer's pads, "
+                            "strides and sizes", file, f"node {worst}")
+    kept = 8 * len(x) * sum(int(np.prod(layers[i].shape, dtype=np.float64)) for i in keep)
+    if kept > max_bytes:
+        raise ResourceError(f"the calibration activations of {len(x)} samples need {kept / 2**30:.1f} GiB, above "
+                            f"the {max_bytes / 2**30:.1f} GiB limit: lower --calibration-limit", file)
+    chunk = max(1, int(max_bytes // per_sample))
+    parts = [evaluate_layers(layers, x[i:i + chunk], keep=keep) for i in range(0, len(x), chunk)]
+    return {i: np.concatenate([p[i] for p in parts]) for i in keep}
+
+
 def run_onnx(model: onnx.ModelProto, x: np.ndarray, batch: int = 256) -> np.ndarray:
     """The model's output for x (N, *input_shape) in onnxruntime (chunks; a fixed batch
     dimension is honoured by padding the last chunk)."""
     import onnxruntime as ort
 
-    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    ort.set_default_logger_severity(4)  # onnxruntime's own (coloured) warnings must not reach stderr:
+    so = ort.SessionOptions()           # its errors become our one error line
+    so.log_severity_level = 4
+    ro = ort.RunOptions()
+    ro.log_severity_level = 4
+    sess = ort.InferenceSession(model.SerializeToString(), sess_options=so, providers=["CPUExecutionProvider"])
     inp = sess.get_inputs()[0]
     fixed = inp.shape[0] if isinstance(inp.shape[0], int) and inp.shape[0] > 0 else None
     step = fixed or batch
@@ -542,7 +591,7 @@ def run_onnx(model: onnx.ModelProto, x: np.ndarray, batch: int = 256) -> np.ndar
         n = len(xb)
         if fixed and n < fixed:
             xb = np.concatenate([xb, np.zeros((fixed - n, *xb.shape[1:]), np.float32)])
-        outs.append(sess.run(None, {inp.name: xb})[0][:n])
+        outs.append(sess.run(None, {inp.name: xb}, ro)[0][:n])
     return np.concatenate(outs)
 
 
@@ -584,16 +633,17 @@ def convert_onnx(model, calibration: np.ndarray, timesteps: int, percentile: flo
 
     # self-check against onnxruntime, and calibration activations
     relus = [i for i in used if layers[i].kind == "relu"]
-    acts = evaluate_layers(layers, x, keep=set(relus) | {out_idx})
+    acts = evaluate_chunked(layers, x, set(relus) | {out_idx}, file=file)
     n_check = min(len(x), 256)
+    ort_batch = max(1, min(256, int(2 * MAX_EVAL_BYTES // eval_cost(layers)[0])))  # float32: half the bytes
     try:
-        ref = run_onnx(model, x[:n_check])
+        ref = run_onnx(model, x[:n_check], batch=ort_batch)
     except Exception as e:  # noqa: BLE001 - onnxruntime rejects the model itself
         raise OnnxModelError(f"onnxruntime cannot run the model ({type(e).__name__}: "
                              f"{' '.join(str(e).split())[:300]})", file) from None
     mine = _softmax(acts[out_idx][:n_check], parser.final_softmax).reshape(ref.shape)
     check = float(np.abs(mine - ref).max())
-    if check > check_tolerance * (1.0 + float(np.abs(ref).max())):
+    if not np.isfinite(check) or check > check_tolerance * (1.0 + float(np.abs(ref).max())):
         raise OnnxModelError(f"the parsed network does not reproduce onnxruntime's output (max |diff| "
                              f"{check:.3g}); an operator's semantics are not understood", file)
     lam = {i: _layer_threshold(acts[i], percentile, layers[i].params["clip"]) for i in relus}

@@ -11,7 +11,10 @@ fuzz/README.md) so a bomb the loader does not bound shows up as a MemoryError.
 Targets: nir (spikebridge.hardware.graph.load_graph + analyse), checkpoint (spikebridge.models.checkpoint
 read_meta + load_tensors, mutating model.json or weights.safetensors), pt
 (spikebridge.models.checkpoint.load_train_state), onnx (spikebridge.toolchain.safety.load_onnx), npz
-(spikebridge.toolchain.pipeline.load_trace_npz), npy (spikebridge.toolchain.pipeline.load_input_npy).
+(spikebridge.toolchain.pipeline.load_trace_npz), npy (spikebridge.toolchain.pipeline.load_input_npy),
+json (spikebridge.base.fileio.read_json, as run.json/report.json are read), toml
+(spikebridge.hardware.energy.load_energy_model_toml), sweep (spikebridge.toolchain.report.load_sweep,
+.npy and .json).
 A failing input is written to fuzz/crashes/<target>-<sha>.bin and hypothesis shrinks it.
 """
 from __future__ import annotations
@@ -31,7 +34,7 @@ from hypothesis import strategies as st
 from spikebridge.base.errors import InputError
 
 HERE = Path(__file__).resolve().parent
-TARGETS = ("nir", "checkpoint", "pt", "onnx", "npz", "npy")
+TARGETS = ("nir", "checkpoint", "pt", "onnx", "npz", "npy", "json", "toml", "sweep")
 
 
 class CallTimeout(BaseException):
@@ -67,6 +70,13 @@ def seeds(work: Path) -> dict[str, list[bytes]]:
     b = io.BytesIO()
     np.save(b, np.ones((2, 1, 4), np.float32))
     out["npy"].append(b.getvalue())
+    out["json"].append(b'{"dataset": "digits", "split": "test", "accuracy": {"eventsim": 0.9, "onnx": null}, '
+                       b'"samples": [1, 2, {"a": [3.5, "x"]}]}')
+    out["toml"].append(b'name = "m"\nkind = "gpu-style"\n[constants.mac]\nvalue_pj = 4.6\nsource = "s"\n'
+                       b'[constants.synaptic_op]\nvalue_pj = 0.9\nsource = "s"\n')
+    b = io.BytesIO()
+    np.save(b, np.array([[1, 0.5], [2, 0.75], [4, 0.9]]))
+    out["sweep"] += [b.getvalue(), b'[{"timesteps": 1, "accuracy": 0.5}, {"timesteps": 2, "accuracy": {"a": 0.7}}]']
     kind_of = {"nir": "nir", "model.json": "checkpoint", "safetensors": "checkpoint", "pt": "pt", "onnx": "onnx"}
     for c in cases:
         t = kind_of.get(c.kind)
@@ -133,6 +143,19 @@ def run_target(target: str, data: bytes, work: Path) -> None:
             from spikebridge.toolchain.pipeline import load_input_npy
             (d / "x.npy").write_bytes(data)
             load_input_npy(d / "x.npy", (4,))
+        elif target == "json":
+            from spikebridge.base.fileio import read_json
+            (d / "run.json").write_bytes(data)
+            read_json(d / "run.json")
+        elif target == "toml":
+            from spikebridge.hardware.energy import load_energy_model_toml
+            (d / "e.toml").write_bytes(data)
+            load_energy_model_toml(d / "e.toml")
+        elif target == "sweep":
+            from spikebridge.toolchain.report import load_sweep
+            name = "s.npy" if data[:6] == b"\x93NUMPY" else "s.json"
+            (d / name).write_bytes(data)
+            load_sweep(d / name)
     except InputError:
         pass
     finally:

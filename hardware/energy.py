@@ -220,6 +220,9 @@ def get_model(name: str | EnergyModel) -> EnergyModel:
                          place="energy model") from None
 
 
+MAX_TOML_BYTES = 1 << 20
+
+
 def load_energy_model_toml(path: str | Path) -> EnergyModel:
     """Read a user energy model. Format::
 
@@ -230,18 +233,23 @@ def load_energy_model_toml(path: str | Path) -> EnergyModel:
         value_pj = 10.0
         source = "Doe et al. 2030, Table 1"
 
-    Every constant needs a finite, non-negative ``value_pj`` and a non-empty ``source``;
+    The file must be a regular UTF-8 file of at most 1 MiB (read with a bound; a FIFO,
+    directory or device is refused). Every constant needs a finite, non-negative
+    ``value_pj`` and a non-empty ``source``;
     names must be operation classes of the kind. Violations raise InputError naming the
     file and the constant.
     """
+    from spikebridge.base.fileio import read_regular_bytes
+
     path = Path(path)
+    raw = read_regular_bytes(path, MAX_TOML_BYTES, InputError)  # a FIFO or device is refused, not read
     try:
-        with open(path, "rb") as f:
-            data = tomllib.load(f)
-    except FileNotFoundError:
-        raise InputError("file not found", file=path) from None
-    except tomllib.TOMLDecodeError as e:
-        raise InputError(f"not valid TOML: {e}", file=path) from None
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise InputError(f"not UTF-8 ({e.reason} at byte {e.start})", file=path, place="file") from None
+    except (tomllib.TOMLDecodeError, RecursionError, ValueError, MemoryError) as e:
+        msg = " ".join(str(e).split())[:160] or type(e).__name__  # RecursionError: deeply nested tables
+        raise InputError(f"not valid TOML: {msg}", file=path, place="file") from None
     name = data.get("name")
     if not isinstance(name, str) or not name:
         raise InputError("missing string field 'name'", file=path)
@@ -260,8 +268,12 @@ def load_energy_model_toml(path: str | Path) -> EnergyModel:
         if not isinstance(entry, dict):
             raise InputError("must be a table with value_pj and source", file=path, place=place)
         value = entry.get("value_pj")
-        if isinstance(value, bool) or not isinstance(value, (int, float)) \
-                or not math.isfinite(value) or value < 0:
+        try:  # a 400-digit integer does not fit a float
+            ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(float(value)) \
+                and value >= 0
+        except OverflowError:
+            ok = False
+        if not ok:
             raise InputError("value_pj must be a finite number >= 0", file=path, place=place)
         source = entry.get("source")
         if not isinstance(source, str) or not source.strip():

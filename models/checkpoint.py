@@ -8,9 +8,10 @@ Weights are read with safetensors only; nothing is ever unpickled. Optimizer sta
 from __future__ import annotations
 
 import io
-import json
+import os
 import pickletools
 import re
+import stat
 import warnings
 import zipfile
 from pathlib import Path
@@ -47,19 +48,44 @@ def save_checkpoint(out_dir, state_dict: dict, meta: dict, train_state: dict | N
     atomic_write_json(out / "model.json", {"format": FORMAT, "format_version": FORMAT_VERSION, **meta})
 
 
+CHECKPOINT_FILES = ("model.json", "weights.safetensors", "train_state.pt")
+
+
+def check_checkpoint_files(ckpt_dir, names=CHECKPOINT_FILES) -> None:
+    """Each of ``names`` that exists in ``ckpt_dir`` must be a regular file on a file system
+    that stores files: a directory, FIFO, device, dangling symlink or a symlink into
+    /proc or /sys (a size that lies; reading can block or never end) is refused with a
+    CheckpointError naming it. Run before reading a checkpoint and before training into a
+    folder (so a bad train_state.pt is never silently skipped and a bad model.json is
+    reported before the computation, not when it is replaced at the end)."""
+    d = Path(ckpt_dir)
+    for name in names:
+        p = d / name
+        if not os.path.lexists(p):
+            continue
+        try:
+            st = os.stat(p)
+        except OSError as e:
+            raise CheckpointError(f"cannot open: {e.strerror}", file=str(p), place="file") from None
+        if not stat.S_ISREG(st.st_mode):
+            kind = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file (a FIFO, socket or device)"
+            raise CheckpointError(f"{name} is {kind}", file=str(p), place="file")
+        real = os.path.realpath(p)
+        if real.startswith(("/proc/", "/sys/", "/dev/")):
+            raise CheckpointError(f"{name} leads to {real}, a kernel pseudo-file, not a checkpoint file",
+                                  file=str(p), place="file")
+
+
 def read_meta(ckpt_dir) -> dict:
     d = Path(ckpt_dir)
     path = d / "model.json"
     if not d.is_dir():
         raise CheckpointError("not a checkpoint directory (expected weights.safetensors + model.json)", file=str(d), place="directory")
-    if not path.is_file():
+    if not os.path.lexists(path):
         raise CheckpointError("model.json is missing", file=str(d), place="model.json")
-    if path.stat().st_size > MAX_JSON_BYTES:
-        raise CheckpointError(f"model.json is larger than {MAX_JSON_BYTES} bytes", file=str(path), place="file")
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"), parse_constant=_reject_constant)
-    except (UnicodeDecodeError, json.JSONDecodeError, ValueError, RecursionError) as e:
-        raise CheckpointError(f"not valid JSON ({str(e).splitlines()[0]})", file=str(path), place="file") from None
+    check_checkpoint_files(d, ("model.json",))
+    from spikebridge.base.fileio import read_json
+    meta = read_json(path, MAX_JSON_BYTES, CheckpointError)
     if not isinstance(meta, dict):
         raise CheckpointError("top level must be an object", file=str(path), place="top level")
     for key, typ in REQUIRED.items():
@@ -105,6 +131,11 @@ def _check_layers(layers: list, file: str) -> None:
         if not _NAME_OK.match(name):
             raise CheckpointError(f"layer name {name!r} is not an identifier (letters, digits, _; at most 64)",
                                   file=file, place=f"layers[{i}].name")
+        typ = layer.get("type")
+        if typ in ("conv", "linear") and not layer.get("neuron") and (i != len(layers) - 1 or typ != "linear"):
+            raise CheckpointError(f"layer {name!r} ({typ}) has no neuron but is not the final linear classifier: a "
+                                  "layer without a neuron is exported as the analog readout, which must be the "
+                                  "last layer and linear", file=file, place=f"layers[{i}]")
         for k in _INT_FIELDS:
             if k in layer:
                 v = layer[k]
@@ -130,10 +161,6 @@ def _check_size(layers: list, shapes, file: str) -> None:
                                   place=f"layers[{i}]")
 
 
-def _reject_constant(name):
-    raise ValueError(f"non-finite number {name} is not allowed")
-
-
 def load_tensors(ckpt_dir) -> dict[str, np.ndarray]:
     """Read weights.safetensors as numpy arrays (safe: no code runs)."""
     from safetensors.numpy import load_file
@@ -151,7 +178,44 @@ def load_tensors(ckpt_dir) -> dict[str, np.ndarray]:
             raise CheckpointError(f"tensor dtype {v.dtype} is not floating point", file=str(path), place=k)
         if v.dtype.kind == "f" and not np.all(np.isfinite(v)):
             raise CheckpointError("tensor has NaN or Inf values", file=str(path), place=k)
+    check_batchnorm(tensors, str(path))
     return tensors
+
+
+BN_EPS = 1e-5  # torch's BatchNorm default, which every model here uses
+F32_MAX = float(np.finfo(np.float32).max)
+
+
+def check_batchnorm(tensors: dict, file: str | None = None) -> None:
+    """BatchNorm statistics a deployed network can fold: every ``*.running_var`` is >= 0, and
+    the folded scale gamma / sqrt(var + eps), shift beta - mean * scale, and the folded weight
+    and bias of the layer's ``op`` (W * scale, b * scale + shift) are finite in float32.
+    Otherwise the exporters would write NaN/Inf graphs: CheckpointError naming the tensor."""
+    for key in sorted(k for k in tensors if k.endswith(".running_var")):
+        bn = key[: -len(".running_var")]
+        var = np.asarray(tensors[key], np.float64)
+        if np.any(var < 0):
+            raise CheckpointError(f"BatchNorm running variance has negative values (min {var.min():.3g}); a "
+                                  "variance is >= 0", file=file, place=key)
+        gamma = np.asarray(tensors.get(f"{bn}.weight", 1.0), np.float64)
+        beta = np.asarray(tensors.get(f"{bn}.bias", 0.0), np.float64)
+        mean = np.asarray(tensors.get(f"{bn}.running_mean", 0.0), np.float64)
+        parent = bn.rsplit(".", 1)[0] if "." in bn else ""
+        w = tensors.get(f"{parent}.op.weight")
+        b = tensors.get(f"{parent}.op.bias")
+        with np.errstate(all="ignore"):
+            scale = gamma / np.sqrt(var + BN_EPS)
+            shift = beta - mean * scale
+            folded = {f"{bn}.weight": scale, f"{bn}.bias": shift}
+            if w is not None and np.ndim(w) >= 1 and np.shape(w)[0] == np.size(scale):
+                sc = scale.reshape((-1,) + (1,) * (np.ndim(w) - 1))
+                folded[f"{parent}.op.weight"] = np.max(np.abs(np.asarray(w, np.float64)), initial=0.0) * np.abs(sc)
+                if b is not None and np.shape(b) == np.shape(scale):
+                    folded[f"{parent}.op.bias"] = np.asarray(b, np.float64) * scale + shift
+        for name, v in folded.items():
+            if not np.all(np.isfinite(v)) or np.any(np.abs(v) > F32_MAX):
+                raise CheckpointError("folding BatchNorm into the layer overflows float32 (running_var too small "
+                                      "for its weight, or values too large)", file=file, place=name)
 
 
 def load_checkpoint(ckpt_dir) -> tuple[dict, dict[str, np.ndarray]]:
@@ -245,6 +309,7 @@ def load_train_state(path, map_location="cpu", required: tuple = ()) -> dict:
     ``torch.load(weights_only=True)``. Returns a dict; raises CheckpointError."""
     file = str(path)
     from spikebridge.base.fileio import regular_file
+    check_checkpoint_files(Path(file).parent, (Path(file).name,))
     st = regular_file(file, MAX_STATE_BYTES, CheckpointError)
     place = "pickle"
     if zipfile.is_zipfile(file):
@@ -273,8 +338,10 @@ def load_train_state(path, map_location="cpu", required: tuple = ()) -> dict:
     else:
         if st.st_size > MAX_PICKLE_BYTES:
             raise CheckpointError(f"pickle of {st.st_size} bytes exceeds {MAX_PICKLE_BYTES}", file, place)
-        with open(file, "rb") as f:
-            data = f.read()
+        from spikebridge.base.fileio import read_regular_bytes
+        data = read_regular_bytes(file, MAX_PICKLE_BYTES, CheckpointError, place)
+        if not data:
+            raise CheckpointError("empty file", file, place)
     try:
         globs = scan_pickle_globals(data)
     except ValueError as e:

@@ -33,6 +33,7 @@ import hashlib
 import os
 import struct
 import urllib.request
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -132,13 +133,18 @@ def _decompress_bytes(blob: bytes, where: str, size: int) -> bytes:
     try:
         with gzip.GzipFile(fileobj=io.BytesIO(blob)) as g:
             data = g.read(size + 1)  # bounded: never expands past the known size
-    except (OSError, EOFError) as e:
-        raise DatasetError(f"not a readable gzip file ({e})", file=where) from None
+    except (OSError, EOFError, zlib.error) as e:  # BadGzipFile is an OSError; a flipped bit: zlib.error
+        msg = " ".join(str(e).split())[:160] or type(e).__name__
+        raise DatasetError(f"not a readable gzip file ({msg})", file=where) from None
     return data
 
 
+MAX_GZ_BYTES = 64 << 20  # the largest Fashion-MNIST .gz is 26 MB
+
+
 def _decompress_checked(path: Path, sha: str, size: int) -> bytes:
-    data = _decompress_bytes(path.read_bytes(), str(path), size)
+    from spikebridge.base.fileio import read_regular_bytes
+    data = _decompress_bytes(read_regular_bytes(path, MAX_GZ_BYTES, DatasetError), str(path), size)
     if len(data) != size or hashlib.sha256(data).hexdigest() != sha:
         raise DatasetError("content does not match the Fashion-MNIST SHA-256", file=str(path))
     return data
@@ -284,7 +290,32 @@ def load_tiny_imagenet(split: str, path: Path | None = None):
     return x.astype(np.float32) / 255.0, y
 
 
+# What a Tiny ImageNet archive may expand to, checked before anything is read or allocated
+# (the real one: 200 classes, 100000 train / 10000 val images of ~2 KB, text members < 1 MB)
+TINY_MAX_IMAGES = {"train": 100_000, "test": 10_000}
+TINY_MAX_TEXT_BYTES = 4 << 20
+TINY_MAX_IMAGE_BYTES = 1 << 20
+TINY_MAX_MEMBERS = 200_000
+
+
+def _zip_member(z, name: str, limit: int, path: Path) -> bytes:
+    """A member's bytes, bounded by ``limit`` whatever its header declares."""
+    info = z.getinfo(name)
+    if info.file_size > limit:
+        raise DatasetError(f"member declares {info.file_size} bytes, above the limit {limit}", file=str(path),
+                           place=name)
+    with z.open(info) as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise DatasetError(f"member expands past the limit of {limit} bytes", file=str(path), place=name)
+    return data
+
+
 def _decode_tiny(path: Path, split: str):
+    """Decode the images of ``split``. Bounded before reading or allocating: member count,
+    text members (wnids.txt, val_annotations.txt) at most 4 MiB each, every image referenced
+    at most once and at most 1 MiB, at most 100000 train / 10000 val images (the official
+    counts), so a small crafted zip cannot expand into gigabytes of memory or cache."""
     import zipfile
 
     from PIL import Image
@@ -292,10 +323,17 @@ def _decode_tiny(path: Path, split: str):
     root = "tiny-imagenet-200/"
     try:
         with zipfile.ZipFile(path) as z:
-            names = set(z.namelist())
+            infos = z.infolist()
+            if len(infos) > TINY_MAX_MEMBERS:
+                raise DatasetError(f"{len(infos)} members, above the limit {TINY_MAX_MEMBERS}", file=str(path))
+            names = {i.filename for i in infos}
             if root + "wnids.txt" not in names:
                 raise DatasetError("wnids.txt missing", file=str(path), place=root + "wnids.txt")
-            wnids = z.read(root + "wnids.txt").decode().split()
+            wnids = _zip_member(z, root + "wnids.txt", TINY_MAX_TEXT_BYTES, path).decode("ascii", "replace").split()
+            classes = DATASETS["tiny-imagenet"].num_classes
+            if not 1 <= len(wnids) <= classes or len(set(wnids)) != len(wnids):
+                raise DatasetError(f"expected 1..{classes} distinct class ids, found {len(set(wnids))} distinct of "
+                                   f"{len(wnids)}", file=str(path), place=root + "wnids.txt")
             index = {w: i for i, w in enumerate(wnids)}
             items = []
             if split == "train":
@@ -309,22 +347,34 @@ def _decode_tiny(path: Path, split: str):
                 ann = root + "val/val_annotations.txt"
                 if ann not in names:
                     raise DatasetError("val_annotations.txt missing", file=str(path), place=ann)
-                for line in z.read(ann).decode().splitlines():
+                seen = set()
+                text = _zip_member(z, ann, TINY_MAX_TEXT_BYTES, path).decode("utf-8", "replace")
+                for line in text.splitlines():
                     f = line.split("\t")
                     if len(f) < 2 or f[1] not in index:
                         raise DatasetError(f"bad annotation line {line[:60]!r}", file=str(path), place=ann)
-                    items.append((root + "val/images/" + f[0], index[f[1]]))
+                    n = root + "val/images/" + f[0]
+                    if n in seen:
+                        raise DatasetError(f"image {f[0][:60]!r} is annotated twice", file=str(path), place=ann)
+                    seen.add(n)
+                    items.append((n, index[f[1]]))
+                    if len(items) > TINY_MAX_IMAGES[split]:
+                        break
+            if len(items) > TINY_MAX_IMAGES[split]:
+                raise DatasetError(f"more than {TINY_MAX_IMAGES[split]} {split} images (the official count); "
+                                   "refusing to decode", file=str(path))
+            missing = [n for n, _ in items if n not in names]
+            if missing:
+                raise DatasetError("annotated image missing from the archive", file=str(path), place=missing[0])
             x = np.empty((len(items), 3, 64, 64), np.uint8)
             y = np.empty(len(items), np.int64)
             for i, (n, label) in enumerate(items):
-                info = z.getinfo(n)
-                if info.file_size > 1 << 20:
-                    raise DatasetError("image larger than 1 MiB", file=str(path), place=n)
-                with Image.open(io.BytesIO(z.read(info))) as im:
+                with Image.open(io.BytesIO(_zip_member(z, n, TINY_MAX_IMAGE_BYTES, path))) as im:
                     if im.size != (64, 64):
                         raise DatasetError(f"image is {im.size}, expected 64x64", file=str(path), place=n)
                     x[i] = np.asarray(im.convert("RGB"), dtype=np.uint8).transpose(2, 0, 1)
                 y[i] = label
-    except (zipfile.BadZipFile, KeyError, OSError) as e:
-        raise DatasetError(f"not a readable Tiny ImageNet zip ({e})", file=str(path)) from None
+    except (zipfile.BadZipFile, KeyError, OSError, EOFError, zlib.error, Image.DecompressionBombError) as e:
+        msg = " ".join(str(e).split())[:160] or type(e).__name__
+        raise DatasetError(f"not a readable Tiny ImageNet zip ({msg})", file=str(path)) from None
     return x, y

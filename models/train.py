@@ -20,8 +20,10 @@ def train(cfg: TrainConfig, out_dir, progress: bool = True, resume: bool = False
     """Train; write checkpoint, metrics.jsonl and curves.png into ``out_dir``; return the last metrics."""
     from spikebridge.models import distributed as D
     from spikebridge.models import methods as method_registry
+    from spikebridge.models.checkpoint import check_checkpoint_files
 
     spec = method_registry.require(cfg.method, error=InputError)
+    check_checkpoint_files(out_dir)  # a directory or /proc link named train_state.pt is refused, not skipped
     with D.session(cfg) as ctx:
         return spec.train(cfg, out_dir, progress and ctx.is_main, resume)
 

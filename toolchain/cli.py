@@ -175,26 +175,78 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+_BIDI = {0x202A, 0x202B, 0x202C, 0x202D, 0x202E, 0x2066, 0x2067, 0x2068, 0x2069, 0x200E, 0x200F}
+
+
+def terminal_safe(text: str) -> str:
+    """``text`` with every character a terminal would act on escaped: C0/C1 controls (ESC
+    starts colour codes and OSC title sequences, BEL, CR, ...), DEL, bidirectional overrides
+    and lone surrogates (undecodable bytes of a file name) become ``\\xNN`` / ``\\uNNNN``."""
+    out = []
+    for ch in text:
+        o = ord(ch)
+        if o < 0x20 or 0x7F <= o <= 0x9F:
+            out.append(f"\\x{o:02x}")
+        elif o in _BIDI or 0xD800 <= o <= 0xDFFF:
+            out.append(f"\\u{o:04x}")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def _error(text: str) -> None:
+    """The one ``error: ...`` line (terminal-safe, one line whatever the message holds)."""
+    print("error: " + terminal_safe(str(text)), file=sys.stderr, flush=True)
+
+
+def _output_paths(args) -> list[tuple[str, str]]:
+    """(path, "file" | "folder") a command will write (checked before any computation)."""
+    cmd = args.command
+    out = getattr(args, "out", None)
+    if cmd == "export":
+        return [(out, "file")] if out else [(args.checkpoint, "folder")]
+    if cmd == "report":
+        if out:
+            return [(out, "folder")]
+        return [(args.target, "folder")] if args.target and Path(args.target).is_dir() else []
+    if cmd in ("simulate", "convert") and out:
+        return [(out, "file")]
+    if cmd in ("train", "demo") and out:
+        return [(out, "folder")]
+    return []
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.no_progress or os.environ.get("CI"):
         os.environ.setdefault("TQDM_DISABLE", "1")
+    import contextlib
+    import signal
+
+    from spikebridge.base.fileio import check_writable, output_lock
+    if hasattr(signal, "SIGXFSZ"):  # over a file-size limit: EFBIG (reported in one line), not a core dump
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     try:
-        return COMMANDS[args.command](args) or EXIT_OK
+        for path, kind in _output_paths(args):
+            check_writable(path, "--out" if path == getattr(args, "out", None) else "output folder", kind)
+        lock = contextlib.nullcontext()
+        if args.command in ("train", "demo") and "WORLD_SIZE" not in os.environ:
+            lock = output_lock(args.out)  # torchrun's ranks run under the launcher's lock
+        with lock:
+            return COMMANDS[args.command](args) or EXIT_OK
     except (InputError, BackendError) as e:
         if args.debug:
             raise
-        print(f"error: {e}", file=sys.stderr)
+        _error(str(e))
         return e.exit_code
     except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
+        _error("interrupted")
         return EXIT_INTERRUPTED
     except Exception as e:  # a bug: say so in one line, traceback with --debug
         if args.debug:
             raise
         msg = " ".join(str(e).split()) or type(e).__name__
-        print(f"error: internal error ({type(e).__name__}: {msg}); rerun with --debug for the traceback",
-              file=sys.stderr)
+        _error(f"internal error ({type(e).__name__}: {msg}); rerun with --debug for the traceback")
         return EXIT_INTERNAL
 
 
@@ -386,18 +438,12 @@ COMMANDS = {"bench": cmd_bench, "train": cmd_train, "export": cmd_export, "simul
             "doctor": cmd_doctor, "demo": cmd_demo, "report": cmd_report, "setup-lava": cmd_setup_lava}
 
 def cmd_convert(args) -> int:
-    from spikebridge.exporters.onnx_to_nir import (calibration_samples, compare_accuracy, convert_onnx, load_onnx_safely,
-                                       write_graph)
+    from spikebridge.exporters.onnx_to_nir import calibration_samples, compare_accuracy, convert_onnx, write_graph
 
     if args.calibration_limit is not None and args.calibration_limit < 1:
         raise InputError("--calibration-limit must be at least 1")
     from spikebridge.toolchain.safety import load_onnx
-    load_onnx(args.model)  # dims, sizes, nesting and external data checked before conversion
-    try:  # the shared safe loader when present (toolchain/safety.py), else the converter's own check
-        from spikebridge.toolchain.safety import load_onnx
-    except ImportError:
-        load_onnx = load_onnx_safely
-    model = load_onnx(args.model)
+    model = load_onnx(args.model)  # dims, sizes, nesting, functions and external data checked before conversion
     x = calibration_samples(args.calibration, args.calibration_limit)
     graph, summary = convert_onnx(model, x, args.timesteps, percentile=args.percentile, readout=args.readout,
                                   file=args.model)

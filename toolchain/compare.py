@@ -8,8 +8,8 @@ Columns: A, B and B / A (None when A is 0 or either is missing).
 """
 from __future__ import annotations
 
-import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +24,9 @@ TOTALS = ("synaptic_ops_per_sample", "macs_per_sample", "spikes_per_sample",
 COMPARE_SECTIONS = (("runs", "Runs"), ("accuracy", "Accuracy per backend"),
                     ("activity", "Operations and spikes per sample"), ("energy", "Energy per model"),
                     ("latency", "Latency"))
+
+
+MAX_REPORT_BYTES = 64 << 20
 
 
 def load_run_report(path) -> tuple[dict, str]:
@@ -42,19 +45,17 @@ def load_run_report(path) -> tuple[dict, str]:
         f = p
     else:
         raise InputError("not found", file=str(p))
-    try:
-        data = json.loads(f.read_text(), parse_constant=lambda c: None)
-    except (ValueError, UnicodeDecodeError, RecursionError) as e:  # RecursionError: deeply nested arrays
-        raise InputError(f"not valid JSON ({e})", file=str(f), place="file") from None
+    from spikebridge.base.fileio import read_json
+    data = read_json(f, MAX_REPORT_BYTES, InputError, allow_nan=True)  # bounded; nesting <= 64 levels
     if not isinstance(data, dict) or "schema_version" not in data or "energy" not in data:
         raise InputError("not a spikebridge report.json (no schema_version/energy)", file=str(f), place="top level")
     mj = f.parent / "checkpoint" / "model.json"  # a demo run: the training method, for the label
-    if "method" not in data and mj.is_file() and mj.stat().st_size < (1 << 20):
+    if "method" not in data and os.path.lexists(mj):
         try:
-            m = json.loads(mj.read_text()).get("method")
+            m = read_json(mj, 1 << 20, InputError).get("method")
             if isinstance(m, str):
                 data["method"] = m[:40]
-        except (ValueError, UnicodeDecodeError, AttributeError, RecursionError):
+        except (InputError, AttributeError):
             pass
     return data, p.name if p.is_dir() else p.parent.name
 

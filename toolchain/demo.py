@@ -7,7 +7,6 @@ Everything lands in one run directory:
 """
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -130,8 +129,9 @@ def report_run_dir(run_dir, out=None, *, energy_models=None, first_layer: str = 
     for need in ("run.json", "graph.nir", "eventsim.npz"):
         if not (d / need).is_file():
             raise InputError(f"{need} is missing: not a run directory written by `spikebridge demo`", file=str(d))
+    from spikebridge.base.fileio import read_json
+    run = read_json(d / "run.json", 4 << 20, InputError, allow_nan=True)  # bounded; nesting <= 64 levels
     try:
-        run = json.loads((d / "run.json").read_text())
         accuracy = dict(run["accuracy"])
     except (ValueError, KeyError, TypeError) as e:
         raise InputError(f"run.json is malformed ({e})", file=str(d / "run.json"), place="file") from None

@@ -21,6 +21,7 @@ import hashlib
 import html
 import io
 import math
+import os
 import platform
 import sys
 from dataclasses import fields, is_dataclass
@@ -356,24 +357,25 @@ def normalise_sweep(sweep) -> list[dict]:
     return sorted(out, key=lambda r: r["timesteps"])
 
 
+MAX_SWEEP_ROWS = 10_000
+MAX_SWEEP_JSON_BYTES = 4 << 20
+
+
 def load_sweep(path) -> list[dict]:
-    """A sweep file: .json (see ``normalise_sweep``) or .npy of shape (N, 2) (never unpickled)."""
-    import json
+    """A sweep file: .json (see ``normalise_sweep``) or .npy of shape (N, 2) (never unpickled;
+    at most MAX_SWEEP_ROWS rows, bounded by the header before allocation)."""
+
+    from spikebridge.base.fileio import load_npy, read_json
 
     p = Path(path)
-    if not p.is_file():
+    if not os.path.lexists(p):
         raise InputError("sweep file not found", file=str(p))
-    if p.suffix == ".npy":
-        try:
-            arr = np.load(p, allow_pickle=False)
-        except (ValueError, OSError, EOFError) as e:
-            raise InputError(f"not a readable .npy array ({e})", file=str(p)) from None
-        data = arr
+    if p.suffix == ".npy":  # bounded by its header before anything is allocated
+        data = load_npy(p, MAX_SWEEP_ROWS * 2 * 8, InputError, kinds="iuf")
     else:
-        try:
-            data = json.loads(p.read_text(), parse_constant=lambda c: float("nan"))
-        except (ValueError, UnicodeDecodeError, RecursionError) as e:  # deeply nested arrays
-            raise InputError(f"not valid JSON ({e})", file=str(p)) from None
+        data = read_json(p, MAX_SWEEP_JSON_BYTES, InputError, allow_nan=True)  # NaN accuracies refused below
+    if len(data) > MAX_SWEEP_ROWS:
+        raise InputError(f"{len(data)} sweep rows, above the limit {MAX_SWEEP_ROWS}", file=str(p))
     try:
         return normalise_sweep(data)
     except InputError as e:
@@ -816,18 +818,16 @@ def sweep_for_run(run_dir, timesteps: list[int], out_dir=None, progress: bool = 
     """Accuracy vs T for a demo run directory: ``backend`` (default eventsim) with ``options``
     on run.json's dataset and split at each T; written to OUT_DIR/sweep.json (default the run
     directory) so later reports reuse it."""
-    import json
-
-    from spikebridge.base.fileio import atomic_write_json
+    from spikebridge.base.fileio import atomic_write_json, read_json
     from spikebridge.hardware.backends import prepare
     from spikebridge.toolchain import pipeline
 
     d = Path(run_dir)
+    run = read_json(d / "run.json", 4 << 20, InputError)
     try:
-        run = json.loads((d / "run.json").read_text())
         dataset, split = run["dataset"], run.get("split", "test")
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise InputError(f"run.json is missing or names no dataset ({e})", file=str(d / "run.json")) from None
+    except (KeyError, TypeError, AttributeError) as e:
+        raise InputError(f"run.json names no dataset ({e})", file=str(d / "run.json")) from None
     prep = prepare(d / "graph.nir", backend, options, file=str(d / "graph.nir"))
     x, y = pipeline.dataset_samples(dataset, split, run.get("samples"), prep.input_shape)
     sweep = run_sweep(prep, x, y, timesteps, progress=progress, label=str(backend))

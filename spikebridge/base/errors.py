@@ -60,6 +60,11 @@ class ResourceError(InputError):
     """A request would not fit the declared memory or size limits."""
 
 
+class OutputError(InputError):
+    """An output location cannot be written: read-only, not a directory, full, over a
+    size limit, or locked by another run (exit 3: the user chooses where outputs go)."""
+
+
 class BackendError(SpikebridgeError):
     """A backend failed (worker crash, timeout, missing environment)."""
 

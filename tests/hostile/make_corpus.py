@@ -526,6 +526,24 @@ def build(out_dir) -> list[Case]:  # noqa: C901 - one long list of cases
             g = _ld(1, _ld(5, _ld(6, g)))
         return bytes([8, 8]) + _ld(7, g)  # ir_version 8, graph
     onnx_case("onnx_deep_nesting", "subgraphs nested 300 deep", nested_if(300))
+    # issue 18: 2M empty node records (4 MB on disk, ~0.7 GiB parsed): bounded before parsing
+    onnx_case("onnx_empty_nodes", "2M empty node records", bytes([8, 8]) + _ld(7, b"\x0a\x00" * 2_000_000))
+    onnx_case("onnx_ext_nul_location", "external data location with a NUL byte",
+              onnx_model(ext={"location": "w\x00.bin"}).SerializeToString())
+    m = onnx_model()  # a model-local function whose body's Constant reads external data
+    t = helper.make_tensor("k", TensorProto.FLOAT, [3], vals=[0.0, 0.0, 0.0])
+    t.ClearField("float_data")
+    t.data_location = TensorProto.EXTERNAL
+    t.external_data.add(key="location", value="k.bin")
+    fn = helper.make_function("local", "F", ["a"], ["b"], [helper.make_node("Constant", [], ["c"], value=t),
+                                                          helper.make_node("Add", ["a", "c"], ["b"])],
+                              opset_imports=[helper.make_opsetid("", 17)])
+    m.functions.append(fn)
+    m.opset_import.append(helper.make_opsetid("local", 1))
+    m.graph.node.append(helper.make_node("F", ["y"], ["z"], domain="local"))
+    m.graph.output[0].name = "z"
+    d = onnx_case("onnx_ext_in_function", "external data inside a model-local function body", m.SerializeToString())
+    (d / "k.bin").write_bytes(b"\0" * 12)
     onnx_case("onnx_oversize", "file larger than the bound (sparse)", b"")
     os.truncate(od / "onnx_oversize" / "model.onnx", (2 << 30) + 1)
 
@@ -546,6 +564,8 @@ def build(out_dir) -> list[Case]:  # noqa: C901 - one long list of cases
 
     run_case("run_json_nan", "run.json", "NaN accuracy", lambda p: p.write_text('{"accuracy": {"eventsim": NaN}}'))
     run_case("run_json_list", "run.json", "top level is a list", lambda p: p.write_text("[]"))
+    run_case("run_json_deep", "run.json", "nested 100000 deep (RecursionError)",
+             lambda p: p.write_text('{"accuracy": ' + "[" * 100_000 + "]" * 100_000 + "}"))
     run_case("run_json_random", "run.json", "random bytes", lambda p: p.write_bytes(rng.bytes(100)))
     run_case("run_json_accuracy_string", "run.json", "accuracy is markup",
              lambda p: p.write_text('{"accuracy": {"eventsim": "<script>alert(1)</script>"}}'))
