@@ -259,5 +259,5 @@ def test_a_directory_in_place_of_the_state_is_refused_not_retrained(tmp_path, me
     state = out / ("train_state.pt" if method == "snn2ann" else "train_state.qcfs-ann.pt")
     state.mkdir()
     rc, err = _main("train", *COMMON, "--method", method, "--epochs", "1", "--out", str(out), "--resume")
-    _refused(rc, err, state.name, "not a regular file")
+    _refused(rc, err, state.name, "directory")
     assert sorted(p.name for p in out.iterdir()) == [state.name]
