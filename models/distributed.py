@@ -6,7 +6,7 @@ A run is distributed when it is started by ``torchrun`` (or ``spikebridge train
 ``current()`` for the context. With one process nothing here changes any computation.
 
 The rules that make N processes train the same network as one process
-(tests/test_distributed.py checks weights and thresholds against a 1-process run):
+(tests/models/test_distributed.py checks weights and thresholds against a 1-process run):
 
 - Global sample order. Every rank draws the same global permutation per epoch from the
   seeded generator and cuts every global batch of ``batch_size`` samples into

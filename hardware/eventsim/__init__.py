@@ -11,7 +11,7 @@ exporters do not record ("snntorch:reset=zero", profiles.LIBRARY_OPTIONS). detec
 which library wrote a graph, warns when a foreign graph is read without a profile
 (adapt.ForeignGraphWarning), describes a reading (describe_reading) and refuses decays
 outside [0, 1] (check_decays). The library profiles were learned from the
-libraries themselves (scripts/peer_graphs, tests/data/peers, tests/test_profiles.py).
+libraries themselves (scripts/peer_graphs, tests/data/peers, tests/hardware/test_profiles.py).
 """
 from .adapt import ForeignGraphWarning, adapt_graph
 from .counts import count_ops, fanout

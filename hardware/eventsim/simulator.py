@@ -140,7 +140,7 @@ PRECISIONS = ("float64", "float32")
 # they come from compute in float32 themselves. The library profiles (snntorch, norse,
 # sinabs, spikingjelly) reproduce those libraries' spikes exactly and lava-float Lava's
 # floating_pt (float64) run: they stay float64, where the summation order cannot move a
-# membrane across its threshold in the tested cases (tests/test_profiles.py); loihi-fixed
+# membrane across its threshold in the tested cases (tests/hardware/test_profiles.py); loihi-fixed
 # is integer arithmetic.
 FLOAT32_PROFILES = frozenset({"spikebridge", "nir"})
 # Declared tolerance of precision='float32' against float64 (relative to the magnitude of

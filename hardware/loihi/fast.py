@@ -26,7 +26,7 @@ sources' spikes over those steps. Per population, in topological order:
 
 State arithmetic is int32 where Lava wraps at 32 bits (numpy's int32 wraps the same way),
 with int64 temporaries for the decays: the same wrap points as the reference, which is the
-test oracle (tests/test_loihi_fast.py).
+test oracle (tests/hardware/test_loihi_fast.py).
 """
 from __future__ import annotations
 

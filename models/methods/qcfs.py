@@ -16,7 +16,7 @@ lambda, v(0) = theta/2, reset by subtraction, spikes of amplitude theta, thresho
 [0, T]); the classifier is an analog readout, logits = sum_t (W s(t) + b) / T.
 
 With T = L and a constant input current the first neuron layer's mean output equals the
-ANN activation exactly (tests/test_methods.py); deeper layers receive uneven spike trains,
+ANN activation exactly (tests/models/test_methods.py); deeper layers receive uneven spike trains,
 so the equality there holds only in expectation (the paper's claim), not sample by sample.
 
 Options (``TrainConfig.extra``): ``L`` quantization levels (default 4); ``lambda_lr``.

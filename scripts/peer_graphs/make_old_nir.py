@@ -1,4 +1,4 @@
-"""Write small NIR graphs with an OLDER nir release, for tests/test_profiles.py's
+"""Write small NIR graphs with an OLDER nir release, for tests/hardware/test_profiles.py's
 older-file tests (tests/data/nir_versions/<version>/{rnn,conv}.nir).
 
 The NIR paper's 2023 files (neuromorphs/NIR, paper/) were written by nir 0.1/0.2; the

@@ -9,7 +9,7 @@ the library's OWN NIR exporter, and store
     expected.npy   (T, batch, n_out) the library's own output at every step
     meta.json      library and torch versions, the modules used, seed
 
-tests/test_profiles.py replays each graph through spikebridge.hardware.eventsim with the library's
+tests/hardware/test_profiles.py replays each graph through spikebridge.hardware.eventsim with the library's
 profile and compares. The ``*_options`` generators write the non-default settings the
 exporters do not record (snnTorch reset zero / same-step subtract, RLeaky / RSynaptic
 with a recurrent bias, Norse exported both ways, sinabs SingleSpike / MembraneReset /

@@ -13,7 +13,7 @@ from spikebridge.hardware.loihi.fixedpoint import (BIAS_EXP_MAX, BIAS_MANT_MAX, 
                                  quantize, quantize_bias, sign_mode)
 from spikebridge.hardware.loihi.plan import lower
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_lava_weight_rules():

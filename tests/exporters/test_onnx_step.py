@@ -15,7 +15,7 @@ from spikebridge.hardware.eventsim import simulate
 from spikebridge.models.checkpoint import build_model, load_checkpoint
 from spikebridge.models.datasets import load_dataset
 from tests._trained import trained_checkpoint
-from tests.test_nir_import import hand_built_graph, recurrent_graph
+from tests.exporters.test_nir_import import hand_built_graph, recurrent_graph
 from spikebridge.toolchain.cli import main
 
 

@@ -27,7 +27,7 @@ from spikebridge.hardware.loihi import runner
 from spikebridge.hardware.loihi.plan import conv2d_coo, lower
 from spikebridge.hardware.lava.supervisor import _group_pids, _shm_of, run_job
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TOL = 1e-9
 
 

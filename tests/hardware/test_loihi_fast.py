@@ -1,5 +1,5 @@
 """The fast integer model (hardware/loihi/fast.py) against the reference integer model
-(hardware/loihi/reference.py, the oracle that tests/test_lava_fixed.py checks against Lava
+(hardware/loihi/reference.py, the oracle that tests/hardware/test_lava_fixed.py checks against Lava
 fixed_pt): identical spikes, u and v at every step, analog readouts, counts. No Lava needed.
 
 Cases: the 200 random graphs of test_lava_fixed (1-4 layers, Affine or Conv2d, IF, LIF,

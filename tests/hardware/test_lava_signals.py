@@ -19,7 +19,7 @@ from spikebridge.hardware.lava import supervisor as sv
 from spikebridge.hardware.lava.supervisor import _group_pids, _shm_of
 from test_lava import _live, _worker_pids_under, dense_if_graph
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.lava
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from spikebridge.hardware.lava import interpreter
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def run_cli(*args, env_extra=None, drop=()):

@@ -21,7 +21,7 @@ from spikebridge.hardware.backends import (BACKENDS, OptionError, RunOptions, pr
                                            run_graph)
 from spikebridge.toolchain.cli import main
 
-PEERS = Path(__file__).parent / "data" / "peers"
+PEERS = Path(__file__).resolve().parents[1] / "data" / "peers"
 CASES = sorted(f"{p.parent.name}/{p.name}" for p in PEERS.glob("*/*") if (p / "graph.nir").is_file())
 
 

@@ -22,7 +22,7 @@ import pytest
 
 from spikebridge.base.errors import InputError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / "tests" / "data" / "exports"
 DIGESTS = json.loads((DATA / "digests.json").read_text())
 

@@ -121,7 +121,7 @@ def test_inspect_lava_cli_shows_delays_and_current_decay(tmp_path):
     path = tmp_path / "resnet.nir"
     nir.write(str(path), residual_graph(np.random.default_rng(0), True, ("IF", "IF", "CubaLIF", "IF")))
     r = subprocess.run([sys.executable, "-m", "spikebridge", "inspect", "--lava", str(path)],
-                       cwd=str(Path(__file__).resolve().parents[1]), capture_output=True, text=True, timeout=120)
+                       cwd=str(Path(__file__).resolve().parents[2]), capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     for text in ("n0 via DelayDense(+1)", "input via DelayDense(+3)", "const 1 (synaptic bias into the current)",
                  "skip connections delayed (DelayDense/DelaySparse): n0 +1 step(s)", "du err", "CubaLIF current decay"):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from tests.test_cli import assert_one_line_error, run
+from tests.toolchain.test_cli import assert_one_line_error, run
 
 
 def test_bench_train_json_fields_and_ratios(tmp_path):

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 KILLS = int(os.environ.get("SPIKEBRIDGE_KILLS", "4"))  # more: SPIKEBRIDGE_KILLS=50
 
 

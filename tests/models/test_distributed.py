@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow  # starts processes and trains small models
 PY = sys.executable
 COMMON = dict(arch="mlp", dataset="digits", epochs=2, limit_train=96, limit_test=40, batch_size=32, seed=3,

@@ -12,7 +12,7 @@ import pytest
 
 from tests._trained import trained_checkpoint
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def run(*args, cwd=None, timeout=600):

@@ -5,7 +5,7 @@ import pytest
 from spikebridge.hardware.energy import (BUILTIN_MODELS, KERAS_SPIKING_DEVICES, estimate,
                              load_energy_model_toml)
 from spikebridge.base.errors import InputError
-from tests.test_energy import tiny_graph, tiny_trace
+from tests.hardware.test_energy import tiny_graph, tiny_trace
 
 # tiny graph: ANN MACs 5 (fc1) + 4 (fc2) = 9; neurons 2 (if1) + 2 (if2) = 4.
 # tiny trace (2 samples): SOPs 4, analog MACs 18, neuron updates 16 -> per sample 2, 9, 8.

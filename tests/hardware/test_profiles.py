@@ -28,7 +28,7 @@ from spikebridge.hardware.eventsim import PROFILES, Profile, adapt_graph, regist
 from spikebridge.hardware.eventsim.profiles import get_profile
 from spikebridge.hardware.graph import analyse, load_graph
 
-PEERS = Path(__file__).parent / "data" / "peers"
+PEERS = Path(__file__).resolve().parents[1] / "data" / "peers"
 LIBS = ("snntorch", "norse", "sinabs", "spikingjelly")
 CASES = sorted(f"{p.parent.name}/{p.name}" for p in PEERS.glob("*/*") if p.is_dir())
 
@@ -485,7 +485,7 @@ def test_cli_profile_with_options(tmp_path):
 
 # ---- graphs written by older nir releases (scripts/peer_graphs/make_old_nir.py)
 
-OLD = Path(__file__).parent / "data" / "nir_versions"
+OLD = Path(__file__).resolve().parents[1] / "data" / "nir_versions"
 
 
 @pytest.mark.parametrize("kind", ["rnn", "conv"])

@@ -7,7 +7,7 @@ Weights are small multiples of 1/4, so sums are exact whatever the summation ord
 Invalid graphs (one mutation of a valid one) raise only InputError, from ``analyse`` and
 from ``simulate``; files with flipped bytes raise only InputError from ``load_graph``.
 
-More examples: SPIKEBRIDGE_FUZZ_EXAMPLES=2000 pytest tests/test_fuzz_graphs.py
+More examples: SPIKEBRIDGE_FUZZ_EXAMPLES=2000 pytest tests/hardware/test_fuzz_graphs.py
 (fuzz/README.md has the long-running harness for the file loaders).
 """
 from __future__ import annotations

@@ -21,7 +21,7 @@ import nir
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 # no "/" in names: HDF5 reads it as a group separator (nir.write nests; load_graph then rejects)
 EVIL = ["..\\..\\..\\evil", "<script>alert(1)", "<img src=x onerror=alert(2)>", "q\"'&amp;;x", "😀 ü"]
 

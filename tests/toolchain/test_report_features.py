@@ -17,9 +17,9 @@ import pytest
 from spikebridge.base.errors import InputError
 from spikebridge.toolchain.compare import COMPARE_SECTIONS, compare_runs
 from spikebridge.toolchain.report import (SECTIONS, build_report, load_sweep, make_report, normalise_sweep)
-from tests.test_report import EVIL, graph, strict_load, trace
+from tests.toolchain.test_report import EVIL, graph, strict_load, trace
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 ALLOWED_TAGS = {"html", "head", "meta", "title", "style", "body", "h1", "h2", "h3", "p", "nav", "a",
                 "section", "table", "thead", "tbody", "tr", "th", "td", "img", "ul", "li", "b",
                 "span", "div", "code"}
