@@ -89,8 +89,7 @@ class ReSU(torch.autograd.Function):
 SMUS = {"stsu": STSU, "resu": ReSU}
 
 
-def keep_mask(like: torch.Tensor, p: float, batch_dim: int = 0,
-              out: torch.Tensor | None = None) -> torch.Tensor:
+def keep_mask(like: torch.Tensor, p: float, batch_dim: int = 0, bits: bool = False) -> torch.Tensor:
     """Inverted-dropout mask for ``like``: each element is 1 / (1 - p) with probability
     1 - p, else 0, independently (float tensor of ``like``'s shape, dtype and device).
 
@@ -104,8 +103,8 @@ def keep_mask(like: torch.Tensor, p: float, batch_dim: int = 0,
 
     ``batch_dim``: the sample axis of ``like`` (1 for a (T, B, ...) mask of all time steps);
     under distributed training the global batch's mask is drawn and this rank's samples
-    along that axis are returned. ``out``: a contiguous float32 CPU tensor of ``like``'s shape
-    to write the mask into (same values; used by the SNN branch's reused buffers)."""
+    along that axis are returned. ``bits=True``: the same draw as a uint8 tensor of 0/1 (keep),
+    a quarter of the float mask's memory; ``bits * (1 / (1 - p))`` in float32 is the mask."""
     if not 0.0 <= p < 1.0:
         raise ValueError(f"dropout probability must be in [0, 1), got {p}")
     g_rows = global_rows()
@@ -114,22 +113,22 @@ def keep_mask(like: torch.Tensor, p: float, batch_dim: int = 0,
         shape = list(like.shape)
         shape[batch_dim] = gb
         with rows(0, None):
-            full = keep_mask(like.new_empty(shape), p, batch_dim)
+            full = keep_mask(like.new_empty(shape), p, batch_dim, bits)
         return full.narrow(batch_dim, off, like.shape[batch_dim])
     scale = 1.0 / (1.0 - p)
     if like.device.type != "cpu":
-        return torch.empty_like(like).bernoulli_(1.0 - p).mul_(scale)
+        m = torch.empty_like(like).bernoulli_(1.0 - p)
+        return m.to(torch.uint8) if bits else m.mul_(scale)
     n = like.numel()
     g = np.random.default_rng(int(torch.randint(0, 2**62, ()).item()))
     if p == 0.5:
-        bits = np.unpackbits(np.frombuffer(g.bytes((n + 7) // 8), dtype=np.uint8))[:n]
+        keep = np.unpackbits(np.frombuffer(g.bytes((n + 7) // 8), dtype=np.uint8))[:n]
     else:
         u = np.frombuffer(g.bytes(2 * n), dtype=np.uint16)
-        bits = np.less(u, np.uint16(min(65535, round((1.0 - p) * 65536))))
-    if out is not None and out.dtype == torch.float32 and out.is_contiguous() and out.shape == like.shape:
-        np.multiply(bits, np.float32(scale), out=out.numpy().reshape(-1), dtype=np.float32)
-        return out
-    m = np.multiply(bits, np.float32(scale), dtype=np.float32)
+        keep = np.less(u, np.uint16(min(65535, round((1.0 - p) * 65536))))
+    if bits:
+        return torch.from_numpy(keep.view(np.uint8)).view(like.shape)
+    m = np.multiply(keep, np.float32(scale), dtype=np.float32)
     return torch.from_numpy(m).view(like.shape).to(like.dtype)
 
 
@@ -258,7 +257,7 @@ class SNN2ANNNet(nn.Module):
         self.membrane_dropout = membrane_dropout
         self.neuron_cfg = NeuronConfig(reset="zero", threshold_test="gt", dt=1.0)
         self.layers = build_layers(self.spec, input_shape)
-        self._ws: dict[str, torch.Tensor] = {}  # snn_forward's reused buffers (not state)
+        self._static_out: torch.Tensor | None = None  # reused spike buffer of the first layer (not state)
         last = self.spec[-1]
         if last["type"] != "linear" or last.get("neuron"):
             raise ValueError("the last layer must be a linear classifier without neurons")
@@ -267,66 +266,62 @@ class SNN2ANNNet(nn.Module):
         return neuron_units(self.spec, self.layers)
 
     # ---- SNN branch -------------------------------------------------------------
-    def _buffer(self, role: str, shape, like: torch.Tensor) -> torch.Tensor:
-        """A reused buffer of ``shape`` (uninitialised), one per ``role``, grown as needed.
-
-        The layer-by-layer SNN writes each layer's T steps of spikes, its dropout mask and the
-        membrane into these instead of fresh tensors: fresh multi-MB tensors come from mmap and
-        their first write page-faults (on digits cnn, T = 8, batch 64, that doubled the SNN
-        branch's time). Ping-pong roles "s0"/"s1" hold a layer's input and output spikes."""
-        n = 1
-        for d in shape:
-            n *= int(d)
-        buf = self._ws.get(role)
-        if buf is None or buf.numel() < n or buf.dtype != like.dtype or buf.device != like.device:
-            buf = self._ws[role] = torch.empty(n, dtype=like.dtype, device=like.device)
-        return buf[:n].view(shape)
-
-    def _membrane_mask(self, masks: dict, key: str, like: torch.Tensor, reuse: bool = False):
-        """The membrane-dropout mask of neuron layer ``key`` for all T steps, (T, B, ...), or
-        None (eval, or p = 0). Drawn once per layer, at the layer's first step, by one
-        ``keep_mask`` call: both SNN forms reach the layers' first steps in the same order
-        (``neuron_units``), so they draw the same masks from the same torch RNG state."""
+    def _membrane_mask(self, masks: dict, key: str, like: torch.Tensor):
+        """The membrane-dropout keep bits of neuron layer ``key`` for all T steps, uint8
+        (T, B, ...), or None (eval, or p = 0). Drawn once per layer, at the layer's first step,
+        by one ``keep_mask`` call: both SNN forms reach the layers' first steps in the same
+        order (``neuron_units``), so they draw the same masks from the same torch RNG state."""
         if not (self.membrane_dropout > 0 and self.training):
             return None
         if key not in masks:
-            shape = (self.timesteps, *like.shape)
-            out = self._buffer("mask", shape, like) if reuse else None
-            masks[key] = keep_mask(like.new_empty(shape), self.membrane_dropout, batch_dim=1, out=out)
+            masks[key] = keep_mask(like.new_empty((self.timesteps, *like.shape)), self.membrane_dropout,
+                                   batch_dim=1, bits=True)
         return masks[key]
 
-    @staticmethod
-    def _if_step(v, cur, th, m, out=None, v0=None):
-        """One IF step (hard reset to 0, strict >, membrane dropout ``m`` or None), in place on
-        ``v`` (None at t = 0) and on ``m``. Returns (membrane, spikes).
+    def _if_step(self, v, cur, th, keep, out=None, scratch=None):
+        """One IF step (hard reset to 0, strict >, membrane dropout with ``keep`` bits or None),
+        in place on ``v`` (None at t = 0). Returns (membrane, spikes); the spikes are written
+        into ``out`` when given (it may be ``cur`` itself: cur is read before); ``scratch``, a
+        tensor of v's shape for the float mask (reused across a scan's steps: fresh tensors of
+        this size come from mmap and page-fault on first write).
 
         Float arithmetic throughout (the comparison writes 0/1 floats directly; the reset
-        and the dropout are one multiply by (1 - s) * keep): torch's bool/uint8 kernels
+        and the dropout are one multiply by (1 - s) * mask): torch's bool/uint8 kernels
         and masked_fill_ cost several times a float multiply on the CPU."""
-        if v is None:
-            v = cur.clone() if v0 is None else v0.copy_(cur)  # v0: a buffer for the membrane
-        else:
-            v.add_(cur)
+        v = cur.clone() if v is None else v.add_(cur)
         s = torch.gt(v, th, out=torch.empty_like(v) if out is None else out)
-        if m is not None:
+        if keep is not None:
+            m = torch.mul(keep, 1.0 / (1.0 - self.membrane_dropout),
+                          out=torch.empty_like(v) if scratch is None else scratch)
             v.mul_(m.addcmul_(m, s, value=-1.0))
         else:
             v.addcmul_(v, s, value=-1.0)
         return v, s
 
-    def _scan(self, masks, key, cur, th, static: bool, out_role: str | None = None):
+    def _scan(self, masks, key, cur, th, static: bool, reuse: bool = False):
         """The IF over all T steps of one layer: ``cur`` (T, B, ...), or (B, ...) the same at
-        every step when ``static``. Returns the spikes (T, B, ...), written into the reused
-        buffer ``out_role`` when given (else a new tensor)."""
+        every step when ``static``. Returns the spikes (T, B, ...): written over ``cur``'s
+        steps as they are consumed, so a layer holds its input spikes, its currents-then-spikes
+        and its uint8 dropout bits, nothing more. When ``static`` the spikes go to a new tensor,
+        or with ``reuse`` to one buffer kept between calls (a fresh multi-MB tensor is mmapped
+        and page-faults on first write: on digits cnn, T = 8, that was a fifth of the step)."""
         T = self.timesteps
-        shape = tuple(cur.shape if static else cur.shape[1:])
-        reuse = out_role is not None
-        out = self._buffer(out_role, (T, *shape), cur) if reuse else cur.new_empty((T, *shape))
-        m = self._membrane_mask(masks, key, out[0], reuse)
-        v0 = self._buffer("v", shape, cur) if reuse else None
+        if not static:
+            out = cur
+        elif reuse:
+            n = T * cur.numel()
+            buf = self._static_out
+            if buf is None or buf.numel() < n or buf.dtype != cur.dtype or buf.device != cur.device:
+                buf = self._static_out = cur.new_empty(n)
+            out = buf[:n].view(T, *cur.shape)
+        else:
+            out = cur.new_empty((T, *cur.shape))
+        keep = self._membrane_mask(masks, key, out[0])
+        scratch = torch.empty_like(out[0]) if keep is not None else None
         v = None
         for t in range(T):
-            v, _ = self._if_step(v, cur if static else cur[t], th, None if m is None else m[t], out[t], v0)
+            v, _ = self._if_step(v, cur if static else cur[t], th, None if keep is None else keep[t], out[t],
+                                 scratch)
         return out
 
     @torch.no_grad()
@@ -359,16 +354,6 @@ class SNN2ANNNet(nn.Module):
             if record:
                 rec[key] = s
 
-        # spikes go to two ping-pong buffers (a layer's input and output); with ``record`` the
-        # returned spikes must be the caller's, so fresh tensors are used
-        flip = [0]
-
-        def role():
-            if record:
-                return None
-            flip[0] ^= 1
-            return f"s{flip[0]}"
-
         h, seq = x, False
         for sp in self.spec:
             typ, name = sp["type"], sp["name"]
@@ -388,19 +373,19 @@ class SNN2ANNNet(nn.Module):
                 return logits, count_list
             if typ in ("conv", "linear"):
                 c = cur(layer, h, seq)
-                s = self._scan(masks, name, c, layer.threshold, static=not seq, out_role=role())
+                # the buffer only in training without record: the caller never sees these spikes
+                s = self._scan(masks, name, c, layer.threshold, static=not seq,
+                               reuse=self.training and not record)
             elif typ == "avgpool":
                 c = layer.pool(h.flatten(0, 1)).view(T, h.shape[1], *layer.out_shape) if seq else layer.pool(h)
-                s = self._scan(masks, name, c, layer.threshold, static=not seq, out_role=role())
+                s = self._scan(masks, name, c, layer.threshold, static=not seq)
             elif typ == "resblock":
-                s1 = self._scan(masks, name + ".a", cur(layer.a, h, seq), layer.a.threshold, static=not seq,
-                                out_role=role())
+                s1 = self._scan(masks, name + ".a", cur(layer.a, h, seq), layer.a.threshold, static=not seq)
                 emit(name + ".a", s1)
                 short = cur(layer.shortcut, h, seq) if layer.shortcut is not None else h
                 c = cur(layer.b, s1, True).add_(short)  # short (B, ...) broadcasts over T when static
                 del s1, short
-                # the block's output reuses h's buffer: c is computed, h is no longer read
-                s = self._scan(masks, name, c, layer.threshold, static=False, out_role=role())
+                s = self._scan(masks, name, c, layer.threshold, static=False)
             else:
                 raise AssertionError(typ)
             emit(name, s)
