@@ -293,3 +293,24 @@ def test_layer_by_layer_snn_equals_step_by_step(case):
     assert any(r > 0 for r in rhos)  # noisy spikes (compared above) are there
     if case != "maxpool":  # (max-pool on the currents gives few noisy spikes here)
         assert any(r > 0.1 for r in rhos), rhos  # ATA raised thresholds (compared above)
+
+
+def test_snn_forward_picks_layer_by_layer_for_small_layers(monkeypatch):
+    from spikebridge.models import snn2ann
+
+    net = _net(T=4).eval()  # cnn on 8x8: largest layer 16 x 8 x 8 = 1024 neurons
+    x = torch.rand(3, 1, 8, 8)
+    ref = net.snn_forward(x, stepwise=True)
+    calls = []
+    orig = SNN2ANNNet._snn_steps
+    monkeypatch.setattr(SNN2ANNNet, "_snn_steps", lambda self, *a: calls.append(1) or orig(self, *a))
+    out = net.snn_forward(x)
+    assert calls == [] and net.layerwise_fits(3)
+    monkeypatch.setattr(snn2ann, "LAYERWISE_MAX_ELEMENTS", 4 * 3 * 1024 - 1)
+    assert not net.layerwise_fits(3)
+    out2 = net.snn_forward(x)
+    assert calls == [1]
+    for a, b in zip(ref[1] + [ref[0]], out[1] + [out[0]]):
+        assert torch.equal(a, b)
+    for a, b in zip(out[1] + [out[0]], out2[1] + [out2[0]]):
+        assert torch.equal(a, b)
