@@ -201,3 +201,121 @@ def test_fashion_mnist_loads_when_installed():
         pytest.skip("Debian's dataset-fashion-mnist is not installed here")
     x, y = load_dataset("fashion-mnist", "test")
     assert x.shape == (10000, 1, 28, 28) and y.shape == (10000,) and set(np.unique(y)) == set(range(10))
+
+
+_LBL_RES = [  # residual (identity, then projection) blocks, one first in the net (analog input), avg-pool
+    {"name": "block0", "type": "resblock", "out_channels": 2, "stride": 1, "neuron": True},
+    {"name": "conv1", "type": "conv", "out_channels": 4, "kernel_size": 3, "stride": 1, "padding": 1,
+     "bn": True, "neuron": True},
+    {"name": "block1", "type": "resblock", "out_channels": 4, "stride": 1, "neuron": True},
+    {"name": "block2", "type": "resblock", "out_channels": 6, "stride": 2, "neuron": True},
+    {"name": "pool", "type": "avgpool", "kernel_size": 2, "neuron": True},
+    {"name": "flatten", "type": "flatten"},
+    {"name": "classifier", "type": "linear", "out_features": 5, "bn": False, "neuron": False},
+]
+_LBL_MAXPOOL = [
+    {"name": "conv1", "type": "conv", "out_channels": 6, "kernel_size": 3, "stride": 1, "padding": 1,
+     "bn": True, "neuron": True, "maxpool": 2},
+    {"name": "conv2", "type": "conv", "out_channels": 8, "kernel_size": 3, "stride": 1, "padding": 1,
+     "bn": True, "neuron": True, "maxpool": 2},
+    {"name": "flatten", "type": "flatten"},
+    {"name": "classifier", "type": "linear", "out_features": 5, "bn": False, "neuron": False},
+]
+
+
+@pytest.mark.parametrize("case", ["cnn8", "cnn28", "mlp", "res", "maxpool"])
+def test_layer_by_layer_snn_equals_step_by_step(case):
+    """The layer-by-layer SNN branch (default) and the step-by-step reference give bit-identical
+    spikes, counts, logits, ANN gradients and thresholds after ATA, with membrane and ANN dropout
+    on (same torch seed -> same masks), over two training iterations, and in eval."""
+    import copy
+
+    if case in ("res", "maxpool"):
+        shape = (2, 8, 8)
+        spec = _LBL_RES if case == "res" else _LBL_MAXPOOL
+    else:
+        shape = {"cnn8": (1, 8, 8), "cnn28": (1, 28, 28), "mlp": (1, 8, 8)}[case]
+        spec = build_spec(case[:3], shape, 10)
+    torch.manual_seed(0)
+    base = SNN2ANNNet(spec, shape, 5, ann_dropout=0.2, membrane_dropout=0.5)
+    g = torch.Generator().manual_seed(1)
+    for m in base.modules():
+        if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
+            n = m.num_features
+            # running mean below the batch's: the SNN fires where BN_train(z) <= 0 (noisy spikes)
+            m.running_mean.copy_(torch.rand(n, generator=g) - 1.5)
+            m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(n, generator=g) * 2 + 0.5)
+    for _, unit in base.neuron_units():
+        unit.threshold.mul_(0.3)  # plenty of spikes and some noisy ones, so ATA acts
+    x = torch.rand(6, *shape, generator=g) * 2
+    y = torch.randint(0, 5, (6,), generator=g)
+    # float64: the two forms run the same convolution over B or T*B samples, which a CPU's
+    # kernels (AVX2, AVX-512, another algorithm per batch size) may sum in another order; in
+    # float64 that moves a current by ~1e-16 of its size, so no membrane near a U[0,1)
+    # threshold flips a spike, and every other tensor follows from the spikes
+    base, x = base.double(), x.double()
+    runs = []
+    for stepwise in (False, True):
+        net = copy.deepcopy(base)
+        opt = torch.optim.SGD(net.parameters(), lr=0.5)
+        torch.manual_seed(7)
+        out = []
+        for _ in range(2):
+            net.train()
+            logits, counts = net.snn_forward(x, stepwise=stepwise)  # layer by layer: the reused buffers
+            ann_logits, noisy = net.ann_forward(x, counts)
+            loss = torch.nn.functional.cross_entropy(ann_logits, y)
+            opt.zero_grad()
+            loss.backward()
+            grads = [p.grad.clone() for p in net.parameters() if p.grad is not None]
+            opt.step()
+            rhos = net.adapt_thresholds(noisy)
+            out.append((logits, counts, ann_logits, grads, rhos,
+                        [u.threshold.clone() for _, u in net.neuron_units()]))
+        net.eval()
+        out.append(net.snn_forward(x, record=True, stepwise=stepwise))
+        out.append(net.snn_forward(x, stepwise=stepwise))
+        runs.append(out)
+    flat = [[], []]
+    for i, run in enumerate(runs):
+        def walk(o):
+            if isinstance(o, (list, tuple)):
+                for v in o:
+                    walk(v)
+            else:
+                flat[i].append(o)
+        walk(run)
+    assert len(flat[0]) == len(flat[1])
+    for a, b in zip(*flat):
+        if isinstance(a, torch.Tensor):
+            assert a.shape == b.shape and torch.equal(a, b)
+        else:
+            assert a == b
+    # not vacuous: spikes happened, dropout acted, ATA raised some layer
+    assert any(float(c.sum()) > 0 for c in runs[0][0][1])
+    rhos = [r for it in runs[0][:2] for r in it[4]]
+    assert any(r > 0 for r in rhos)  # noisy spikes (compared above) are there
+    if case != "maxpool":  # (max-pool on the currents gives few noisy spikes here)
+        assert any(r > 0.1 for r in rhos), rhos  # ATA raised thresholds (compared above)
+
+
+def test_snn_forward_picks_layer_by_layer_for_small_layers(monkeypatch):
+    from spikebridge.models import snn2ann
+
+    net = _net(T=4).eval()  # cnn on 8x8: largest layer 16 x 8 x 8 = 1024 neurons
+    x = torch.rand(3, 1, 8, 8)
+    ref = net.snn_forward(x, stepwise=True)
+    calls = []
+    orig = SNN2ANNNet._snn_steps
+    monkeypatch.setattr(SNN2ANNNet, "_snn_steps", lambda self, *a: calls.append(1) or orig(self, *a))
+    out = net.snn_forward(x)
+    assert calls == [] and net.layerwise_fits(3)
+    monkeypatch.setattr(snn2ann, "LAYERWISE_MAX_ELEMENTS", 4 * 3 * 1024 - 1)
+    assert not net.layerwise_fits(3)
+    out2 = net.snn_forward(x)
+    assert calls == [1]
+    for a, b in zip(ref[1] + [ref[0]], out[1] + [out[0]]):
+        assert torch.equal(a, b)
+    for a, b in zip(out[1] + [out[0]], out2[1] + [out2[0]]):
+        assert torch.equal(a, b)
