@@ -20,3 +20,18 @@ def child_env(env: dict | None = None) -> dict:
     home = str(Path(spikebridge.__file__).parent.parent)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [home, env.get("PYTHONPATH")]))
     return env
+
+
+def cpu_model() -> str:
+    """The CPU's model name (lscpu), recorded with every benchmark result."""
+    import platform
+    import subprocess
+
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+        for line in out.splitlines():
+            if line.startswith("Model name:"):
+                return line.split(":", 1)[1].strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return platform.processor() or platform.machine() or "unknown"

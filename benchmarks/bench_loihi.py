@@ -36,21 +36,12 @@ from pathlib import Path
 
 import numpy as np
 
+from spikebridge.benchmarks import cpu_model
+
 from spikebridge.benchmarks.bench_simulate import dense_spec, spec_to_nir, spikes
 from spikebridge.hardware.eventsim import simulate
 from spikebridge.hardware.graph import load_graph
 from spikebridge.hardware.loihi import fixed_trace
-
-
-def cpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return platform.processor() or platform.machine()
 
 
 def load() -> list[float]:

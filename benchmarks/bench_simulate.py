@@ -42,6 +42,8 @@ from pathlib import Path
 
 import numpy as np
 
+from spikebridge.benchmarks import cpu_model
+
 if not __package__:  # run as a script from a checkout (python benchmarks/bench_simulate.py)
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -524,18 +526,6 @@ def scale_sweep(a, progress=False):
             if progress:
                 print(json.dumps(row), file=sys.stderr)
     return rows
-
-
-def cpu_model() -> str:
-    try:
-        import subprocess
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return platform.processor() or "unknown"
 
 
 # ---------------------------------------------------------------------------- main
