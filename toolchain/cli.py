@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
 
 from spikebridge.base.errors import (EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, BackendError,
@@ -199,6 +200,12 @@ def _error(text: str) -> None:
     print("error: " + terminal_safe(str(text)), file=sys.stderr, flush=True)
 
 
+def _warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A warning (e.g. hardware.eventsim's ForeignGraphWarning: no --profile for another
+    library's graph) as one ``warning: ...`` line, terminal-safe like the error line."""
+    print("warning: " + terminal_safe(" ".join(str(message).split())), file=sys.stderr, flush=True)
+
+
 def _output_paths(args) -> list[tuple[str, str]]:
     """(path, "file" | "folder") a command will write (checked before any computation)."""
     cmd = args.command
@@ -232,7 +239,8 @@ def main(argv: list[str] | None = None) -> int:
         lock = contextlib.nullcontext()
         if args.command in ("train", "demo") and "WORLD_SIZE" not in os.environ:
             lock = output_lock(args.out)  # torchrun's ranks run under the launcher's lock
-        with lock:
+        with lock, warnings.catch_warnings():
+            warnings.showwarning = _warning  # library warnings: one terminal-safe `warning: ...` line
             return COMMANDS[args.command](args) or EXIT_OK
     except (InputError, BackendError) as e:
         if args.debug:

@@ -202,3 +202,13 @@ def test_eventsim_float32_reaches_the_simulator_from_the_cli(tmp_path, capsys):
     from spikebridge.hardware.backends import RunOptions, run_graph
     assert run_graph(g, x, "eventsim", RunOptions(precision="float32")).meta["precision"] == "float32"
     assert run_graph(g, x, "eventsim", RunOptions()).meta["precision"] == "float64"
+
+
+def test_a_foreign_graph_without_profile_warns_in_one_line_naming_the_library(tmp_path, capsys):
+    """No --profile on an snnTorch graph: one `warning:` line naming snntorch and the flag
+    to pass (read at --dt 1e-4 its decays are in range, so it runs and exits 0)."""
+    d = PEERS / "snntorch" / "dense_leaky"
+    assert main(["--no-progress", "simulate", str(d / "graph.nir"), "--input", str(d / "input.npy"),
+                 "--dt", "1e-4", "--out", str(tmp_path / "o.npz")]) == 0
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(err) == 1 and err[0].startswith("warning: ") and "--profile snntorch" in err[0], err
