@@ -200,12 +200,6 @@ def _error(text: str) -> None:
     print("error: " + terminal_safe(str(text)), file=sys.stderr, flush=True)
 
 
-def _warning(message, category, filename, lineno, file=None, line=None) -> None:
-    """A warning (e.g. hardware.eventsim's ForeignGraphWarning: no --profile for another
-    library's graph) as one ``warning: ...`` line, terminal-safe like the error line."""
-    print("warning: " + terminal_safe(" ".join(str(message).split())), file=sys.stderr, flush=True)
-
-
 def _output_paths(args) -> list[tuple[str, str]]:
     """(path, "file" | "folder") a command will write (checked before any computation)."""
     cmd = args.command
@@ -239,9 +233,18 @@ def main(argv: list[str] | None = None) -> int:
         lock = contextlib.nullcontext()
         if args.command in ("train", "demo") and "WORLD_SIZE" not in os.environ:
             lock = output_lock(args.out)  # torchrun's ranks run under the launcher's lock
-        with lock, warnings.catch_warnings():
-            warnings.showwarning = _warning  # library warnings: one terminal-safe `warning: ...` line
-            return COMMANDS[args.command](args) or EXIT_OK
+        with lock, warnings.catch_warnings(record=True) as caught:
+            code = COMMANDS[args.command](args) or EXIT_OK
+        # spikebridge's own warnings (e.g. no --profile for another library's graph): one
+        # terminal-safe `warning: ...` line each, after a command that succeeded (a refusal stays
+        # one line); other packages' warnings are shown as Python shows them
+        ours = [w for w in caught if w.category.__module__.startswith("spikebridge")]
+        for text in dict.fromkeys(" ".join(str(w.message).split()) for w in ours):
+            print("warning: " + terminal_safe(text), file=sys.stderr, flush=True)
+        for w in caught:
+            if w not in ours:
+                warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+        return code
     except (InputError, BackendError) as e:
         if args.debug:
             raise
