@@ -352,7 +352,10 @@ def launch(nproc: int, cfg, out_dir, resume: bool = False, progress: bool = Fals
             for err in errors:
                 if err.get("exit_code") == 3:
                     raise InputError(err["message"]) from None
-            if errors:
+            # a rank killed by a signal comes first: the others' errors (gloo "connection reset
+            # by peer", ...) follow from it, and which of them is reported first is a race
+            died = any(f.exitcode < 0 for f in e.failures.values())
+            if errors and not died:
                 raise BackendError(f"distributed training failed on rank {errors[0]['rank']}: "
                                    f"{errors[0]['message']}") from None
             fails = "; ".join(f"rank {r}: exit code {f.exitcode}" + (f" (signal {-f.exitcode})" if f.exitcode < 0 else "")
