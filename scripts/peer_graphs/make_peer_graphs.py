@@ -204,6 +204,16 @@ def gen_snntorch():
                    "patched_by_script": patched})
 
 
+def run_norse(net, x):
+    """Run a Norse (stateful, one step per call) network over the time-major input x."""
+    state, out = None, []
+    with torch.no_grad():
+        for t in range(len(x)):
+            y, state = net(torch.from_numpy(x[t]), state)
+            out.append(y.numpy())
+    return np.stack(out)
+
+
 # ------------------------------------------------------------------------------- Norse
 def gen_norse():
     from norse.torch import IAFCell, LIFBoxCell, LIFCell, SequentialState
@@ -212,13 +222,6 @@ def gen_norse():
     from norse.torch.utils.export_nir import to_nir
     rng = np.random.default_rng(2)
 
-    def run(net, x):
-        state, out = None, []
-        with torch.no_grad():
-            for t in range(len(x)):
-                y, state = net(torch.from_numpy(x[t]), state)
-                out.append(y.numpy())
-        return np.stack(out)
 
     cases = {
         "dense_lif_cuba": (lambda: SequentialState(
@@ -239,7 +242,7 @@ def gen_norse():
         net = make()
         init_weights(net, 20 + i, gain)
         x = spikes(rng, (T, B, *shape))
-        y = run(net, x)
+        y = run_norse(net, x)
         graph = to_nir(net, torch.from_numpy(x[0]))
         patched = patch_none_types(graph, record_input_shapes(net, torch.from_numpy(x[0])))
         save_case("norse", case, graph, x, y,
@@ -424,13 +427,6 @@ def gen_norse_options():
     from norse.torch.utils.export_nir import to_nir
     rng = np.random.default_rng(6)
 
-    def run(net, x):
-        state, out = None, []
-        with torch.no_grad():
-            for t in range(len(x)):
-                y, state = net(torch.from_numpy(x[t]), state)
-                out.append(y.numpy())
-        return np.stack(out)
 
     make = lambda: SequentialState(  # noqa: E731
         nn.Linear(10, 8), LIFCell(LIFParameters(tau_mem_inv=torch.tensor(100.0),
@@ -440,7 +436,7 @@ def gen_norse_options():
     net = make()
     init_weights(net, 60, 3.0)
     x = spikes(rng, (T, B, 10))
-    y = run(net, x)
+    y = run_norse(net, x)
     # the same net exported both ways: to_nir's default (tau = 1e-3 * tau, norse#411) and
     # the workaround to_nir(..., dt=1.0), which writes the true time constants in seconds
     for case, kw, profile in (("dense_lif_export_default", {}, "norse"),
