@@ -68,8 +68,8 @@ BYTES_PER_VALUE = 4  # float32, as the torch model stores parameters
 NEURON_OPS = {"Leaky": {"subtract": 4, "zero": 4}, "Synaptic": {"subtract": 6, "zero": 8}}
 NIR_TO_SNNTORCH = {"LIF": "Leaky", "IF": "Leaky", "LI": "Leaky", "I": "Leaky",
                    "CubaLIF": "Synaptic", "CubaLI": "Synaptic"}
-SOURCE = (f"NeuroBench (neurobench {NEUROBENCH_VERSION}, neurobench/metrics; Yik et al., "
-          "Nature Communications 16, 1545, 2025) definitions, computed by spikebridge's eventsim")
+SOURCE = (f"NeuroBench's definitions (neurobench {NEUROBENCH_VERSION} on PyPI, neurobench/metrics; "
+          "Yik et al., Nature Communications 2025), computed by spikebridge's eventsim")
 
 
 # ------------------------------------------------------------------------------ static
@@ -348,6 +348,8 @@ def render_section(nb: dict | None) -> str:
     """HTML (a fragment: a table and notes) for report.json's ``neurobench`` entry."""
     if not nb:
         return "<p>No NeuroBench metrics in this report.</p>"
+    if nb.get("unavailable"):
+        return f"<p>NeuroBench metrics unavailable: {html.escape(str(nb['unavailable']))}</p>"
     so = nb.get("synaptic_operations") or {}
     no = nb.get("neuron_operations") or {}
     rows = [
@@ -370,3 +372,15 @@ def render_section(nb: dict | None) -> str:
                       f"{nb.get('samples')} samples, T = {nb.get('timesteps')}")
     return (f"<table><thead><tr><th>metric (NeuroBench name)</th><th>value</th><th>what</th></tr></thead>"
             f"<tbody>{body}</tbody></table><p class=\"note\">{src}</p><ul class=\"note\">{notes}</ul>")
+
+
+def report_entry(graph, trace=None, x=None, profile: str | None = None) -> dict | None:
+    """report.json's ``neurobench`` value: ``neurobench_metrics``, or {"unavailable": reason}
+    when eventsim cannot read the graph (the report's own backend ran it). None without a trace."""
+    from spikebridge.base.errors import InputError
+    if trace is None:
+        return None
+    try:
+        return neurobench_metrics(graph, trace, x=x, profile=profile)
+    except InputError as e:
+        return {"source": SOURCE, "unavailable": str(e)[:300]}

@@ -40,6 +40,7 @@ from spikebridge.hardware import latency as _latency  # noqa: E402
 from spikebridge.base.errors import InputError  # noqa: E402
 from spikebridge.base.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text  # noqa: E402
 from spikebridge.hardware.trace import Trace  # noqa: E402
+from spikebridge.hardware import neurobench as _neurobench  # noqa: E402
 
 SCHEMA_VERSION = 2
 DEFAULT_ENERGY_MODELS = ("horowitz-45nm", "loihi", "truenorth", *_energy.KERAS_SPIKING_DEVICES)
@@ -50,6 +51,7 @@ SECTIONS = (
     ("accuracy", "Accuracy per backend"),
     ("firing", "Per-layer firing rates"),
     ("sops", "Synaptic operations per layer"),
+    ("neurobench", "NeuroBench metrics"),
     ("energy", "Energy per model"),
     ("latency", "Latency"),
     ("raster", "Spike raster (one sample)"),
@@ -213,7 +215,7 @@ def build_report(graph: nir.NIRGraph, trace: Trace | None = None, *,
                  graph_path=None, graph_sha256: str | None = None,
                  versions: dict | None = None, extra: dict | None = None,
                  measured: dict | None = None, sweep=None, weight_bits=None,
-                 max_chips: int | None = None, inputs: dict | None = None) -> dict:
+                 max_chips: int | None = None, inputs: dict | None = None, samples=None) -> dict:
     """The report as a dict (nothing written).
 
     accuracy: backend name -> fraction in [0, 1] (None when a backend was not run).
@@ -227,6 +229,7 @@ def build_report(graph: nir.NIRGraph, trace: Trace | None = None, *,
     (``latency_seconds_per_sample``, ``throughput_samples_per_second``, ``accuracy``).
     sweep: accuracy vs T (see ``normalise_sweep``). weight_bits, max_chips: the mapping's
     (``spikebridge.hardware.latency.map_cores``). inputs: what was run (graph, data, backend...).
+    samples: the run's input (T, batch, ...), for the NeuroBench metrics' eventsim replay.
     """
     if first_layer not in _energy.FIRST_LAYER_RULES:
         raise InputError(f"first-layer rule must be one of {_energy.FIRST_LAYER_RULES}, got "
@@ -261,6 +264,7 @@ def build_report(graph: nir.NIRGraph, trace: Trace | None = None, *,
         "energy": {},
         "latency": {},
         "per_layer": per_layer_stats(trace, graph),
+        "neurobench": _neurobench.report_entry(graph, trace, x=samples, profile=(inputs or {}).get("profile")),
         "first_layer": first_layer,
         "first_layer_rule": FIRST_LAYER_TEXT[first_layer],
         "measured": _measured(measured),
@@ -685,6 +689,7 @@ def render_html(report: dict, plots: dict[str, bytes]) -> str:
            f"{_num(report.get('ann_macs_per_sample'))} MACs.</p>")
     parts = [("accuracy", _html_accuracy(report)), ("firing", firing),
              ("sops", _img(plots, "synaptic_ops.png", "synaptic ops per layer") + tot),
+             ("neurobench", _neurobench.render_section(report.get("neurobench"))),
              ("energy", _html_energy(report, plots)), ("latency", _html_latency(report)),
              ("raster", _img(plots, "spike_raster.png", "spike raster")),
              ("sweep", _html_sweep(report, plots)), ("method", _html_method(report))]
@@ -797,7 +802,7 @@ def report_graph(graph_path, out_dir, *, input_npy=None, dataset: str | None = N
     models = [_energy.get_model(m) for m in energy_models]
     report = build_report(graph, trace, accuracy=accuracy, energy_models=models, first_layer=first_layer,
                           graph_path=graph_path, versions=pipeline.versions(), sweep=sweep,
-                          weight_bits=weight_bits, max_chips=max_chips, inputs=inputs)
+                          weight_bits=weight_bits, max_chips=max_chips, inputs=inputs, samples=x_tb)
     write_report(out_dir, report, trace=trace, graph=graph)
     return report
 

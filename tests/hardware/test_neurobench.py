@@ -234,3 +234,17 @@ def test_dense_equals_neurobench_conv():
     node = nir.Conv2d(input_shape=(7, 6), weight=conv.weight.detach().numpy(), stride=2, padding=1,
                       dilation=1, groups=1, bias=conv.bias.detach().numpy())
     assert dense_pairs(node, (2, 7, 6)) == total
+
+
+def test_report_entry_in_report_json(tmp_path):
+    from spikebridge.toolchain.report import build_report, render_html
+    g = tiny_graph()
+    x = (np.random.default_rng(0).random((3, 4, 3)) < 0.5).astype(np.float64)
+    tr = simulate(g, x, dt=1e-3)
+    rep = build_report(g, tr, samples=x, inputs={"profile": "spikebridge"})
+    want = neurobench_metrics(g, tr, x=x, profile="spikebridge")
+    assert rep["neurobench"]["synaptic_operations"] == want["synaptic_operations"]
+    assert rep["neurobench"]["computed_from"].startswith("eventsim replay")
+    assert "NeuroBench metrics" in render_html(rep, {})
+    assert build_report(g, tr)["neurobench"]["membrane_updates"] is None  # no input: trace only
+    assert build_report(g, None)["neurobench"] is None
