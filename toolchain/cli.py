@@ -22,7 +22,7 @@ EXAMPLES = {
     "export": "spikebridge export runs/cnn --format nir --out runs/cnn/graph.nir",
     "simulate": "spikebridge simulate runs/cnn/graph.nir --dataset digits --backend eventsim --out runs/cnn/sim.npz",
     "report": "spikebridge report runs/demo  |  spikebridge report graph.nir --dataset digits --out rep/  |  "
-              "spikebridge report --compare runs/a runs/b --out cmp/",
+              "spikebridge report --compare runs/a runs/b runs/c --out cmp/",
     "inspect": "spikebridge inspect runs/cnn/graph.nir",
     "convert": "spikebridge convert model.onnx --timesteps 32 --calibration digits --out graph.nir",
     "doctor": "spikebridge doctor",
@@ -102,10 +102,11 @@ def _parser() -> argparse.ArgumentParser:
     pipeline.add_run_options(s)
 
     r = cmd("report", "write report.json, report.html and plots for a run directory, any NIR graph, "
-                      "or two runs side by side (--compare)")
+                      "or several runs side by side (--compare)")
     r.add_argument("target", nargs="?", help="a run directory written by `spikebridge demo`, or GRAPH.nir")
-    r.add_argument("--compare", nargs=2, metavar=("RUN_A", "RUN_B"),
-                   help="compare two runs (directories with report.json, or report.json files)")
+    r.add_argument("--compare", nargs="+", metavar="RUN",
+                   help="compare two or more runs (folders with report.json, demo run directories, or "
+                        "report.json files): tables, CSV and an accuracy-versus-energy/latency Pareto plot")
     r.add_argument("--out", help="output directory (default: the run directory; required for a graph "
                                  "and for --compare)")
     rsrc = r.add_mutually_exclusive_group()
@@ -391,14 +392,15 @@ def cmd_report(args) -> int:
 
     if args.compare:
         if args.target or not args.out:
-            return usage("--compare RUN_A RUN_B takes no other positional argument and needs --out DIR")
+            return usage("--compare RUN [RUN ...] takes no other positional argument and needs --out DIR")
         from spikebridge.toolchain.compare import compare_runs
-        compare_runs(args.compare[0], args.compare[1], args.out)
+        compare_runs(args.compare, args.out)
         out = Path(args.out)
-        print(f"wrote {out / 'compare.json'} and {out / 'compare.html'}")
+        print(f"wrote {out / 'compare.json'}, {out / 'compare.csv'}, {out / 'compare.html'} and "
+              f"{out / 'compare_pareto.svg'}")
         return 0
     if not args.target:
-        return usage("give a run directory, GRAPH.nir, or --compare RUN_A RUN_B")
+        return usage("give a run directory, GRAPH.nir, or --compare RUN RUN [RUN ...]")
     models = energy_models_with(args.energy_model)
     sweep = load_sweep(args.sweep) if args.sweep else None
     sweep_ts = parse_timesteps_list(args.sweep_timesteps) if args.sweep_timesteps else None

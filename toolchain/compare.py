@@ -1,32 +1,57 @@
-"""``spikebridge report --compare RUN_A RUN_B --out DIR``: two runs side by side.
+"""``spikebridge report --compare RUN RUN [RUN ...] --out DIR``: any number of runs side by side.
 
 Each run is a directory holding report.json (written by any ``spikebridge report``), a
 demo run directory without one (its report is built first, into that directory), or a
-report.json file. Writes DIR/compare.json (strict JSON) and DIR/compare.html (one
-self-contained page, every input string escaped) and DIR/compare_energy.png.
-Columns: A, B and B / A (None when A is 0 or either is missing).
+report.json file. Writes into DIR:
+
+- compare.json (strict JSON): per row one value per run, in the order given, and the ratio
+  of each run to the first (``over_first``);
+- compare.csv: one line per run (label, method, T, accuracy, energy per chip model, latency,
+  NeuroBench metrics);
+- compare.html: one self-contained page (every input string escaped);
+- compare_pareto.svg and compare_pareto.png (200 dpi): accuracy versus energy per inference
+  (and versus latency) under one chip model, the Pareto front marked (runs no other run beats
+  on both accuracy and cost).
+
+The same plot (``pareto_figure``) is what ``spikebridge bench methods`` draws for every
+method and T.
 """
 from __future__ import annotations
 
+import csv
+import io
 import math
 import os
 from pathlib import Path
-
-import numpy as np
 
 from spikebridge.base.errors import InputError
 from spikebridge.base.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text
 from spikebridge.toolchain import report as _report
 
-COMPARE_SCHEMA_VERSION = 1
+COMPARE_SCHEMA_VERSION = 2
+MAX_RUNS = 64
 TOTALS = ("synaptic_ops_per_sample", "macs_per_sample", "spikes_per_sample",
           "neuron_updates_per_sample", "ann_macs_per_sample")
-COMPARE_SECTIONS = (("runs", "Runs"), ("accuracy", "Accuracy per backend"),
+NEUROBENCH_ROWS = (("footprint_bytes", "footprint (B)"), ("connection_sparsity", "connection sparsity"),
+                   ("activation_sparsity", "activation sparsity"),
+                   ("synaptic_operations.Effective_MACs", "Effective MACs"),
+                   ("synaptic_operations.Effective_ACs", "Effective ACs"),
+                   ("synaptic_operations.Dense", "Dense synaptic ops"),
+                   ("membrane_updates", "membrane updates"),
+                   ("neuron_operations.Effective Neuron Ops", "neuron ops (effective)"))
+COMPARE_SECTIONS = (("runs", "Runs"), ("pareto", "Accuracy versus energy and latency"),
+                    ("accuracy", "Accuracy per backend"),
                     ("activity", "Operations and spikes per sample"), ("energy", "Energy per model"),
-                    ("latency", "Latency"))
-
-
+                    ("latency", "Latency"), ("neurobench", "NeuroBench metrics"))
+# The chip model of the Pareto plot (the first of these every run has), and its axis name.
+PARETO_ENERGY_MODELS = ("loihi", "truenorth", "spinnaker2", "spinnaker")
+CHIP_AXIS = {"loihi": "Loihi (Davies et al. 2018, Table 2)", "truenorth": "TrueNorth (Merolla et al. 2014)",
+             "spinnaker": "SpiNNaker (keras-spiking table)", "spinnaker2": "SpiNNaker 2 (keras-spiking table)"}
+# The accuracy a run is placed by: the report's own backend, else the first of these present.
+ACCURACY_ORDER = ("eventsim", "lava", "lava-fixed", "lava-float", "loihi-fixed", "torch")
 MAX_REPORT_BYTES = 64 << 20
+REPORT_ADVICE = ("give a folder holding report.json, a demo run directory, or a report.json file "
+                 "(`spikebridge report GRAPH.nir --dataset NAME --out DIR` writes one)")
 
 
 def load_run_report(path) -> tuple[dict, str]:
@@ -39,16 +64,17 @@ def load_run_report(path) -> tuple[dict, str]:
                 from spikebridge.toolchain.demo import report_run_dir
                 report_run_dir(p)
             else:
-                raise InputError("no report.json (and not a demo run directory): run "
-                                 "`spikebridge report` on it first", file=str(p))
+                raise InputError(f"no report.json in this folder and it is not a demo run directory; "
+                                 f"{REPORT_ADVICE}", file=str(p))
     elif p.is_file():
         f = p
     else:
-        raise InputError("not found", file=str(p))
+        raise InputError(f"not found; {REPORT_ADVICE}", file=str(p))
     from spikebridge.base.fileio import read_json
     data = read_json(f, MAX_REPORT_BYTES, InputError, allow_nan=True)  # bounded; nesting <= 64 levels
     if not isinstance(data, dict) or "schema_version" not in data or "energy" not in data:
-        raise InputError("not a spikebridge report.json (no schema_version/energy)", file=str(f), place="top level")
+        raise InputError(f"not a spikebridge report.json (no schema_version/energy); {REPORT_ADVICE}",
+                         file=str(f), place="top level")
     mj = f.parent / "checkpoint" / "model.json"  # a demo run: the training method, for the label
     if "method" not in data and os.path.lexists(mj):
         try:
@@ -66,13 +92,20 @@ def _num(x):
     return float(x) if math.isfinite(x) else None
 
 
-def _ratio(a, b):
-    a, b = _num(a), _num(b)
-    return b / a if a not in (None, 0.0) and b is not None else None
+def _row(values) -> dict:
+    """{"values": [...], "over_first": [v / first]} (None where missing or first is 0)."""
+    vals = [_num(v) for v in values]
+    first = vals[0]
+    over = [None if first in (None, 0.0) or v is None else v / first for v in vals]
+    return {"values": vals, "over_first": over}
 
 
-def _row(a, b) -> dict:
-    return {"a": _num(a), "b": _num(b), "b_over_a": _ratio(a, b)}
+def _get(d, dotted: str):
+    for k in dotted.split("."):
+        if not isinstance(d, dict):
+            return None
+        d = d.get(k)
+    return d
 
 
 def _method(rep: dict):
@@ -82,123 +115,275 @@ def _method(rep: dict):
     return train.get("method") if isinstance(train, dict) else None
 
 
-def compare_reports(a: dict, b: dict, label_a: str = "A", label_b: str = "B") -> dict:
-    """The comparison as a dict (nothing written)."""
-    def keys(field):
-        out = list((a.get(field) or {}))
-        return out + [k for k in (b.get(field) or {}) if k not in out]
+def headline_accuracy(rep: dict) -> tuple[str | None, float | None]:
+    """(backend, accuracy) a run is placed by on the Pareto plot: the accuracy of the report's
+    own backend, else the first of ACCURACY_ORDER present, else the first recorded (None when
+    the report has no accuracy, e.g. a graph run on X.npy without labels)."""
+    acc = {k: _num(v) for k, v in (rep.get("accuracy") or {}).items() if _num(v) is not None}
+    for k in (rep.get("backend"), *ACCURACY_ORDER):
+        if k in acc:
+            return k, acc[k]
+    for k, v in acc.items():
+        if k != "onnx_ann":
+            return k, v
+    return None, None
 
-    acc = {k: _row((a.get("accuracy") or {}).get(k), (b.get("accuracy") or {}).get(k))
-           for k in keys("accuracy")}
+
+def pareto_front(points: list[tuple[float | None, float | None]]) -> list[bool]:
+    """For (accuracy, cost) points: True where no other point has accuracy >= and cost <=
+    with one of them strictly better. Points with a missing value are never on the front."""
+    out = []
+    for i, (a, c) in enumerate(points):
+        if a is None or c is None:
+            out.append(False)
+            continue
+        dominated = any(j != i and a2 is not None and c2 is not None and a2 >= a and c2 <= c
+                        and (a2 > a or c2 < c) for j, (a2, c2) in enumerate(points))
+        out.append(not dominated)
+    return out
+
+
+def _common(reports: list[dict], field: str, prefer: tuple[str, ...]) -> str | None:
+    have = [set((r.get(field) or {})) for r in reports]
+    common = set.intersection(*have) if have else set()
+    for k in prefer:
+        if k in common:
+            return k
+    return sorted(common)[0] if common else None
+
+
+def compare_reports(reports: list[dict], labels: list[str]) -> dict:
+    """The N-way comparison as a dict (nothing written); ratios are to the first run."""
+    if len(reports) != len(labels):
+        raise ValueError("one label per report")
+
+    def keys(field):
+        out: list[str] = []
+        for r in reports:
+            out += [k for k in (r.get(field) or {}) if k not in out]
+        return out
+
+    acc = {k: _row([(r.get("accuracy") or {}).get(k) for r in reports]) for k in keys("accuracy")}
     energy = {}
     for m in keys("energy"):
-        ea, eb = (a.get("energy") or {}).get(m) or {}, (b.get("energy") or {}).get(m) or {}
-        energy[m] = {**_row(ea.get("total_pj_per_sample"), eb.get("total_pj_per_sample")),
-                     "kind": ea.get("kind") or eb.get("kind"),
-                     "first_layer": [ea.get("first_layer"), eb.get("first_layer")],
-                     "source": ea.get("source") or eb.get("source")}
+        es = [(r.get("energy") or {}).get(m) or {} for r in reports]
+        energy[m] = {**_row([e.get("total_pj_per_sample") for e in es]),
+                     "kind": next((e.get("kind") for e in es if e.get("kind")), None),
+                     "first_layer": [e.get("first_layer") for e in es],
+                     "source": next((e.get("source") for e in es if e.get("source")), None)}
     latency = {}
     for c in keys("latency"):
-        la, lb = (a.get("latency") or {}).get(c) or {}, (b.get("latency") or {}).get(c) or {}
-        latency[c] = {"seconds_per_sample": _row(la.get("seconds_per_sample"), lb.get("seconds_per_sample")),
-                      "cores": _row(la.get("cores"), lb.get("cores")),
-                      "chips": _row(la.get("chips"), lb.get("chips")),
-                      "kind": "modelled"}
-    ma = ((a.get("measured") or {}).get("onnx") or {})
-    mb = ((b.get("measured") or {}).get("onnx") or {})
-    if ma or mb:
+        ls = [(r.get("latency") or {}).get(c) or {} for r in reports]
+        latency[c] = {"seconds_per_sample": _row([x.get("seconds_per_sample") for x in ls]),
+                      "cores": _row([x.get("cores") for x in ls]),
+                      "chips": _row([x.get("chips") for x in ls]), "kind": "modelled"}
+    ms = [((r.get("measured") or {}).get("onnx") or {}) for r in reports]
+    if any(ms):
         latency["onnxruntime (ANN, this CPU)"] = {
-            "seconds_per_sample": _row(ma.get("latency_seconds_per_sample"), mb.get("latency_seconds_per_sample")),
-            "kind": "measured"}
-    runs = {side: {"label": lab, "graph_sha256": r.get("graph_sha256"), "backend": r.get("backend"),
-                   "timesteps": r.get("timesteps"), "samples": r.get("samples"), "method": _method(r),
-                   "first_layer": r.get("first_layer"), "schema_version": r.get("schema_version")}
-            for side, lab, r in (("a", label_a, a), ("b", label_b, b))}
+            "seconds_per_sample": _row([m.get("latency_seconds_per_sample") for m in ms]), "kind": "measured"}
+    nb = {key: _row([_get(r.get("neurobench"), key) for r in reports]) for key, _ in NEUROBENCH_ROWS}
+    runs = []
+    for lab, r in zip(labels, reports):
+        backend, a = headline_accuracy(r)
+        runs.append({"label": lab, "graph_sha256": r.get("graph_sha256"), "backend": r.get("backend"),
+                     "timesteps": r.get("timesteps"), "samples": r.get("samples"), "method": _method(r),
+                     "first_layer": r.get("first_layer"), "schema_version": r.get("schema_version"),
+                     "accuracy": a, "accuracy_backend": backend})
+    em = _common(reports, "energy", PARETO_ENERGY_MODELS)
+    chip = _common(reports, "latency", ("loihi",))
+    pts_acc = [r["accuracy"] for r in runs]
+    e_pj = [_num(_get(r, f"energy.{em}.total_pj_per_sample")) if em else None for r in reports]
+    lat = [_num(_get(r, f"latency.{chip}.seconds_per_sample")) if chip else None for r in reports]
+    fe, fl = pareto_front(list(zip(pts_acc, e_pj))), pareto_front(list(zip(pts_acc, lat)))
+    pareto = {"energy_model": em, "latency_chip": chip,
+              "points": [{"label": r["label"], "accuracy": r["accuracy"], "accuracy_backend": r["accuracy_backend"],
+                          "energy_pj_per_sample": e, "latency_seconds_per_sample": t,
+                          "on_energy_front": a, "on_latency_front": b}
+                         for r, e, t, a, b in zip(runs, e_pj, lat, fe, fl)]}
     return {"compare_schema_version": COMPARE_SCHEMA_VERSION, "runs": runs, "accuracy": acc,
-            "totals": {k: _row(a.get(k), b.get(k)) for k in TOTALS}, "energy": energy,
-            "latency": latency,
-            "note": "b_over_a = B / A; energy and latency are modelled unless marked measured"}
+            "totals": {k: _row([r.get(k) for r in reports]) for k in TOTALS}, "energy": energy,
+            "latency": latency, "neurobench": nb, "pareto": pareto,
+            "note": "values are per run in the order given; over_first = run / first run; energy and "
+                    "latency are modelled unless marked measured"}
 
 
-def _plot(cmp: dict) -> bytes | None:
+# ---------------------------------------------------------------------------- the plot
+
+def _si_time(seconds: list[float]) -> tuple[float, str]:
+    m = max((s for s in seconds if s), default=1.0)
+    for scale, unit in ((1.0, "s"), (1e-3, "ms"), (1e-6, "µs"), (1e-9, "ns")):
+        if m >= scale:
+            return scale, unit
+    return 1e-9, "ns"
+
+
+def pareto_figure(points: list[dict], energy_axis: str | None, latency_axis: str | None,
+                  title: str = "accuracy versus cost") -> tuple[bytes, bytes] | None:
+    """(SVG, PNG at 200 dpi) of accuracy versus energy per inference (µJ) and, when the points
+    carry one, versus latency; Pareto front points filled and joined, the others hollow.
+
+    points: dicts with ``label``, ``accuracy`` (fraction), ``energy_pj_per_sample`` and/or
+    ``latency_seconds_per_sample``. energy_axis / latency_axis name the model on the axis.
+    None when no point has an accuracy and a cost."""
+    import matplotlib
+    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    en = {m: r for m, r in cmp["energy"].items() if r["a"] or r["b"]}
-    if not en:
+    panels = []
+    for key, axis in (("energy_pj_per_sample", energy_axis), ("latency_seconds_per_sample", latency_axis)):
+        pts = [p for p in points if _num(p.get("accuracy")) is not None and _num(p.get(key))]
+        if pts:
+            panels.append((key, axis, pts))
+    if not panels:
         return None
-    names = list(en)
-    y = np.arange(len(names))
-    fig, ax = plt.subplots(figsize=(7, 0.45 * len(names) + 1.5))
-    la, lb = cmp["runs"]["a"]["label"], cmp["runs"]["b"]["label"]
-    ax.barh(y - 0.2, [max(en[m]["a"] or 0, 1e-12) for m in names], 0.4, label=f"A: {_report._label(la)}",
-            color="#4878a8")
-    ax.barh(y + 0.2, [max(en[m]["b"] or 0, 1e-12) for m in names], 0.4, label=f"B: {_report._label(lb)}",
-            color="#e0a040")
-    ax.set_yticks(y, [_report._label(n) for n in names])
-    ax.invert_yaxis()
-    ax.set_xscale("log")
-    ax.set_xlabel("pJ per sample (log scale)")
-    ax.legend(fontsize="small")
-    ax.set_title("energy per sample, A vs B")
-    return _report._png(fig)
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.6 * len(panels), 4.4), squeeze=False)
+    for ax, (key, axis, pts) in zip(axes[0], panels):
+        if key == "energy_pj_per_sample":
+            scale, unit = 1e6, "µJ"
+            xlabel = f"energy per inference ({unit}), {axis}"
+        else:
+            scale, unit = _si_time([p[key] for p in pts])
+            xlabel = f"latency per inference ({unit}), {axis}"
+        xs = [p[key] / scale for p in pts]
+        ys = [100 * p["accuracy"] for p in pts]
+        front = pareto_front(list(zip(ys, xs)))
+        ax.scatter([x for x, f in zip(xs, front) if not f], [y for y, f in zip(ys, front) if not f],
+                   facecolors="none", edgecolors="#4878a8", s=40, label="dominated")
+        fx = sorted((x, y) for x, y, f in zip(xs, ys, front) if f)
+        ax.plot([x for x, _ in fx], [y for _, y in fx], "o-", color="#c0392b", ms=7, lw=1.5,
+                drawstyle="steps-post", label="Pareto front")
+        at: dict = {}  # runs at the same point share one label
+        for x, y, p in zip(xs, ys, pts):
+            at.setdefault((x, y), []).append(str(p.get("label", ""))[:32])
+        for (x, y), names in at.items():
+            ax.annotate(_report._label(", ".join(names)), (x, y), textcoords="offset points",
+                        xytext=(4, 4), fontsize=7)
+        ax.margins(0.12)
+        if len(xs) > 1 and max(xs) / max(min(xs), 1e-300) > 50:
+            ax.set_xscale("log")
+        ax.set_xlabel(_report._label(xlabel), fontsize=9)
+        ax.set_ylabel("accuracy (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small", loc="best")
+    fig.suptitle(_report._label(title), fontsize=11)
+    fig.tight_layout()
+    svg, png = io.BytesIO(), io.BytesIO()
+    fig.savefig(svg, format="svg", bbox_inches="tight")
+    fig.savefig(png, format="png", dpi=200, bbox_inches="tight")
+    plt.close(fig)
+    return svg.getvalue(), png.getvalue()
+
+
+# ---------------------------------------------------------------------------- the page
+
+def _csv(cmp: dict) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    energy = list(cmp["energy"])
+    lat = [c for c, r in cmp["latency"].items() if r.get("kind") == "modelled"]
+    w.writerow(["label", "method", "timesteps", "backend", "accuracy", "accuracy_backend",
+                *[f"energy_pj_per_sample[{m}]" for m in energy], *[f"latency_s_per_sample[{c}]" for c in lat],
+                *TOTALS, *[f"neurobench.{k}" for k, _ in NEUROBENCH_ROWS]])
+    for i, r in enumerate(cmp["runs"]):
+        w.writerow([r["label"], r["method"], r["timesteps"], r["backend"], r["accuracy"], r["accuracy_backend"],
+                    *[cmp["energy"][m]["values"][i] for m in energy],
+                    *[cmp["latency"][c]["seconds_per_sample"]["values"][i] for c in lat],
+                    *[cmp["totals"][k]["values"][i] for k in TOTALS],
+                    *[cmp["neurobench"][k]["values"][i] for k, _ in NEUROBENCH_ROWS]])
+    return buf.getvalue()
 
 
 def render_compare_html(cmp: dict, png: bytes | None) -> str:
-    e, num = _report._e, _report._num
+    e, num, table = _report._e, _report._num, _report._table
+    runs = cmp["runs"]
+    n = len(runs)
+    head = [""] + [f"{i + 1}: {r['label']}" for i, r in enumerate(runs)]
+    cols = tuple(range(1, n + 1))
 
-    def trio(r, pct=False):
+    def vals(r, pct=False):
         f = (lambda v: "n/a" if v is None else f"{100 * v:.2f}%") if pct else num
-        return [f(r["a"]), f(r["b"]), num(r["b_over_a"])]
+        out = [f(v) for v in r["values"]]
+        if n > 1:
+            out = [out[0]] + [f"{v} <span class=\"note\">(x{num(o)})</span>" if o is not None else v
+                              for v, o in zip(out[1:], r["over_first"][1:])]
+        return out
 
-    ra, rb = cmp["runs"]["a"], cmp["runs"]["b"]
-    fields = ("label", "method", "backend", "timesteps", "samples", "first_layer", "graph_sha256")
+    fields = ("label", "method", "backend", "timesteps", "samples", "first_layer", "accuracy_backend",
+              "graph_sha256")
+
     def cell(k, v):
         if v is None:
             return "n/a"
         return e(str(v)[:16] + "...") if k == "graph_sha256" else e(v)
 
-    same = "same graph" if ra.get("graph_sha256") == rb.get("graph_sha256") else "different graphs"
-    runs = _report._table(["", "A", "B"], [[e(k), cell(k, ra.get(k)), cell(k, rb.get(k))] for k in fields]) \
-        + f"<p class=\"note\">{same} (sha256 in compare.json)</p>"
-    acc = _report._table(["backend", "A", "B", "B / A"],
-                         [[e(k)] + trio(r, True) for k, r in cmp["accuracy"].items()], (1, 2, 3))
-    act = _report._table(["per sample", "A", "B", "B / A"],
-                         [[e(k.replace("_per_sample", "").replace("_", " "))] + trio(r)
-                          for k, r in cmp["totals"].items()], (1, 2, 3))
+    shas = {r.get("graph_sha256") for r in runs}
+    same = "all the same graph" if len(shas) == 1 else f"{len(shas)} different graphs"
+    sec_runs = table(head, [[e(k)] + [cell(k, r.get(k)) for r in runs] for k in fields]) \
+        + f"<p class=\"note\">{same} (sha256 in compare.json); (xN) = that run / run 1</p>"
+    p = cmp["pareto"]
     img = ""
     if png:
         import base64
-        img = f'<img alt="energy A vs B" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
-    en = img + _report._table(["model", "kind", "A pJ", "B pJ", "B / A", "first-layer rule (A, B)"],
-                              [[e(m), e(r["kind"])] + trio(r) + [e(", ".join(str(x) for x in r["first_layer"]))]
-                               for m, r in cmp["energy"].items()], (2, 3, 4))
-    lat_rows = []
-    for c, r in cmp["latency"].items():
-        lat_rows.append([e(c), e(r["kind"])] + trio(r["seconds_per_sample"])
-                        + ([num(r["cores"]["a"]), num(r["cores"]["b"])] if "cores" in r else ["", ""]))
-    lat = _report._table(["what", "kind", "A s/sample", "B s/sample", "B / A", "A cores", "B cores"],
-                         lat_rows, (2, 3, 4, 5, 6))
-    content = {"runs": runs, "accuracy": acc, "activity": act, "energy": en, "latency": lat}
+        img = (f'<img alt="accuracy versus energy and latency" '
+               f'src="data:image/png;base64,{base64.b64encode(png).decode()}">')
+    prow = [[e(q["label"]), "n/a" if q["accuracy"] is None else f"{100 * q['accuracy']:.2f}%",
+             e(q["accuracy_backend"] or "n/a"), num(None if q["energy_pj_per_sample"] is None
+                                                    else q["energy_pj_per_sample"] / 1e6),
+             num(q["latency_seconds_per_sample"]), "yes" if q["on_energy_front"] else "",
+             "yes" if q["on_latency_front"] else ""] for q in p["points"]]
+    sec_pareto = img + table(["run", "accuracy", "of backend", f"µJ per inference ({p['energy_model']})",
+                              f"s per inference ({p['latency_chip']})", "on energy front", "on latency front"],
+                             prow, (1, 3, 4)) \
+        + ("<p class=\"note\">Pareto front: no other run is at least as accurate and at most as costly "
+           "(one of the two strictly). Energy and latency are modelled.</p>")
+    acc = table(["backend"] + head[1:], [[e(k)] + vals(r, True) for k, r in cmp["accuracy"].items()], cols)
+    act = table(["per sample"] + head[1:], [[e(k.replace("_per_sample", "").replace("_", " "))] + vals(r)
+                                            for k, r in cmp["totals"].items()], cols)
+    en = table(["model (pJ per sample)", "kind"] + head[1:],
+               [[e(m), e(r["kind"])] + vals(r) for m, r in cmp["energy"].items()], tuple(c + 1 for c in cols))
+    lat = table(["what", "kind"] + head[1:],
+                [[e(c) + " s/sample", e(r["kind"])] + vals(r["seconds_per_sample"]) for c, r in cmp["latency"].items()]
+                + [[e(c) + " cores", e(r["kind"])] + vals(r["cores"]) for c, r in cmp["latency"].items()
+                   if "cores" in r], tuple(c + 1 for c in cols))
+    nb = table(["NeuroBench metric"] + head[1:],
+               [[e(name)] + vals(cmp["neurobench"][k]) for k, name in NEUROBENCH_ROWS], cols)
+    content = {"runs": sec_runs, "pareto": sec_pareto, "accuracy": acc, "activity": act, "energy": en,
+               "latency": lat, "neurobench": nb}
     sec = dict(COMPARE_SECTIONS)
     body = "".join(f'<section id="{k}"><h2>{e(sec[k])}</h2>{content[k]}</section>' for k, _ in COMPARE_SECTIONS)
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>spikebridge comparison</title><style>{_report.STYLE}</style></head><body>"
-            f"<h1>spikebridge comparison: A = {e(ra['label'])}, B = {e(rb['label'])}</h1>"
+            f"<h1>spikebridge comparison of {n} runs</h1>"
             f"<p class=\"note\">{e(cmp['note'])}</p>{body}</body></html>\n")
 
 
-def compare_runs(run_a, run_b, out_dir) -> dict:
-    """Load both runs, compare, write compare.json/html/png into ``out_dir``."""
-    a, la = load_run_report(run_a)
-    b, lb = load_run_report(run_b)
-    if la == lb:
-        la, lb = str(run_a), str(run_b)
-    cmp = compare_reports(a, b, la, lb)
+def compare_runs(runs, out_dir) -> dict:
+    """Load every run (at least two), compare, write compare.json/csv/html and the Pareto plot
+    (compare_pareto.svg/png) into ``out_dir``; returns the comparison dict."""
+    runs = list(runs)
+    if len(runs) < 2:
+        raise InputError(f"--compare needs at least two runs, got {len(runs)}", place="--compare")
+    if len(runs) > MAX_RUNS:
+        raise InputError(f"--compare takes at most {MAX_RUNS} runs, got {len(runs)}", place="--compare")
+    loaded = [load_run_report(r) for r in runs]
+    labels = [lab for _, lab in loaded]
+    if len(set(labels)) < len(labels):  # two folders of the same name: their paths tell them apart
+        labels = [lab if labels.count(lab) == 1 else str(r) for lab, r in zip(labels, runs)]
+    cmp = compare_reports([rep for rep, _ in loaded], labels)
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise InputError("exists and is not a directory", file=str(out), place="--out")
     out.mkdir(parents=True, exist_ok=True)
-    png = _plot(cmp)
-    if png:
-        atomic_write_bytes(out / "compare_energy.png", png)
+    p = cmp["pareto"]
+    fig = pareto_figure(p["points"], CHIP_AXIS.get(p["energy_model"], f"{p['energy_model']} model"),
+                        f"{CHIP_AXIS.get(p['latency_chip'], p['latency_chip'])} timing and mapping model",
+                        title=f"{len(runs)} runs: accuracy versus modelled cost")
+    png = None
+    if fig:
+        svg, png = fig
+        atomic_write_bytes(out / "compare_pareto.svg", svg)
+        atomic_write_bytes(out / "compare_pareto.png", png)
     atomic_write_json(out / "compare.json", cmp)
+    atomic_write_text(out / "compare.csv", _csv(cmp))
     atomic_write_text(out / "compare.html", render_compare_html(cmp, png))
     return cmp

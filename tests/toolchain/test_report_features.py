@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 
 from spikebridge.base.errors import InputError
-from spikebridge.toolchain.compare import COMPARE_SECTIONS, compare_runs
 from spikebridge.toolchain.report import (SECTIONS, build_report, load_sweep, make_report, normalise_sweep)
 from tests.toolchain.test_report import EVIL, graph, strict_load, trace
 
@@ -145,25 +144,6 @@ def test_sweep_forms_and_rejections(tmp_path):
     f.write_text("[{\"timesteps\": 2, \"accuracy\": NaN}]")
     with pytest.raises(InputError, match="s.json"):
         load_sweep(f)
-
-
-def test_compare_two_runs(tmp_path):
-    a, b = tmp_path / "a", tmp_path / "b"
-    full_report(a)
-    make_report(b, graph(EVIL), trace(EVIL), accuracy={"eventsim": 1.0, EVIL: 0.25}, first_layer="once")
-    cmp = compare_runs(a, b, tmp_path / "cmp")
-    data = strict_load(tmp_path / "cmp" / "compare.json")
-    assert data == json.loads(json.dumps(cmp))
-    assert data["accuracy"]["eventsim"] == {"a": 0.5, "b": 1.0, "b_over_a": 2.0}
-    assert data["accuracy"][EVIL]["a"] is None
-    h = data["energy"]["horowitz-45nm"]
-    assert h["b_over_a"] == pytest.approx(h["b"] / h["a"]) and h["first_layer"] == ["per_step", "once"]
-    assert data["latency"]["loihi"]["seconds_per_sample"]["b_over_a"] == pytest.approx(1.0)
-    assert data["latency"]["onnxruntime (ANN, this CPU)"]["kind"] == "measured"
-    assert data["totals"]["synaptic_ops_per_sample"]["a"] == 4.0
-    check_page((tmp_path / "cmp" / "compare.html").read_text(), COMPARE_SECTIONS)
-    with pytest.raises(InputError, match="no report.json"):
-        compare_runs(a, tmp_path / "cmp", tmp_path / "x")
 
 
 def run_cli(*args):
