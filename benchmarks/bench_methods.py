@@ -17,7 +17,9 @@ budget (``--limit-train`` samples, ``--student-epochs`` = ``--epochs`` unless gi
 ``--methods parallel-window`` (not in the default list) runs parallel exported with
 ``--deploy window`` (count-then-emit IF graph, eventsim only).
 
-Writes OUT/bench.json, OUT/accuracy_vs_T.png and the checkpoints; prints the JSON.
+Writes OUT/bench.json, OUT/accuracy_vs_T.png, OUT/pareto.svg/.png (accuracy versus modelled
+Loihi energy and latency per inference, every method and T, the Pareto front marked) and the
+checkpoints; prints the JSON.
 """
 from __future__ import annotations
 
@@ -62,6 +64,8 @@ def _parser():
     p.add_argument("--width", type=float, help="lasnn student width (default: the method's, 0.75)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/bench-methods")
+    p.add_argument("--replot", metavar="BENCH.json",
+                   help="only draw the accuracy-versus-cost Pareto plot of an earlier run's JSON into --out")
     return p
 
 
@@ -93,8 +97,13 @@ def _eventsim(ckpt: Path, x: np.ndarray, y: np.ndarray) -> dict:
     tr = run_graph(prep, xt)
     out = tr.outputs[next(iter(tr.outputs))]
     pred = classify(out, graph_meta(graph)["readout"])
+    from spikebridge.hardware.energy import estimate
+    from spikebridge.hardware.latency import estimate_latency
     return {"eventsim_accuracy": float((pred == y).mean()), "eventsim_samples": int(len(y)),
-            "spikes_per_sample": tr.per_sample("spikes"), "synaptic_ops_per_sample": tr.per_sample("synaptic_ops")}
+            "spikes_per_sample": tr.per_sample("spikes"), "synaptic_ops_per_sample": tr.per_sample("synaptic_ops"),
+            # for the accuracy-versus-cost Pareto plot (modelled, Loihi; docs/report.md)
+            "loihi_energy_pj_per_sample": estimate(tr, graph, "loihi")["total_pj_per_sample"],
+            "loihi_latency_seconds_per_sample": estimate_latency(tr, graph, "loihi")["seconds_per_sample"]}
 
 
 def _retime(ckpt_src: Path, ckpt_dst: Path, T: int):
@@ -208,6 +217,8 @@ def _write(args, shared, rows, out: Path) -> dict:
 
     result = {"settings": vars(args), "shared": shared, "rows": rows, "png": str(out / "accuracy_vs_T.png")}
     _plot(rows, out / "accuracy_vs_T.png")
+    if pareto_plot(rows, out):
+        result["pareto"] = str(out / "pareto.svg")
     atomic_write_json(out / "bench.json", result)
     return result
 
@@ -235,8 +246,44 @@ def _plot(rows, path: Path) -> None:
     plt.close(fig)
 
 
+def pareto_plot(rows, out: Path) -> bool:
+    """OUT/pareto.svg and OUT/pareto.png (200 dpi): SNN test accuracy versus modelled Loihi energy
+    and latency per inference, one point per method and T, the Pareto front marked (the plot of
+    ``spikebridge report --compare``). Rows without energy (JSON written before it was recorded)
+    are placed by their synaptic ops instead, on a panel that says so. False when nothing to draw."""
+    from spikebridge.base.fileio import atomic_write_bytes
+    from spikebridge.toolchain.compare import CHIP_AXIS, pareto_figure
+
+    pts = [{"label": f"{r.get('method')} T={r.get('T')}", "accuracy": r.get("snn_test_accuracy"),
+            "energy_pj_per_sample": r.get("loihi_energy_pj_per_sample"),
+            "latency_seconds_per_sample": r.get("loihi_latency_seconds_per_sample"),
+            "synaptic_ops_per_sample": r.get("synaptic_ops_per_sample")} for r in rows]
+    if any(p["energy_pj_per_sample"] for p in pts):
+        axes = [("energy_pj_per_sample", CHIP_AXIS["loihi"]),
+                ("latency_seconds_per_sample", CHIP_AXIS["loihi"] + " timing and mapping model")]
+    else:
+        axes = [("synaptic_ops_per_sample", "synaptic ops per inference (eventsim; this JSON has no energy)")]
+    fig = pareto_figure(pts, axes, title="every method and T: SNN test accuracy versus modelled cost")
+    if fig is None:
+        return False
+    atomic_write_bytes(out / "pareto.svg", fig[0])
+    atomic_write_bytes(out / "pareto.png", fig[1])
+    return True
+
+
 def main(argv=None, progress: bool = False) -> int:
     args = _parser().parse_args(argv)
+    if args.replot:  # the Pareto plot of an earlier run's JSON into --out; nothing is trained
+        from spikebridge.base.errors import InputError
+        from spikebridge.base.fileio import read_json
+        data = read_json(Path(args.replot), 64 << 20, InputError)
+        rows = data.get("rows") if isinstance(data, dict) else None
+        if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+            raise InputError("no list of rows (not a bench methods JSON)", file=str(args.replot), place="rows")
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        ok = pareto_plot(rows, Path(args.out))
+        print(json.dumps({"pareto": str(Path(args.out) / "pareto.svg") if ok else None}))
+        return 0
     print(json.dumps(run(args, progress)))
     return 0
 

@@ -217,33 +217,37 @@ def _si_time(seconds: list[float]) -> tuple[float, str]:
     return 1e-9, "ns"
 
 
-def pareto_figure(points: list[dict], energy_axis: str | None, latency_axis: str | None,
+def pareto_figure(points: list[dict], axes: list[tuple[str, str]],
                   title: str = "accuracy versus cost") -> tuple[bytes, bytes] | None:
-    """(SVG, PNG at 200 dpi) of accuracy versus energy per inference (µJ) and, when the points
-    carry one, versus latency; Pareto front points filled and joined, the others hollow.
+    """(SVG, PNG at 200 dpi): accuracy versus each cost in ``axes``, one panel each; Pareto
+    front points filled and joined, the others hollow; runs at the same point share a label.
 
-    points: dicts with ``label``, ``accuracy`` (fraction), ``energy_pj_per_sample`` and/or
-    ``latency_seconds_per_sample``. energy_axis / latency_axis name the model on the axis.
+    points: dicts with ``label``, ``accuracy`` (fraction) and the cost keys. axes: (key,
+    what it is, e.g. the chip model) pairs; ``energy_pj_per_sample`` is drawn in µJ,
+    ``latency_seconds_per_sample`` in s/ms/µs/ns, any other key as a plain count.
     None when no point has an accuracy and a cost."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     panels = []
-    for key, axis in (("energy_pj_per_sample", energy_axis), ("latency_seconds_per_sample", latency_axis)):
+    for key, axis in axes:
         pts = [p for p in points if _num(p.get("accuracy")) is not None and _num(p.get(key))]
         if pts:
             panels.append((key, axis, pts))
     if not panels:
         return None
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.6 * len(panels), 4.4), squeeze=False)
+    big = max(len(p) for _, _, p in panels) > 10
+    fig, axes = plt.subplots(1, len(panels), figsize=((7.5 if big else 5.6) * len(panels), 5.6 if big else 4.4),
+                             squeeze=False)
     for ax, (key, axis, pts) in zip(axes[0], panels):
         if key == "energy_pj_per_sample":
-            scale, unit = 1e6, "µJ"
-            xlabel = f"energy per inference ({unit}), {axis}"
-        else:
+            scale, xlabel = 1e6, f"energy per inference (µJ), {axis}"
+        elif key == "latency_seconds_per_sample":
             scale, unit = _si_time([p[key] for p in pts])
             xlabel = f"latency per inference ({unit}), {axis}"
+        else:
+            scale, xlabel = 1.0, axis
         xs = [p[key] / scale for p in pts]
         ys = [100 * p["accuracy"] for p in pts]
         front = pareto_front(list(zip(ys, xs)))
@@ -375,9 +379,10 @@ def compare_runs(runs, out_dir) -> dict:
         raise InputError("exists and is not a directory", file=str(out), place="--out")
     out.mkdir(parents=True, exist_ok=True)
     p = cmp["pareto"]
-    fig = pareto_figure(p["points"], CHIP_AXIS.get(p["energy_model"], f"{p['energy_model']} model"),
-                        f"{CHIP_AXIS.get(p['latency_chip'], p['latency_chip'])} timing and mapping model",
-                        title=f"{len(runs)} runs: accuracy versus modelled cost")
+    fig = pareto_figure(p["points"], [
+        ("energy_pj_per_sample", CHIP_AXIS.get(p["energy_model"], f"{p['energy_model']} model")),
+        ("latency_seconds_per_sample", f"{CHIP_AXIS.get(p['latency_chip'], p['latency_chip'])} timing and "
+                                       "mapping model")], title=f"{len(runs)} runs: accuracy versus modelled cost")
     png = None
     if fig:
         svg, png = fig

@@ -104,8 +104,9 @@ def test_labels_escaped_and_disambiguated(tmp_path):
 
 
 def test_pareto_figure_without_costs_or_accuracy():
-    assert pareto_figure([{"label": "a", "accuracy": None, "energy_pj_per_sample": 1.0}], "x", "y") is None
-    svg, png = pareto_figure([{"label": "a", "accuracy": 0.5, "energy_pj_per_sample": 2e6}], "Loihi", None)
+    axes = [("energy_pj_per_sample", "Loihi"), ("latency_seconds_per_sample", "Loihi")]
+    assert pareto_figure([{"label": "a", "accuracy": None, "energy_pj_per_sample": 1.0}], axes) is None
+    svg, png = pareto_figure([{"label": "a", "accuracy": 0.5, "energy_pj_per_sample": 2e6}], axes)
     assert b"<svg" in svg and png[:4] == b"\x89PNG"
 
 
@@ -148,3 +149,58 @@ def test_cli_three_runs_and_bad_inputs(tmp_path):
     assert not (tmp_path / "cmp2").exists() or not any((tmp_path / "cmp2").iterdir())
     rc, _, err = run_cli("report", "--compare", *runs)  # no --out: usage
     assert rc == 2 and one_line_error(err)
+
+
+# ------------------------------------------------------------------ bench methods' plot
+
+def bench_rows(with_energy=True):
+    rows = []
+    for m, T, acc, e in (("snn2ann", 1, 0.80, 2e6), ("snn2ann", 4, 0.90, 8e6), ("qcfs", 4, 0.85, 9e6)):
+        r = {"method": m, "T": T, "snn_test_accuracy": acc, "synaptic_ops_per_sample": e / 20}
+        if with_energy:
+            r.update(loihi_energy_pj_per_sample=e, loihi_latency_seconds_per_sample=T * 1e-5)
+        rows.append(r)
+    return rows
+
+
+def test_bench_methods_pareto_plot(tmp_path):
+    from spikebridge.benchmarks.bench_methods import pareto_plot
+    assert pareto_plot(bench_rows(), tmp_path)
+    svg = (tmp_path / "pareto.svg").read_text()
+    assert "Loihi" in svg and "qcfs T=4" in svg and "Pareto front" in svg
+    assert png_dpi((tmp_path / "pareto.png").read_bytes()) == pytest.approx(200, abs=1)
+    old = tmp_path / "old"
+    old.mkdir()
+    assert pareto_plot(bench_rows(with_energy=False), old)  # a JSON from before energy was recorded
+    assert "synaptic ops per inference" in (old / "pareto.svg").read_text()
+    assert not pareto_plot([], tmp_path / "none")
+
+
+def test_bench_methods_replot_cli(tmp_path):
+    f = tmp_path / "bench.json"
+    f.write_text(json.dumps({"rows": bench_rows()}))
+    rc, out, err = run_cli("bench", "methods", "--replot", f, "--out", tmp_path / "plots")
+    assert rc == 0, err
+    assert json.loads(out)["pareto"].endswith("pareto.svg") and (tmp_path / "plots" / "pareto.png").is_file()
+    f.write_text("[1, 2]")
+    rc, _, err = run_cli("bench", "methods", "--replot", f, "--out", tmp_path / "plots2")
+    assert rc == 3 and one_line_error(err)
+
+
+def test_bench_methods_row_has_modelled_energy(tmp_path):
+    """bench methods' eventsim step records the Loihi energy and latency the plot uses."""
+    import shutil
+
+    from spikebridge.benchmarks.bench_methods import _eventsim
+    from spikebridge.hardware.backends import run_graph
+    from spikebridge.hardware.energy import estimate
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(REPO / "tests" / "data" / "exports" / "bptt-lif-cnn", ckpt)
+    rng = np.random.default_rng(0)
+    x, y = rng.random((6, 1, 8, 8)).astype(np.float32), rng.integers(0, 10, 6)
+    row = _eventsim(ckpt, x, y)
+    tr = run_graph(ckpt / "graph.nir", np.broadcast_to(x[None], (4, *x.shape)))
+    from spikebridge.hardware.graph import load_graph
+    want = estimate(tr, load_graph(ckpt / "graph.nir"), "loihi")["total_pj_per_sample"]
+    assert row["loihi_energy_pj_per_sample"] == pytest.approx(want, rel=1e-12)
+    assert row["loihi_latency_seconds_per_sample"] > 0
