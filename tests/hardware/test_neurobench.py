@@ -248,3 +248,51 @@ def test_report_entry_in_report_json(tmp_path):
     assert "NeuroBench metrics" in render_html(rep, {})
     assert build_report(g, tr)["neurobench"]["membrane_updates"] is None  # no input: trace only
     assert build_report(g, None)["neurobench"] is None
+
+
+@pytest.mark.parametrize("inputs", ["binary", "analog"])
+def test_equals_neurobench_conv(inputs):
+    """A convolutional snnTorch net (Conv2d padding 1 -> Leaky -> Flatten -> Linear -> Leaky):
+    the graph snnTorch 1.0's exporter wrote (tests/data/peers/snntorch/conv_leaky), and the torch
+    model rebuilt from that graph's weights (beta = 1 - dt/tau, dt = 1e-4 as snnTorch writes)."""
+    _neurobench()
+    import snntorch as snn
+    import torch
+    from torch import nn
+
+    from spikebridge.hardware.graph import load_graph
+    from tests.conftest import REPO
+
+    graph = load_graph(REPO / "tests" / "data" / "peers" / "snntorch" / "conv_leaky" / "graph.nir")
+    n = graph.nodes
+    beta1 = 1 - 1e-4 / float(np.asarray(n["1"].tau).flat[0])
+    beta2 = 1 - 1e-4 / float(np.asarray(n["4"].tau).flat[0])
+    net = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1),
+                        snn.Leaky(beta=torch.full((3, 6, 6), beta1), threshold=torch.full((3, 6, 6), 1.0),
+                                  init_hidden=True),
+                        nn.Flatten(), nn.Linear(108, 5),
+                        snn.Leaky(beta=torch.full((5,), beta2), threshold=torch.full((5,), 1.0), init_hidden=True,
+                                  output=True))
+    with torch.no_grad():
+        net[0].weight.copy_(torch.from_numpy(np.asarray(n["0"].weight)))
+        net[0].bias.copy_(torch.from_numpy(np.asarray(n["0"].bias)))
+        net[3].weight.copy_(torch.from_numpy(np.asarray(n["3"].weight)))
+        net[3].bias.copy_(torch.from_numpy(np.asarray(n["3"].bias)))
+    x_tb = np.load(REPO / "tests" / "data" / "peers" / "snntorch" / "conv_leaky" / "input.npy")
+    if inputs == "analog":
+        x_tb = (x_tb * np.random.default_rng(2).random(x_tb.shape)).astype(np.float32)
+    state_bytes = sum(b.numel() * b.element_size() for name, b in net.named_buffers()
+                      if name.split(".")[-1] == "mem")  # empty: the net has not run yet
+    nb = _run_neurobench(net, np.ascontiguousarray(x_tb.transpose(1, 0, 2, 3, 4)), batch_size=2)
+    ours = neurobench_metrics(graph, simulate(graph, x_tb, profile="snntorch"), x=x_tb, profile="snntorch")
+    so = ours["synaptic_operations"]
+    assert nb["SynapticOperations"] == {"Effective_MACs": so["Effective_MACs"],
+                                        "Effective_ACs": so["Effective_ACs"], "Dense": so["Dense"]}
+    assert (so["Effective_MACs"] > 0) == (inputs == "analog")
+    assert nb["MembraneUpdates"] == ours["membrane_updates"]
+    assert nb["NeuronOperations"] == ours["neuron_operations"]
+    assert nb["ActivationSparsity"] == pytest.approx(ours["activation_sparsity"], rel=1e-12, abs=0)
+    assert nb["ConnectionSparsity"] == round(ours["connection_sparsity"], 4)
+    assert nb["ParameterCount"] == ours["parameter_count"]
+    assert state_bytes == 0
+    assert nb["Footprint"] == ours["footprint_bytes"] + 2 * 12  # snnTorch's bookkeeping buffers
