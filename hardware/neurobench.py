@@ -365,7 +365,7 @@ def render_section(nb: dict | None) -> str:
         ("Neuron operations: effective", _fmt(no.get("Effective Neuron Ops")), "per sample"),
         ("Neuron operations: dense", _fmt(no.get("Neuron Dense Ops")), "per sample"),
     ]
-    body = "".join(f"<tr><td>{html.escape(a)}</td><td class=\"num\">{b}</td><td>{html.escape(c)}</td></tr>"
+    body = "".join(f"<tr><td>{html.escape(a)}</td><td class=\"n\">{b}</td><td>{html.escape(c)}</td></tr>"
                    for a, b, c in rows)
     notes = "".join(f"<li>{html.escape(s)}</li>" for s in NOTES)
     src = html.escape(f"{nb.get('source', SOURCE)}; computed from {nb.get('computed_from', 'n/a')}, "

@@ -330,13 +330,16 @@ def render_compare_html(cmp: dict, png: bytes | None) -> str:
         import base64
         img = (f'<img alt="accuracy versus energy and latency" '
                f'src="data:image/png;base64,{base64.b64encode(png).decode()}">')
+    lat_scale, lat_unit = _si_time([q["latency_seconds_per_sample"] or 0.0 for q in p["points"]])
     prow = [[e(q["label"]), "n/a" if q["accuracy"] is None else f"{100 * q['accuracy']:.2f}%",
              e(q["accuracy_backend"] or "n/a"), num(None if q["energy_pj_per_sample"] is None
                                                     else q["energy_pj_per_sample"] / 1e6),
-             num(q["latency_seconds_per_sample"]), "yes" if q["on_energy_front"] else "",
+             num(None if q["latency_seconds_per_sample"] is None else q["latency_seconds_per_sample"] / lat_scale),
+             "yes" if q["on_energy_front"] else "",
              "yes" if q["on_latency_front"] else ""] for q in p["points"]]
     sec_pareto = img + table(["run", "accuracy", "of backend", f"µJ per inference ({p['energy_model']})",
-                              f"s per inference ({p['latency_chip']})", "on energy front", "on latency front"],
+                              f"{lat_unit} per inference ({p['latency_chip']})", "on energy front",
+                              "on latency front"],
                              prow, (1, 3, 4)) \
         + ("<p class=\"note\">Pareto front: no other run is at least as accurate and at most as costly "
            "(one of the two strictly). Energy and latency are modelled.</p>")
