@@ -36,7 +36,9 @@ Workload (from eventsim's run):
   as ACs, graded spikes as MACs). ``Dense``: every (input position, weight) pair a dense layer
   computes, zero inputs and zero weights included, at every step (conv: in-bounds taps only,
   as the all-ones input with zero padding gives). Pools and Scale nodes are not connection
-  layers in NeuroBench and are left out.
+  layers in NeuroBench and are left out. A layer whose outputs all go over back edges (a
+  recurrent weight, e.g. snnTorch RLeaky's) is counted as torch calls it: at step t on the
+  spikes of t - 1, so the last step's spikes never pass through it (the trace counts them).
 - ``membrane_updates``: every neuron at the first step, then each neuron whose membrane value
   changed in the step (NeuroBench ``MembraneUpdates``: pre- vs post-forward ``mem``).
   ``membrane_updates_dense``: every neuron at every step (our neuron_updates).
@@ -145,6 +147,22 @@ def _binary(a: np.ndarray) -> np.ndarray:
     return ((flat == 0) | (flat == 1) | (flat == -1)).all(axis=1)
 
 
+def _feeds_back_only(info, n: str) -> bool:
+    """True when every output edge of n is a back edge: what n computes at step t reaches its
+    consumer at t + 1, as a torch recurrent layer applied to the previous step's spikes."""
+    succ = info.succs.get(n, [])
+    return bool(succ) and all((n, s) in set(info.back_edges) for s in succ)
+
+
+def _as_called(a: np.ndarray, fill) -> np.ndarray:
+    """Per-step values of a layer fed back: step t's work happens in the torch model's call at
+    t + 1; the call at step 0 gets the zero state (``fill``), the last step's work never happens."""
+    out = np.empty_like(a)
+    out[0] = fill
+    out[1:] = a[:-1]
+    return out
+
+
 def _neuron_cost(node_type: str, reset: str) -> int:
     table = NEURON_OPS[NIR_TO_SNNTORCH[node_type]]
     return table.get(reset, table["subtract"])
@@ -190,7 +208,6 @@ def _replay(graph, x, profile, dt) -> tuple[_Replay, object]:
             t = info.types[n]
             if t in CONNECTION_TYPES:
                 ops = counts[n]["synaptic_ops"] + counts[n]["macs"]
-                rep.ops[n] = rep.ops.get(n, 0) + ops
                 flag = np.ones(T, dtype=bool)
                 for p in info.preds[n]:
                     bp = _binary(acts[p])
@@ -198,6 +215,9 @@ def _replay(graph, x, profile, dt) -> tuple[_Replay, object]:
                         bp = np.concatenate([[p not in before or bool(_binary(before[p][None]).all())],
                                              bp[:-1]])
                     flag &= bp
+                if _feeds_back_only(info, n):
+                    ops, flag = _as_called(ops, 0), _as_called(flag, True)
+                rep.ops[n] = rep.ops.get(n, 0) + ops
                 rep.binary[n] = rep.binary.get(n, np.ones(T, dtype=bool)) & flag
             if t in SPIKING_TYPES:
                 rep.active[n] = rep.active.get(n, 0) + int(np.count_nonzero(acts[n]))
@@ -284,6 +304,8 @@ def neurobench_metrics(graph, trace=None, x=None, profile: str | None = None,
             syn = np.asarray(c.get("synaptic_ops", np.zeros(T, dtype=np.int64)))
             mac = np.asarray(c.get("macs", np.zeros(T, dtype=np.int64)))
             ops, binary = syn + mac, mac == 0  # the trace's kind: spikes -> ACs
+            if _feeds_back_only(info, n):
+                ops, binary = _as_called(ops, 0), _as_called(binary, True)
         a = int(ops[binary].sum())
         m = int(ops[~binary].sum())
         d = dense_pairs(graph.nodes[n], in_shapes[n]) * T * B
