@@ -95,9 +95,14 @@ def test_three_run_comparison(tmp_path):
 def test_labels_escaped_and_disambiguated(tmp_path):
     a, b = tmp_path / "x" / EVIL, tmp_path / "y" / EVIL  # same folder name twice
     make_report(a, graph(EVIL), scaled_trace(1), accuracy={"eventsim": 0.5, EVIL: 0.25})
-    make_report(b, graph(), scaled_trace(2), accuracy={"eventsim": 0.6})
+    make_report(b, graph(), scaled_trace(2), accuracy={"eventsim": 0.6}, first_layer="once",
+                measured={"latency_seconds_per_sample": 2.5e-5, "throughput_samples_per_second": 4e4})
     cmp = compare_runs([a, b], tmp_path / "cmp")
     assert [r["label"] for r in cmp["runs"]] == [str(a), str(b)]
+    assert cmp["accuracy"][EVIL]["values"] == [0.25, None] and cmp["accuracy"][EVIL]["over_first"] == [1.0, None]
+    assert cmp["energy"]["horowitz-45nm"]["first_layer"] == ["per_step", "once"]
+    onnx = cmp["latency"]["onnxruntime (ANN, this CPU)"]
+    assert onnx["kind"] == "measured" and onnx["seconds_per_sample"]["values"] == [None, 2.5e-5]
     page = (tmp_path / "cmp" / "compare.html").read_text()
     assert EVIL not in page
     check_page(page, COMPARE_SECTIONS)
