@@ -263,6 +263,7 @@ def build_report(graph: nir.NIRGraph, trace: Trace | None = None, *,
         "per_layer": per_layer_stats(trace, graph),
         "first_layer": first_layer,
         "first_layer_rule": FIRST_LAYER_TEXT[first_layer],
+        "input_layer": _energy.input_layer_rule(graph, trace),  # binary input: synaptic ops; analog: MACs
         "measured": _measured(measured),
         "sweep": normalise_sweep(sweep) if sweep is not None else None,
         "inputs": inputs or {},
@@ -649,6 +650,7 @@ def _html_sweep(report, plots) -> str:
 def _html_method(report) -> str:
     m = "<ul>" + "".join(f"<li>{_e(x)}</li>" for x in report.get("rules", [])) + "</ul>"
     m += f"<p>First-layer rule used: <b>{_e(report.get('first_layer_rule') or report.get('first_layer'))}</b>.</p>"
+    m += f"<p>Input-layer rule used: <b>{_e((report.get('input_layer') or {}).get('rule', 'not recorded'))}</b>.</p>"
     crow = []
     for name, r in (report.get("energy") or {}).items():
         for op, c in r.get("constants", {}).items():
@@ -762,7 +764,7 @@ def report_graph(graph_path, out_dir, *, input_npy=None, dataset: str | None = N
                  limit: int | None = None, timesteps: int | None = None, backend: str = "eventsim",
                  options=None, energy_models=DEFAULT_ENERGY_MODELS, first_layer: str = "per_step",
                  sweep=None, sweep_timesteps: list[int] | None = None, weight_bits=None,
-                 max_chips: int | None = None, progress: bool = True) -> dict:
+                 max_chips: int | None = None, progress: bool = True, samples: dict | None = None) -> dict:
     """``spikebridge report GRAPH.nir``: run ``backend`` with ``options``
     (``hardware.backends.RunOptions``: profile, dt, precision, ...; the same as ``simulate``)
     on X.npy or a dataset (direct encoding over T = --timesteps or the graph's metadata), then
@@ -786,7 +788,7 @@ def report_graph(graph_path, out_dir, *, input_npy=None, dataset: str | None = N
     prep = prepare(graph_path, backend, options, file=str(graph_path))
     graph = prep.graph
     x_tb, labels, desc = pipeline.load_samples(prep, input_npy=input_npy, dataset=dataset, split=split,
-                                               limit=limit, timesteps=timesteps, file=str(graph_path))
+                                               limit=limit, timesteps=timesteps, file=str(graph_path), **(samples or {}))
     inputs = {"graph": str(graph_path), "backend": backend, "profile": options.profile or "spikebridge", **desc}
     trace = pipeline.run(prep, x_tb, progress=progress)
     accuracy = {}
