@@ -58,6 +58,12 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--dataset", default="digits",
                    help="digits | fashion-mnist | cifar10 | cifar100 | tiny-imagenet")
     t.add_argument("--timesteps", type=int, default=4)
+    from spikebridge.base.encoding import ENCODINGS
+    t.add_argument("--encoding", default="direct", choices=ENCODINGS,
+                   help="how static images become the input over T: direct (default; the analog image every "
+                        "step) | rate | latency | delta (docs/inputs.md; the same definitions as simulate/report; "
+                        "rate draws with --seed). Recorded in model.json and the NIR graph. bptt trains with any; "
+                        "the other methods with direct only")
     t.add_argument("--epochs", type=int, default=30)
     t.add_argument("--batch-size", type=int, default=64)
     t.add_argument("--lr", type=float, default=1e-3)
@@ -275,7 +281,7 @@ def cmd_train(args) -> int:
     cfg = TrainConfig(method=args.method, arch=args.arch, dataset=args.dataset, timesteps=args.timesteps,
                       epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, schedule=args.schedule, smu=args.smu,
                       seed=args.seed, device=args.device, neuron=args.neuron, surrogate=args.surrogate,
-                      sync_bn=args.sync_bn)
+                      sync_bn=args.sync_bn, encoding=args.encoding)
     from spikebridge.models.methods.options import extra_from_args
     cfg.extra.update(extra_from_args(args))
     if getattr(args, "limit_train", None):
