@@ -795,6 +795,8 @@ def report_graph(graph_path, out_dir, *, input_npy=None, dataset: str | None = N
     if labels is not None:
         accuracy[backend], _ = pipeline.accuracy_of(graph, trace, labels)
         if sweep_timesteps:
+            if desc.get("encoding") != "direct":  # run_sweep repeats x_tb[0]: right for direct encoding only
+                raise InputError(f"--sweep-timesteps re-runs with direct encoding; this run's is {desc.get('encoding')}")
             sweep = run_sweep(prep, x_tb[0], labels, sweep_timesteps, progress, label=backend)
     models = [_energy.get_model(m) for m in energy_models]
     report = build_report(graph, trace, accuracy=accuracy, energy_models=models, first_layer=first_layer,

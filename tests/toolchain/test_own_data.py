@@ -279,3 +279,7 @@ def test_rate_training_recorded_and_picked_up_by_simulate_and_report(tmp_path, c
                  "--out", str(tmp_path / "rep")]) == 0
     rep = json.loads((tmp_path / "rep" / "report.json").read_text())
     assert rep["inputs"]["encoding"] == "rate" and rep["input_layer"]["input"] == "binary"
+    # the accuracy-vs-T sweep repeats one frame: refused for an encoded run rather than wrong
+    assert main(["--no-progress", "report", str(ck / "graph.nir"), "--dataset", "digits", "--limit", "20",
+                 "--sweep-timesteps", "1,2", "--out", str(tmp_path / "rep2")]) == 3
+    assert "--sweep-timesteps re-runs with direct encoding" in capsys.readouterr().err
