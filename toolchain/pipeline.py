@@ -109,14 +109,20 @@ def num_classes(prep) -> int | None:
     return int(shape[-1]) if shape else None
 
 
-def choose_encoding(graph_encoding, given: str | None) -> tuple[str, str]:
+def choose_encoding(graph_encoding, given: str | None, file: str | None = None) -> tuple[str, str]:
     """(encoding, where it came from) for static samples: ``given`` (--encoding), else the
     graph's recorded one, else direct. A given encoding that differs from the recorded one is
-    allowed and warned about in one line (EncodingWarning)."""
+    allowed and warned about in one line (EncodingWarning); an unknown recorded one is refused
+    (GraphError) unless --encoding overrides it."""
     import warnings
 
-    from spikebridge.base.encoding import EncodingWarning, check_encoding
+    from spikebridge.base.dialect import META_KEY
+    from spikebridge.base.encoding import ENCODINGS, EncodingWarning, check_encoding
+    from spikebridge.base.errors import GraphError
 
+    if graph_encoding is not None and str(graph_encoding) not in ENCODINGS and given is None:
+        raise GraphError(f"encoding {graph_encoding!r} is not one of {', '.join(ENCODINGS)}; pass --encoding",
+                         file, f"graph metadata {META_KEY}")
     if given is not None:
         check_encoding(given)
         if graph_encoding and graph_encoding != given:
@@ -124,7 +130,7 @@ def choose_encoding(graph_encoding, given: str | None) -> tuple[str, str]:
                           EncodingWarning, stacklevel=2)
         return given, "command line"
     if graph_encoding:
-        return check_encoding(graph_encoding), "graph metadata"
+        return str(graph_encoding), "graph metadata"
     return "direct", "default"
 
 
@@ -188,7 +194,7 @@ def load_samples(prep, *, input_npy=None, dataset: str | None = None, split: str
     else:
         x, labels = dataset_samples(dataset, split, limit, shape)
         desc = {"dataset": dataset, "split": split}
-    enc, source = choose_encoding(graph_meta(prep.graph, file=file).get("encoding"), encoding)
+    enc, source = choose_encoding(graph_meta(prep.graph, file=file).get("encoding"), encoding, file)
     desc.update(encoding=enc, encoding_source=source)
     if enc == "rate":
         desc["seed"] = seed

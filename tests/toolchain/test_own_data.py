@@ -283,3 +283,14 @@ def test_rate_training_recorded_and_picked_up_by_simulate_and_report(tmp_path, c
     assert main(["--no-progress", "report", str(ck / "graph.nir"), "--dataset", "digits", "--limit", "20",
                  "--sweep-timesteps", "1,2", "--out", str(tmp_path / "rep2")]) == 3
     assert "--sweep-timesteps re-runs with direct encoding" in capsys.readouterr().err
+
+
+def test_unknown_recorded_encoding_refused_unless_overridden(files, capsys):
+    d = files["dir"]
+    g = tiny_graph(d / "odd.nir", encoding="poisson")
+    code, _, err = _sim(capsys, g, "--input", d / "xs.npy", "--out", d / "o.npz")
+    assert code == 3 and "encoding 'poisson' is not one of" in err and "--encoding" in err
+    code, summary, err = _sim(capsys, g, "--input", d / "xs.npy", "--encoding", "latency", "--out", d / "o.npz")
+    assert code == 0 and summary["inputs"]["encoding"] == "latency" and "trained with poisson" in err
+    code, summary, _ = _sim(capsys, g, "--input", d / "xt.npy", "--out", d / "o.npz")  # time-major: not encoded
+    assert code == 0 and summary["inputs"]["encoding"].startswith("none")
