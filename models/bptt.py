@@ -247,12 +247,14 @@ class BPTTNet(nn.Module):
         (B, T, ...) of frames, feeds the first layer a different input at each step: x is made
         time-major here, by models/config.py ``encode_batch`` (frames pass through unencoded)."""
         from spikebridge.models.config import encode_batch
+        from spikebridge.models.distributed import global_rows
 
         T = self.timesteps
         B = x.shape[0]
         seq = x.dim() == len(self.input_shape) + 2 or self.encoding != "direct"
         if seq:
-            x = encode_batch(x, self.encoding, T, self.encoding_rng, len(self.input_shape))  # (T, B, ...)
+            x = encode_batch(x, self.encoding, T, self.encoding_rng, len(self.input_shape),
+                             rows=global_rows() if self.training else None)  # (T, B, ...)
             T = x.shape[0]
         if self.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)

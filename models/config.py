@@ -68,7 +68,7 @@ def encoding_of(meta: dict) -> str:
 
 
 def encode_batch(x: torch.Tensor, encoding: str, timesteps: int, rng: np.random.Generator | None,
-                 sample_ndim: int) -> torch.Tensor:
+                 sample_ndim: int, rows: tuple[int, int] | None = None) -> torch.Tensor:
     """The training input of a batch, time-major (T, B, *shape), float32 on x's device.
 
     ``x`` (B, *shape) static images are encoded with ``spikebridge.base.encoding.encode`` (the
@@ -76,12 +76,22 @@ def encode_batch(x: torch.Tensor, encoding: str, timesteps: int, rng: np.random.
     more dimension than a sample plus batch, (B, T, *shape), is already a sequence (event
     frames): it passes through unencoded, only made time-major. ``sample_ndim``: len(shape).
     Direct encoding returns the broadcast (T, B, ...) view; networks that reuse one
-    first-layer current over T never call this for direct."""
+    first-layer current over T never call this for direct. ``rows`` = (offset, global batch)
+    when x is rows offset.. of a larger global batch (distributed training,
+    models/distributed.py ``global_rows``): rate draws are made for the global batch and sliced,
+    so N processes encode exactly as one process does."""
     from spikebridge.base.encoding import encode
 
     if x.dim() == sample_ndim + 2:
         return x.transpose(0, 1)
     if encoding == "direct":
         return x.unsqueeze(0).expand(int(timesteps), *x.shape)
-    seq = encode(x.detach().cpu().numpy(), encoding, int(timesteps), rng=rng)
+    xn = x.detach().cpu().numpy()
+    if rows is not None and encoding == "rate":
+        off, n_global = int(rows[0]), int(rows[1])
+        xg = np.zeros((n_global, *xn.shape[1:]), dtype=xn.dtype)
+        xg[off:off + len(xn)] = xn
+        seq = encode(xg, encoding, int(timesteps), rng=rng)[:, off:off + len(xn)]
+    else:
+        seq = encode(xn, encoding, int(timesteps), rng=rng)
     return torch.from_numpy(np.ascontiguousarray(seq, dtype=np.float32)).to(x.device)

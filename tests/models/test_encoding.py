@@ -128,3 +128,31 @@ def test_methods_that_cannot_encode_are_refused_in_one_line(tmp_path):
         msg = str(e.value)
         assert "\n" not in msg and f"method {method}" in msg and "bptt" in msg
         assert not (tmp_path / method / "model.json").exists()
+
+
+def test_rate_draws_for_the_global_batch_then_slices():
+    x = torch.rand(8, 4)
+    whole = encode_batch(x, "rate", 3, np.random.default_rng(5), sample_ndim=1)
+    part = encode_batch(x[2:5], "rate", 3, np.random.default_rng(5), sample_ndim=1, rows=(2, 8))
+    assert torch.equal(part, whole[:, 2:5])
+
+
+@pytest.mark.slow
+def test_rate_training_two_processes_match_one_process(tmp_path):
+    """bptt --encoding rate in 2 gloo processes == one process (draws for the global batch)."""
+    import subprocess
+    import sys
+
+    from tests.models.test_distributed import COMMON, REPO, _assert_same, _free_port, _one_process, _torchrun_env
+
+    _one_process("bptt", tmp_path / "one", encoding="rate")
+    port = _free_port()
+    script = ("from spikebridge.models.train import TrainConfig, train\n"
+              f"cfg = TrainConfig(method='bptt', encoding='rate', **{COMMON!r})\n"
+              f"cfg.extra['limit_test'] = {COMMON['limit_test']}\n"
+              f"train(cfg, {str(tmp_path / 'two')!r}, progress=False)\n")
+    procs = [subprocess.Popen([sys.executable, "-c", script], cwd=REPO, env=_torchrun_env(r, 2, port),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in range(2)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [o[1][-3000:] for o in outs]
+    _assert_same(tmp_path / "one", tmp_path / "two")
