@@ -140,7 +140,8 @@ def load_samples(prep, *, input_npy=None, dataset: str | None = None, split: str
     """(x_tb, labels or None, description) for a prepared graph.
 
     Samples: ``input_npy`` X.npy, time-major (T, batch, *input_shape) run as given, or static
-    (batch, *input_shape) encoded over T; or a dataset split (static, encoded over T). The
+    (batch, *input_shape) encoded over T; or a dataset split: static samples encoded over T,
+    or frame sequences (batch, T, *input_shape), e.g. event data, run as given. The
     number of dimensions decides between static and time-major. T = ``timesteps`` or the
     graph's metadata. Encoding of static samples (spikebridge.base.encoding): ``encoding``,
     else the one the graph records (metadata ``encoding``), else direct; ``seed`` seeds rate
@@ -194,6 +195,14 @@ def load_samples(prep, *, input_npy=None, dataset: str | None = None, split: str
     else:
         x, labels = dataset_samples(dataset, split, limit, shape)
         desc = {"dataset": dataset, "split": split}
+        if x.ndim == len(shape) + 2:  # a dataset of frame sequences (batch, T, ...), e.g. event data
+            if encoding is not None:
+                raise InputError(f"--encoding {encoding}: dataset {dataset} is already a sequence of frames; "
+                                 "it is run as given")
+            if timesteps is not None and int(timesteps) != x.shape[1]:
+                raise InputError(f"--timesteps {timesteps} but dataset {dataset} has T = {x.shape[1]} frames")
+            desc.update(input_layout="frames (batch, T, ...)", encoding="none (frames run as given)")
+            return np.moveaxis(x, 1, 0), labels, desc
     enc, source = choose_encoding(graph_meta(prep.graph, file=file).get("encoding"), encoding, file)
     desc.update(encoding=enc, encoding_source=source)
     if enc == "rate":

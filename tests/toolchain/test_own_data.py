@@ -294,3 +294,19 @@ def test_unknown_recorded_encoding_refused_unless_overridden(files, capsys):
     assert code == 0 and summary["inputs"]["encoding"] == "latency" and "trained with poisson" in err
     code, summary, _ = _sim(capsys, g, "--input", d / "xt.npy", "--out", d / "o.npz")  # time-major: not encoded
     assert code == 0 and summary["inputs"]["encoding"].startswith("none")
+
+
+def test_a_dataset_of_frames_passes_through_unencoded(files, capsys, monkeypatch):
+    """A dataset yielding (batch, T, ...) frames (event data) is run as given, time-major."""
+    from spikebridge.toolchain import pipeline
+
+    frames = (np.random.default_rng(5).random((12, T, 4)) < 0.3)
+    monkeypatch.setattr(pipeline, "dataset_samples", lambda *a, **k: (frames, files["y"]))
+    d = files["dir"]
+    code, summary, _ = _sim(capsys, files["graph"], "--dataset", "events", "--out", d / "f.npz")
+    assert code == 0 and summary["inputs"]["encoding"].startswith("none") and summary["timesteps"] == T
+    preds, _ = hand_run(np.moveaxis(frames, 1, 0))
+    assert summary["accuracy"] == pytest.approx(float(np.mean(preds == files["y"])), abs=0)
+    assert summary["input_layer"]["input"] == "binary"
+    code, _, err = _sim(capsys, files["graph"], "--dataset", "events", "--encoding", "rate", "--out", d / "f.npz")
+    assert code == 3 and "already a sequence of frames" in err
