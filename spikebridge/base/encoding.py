@@ -57,8 +57,10 @@ def check_encoding(name) -> str:
 def rate(x: np.ndarray, timesteps: int, rng: np.random.Generator) -> np.ndarray:
     """Bernoulli spikes with p = clip(x, 0, 1) at each of ``timesteps`` steps (module doc)."""
     p = np.clip(np.asarray(x, dtype=np.float64), 0.0, 1.0)
-    u = rng.random((int(timesteps), *p.shape))
-    return u < p[None]
+    out = np.empty((int(timesteps), *p.shape), dtype=bool)
+    for t in range(int(timesteps)):  # one step's draws at a time: the same stream as one (T, ...) draw
+        np.less(rng.random(p.shape), p, out=out[t])
+    return out
 
 
 def latency_steps(x: np.ndarray, timesteps: int) -> np.ndarray:
