@@ -6,7 +6,8 @@ model.json's ``method`` through the method registry). The SNN is written exactly
 running statistics, the bias as injected per step, per-neuron thresholds as arrays, IF
 (r = 1) or LIF under forward Euler with dt = 1, and an analog readout Affine(W/T, b/T) whose
 output summed over T equals the model's SNN logits. What plain NIR cannot say (reset kind,
-threshold test, v(0), spike amplitude, count-then-emit window; dt, T, readout) is carried
+threshold test, v(0), spike amplitude, count-then-emit window; dt, T, readout, the input
+encoding of training) is carried
 under the metadata key ``"spikebridge"``.
 """
 from __future__ import annotations
@@ -65,8 +66,16 @@ def to_nir(net: DeployedNet) -> nir.NIRGraph:
 
 
 def checkpoint_to_nir(ckpt_dir) -> nir.NIRGraph:
-    """``export --format nir``: the checkpoint's DeployedNet (models.deployed.from_checkpoint) as NIR."""
-    return to_nir(from_checkpoint(ckpt_dir))
+    """``export --format nir``: the checkpoint's DeployedNet (models.deployed.from_checkpoint) as NIR,
+    with the input encoding it was trained with (model.json; graph metadata ``encoding``, which
+    simulate and report then use for static inputs)."""
+    from dataclasses import replace
+
+    from spikebridge.models.checkpoint import read_meta
+    from spikebridge.models.config import encoding_of
+
+    net = from_checkpoint(ckpt_dir)
+    return to_nir(replace(net, encoding=encoding_of(read_meta(ckpt_dir))))
 
 
 def write_nir(graph: nir.NIRGraph, path) -> None:

@@ -288,7 +288,8 @@ def run_graph(graph, x_tb: np.ndarray, backend: str | Backend = "eventsim", opti
     (OptionError); graphs it cannot run raise UnsupportedError with its reasons; an estimated
     memory above --max-memory raises ResourceError before anything runs. ``workers`` > 1 or
     ``cluster`` shard the batches (hardware.shard; identical results). ``trace.meta`` gets
-    wall_seconds and samples_per_second.
+    wall_seconds, samples_per_second and input_layer (the costing rule applied to the input
+    layer, decided on the whole input: binary -> synaptic ops, analog -> MACs; eventsim.counts).
     """
     if isinstance(graph, Prepared):
         if options is not None or backend not in ("eventsim", graph.backend, graph.backend.name):
@@ -314,6 +315,8 @@ def run_graph(graph, x_tb: np.ndarray, backend: str | Backend = "eventsim", opti
     else:
         trace = prep.backend.run(prep.graph, prep.info, x_tb, o, progress)
     wall = time.perf_counter() - t0
+    from spikebridge.hardware.eventsim.counts import apply_input_rule, is_binary  # the input-layer costing rule
+    trace.meta["input_layer"] = apply_input_rule(prep.info, trace.counts, is_binary(x_tb))
     trace.meta["wall_seconds"] = wall
     trace.meta["samples_per_second"] = x_tb.shape[1] / max(wall, 1e-9)
     trace.meta["registered_backend"] = prep.backend.name

@@ -11,6 +11,12 @@ Two kinds of model, kept apart and labelled by ``EnergyModel.kind``:
     analog-layer MACs by T (the convention of many papers, which compute the first
     layer once and reuse it). The result names the rule used.
 
+The input layer: a binary input (bool, or only 0/1 values: rate/latency/delta encodings,
+event frames) is spike events, so its events are synaptic operations (E_AC here); an analog
+input's are MACs (E_MAC), to which ``first_layer`` applies. This is how SpikingJelly's op
+counter and NeuroBench count. The counts carry the rule (``backends.run_graph`` applies it,
+hardware/eventsim/counts.py); ``input_layer_rule`` states it and every estimate records it.
+
 ``chip-style`` (a neuromorphic chip's own per-operation costs, e.g. ``loihi``)
     E = e_synop * synaptic ops + e_nu_active * active neuron updates
         + e_nu_inactive * inactive neuron updates + e_spike * spikes routed
@@ -420,6 +426,30 @@ def active_neuron_updates(trace: Trace, graph: nir.NIRGraph, node: str, info=Non
     return np.where(active, nu, 0.0)
 
 
+def input_layer_rule(graph: nir.NIRGraph, trace: Trace | None) -> dict | None:
+    """How the input layer of ``trace`` was costed: ``{"input": "binary"|"analog", "rule": text,
+    "nodes": [...]}``. A binary input (bool, or only 0/1 values) is counted as synaptic
+    operations (accumulates: E_AC in gpu-style models), an analog one as MACs (E_MAC); see
+    hardware/eventsim/counts.py ``apply_input_rule``. From ``trace.meta["input_layer"]`` (set by
+    ``backends.run_graph``); a trace without it (read back from a file) is told from its
+    counts: MACs in the input-layer nodes mean the analog rule was applied."""
+    from spikebridge.hardware.eventsim.counts import INPUT_LAYER_RULES, input_layer_nodes
+
+    if trace is None:
+        return None
+    rec = (trace.meta or {}).get("input_layer")
+    if rec:
+        return dict(rec)
+    try:
+        nodes = input_layer_nodes(_graph.analyse(graph))
+    except InputError:
+        return None
+    macs = sum(float(_series(trace, n, "macs").sum()) for n in nodes)
+    sops = sum(float(_series(trace, n, "synaptic_ops").sum()) for n in nodes)
+    kind = "binary" if sops > 0 and macs == 0 else "analog"
+    return {"input": kind, "rule": INPUT_LAYER_RULES[kind], "nodes": nodes, "told_from": "counts"}
+
+
 def estimate(trace: Trace, graph: nir.NIRGraph, model_name: str | EnergyModel,
              first_layer: str = "per_step") -> dict:
     """Energy per sample of the run in ``trace`` under one model. See module docstring."""
@@ -484,6 +514,7 @@ def estimate(trace: Trace, graph: nir.NIRGraph, model_name: str | EnergyModel,
         "per_node_pj_per_sample": per_node,
         "per_operation_pj_per_sample": per_op,
         "first_layer": rule_used,
+        "input_layer": input_layer_rule(graph, trace),
         "timesteps": T,
         "constants": {op: {"value_pj": c.value_pj, "source": c.source}
                       for op, c in model.constants.items()},

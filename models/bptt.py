@@ -196,8 +196,13 @@ class _Block(nn.Module):
 
 class BPTTNet(nn.Module):
     def __init__(self, spec: list[dict], input_shape, timesteps: int, neuron: str = "lif",
-                 surrogate: str = "atan", tau: float = 2.0, v_threshold: float = 1.0, reset: str = "zero"):
+                 surrogate: str = "atan", tau: float = 2.0, v_threshold: float = 1.0, reset: str = "zero",
+                 encoding: str = "direct", seed: int = 0):
         super().__init__()
+        import numpy as np
+
+        self.encoding = encoding  # static images -> spikes (models/config.py encode_batch)
+        self.encoding_rng = np.random.default_rng(seed)
         self.spec = [dict(s) for s in spec]
         self.input_shape = tuple(input_shape)
         self.timesteps = int(timesteps)
@@ -235,13 +240,25 @@ class BPTTNet(nn.Module):
         return out
 
     def forward(self, x: torch.Tensor, record: bool = False):
-        """x (B, ...) -> (logits = FC(mean_t s_L), spike counts per neuron layer[, spikes])."""
+        """x (B, ...) -> (logits = FC(mean_t s_L), spike counts per neuron layer[, spikes]).
+
+        Direct encoding: the static image is the first layer's input at every step (its current
+        computed once). Another ``encoding`` (rate, latency, delta), or x given as a sequence
+        (B, T, ...) of frames, feeds the first layer a different input at each step: x is made
+        time-major here, by models/config.py ``encode_batch`` (frames pass through unencoded)."""
+        from spikebridge.models.config import encode_batch
+        from spikebridge.models.distributed import global_rows
+
         T = self.timesteps
         B = x.shape[0]
+        seq = x.dim() == len(self.input_shape) + 2 or self.encoding != "direct"
+        if seq:
+            x = encode_batch(x, self.encoding, T, self.encoding_rng, len(self.input_shape),
+                             rows=global_rows() if self.training else None)  # (T, B, ...)
+            T = x.shape[0]
         if self.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
-        h = x  # analog until the first neuron layer: (B, ...) shared by every step
-        seq = False
+        h = x  # direct: analog until the first neuron layer, (B, ...) shared by every step
         counts, spikes = [], []
 
         def over_t(fn, h_seq):  # a stateless op over all T steps at once (T*B batch)
@@ -290,13 +307,15 @@ def build_bptt_model(meta: dict, tensors: dict, file: str | None = None) -> BPTT
     """Rebuild a BPTT checkpoint's model (weights checked by name and shape)."""
 
     from spikebridge.base.errors import CheckpointError
+    from spikebridge.models.config import encoding_of
 
     n = meta.get("neuron", {})
     kind = str(n.get("model", "LIF")).lower()
     try:
         model = BPTTNet(meta["layers"], meta["input_shape"], meta["timesteps"], neuron=kind,
                         surrogate=str(n.get("surrogate", "atan")), tau=float(n.get("tau") or 2.0),
-                        v_threshold=float(n.get("threshold", 1.0)), reset=str(n.get("reset", "zero")))
+                        v_threshold=float(n.get("threshold", 1.0)), reset=str(n.get("reset", "zero")),
+                        encoding=encoding_of(meta), seed=int(meta.get("seed", 0) or 0))
     except (ValueError, TypeError) as e:
         raise CheckpointError(f"invalid BPTT neuron settings ({e})", file=file, place="neuron") from None
     from spikebridge.models.checkpoint import load_weights

@@ -23,9 +23,22 @@ def train(cfg: TrainConfig, out_dir, progress: bool = True, resume: bool = False
     from spikebridge.models.checkpoint import check_checkpoint_files
 
     spec = method_registry.require(cfg.method, error=InputError)
+    check_encoding(cfg, spec)
     check_checkpoint_files(out_dir)  # a directory or /proc link named train_state.pt is refused, not skipped
     with D.session(cfg) as ctx:
         return spec.train(cfg, out_dir, progress and ctx.is_main, resume)
+
+
+def check_encoding(cfg: TrainConfig, spec) -> None:
+    """Refuse, in one line, an input encoding the method cannot train with (MethodSpec.encodings)."""
+    from spikebridge.base.encoding import check_encoding as known
+    from spikebridge.models import methods as method_registry
+
+    known(cfg.encoding)
+    if cfg.encoding not in spec.encodings:
+        able = sorted(n for n in method_registry.names() if cfg.encoding in method_registry.get(n).encodings)
+        raise InputError(f"--encoding {cfg.encoding}: method {spec.name} {spec.no_encoding}; methods that train "
+                         f"with it: {', '.join(able) or 'none'}")
 
 
 def launch(nproc: int, cfg: TrainConfig, out_dir, resume: bool = False, progress: bool = False) -> dict:

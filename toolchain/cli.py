@@ -58,6 +58,12 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--dataset", default="digits",
                    help="digits | fashion-mnist | cifar10 | cifar100 | tiny-imagenet")
     t.add_argument("--timesteps", type=int, default=4)
+    from spikebridge.base.encoding import ENCODINGS
+    t.add_argument("--encoding", default="direct", choices=ENCODINGS,
+                   help="how static images become the input over T: direct (default; the analog image every "
+                        "step) | rate | latency | delta (docs/inputs.md; the same definitions as simulate/report; "
+                        "rate draws with --seed). Recorded in model.json and the NIR graph. bptt trains with any; "
+                        "the other methods with direct only")
     t.add_argument("--epochs", type=int, default=30)
     t.add_argument("--batch-size", type=int, default=64)
     t.add_argument("--lr", type=float, default=1e-3)
@@ -93,11 +99,12 @@ def _parser() -> argparse.ArgumentParser:
     s = cmd("simulate", "run a NIR graph on the event-driven simulator or on Lava")
     s.add_argument("graph", help="graph.nir")
     src = s.add_mutually_exclusive_group(required=True)
-    src.add_argument("--input", help="X.npy, time-major (T, batch, *input_shape), bool or float")
-    src.add_argument("--dataset", help="digits | fashion-mnist (direct encoding over the graph's T)")
+    src.add_argument("--input", help=pipeline.INPUT_HELP)
+    src.add_argument("--dataset", help="digits | fashion-mnist (encoded over T: --encoding)")
     s.add_argument("--split", default="test")
-    s.add_argument("--limit", type=int, help="first N samples (of the split, or of X.npy)")
-    s.add_argument("--timesteps", type=int, help="T for --dataset (default: the graph's metadata)")
+    s.add_argument("--limit", type=int, help="first N samples (of the split, or of X.npy and Y.npy)")
+    s.add_argument("--timesteps", type=int, help="T for --dataset and static X.npy (default: the graph's metadata)")
+    pipeline.add_sample_options(s)
     s.add_argument("--out", required=True, help="OUT.npz")
     pipeline.add_run_options(s)
 
@@ -110,11 +117,12 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--out", help="output directory (default: the run directory; required for a graph "
                                  "and for --compare)")
     rsrc = r.add_mutually_exclusive_group()
-    rsrc.add_argument("--input", help="GRAPH.nir only: X.npy, time-major (T, batch, *input_shape)")
-    rsrc.add_argument("--dataset", help="GRAPH.nir only: digits | fashion-mnist (direct encoding)")
+    rsrc.add_argument("--input", help="GRAPH.nir only: " + pipeline.INPUT_HELP)
+    rsrc.add_argument("--dataset", help="GRAPH.nir only: digits | fashion-mnist (encoded over T: --encoding)")
     r.add_argument("--split", default="test")
-    r.add_argument("--limit", type=int, help="first N samples (of the split, or of X.npy)")
-    r.add_argument("--timesteps", type=int, help="T for --dataset (default: the graph's metadata)")
+    r.add_argument("--limit", type=int, help="first N samples (of the split, or of X.npy and Y.npy)")
+    r.add_argument("--timesteps", type=int, help="T for --dataset and static X.npy (default: the graph's metadata)")
+    pipeline.add_sample_options(r, prefix="GRAPH.nir only: ")
     pipeline.add_run_options(r)
     r.add_argument("--energy-model", action="append", default=[], metavar="FILE.toml",
                    help="add a user energy model (every constant needs a source); repeatable")
@@ -274,7 +282,7 @@ def cmd_train(args) -> int:
     cfg = TrainConfig(method=args.method, arch=args.arch, dataset=args.dataset, timesteps=args.timesteps,
                       epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, schedule=args.schedule, smu=args.smu,
                       seed=args.seed, device=args.device, neuron=args.neuron, surrogate=args.surrogate,
-                      sync_bn=args.sync_bn)
+                      sync_bn=args.sync_bn, encoding=args.encoding)
     from spikebridge.models.methods.options import extra_from_args
     cfg.extra.update(extra_from_args(args))
     if getattr(args, "limit_train", None):
@@ -318,15 +326,17 @@ def cmd_simulate(args) -> int:
     from spikebridge.toolchain import pipeline
 
     prep = prepare(args.graph, args.backend, pipeline.run_options(args), file=args.graph)
-    x_tb, labels, _ = pipeline.load_samples(prep, input_npy=args.input, dataset=args.dataset, split=args.split,
-                                            limit=args.limit, timesteps=args.timesteps, file=args.graph)
+    x_tb, labels, desc = pipeline.load_samples(prep, input_npy=args.input, dataset=args.dataset, split=args.split,
+                                               limit=args.limit, timesteps=args.timesteps, file=args.graph,
+                                               **pipeline.sample_options(args))
     trace = pipeline.run(prep, x_tb, progress=_progress(args), desc=args.backend)
     extra = {}
     summary = {"backend": args.backend, "samples": trace.batch, "timesteps": trace.timesteps,
                "synaptic_ops_per_sample": trace.per_sample("synaptic_ops"),
                "macs_per_sample": trace.per_sample("macs"),
                "spikes_per_sample": trace.per_sample("spikes"),
-               "samples_per_second": trace.meta.get("samples_per_second")}
+               "samples_per_second": trace.meta.get("samples_per_second"), "inputs": desc,
+               "input_layer": trace.meta.get("input_layer")}
     summary.update({k: trace.meta[k] for k in ("workers", "shards") if k in trace.meta})
     if labels is not None:
         acc, preds = pipeline.accuracy_of(prep.graph, trace, labels)
@@ -410,8 +420,8 @@ def cmd_report(args) -> int:
     common = dict(energy_models=models, first_layer=args.first_layer, weight_bits=args.weight_bits,
                   max_chips=args.max_chips)
     if target.is_dir():
-        if args.input or args.dataset:
-            return usage("--input/--dataset are for GRAPH.nir; a run directory has its own data")
+        if args.input or args.dataset or args.labels or args.encoding:
+            return usage("--input/--dataset/--labels/--encoding are for GRAPH.nir; a run directory has its own data")
         from spikebridge.toolchain.demo import report_run_dir
         from spikebridge.toolchain import pipeline
         options = pipeline.run_options(args)
@@ -434,6 +444,7 @@ def cmd_report(args) -> int:
         from spikebridge.toolchain.report import report_graph
         report_graph(target, args.out, input_npy=args.input, dataset=args.dataset, split=args.split,
                      limit=args.limit, timesteps=args.timesteps, backend=args.backend,
+                     samples=pipeline.sample_options(args),
                      options=pipeline.run_options(args),
                      sweep=sweep, sweep_timesteps=sweep_ts, progress=_progress(args), **common)
         out = Path(args.out)

@@ -19,11 +19,10 @@ def progress_bar(total: int, desc: str, enabled: bool = True, unit: str = "sampl
     return tqdm(total=total, desc=desc, unit=unit, disable=not enabled, dynamic_ncols=True, leave=True)
 
 
-def load_input_npy(path, input_shape: tuple[int, ...]) -> np.ndarray:
-    """X.npy, time-major (T, batch, *input_shape), bool or numeric. Never unpickles."""
-    p = Path(path)
+def _read_npy(p: Path) -> np.ndarray:
+    """A memory-mapped .npy (never unpickled); one-line DatasetError for anything else."""
     if not p.is_file():
-        raise DatasetError("input file not found", file=str(p))
+        raise DatasetError("file not found", file=str(p))
     try:
         arr = np.load(p, allow_pickle=False, mmap_mode="r")
     except Exception as e:  # noqa: BLE001 - numpy parses the header with tokenize/ast: crafted ones raise
@@ -32,19 +31,51 @@ def load_input_npy(path, input_shape: tuple[int, ...]) -> np.ndarray:
                            file=str(p)) from None
     if not isinstance(arr, np.ndarray):
         raise DatasetError("expected a single .npy array", file=str(p))
+    return arr
+
+
+def load_input_npy(path, input_shape: tuple[int, ...], allow_static: bool = False) -> np.ndarray:
+    """X.npy, bool or numeric, never unpickled: time-major (T, batch, *input_shape), or with
+    ``allow_static`` also static samples (batch, *input_shape). The number of dimensions
+    decides which (a static array has one fewer than a time-major one), so no shape is ever
+    read both ways."""
+    p = Path(path)
+    arr = _read_npy(p)
     if arr.dtype.kind not in "biuf":
         raise DatasetError(f"dtype {arr.dtype} is not bool, integer or float", file=str(p))
-    if arr.ndim != 2 + len(input_shape) or tuple(arr.shape[2:]) != tuple(input_shape):
-        raise DatasetError(f"shape {arr.shape} is not (T, batch, *{tuple(input_shape)}) as the graph's Input needs",
-                           file=str(p))
-    if arr.shape[0] < 1 or arr.shape[1] < 1:
-        raise DatasetError("T and batch must be at least 1", file=str(p))
+    k = len(input_shape)
+    static = allow_static and arr.ndim == 1 + k and tuple(arr.shape[1:]) == tuple(input_shape)
+    if not static and (arr.ndim != 2 + k or tuple(arr.shape[2:]) != tuple(input_shape)):
+        want = f"(T, batch, *{tuple(input_shape)})" + (f" or (batch, *{tuple(input_shape)})" if allow_static else "")
+        raise DatasetError(f"shape {arr.shape} is not {want} as the graph's Input needs", file=str(p))
+    if min(arr.shape[:1 if static else 2]) < 1:
+        raise DatasetError("batch must be at least 1" if static else "T and batch must be at least 1", file=str(p))
     if arr.nbytes > MAX_INPUT_BYTES:
         raise DatasetError(f"input is {arr.nbytes} bytes, above the {MAX_INPUT_BYTES}-byte limit", file=str(p))
     out = np.asarray(arr)
     if out.dtype.kind == "f" and not np.all(np.isfinite(out)):
         raise DatasetError("input has NaN or Inf values", file=str(p))
     return out
+
+
+def load_labels(path, batch: int, num_classes: int | None) -> np.ndarray:
+    """y.npy: integer class labels, shape (batch,), each in [0, num_classes); int64.
+    Never unpickled; anything else is refused in one line (DatasetError, exit 3)."""
+    p = Path(path)
+    arr = _read_npy(p)
+    if arr.dtype.kind not in "iu":
+        raise DatasetError(f"labels must be integers, got dtype {arr.dtype}", file=str(p))
+    if arr.ndim != 1 or arr.shape[0] != int(batch):
+        raise DatasetError(f"labels have shape {arr.shape}; the input has {batch} samples, so ({batch},) "
+                           "is needed", file=str(p))
+    y = np.asarray(arr).astype(np.int64)
+    if y.size:
+        lo, hi = int(y.min()), int(y.max())
+        if lo < 0 or (num_classes is not None and hi >= num_classes):
+            bound = f"[0, {num_classes})" if num_classes is not None else "non-negative"
+            raise DatasetError(f"labels range over [{lo}, {hi}]; the graph's output has "
+                               f"{num_classes} classes, so they must be {bound}", file=str(p))
+    return y
 
 
 def dataset_samples(name: str, split: str, limit: int | None, input_shape) -> tuple[np.ndarray, np.ndarray]:
@@ -64,28 +95,147 @@ def dataset_samples(name: str, split: str, limit: int | None, input_shape) -> tu
 
 def direct_encode(x: np.ndarray, T: int) -> np.ndarray:
     """Direct encoding: the analog sample at each of the T steps -> (T, batch, *shape)."""
-    return np.broadcast_to(x[None], (T, *x.shape))
+    from spikebridge.base.encoding import encode
+
+    return encode(x, "direct", T)
+
+
+def num_classes(prep) -> int | None:
+    """Classes of the graph's (single) Output: its last axis; None when it cannot be told."""
+    outs = list(getattr(prep.info, "outputs", []) or [])
+    if len(outs) != 1:
+        return None
+    shape = tuple(prep.info.shapes.get(outs[0]) or ())
+    return int(shape[-1]) if shape else None
+
+
+def choose_encoding(graph_encoding, given: str | None, file: str | None = None) -> tuple[str, str]:
+    """(encoding, where it came from) for static samples: ``given`` (--encoding), else the
+    graph's recorded one, else direct. A given encoding that differs from the recorded one is
+    allowed and warned about in one line (EncodingWarning); an unknown recorded one is refused
+    (GraphError) unless --encoding overrides it."""
+    import warnings
+
+    from spikebridge.base.dialect import META_KEY
+    from spikebridge.base.encoding import ENCODINGS, EncodingWarning, check_encoding
+    from spikebridge.base.errors import GraphError
+
+    if graph_encoding is not None and str(graph_encoding) not in ENCODINGS and given is None:
+        raise GraphError(f"encoding {graph_encoding!r} is not one of {', '.join(ENCODINGS)}; pass --encoding",
+                         file, f"graph metadata {META_KEY}")
+    if given is not None:
+        check_encoding(given)
+        if graph_encoding and graph_encoding != given:
+            warnings.warn(f"--encoding {given}: the graph was trained with {graph_encoding} encoding",
+                          EncodingWarning, stacklevel=2)
+        return given, "command line"
+    if graph_encoding:
+        return str(graph_encoding), "graph metadata"
+    return "direct", "default"
 
 
 def load_samples(prep, *, input_npy=None, dataset: str | None = None, split: str = "test",
-                 limit: int | None = None, timesteps: int | None = None, file: str | None = None):
-    """(x_tb, labels or None, description) for a prepared graph: X.npy (T, batch, *input_shape)
-    as given, or a dataset split direct-encoded over T = ``timesteps`` or the graph's metadata."""
+                 limit: int | None = None, timesteps: int | None = None, file: str | None = None,
+                 labels_npy=None, encoding: str | None = None, seed: int | None = None):
+    """(x_tb, labels or None, description) for a prepared graph.
+
+    Samples: ``input_npy`` X.npy, time-major (T, batch, *input_shape) run as given, or static
+    (batch, *input_shape) encoded over T; or a dataset split: static samples encoded over T,
+    or frame sequences (batch, T, *input_shape), e.g. event data, run as given. The
+    number of dimensions decides between static and time-major. T = ``timesteps`` or the
+    graph's metadata. Encoding of static samples (spikebridge.base.encoding): ``encoding``,
+    else the one the graph records (metadata ``encoding``), else direct; ``seed`` seeds rate
+    encoding (default 0). A time-major X.npy is never encoded (an explicit ``encoding`` is
+    refused with it). Labels: the dataset's, or ``labels_npy`` (y.npy, integer (batch,)
+    within the graph's output classes; only with X.npy). ``limit`` keeps the first samples
+    (of X.npy and y.npy alike). The description says what was done (input, layout, encoding
+    and where it came from, labels)."""
+    from spikebridge.base.encoding import encode
     from spikebridge.hardware.graph import graph_meta
 
     if (input_npy is None) == (dataset is None):
         raise InputError("give exactly one of --input X.npy or --dataset NAME")
+    if labels_npy is not None and dataset is not None:
+        raise InputError("--labels is for --input X.npy; a dataset has its own labels", place="--labels")
+    if limit is not None and limit < 1:
+        raise InputError("--limit must be at least 1")
     shape = prep.input_shape
+    seed = 0 if seed is None else int(seed)
+
+    def steps() -> int:
+        T = timesteps or graph_meta(prep.graph, file=file).get("timesteps")
+        if not T:
+            raise InputError("the graph states no timesteps; pass --timesteps", file=file)
+        return int(T)
+
     if input_npy is not None:
-        x_tb = load_input_npy(input_npy, shape)
-        if limit is not None:
-            x_tb = x_tb[:, :limit]
-        return x_tb, None, {"input": str(input_npy)}
-    T = timesteps or graph_meta(prep.graph, file=file).get("timesteps")
-    if not T:
-        raise InputError("the graph states no timesteps; pass --timesteps", file=file)
-    x, labels = dataset_samples(dataset, split, limit, shape)
-    return direct_encode(x, int(T)), labels, {"dataset": dataset, "split": split, "encoding": "direct"}
+        x = load_input_npy(input_npy, shape, allow_static=True)
+        static = x.ndim == 1 + len(shape)
+        n_full = int(x.shape[0] if static else x.shape[1])
+        if static:
+            x = x[:limit] if limit is not None else x
+        else:
+            if encoding is not None:
+                raise InputError(f"--encoding {encoding}: X.npy is time-major (T, batch, ...), already a "
+                                 "sequence; give static samples (batch, ...) to encode them", file=str(input_npy))
+            if timesteps is not None and int(timesteps) != x.shape[0]:
+                raise InputError(f"--timesteps {timesteps} but X.npy is time-major with T = {x.shape[0]}",
+                                 file=str(input_npy))
+            x = x[:, :limit] if limit is not None else x
+        desc = {"input": str(input_npy),
+                "input_layout": "static (batch, ...)" if static else "time-major (T, batch, ...)"}
+        labels = None
+        if labels_npy is not None:  # one label per sample of X.npy; --limit keeps the first of both
+            labels = load_labels(labels_npy, n_full, num_classes(prep))
+            labels = labels[:limit] if limit is not None else labels
+            desc["labels"] = str(labels_npy)
+        if not static:
+            desc["encoding"] = "none (time-major input run as given)"
+            return x, labels, desc
+    else:
+        x, labels = dataset_samples(dataset, split, limit, shape)
+        desc = {"dataset": dataset, "split": split}
+        if x.ndim == len(shape) + 2:  # a dataset of frame sequences (batch, T, ...), e.g. event data
+            if encoding is not None:
+                raise InputError(f"--encoding {encoding}: dataset {dataset} is already a sequence of frames; "
+                                 "it is run as given")
+            if timesteps is not None and int(timesteps) != x.shape[1]:
+                raise InputError(f"--timesteps {timesteps} but dataset {dataset} has T = {x.shape[1]} frames")
+            desc.update(input_layout="frames (batch, T, ...)", encoding="none (frames run as given)")
+            return np.moveaxis(x, 1, 0), labels, desc
+    enc, source = choose_encoding(graph_meta(prep.graph, file=file).get("encoding"), encoding, file)
+    desc.update(encoding=enc, encoding_source=source)
+    if enc == "rate":
+        desc["seed"] = seed
+    return encode(x, enc, steps(), seed=seed), labels, desc
+
+
+INPUT_HELP = ("X.npy, bool or numeric: static samples (batch, *input_shape), encoded over T (--encoding, "
+              "--timesteps), or time-major (T, batch, *input_shape), run as given; the number of dimensions "
+              "decides (docs/inputs.md)")
+
+
+def add_sample_options(p, prefix: str = "") -> None:
+    """--labels, --encoding and --seed: how samples become a run's input (simulate, report);
+    ``load_samples`` reads them. ``prefix`` starts each help (e.g. "GRAPH.nir only: ")."""
+    from spikebridge.base.encoding import ENCODINGS
+
+    p.add_argument("--labels", metavar="Y.npy",
+                   help=prefix + "with --input: integer class labels, one per sample (shape (batch,), each in "
+                        "[0, classes)); gives accuracy as --dataset does")
+    p.add_argument("--encoding", choices=ENCODINGS,
+                   help=prefix + "how static samples become spikes over T: direct (the analog sample every step) | "
+                        "rate (Bernoulli, p = intensity clipped to [0, 1]) | latency (one spike, brighter earlier) "
+                        "| delta (onset events where the sample rises by >= 0.1). Default: the encoding the graph "
+                        "records (a different one is run, with a warning), else direct. Time-major X.npy is never "
+                        "encoded (docs/inputs.md)")
+    p.add_argument("--seed", type=int, default=0, help=prefix + "seed of rate encoding (default 0)")
+
+
+def sample_options(args) -> dict:
+    """``load_samples`` keywords from the flags of ``add_sample_options`` in ``args``."""
+    return {"labels_npy": getattr(args, "labels", None), "encoding": getattr(args, "encoding", None),
+            "seed": getattr(args, "seed", None)}
 
 
 def add_run_options(p, *, running: bool = True, profile_help: str | None = None) -> None:

@@ -267,6 +267,7 @@ def build_report(graph: nir.NIRGraph, trace: Trace | None = None, *,
         "neurobench": _neurobench.report_entry(graph, trace, x=samples, profile=(inputs or {}).get("profile")),
         "first_layer": first_layer,
         "first_layer_rule": FIRST_LAYER_TEXT[first_layer],
+        "input_layer": _energy.input_layer_rule(graph, trace),  # binary input: synaptic ops; analog: MACs
         "measured": _measured(measured),
         "sweep": normalise_sweep(sweep) if sweep is not None else None,
         "inputs": inputs or {},
@@ -653,6 +654,7 @@ def _html_sweep(report, plots) -> str:
 def _html_method(report) -> str:
     m = "<ul>" + "".join(f"<li>{_e(x)}</li>" for x in report.get("rules", [])) + "</ul>"
     m += f"<p>First-layer rule used: <b>{_e(report.get('first_layer_rule') or report.get('first_layer'))}</b>.</p>"
+    m += f"<p>Input-layer rule used: <b>{_e((report.get('input_layer') or {}).get('rule', 'not recorded'))}</b>.</p>"
     crow = []
     for name, r in (report.get("energy") or {}).items():
         for op, c in r.get("constants", {}).items():
@@ -767,7 +769,7 @@ def report_graph(graph_path, out_dir, *, input_npy=None, dataset: str | None = N
                  limit: int | None = None, timesteps: int | None = None, backend: str = "eventsim",
                  options=None, energy_models=DEFAULT_ENERGY_MODELS, first_layer: str = "per_step",
                  sweep=None, sweep_timesteps: list[int] | None = None, weight_bits=None,
-                 max_chips: int | None = None, progress: bool = True) -> dict:
+                 max_chips: int | None = None, progress: bool = True, samples: dict | None = None) -> dict:
     """``spikebridge report GRAPH.nir``: run ``backend`` with ``options``
     (``hardware.backends.RunOptions``: profile, dt, precision, ...; the same as ``simulate``)
     on X.npy or a dataset (direct encoding over T = --timesteps or the graph's metadata), then
@@ -791,13 +793,15 @@ def report_graph(graph_path, out_dir, *, input_npy=None, dataset: str | None = N
     prep = prepare(graph_path, backend, options, file=str(graph_path))
     graph = prep.graph
     x_tb, labels, desc = pipeline.load_samples(prep, input_npy=input_npy, dataset=dataset, split=split,
-                                               limit=limit, timesteps=timesteps, file=str(graph_path))
+                                               limit=limit, timesteps=timesteps, file=str(graph_path), **(samples or {}))
     inputs = {"graph": str(graph_path), "backend": backend, "profile": options.profile or "spikebridge", **desc}
     trace = pipeline.run(prep, x_tb, progress=progress)
     accuracy = {}
     if labels is not None:
         accuracy[backend], _ = pipeline.accuracy_of(graph, trace, labels)
         if sweep_timesteps:
+            if desc.get("encoding") != "direct":  # run_sweep repeats x_tb[0]: right for direct encoding only
+                raise InputError(f"--sweep-timesteps re-runs with direct encoding; this run's is {desc.get('encoding')}")
             sweep = run_sweep(prep, x_tb[0], labels, sweep_timesteps, progress, label=backend)
     models = [_energy.get_model(m) for m in energy_models]
     report = build_report(graph, trace, accuracy=accuracy, energy_models=models, first_layer=first_layer,

@@ -21,6 +21,13 @@ Per node, per step, summed over the batch (int64 arrays of shape (T,)):
 - Input, Output, Flatten, Delay: nothing (all kinds zero).
 
 Every node gets all four kinds.
+
+The input layer: ``count_ops`` counts the Input's events as MACs. ``apply_input_rule`` then
+applies the costing rule decided on the whole input: a binary input (bool, or only 0/1
+values: rate, latency, delta encodings, event frames) is spike events, so the input layer's
+MACs become synaptic operations (accumulates), as SpikingJelly's op counter and NeuroBench
+count; an analog input stays MACs. ``backends.run_graph`` applies it and records the rule in
+``Trace.meta["input_layer"]``.
 """
 from __future__ import annotations
 
@@ -149,3 +156,69 @@ def count_ops(graph, info: GraphInfo, activations: dict, delay: int = 0,
     memo: dict = {}
     return {n: count_node(graph, info, n, activations, T, B, delay, edge_shift, memo, masks)
             for n in info.order}
+
+
+# ------------------------------------------------------------------ the input-layer rule
+
+INPUT_LAYER_RULES = {
+    "binary": "binary input (bool, or numeric with only 0/1 values): each nonzero input through a nonzero "
+              "weight is one synaptic operation (an accumulate, E_AC-type), as SpikingJelly's op counter and "
+              "NeuroBench's synaptic-operation metric count binary layer inputs",
+    "analog": "analog input: each nonzero input value through a nonzero weight is one MAC (E_MAC-type)",
+}
+
+
+def is_binary(x) -> bool:
+    """True for a bool array or a numeric one whose values are all 0 or 1 (NeuroBench's test of
+    a binary layer input). Exact: no tolerance, 0.999 is analog."""
+    a = np.asarray(x)
+    if a.dtype == np.bool_:
+        return True
+    if a.dtype.kind not in "biuf":
+        return False
+    if a.ndim == 0:
+        return bool(a == 0 or a == 1)
+    if a.strides[0] == 0:  # a broadcast over the first axis (direct encoding): one slice says it all
+        a = a[:1]
+    return all(bool(np.all((s == 0) | (s == 1))) for s in a)  # slice by slice: bounded temporaries
+
+
+def _input_derived(info: GraphInfo, name: str) -> bool:
+    t = info.types[name]
+    if t == "Input":
+        return True
+    if t in ("Flatten", "Delay"):
+        ps = [p for p in info.preds[name] if (p, name) not in info.back_edges]
+        return bool(ps) and all(_input_derived(info, p) for p in ps)
+    return False
+
+
+def input_layer_nodes(info: GraphInfo) -> list[str]:
+    """Synapse nodes that read the graph's Input (directly or through Flatten/Delay) and no other
+    non-spiking source: every MAC they count is an input value through a weight."""
+    out = []
+    for n in info.order:
+        if info.types[n] not in SYNAPSE_TYPES:
+            continue
+        analog = [p for p in info.preds[n] if not info.is_spiking(p)]
+        if analog and all(_input_derived(info, p) for p in analog):
+            out.append(n)
+    return out
+
+
+def apply_input_rule(info: GraphInfo, counts: dict, binary: bool) -> dict:
+    """The input-layer rule on counts made by ``count_ops`` (which counts every non-spike
+    event as a MAC): with a ``binary`` input, the MACs of ``input_layer_nodes`` become
+    synaptic operations (in place). Returns the rule record for Trace.meta['input_layer']:
+    {"input": "binary"|"analog", "rule": text, "nodes": [...]}. Decided once per run on the
+    whole input (``backends.run_graph``), so every batch and shard follows the same rule."""
+    nodes = input_layer_nodes(info)
+    if binary:
+        for n in nodes:
+            c = counts.get(n)
+            if c is None:
+                continue
+            c["synaptic_ops"] = np.asarray(c["synaptic_ops"]) + np.asarray(c["macs"])
+            c["macs"] = np.zeros_like(np.asarray(c["macs"]))
+    kind = "binary" if binary else "analog"
+    return {"input": kind, "rule": INPUT_LAYER_RULES[kind], "nodes": nodes}

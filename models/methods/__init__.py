@@ -30,6 +30,11 @@ class MethodSpec:
     no_snn: str = ""  # why ``deployed`` is None
     no_onnx: str = ""  # why ``onnx`` is None
     description: str = ""
+    # input encodings the method trains with (spikebridge.base.encoding); others are refused
+    # with ``no_encoding``, the reason
+    encodings: tuple = ("direct",)
+    no_encoding: str = ("trains on static images (its first layer's current is computed once and reused at "
+                        "every step: direct encoding only)")
 
 
 METHODS: dict[str, MethodSpec] = {}

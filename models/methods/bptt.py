@@ -40,4 +40,5 @@ def deployed_from_model(model, meta: dict):
 register(MethodSpec("bptt", train=train, build_model=build_model, deployed=deployed, onnx=None,
                     no_onnx="a BPTT model has no ANN branch to export as ONNX; export it as NIR (--format nir) "
                             "or as one SNN step (--format onnx-step where available)",
-                    description="spike-based back-propagation (surrogate gradients) of an IF or LIF SNN"))
+                    description="spike-based back-propagation (surrogate gradients) of an IF or LIF SNN",
+                    encodings=("direct", "rate", "latency", "delta")))

@@ -26,18 +26,26 @@ from spikebridge.base.errors import CheckpointError, InputError
 from spikebridge.base.fileio import atomic_path
 
 # configuration fields a resumed run must share with the run that wrote the state
-SAME = ("method", "arch", "dataset", "seed", "batch_size", "lr", "weight_decay", "schedule", "limit_train", "timesteps")
+SAME = ("method", "arch", "dataset", "seed", "batch_size", "lr", "weight_decay", "schedule", "limit_train", "timesteps",
+        "encoding")
+# a setting added after runs were written: its value in those runs (absent = this)
+SAME_DEFAULTS = {"encoding": "direct"}
 
 
 MAX_METRICS_BYTES = 16 << 20  # metrics.jsonl: a few hundred bytes per epoch
 MAX_ROWS = 1_000_000
 
 
+def _setting(settings: dict, k: str):
+    v = settings.get(k)
+    return SAME_DEFAULTS.get(k) if v is None else v
+
+
 def check_settings(theirs: dict, mine: dict, file: str) -> None:
     """Refuse a --resume whose settings differ from the run that wrote ``file`` (InputError
     naming the first differing setting, both values)."""
     for k in sorted(set(theirs) | set(mine), key=lambda k: (k != "method", k)):  # another method first
-        if theirs.get(k) != mine.get(k):
+        if _setting(theirs, k) != _setting(mine, k):
             what = "method options" if k == "extra" else "--" + k.replace("_", "-")
             raise InputError(f"{file}: --resume with a different configuration than the run that wrote it "
                              f"({what}: {theirs.get(k)!r} there, {mine.get(k)!r} now)")

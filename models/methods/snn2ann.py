@@ -69,7 +69,7 @@ def _make_model(cfg, input_shape, num_classes):
         if not cfg.tau > 1.0 and cfg.neuron == "lif":
             raise InputError("--tau must be > 1 (in steps)")
         return BPTTNet(spec, input_shape, cfg.timesteps, neuron=cfg.neuron, surrogate=cfg.surrogate,
-                       tau=cfg.tau, v_threshold=cfg.v_threshold)
+                       tau=cfg.tau, v_threshold=cfg.v_threshold, encoding=cfg.encoding, seed=cfg.seed)
     if cfg.smu not in ("stsu", "resu"):
         raise InputError(f"unknown spiking mapping unit {cfg.smu!r}; use stsu or resu")
     return SNN2ANNNet(spec, input_shape, cfg.timesteps, smu=cfg.smu, ann_dropout=cfg.ann_dropout,
@@ -81,7 +81,7 @@ def neuron_meta(cfg) -> dict:
     if cfg.method == "bptt":
         return {"model": cfg.neuron.upper(), "reset": "zero", "threshold_test": "gt", "v_init": 0.0,
                 "threshold": cfg.v_threshold, "tau": cfg.tau if cfg.neuron == "lif" else None,
-                "r": 1.0, "v_leak": 0.0, "dt": 1.0, "encoding": "direct", "surrogate": cfg.surrogate}
+                "r": 1.0, "v_leak": 0.0, "dt": 1.0, "encoding": cfg.encoding, "surrogate": cfg.surrogate}
     return {"model": "IF", "reset": "zero", "threshold_test": "gt", "v_init": 0.0,
             "threshold": "per-neuron", "dt": 1.0, "encoding": "direct"}
 
