@@ -1,0 +1,259 @@
+"""Event datasets (models/event_data.py): the real readers on files written in each dataset's
+own format (models/event_synth.py), hand-counted frames, labels, cache, and refusals."""
+from __future__ import annotations
+
+import struct
+
+import h5py
+import numpy as np
+import pytest
+
+from spikebridge.base.errors import DatasetError
+from spikebridge.models import event_data as E
+from spikebridge.models import event_synth as S
+
+
+def nmnist_folder(root, files):
+    """files: {(split, digit, name): (t, x, y, p)}"""
+    for (split, d, name), ev in files.items():
+        p = root / split / str(d) / name
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(S.encode_nmnist(*ev))
+    for split in ("Train", "Test"):
+        (root / split).mkdir(exist_ok=True)
+    return root
+
+
+def test_tonic_binning_by_hand():
+    # events at t = 0, 10, 20, 30, 40, 50: duration 50, T = 2 -> window 25: bins [0,25), [25,50);
+    # the event at t = 50 (the last timestamp) is in no bin, as in Tonic's ToFrame(n_time_bins)
+    t = np.array([0, 10, 20, 30, 40, 50])
+    x = np.array([1, 1, 2, 3, 3, 0])
+    y = np.array([0, 0, 0, 1, 1, 0])
+    p = np.array([0, 0, 1, 1, 0, 1])
+    fr = E.to_frames(t, x, y, p, (4, 2, 2), 2)
+    want = np.zeros((2, 2, 2, 4), np.int64)
+    want[0, 0, 0, 1] = 2
+    want[0, 1, 0, 2] = 1
+    want[1, 1, 1, 3] = 1
+    want[1, 0, 1, 3] = 1
+    np.testing.assert_array_equal(fr, want)
+    # unsorted input is sorted first: same frames
+    perm = np.array([3, 0, 5, 1, 4, 2])
+    np.testing.assert_array_equal(E.to_frames(t[perm], x[perm], y[perm], p[perm], (4, 2, 2), 2), want)
+
+
+def test_nmnist_reader_frames_and_labels(tmp_path):
+    # digit 3: three events in bin 0 at (5, 6) on, one in bin 1 at (33, 0) off, last event dropped;
+    # timestamps past 2^23 exercise the overflow records
+    big = (1 << 23) + 100
+    files = {("Train", 3, "00001.bin"): ([0, 1, 2, big - 10, big], [5, 5, 5, 33, 0], [6, 6, 6, 0, 0], [1, 1, 1, 0, 0]),
+             ("Train", 7, "00002.bin"): ([0, 100, 200], [0, 1, 2], [0, 0, 0], [0, 0, 0]),
+             ("Test", 0, "00003.bin"): ([0, 4, 8], [1, 2, 3], [1, 2, 3], [1, 1, 1])}
+    root = nmnist_folder(tmp_path / "nm", files)
+    t, x, y, p = E.read_nmnist_file(root / "Train" / "3" / "00001.bin")
+    assert t.tolist() == [0, 1, 2, big - 10, big]
+    xs, ys = E.load_event_dataset("nmnist", "train", E.EventTransform(2), data_dir=root, cache_dir=tmp_path / "c")
+    assert xs.shape == (2, 2, 2, 34, 34) and ys.tolist() == [3, 7]
+    assert xs[0, 0, 1, 6, 5] == 3 and xs[0, 1, 0, 0, 33] == 1 and xs[0].sum() == 4
+    # digit 7, window 100: t=0 in bin 0, t=100 in bin 1, t=200 dropped
+    assert xs[1, 0, 0, 0, 0] == 1 and xs[1, 1, 0, 0, 1] == 1 and xs[1].sum() == 2
+    xt, yt = E.load_event_dataset("nmnist", "test", E.EventTransform(4), data_dir=root, cache_dir=tmp_path / "c")
+    assert yt.tolist() == [0] and xt.shape == (1, 4, 2, 34, 34) and xt.sum() == 2
+
+
+def test_dvsgesture_reader(tmp_path):
+    root = tmp_path / "DvsGesture"
+    root.mkdir()
+    # one recording, two labelled intervals; the second event (x=127, y=127) downsampled to 31 at size 32
+    t = np.array([100, 150, 199, 200, 1000, 1500, 2000, 3000])
+    x = np.array([0, 127, 4, 9, 64, 64, 65, 0])
+    y = np.array([0, 127, 4, 9, 1, 1, 2, 0])
+    p = np.array([1, 0, 1, 1, 0, 0, 1, 1])
+    blob = bytearray(S.encode_aedat31(t, x, y, p, packet_events=3))
+    (root / "user01_x.aedat").write_bytes(bytes(blob))
+    (root / "user01_x_labels.csv").write_text("class,startTime_usec,endTime_usec\n5,100,300\n11,1000,2001\n")
+    (root / "trials_to_train.txt").write_text("user01_x.aedat\n")
+    (root / "trials_to_test.txt").write_text("user01_x.aedat\n")
+    xs, ys = E.load_event_dataset("dvsgesture", "train", E.EventTransform(2, 32), data_dir=tmp_path,
+                                  cache_dir=tmp_path / "c")
+    assert ys.tolist() == [4, 10] and xs.shape == (2, 2, 2, 32, 32)
+    # sample 0: events t=100,150,199,200; window (200-100)//2 = 50: [100,150) -> t=100; [150,200) -> 150, 199
+    assert xs[0, 0, 1, 0, 0] == 1 and xs[0, 1, 0, 31, 31] == 1 and xs[0, 1, 1, 1, 1] == 1 and xs[0].sum() == 3
+    # sample 1: t=1000, 1500, 2000 -> window 500: bins hold 1000 and 1500 (both at (16, 0) off)
+    assert xs[1, 0, 0, 0, 16] == 1 and xs[1, 1, 0, 0, 16] == 1 and xs[1].sum() == 2
+    # full resolution, and invalid events are dropped
+    data = bytearray(blob)
+    hdr = data.index(b"#!END-HEADER") + len(b"#!END-HEADER\r\n")
+    tt, *_ = E.read_aedat31(root / "user01_x.aedat")
+    assert len(tt) == 8
+    first_event = hdr + 28 + 8 + 28  # past the special packet (header + one 8-byte event) and a packet header
+    data[first_event] &= 0xFE  # clear the valid bit of the first polarity event
+    (root / "user01_x.aedat").write_bytes(bytes(data))
+    tt, xx, *_ = E.read_aedat31(root / "user01_x.aedat")
+    assert tt.tolist() == t[1:].tolist()
+
+
+def test_shd_reader_channels(tmp_path):
+    S.write_shd(tmp_path / "shd_train.h5", [([0.0, 0.1, 0.2, 0.3], [0, 4, 5, 699], 3), ([0.0, 1.0], [10, 10], 19)])
+    S.write_shd(tmp_path / "shd_test.h5", [([0.5, 0.6, 0.7], [1, 2, 3], 0)])
+    xs, ys = E.load_event_dataset("shd", "train", E.EventTransform(3, 140), data_dir=tmp_path, cache_dir=tmp_path / "c")
+    assert ys.tolist() == [3, 19] and xs.shape == (2, 3, 140)
+    # times in us (float32 seconds x 1e6), window = 0.3 s // 3 = 0.1 s (to float32 rounding): units // 5
+    assert xs[0, :, 0].sum() == 2 and xs[0, :, 1].sum() == 1 and xs[0].sum() == 3
+    assert xs[1].sum() == 1 and xs[1, 0, 2] == 1
+    full, _ = E.load_event_dataset("shd", "test", E.EventTransform(1), data_dir=tmp_path, cache_dir=tmp_path / "c")
+    assert full.shape == (1, 1, 700)
+
+
+def test_generated_datasets_are_balanced(tmp_path):
+    for name, mk in S.MAKERS.items():
+        root = mk(tmp_path / name)
+        x, y = E.load_event_dataset(name, "train", E.EventTransform(4), data_dir=root, cache_dir=tmp_path / "c")
+        assert x.shape[1:] == (4, *E.input_shape(name)) and x.dtype == np.uint8
+        assert sorted(set(y.tolist())) == list(range(E.SENSORS[name][1]))
+        assert (x.reshape(len(x), -1).sum(1) > 0).all()
+
+
+def test_cache_hit_and_invalidation(tmp_path, monkeypatch):
+    root = S.make_nmnist(tmp_path / "nm", per_class=1, test_per_class=1)
+    cache = tmp_path / "cache"
+    a, _ = E.load_event_dataset("nmnist", "train", E.EventTransform(3), data_dir=root, cache_dir=cache)
+    assert len(list(cache.glob("nmnist-train-*-x.npy"))) == 1
+    real = E._bin_split
+
+    def boom(*a, **k):
+        raise AssertionError("binned again")
+    monkeypatch.setattr(E, "_bin_split", boom)
+    b, _ = E.load_event_dataset("nmnist", "train", E.EventTransform(3), data_dir=root, cache_dir=cache)
+    np.testing.assert_array_equal(a, b)
+    with pytest.raises(AssertionError, match="binned again"):  # another transform: another key
+        E.load_event_dataset("nmnist", "train", E.EventTransform(5), data_dir=root, cache_dir=cache)
+    f = root / "Train" / "0" / "00000.bin"
+    f.write_bytes(f.read_bytes()[:-5])  # a changed source file: another key
+    with pytest.raises(AssertionError, match="binned again"):
+        E.load_event_dataset("nmnist", "train", E.EventTransform(3), data_dir=root, cache_dir=cache)
+    monkeypatch.setattr(E, "_bin_split", real)
+    c, _ = E.load_event_dataset("nmnist", "train", E.EventTransform(3), data_dir=root, cache_dir=cache)
+    assert c.sum() < a.sum()  # one event fewer in the truncated file
+
+
+def test_missing_dataset_says_where(tmp_path, monkeypatch):
+    monkeypatch.delenv("SPIKEBRIDGE_DATA_DIR", raising=False)
+    for name in E.SENSORS:
+        with pytest.raises(DatasetError, match="put .* there") as e:
+            E.load_event_dataset(name, "train", E.EventTransform(2), data_dir=tmp_path / "nothing")
+        assert "\n" not in str(e.value)
+        with pytest.raises(DatasetError, match="--data-dir"):
+            E.load_event_dataset(name, "train", E.EventTransform(2))
+    monkeypatch.setenv("SPIKEBRIDGE_DATA_DIR", str(tmp_path))
+    S.make_shd(tmp_path / "shd", per_class=1, test_per_class=1)
+    x, _ = E.load_event_dataset("shd", "test", E.EventTransform(2))  # $SPIKEBRIDGE_DATA_DIR/shd
+    assert len(x) == 20 and (tmp_path / "event-cache").is_dir()
+
+
+def _nm(tmp_path, blob: bytes):
+    root = tmp_path / "nm"
+    (root / "Train" / "1").mkdir(parents=True, exist_ok=True)
+    (root / "Test").mkdir(exist_ok=True)
+    (root / "Train" / "1" / "a.bin").write_bytes(blob)
+    return root
+
+
+@pytest.mark.parametrize("blob,match", [
+    (S.encode_nmnist([0, 5], [1, 2], [1, 2], [0, 1])[:-2], "5-byte"),  # truncated
+    (b"", "5-byte"),
+    (S.encode_nmnist([0, 5], [1, 40], [1, 2], [0, 1]), "outside the 34x34"),
+    (bytes([0, 240, 0, 0, 0]), "no events"),
+])
+def test_corrupt_nmnist_refused(tmp_path, blob, match):
+    with pytest.raises(DatasetError, match=match):
+        E.load_event_dataset("nmnist", "train", E.EventTransform(2), data_dir=_nm(tmp_path, blob),
+                             cache_dir=tmp_path / "c")
+
+
+def test_oversized_file_refused_before_reading(tmp_path, monkeypatch):
+    root = _nm(tmp_path, S.encode_nmnist(range(100), [1] * 100, [1] * 100, [0] * 100))
+    monkeypatch.setattr(E, "MAX_NMNIST_FILE", 400)
+    with pytest.raises(DatasetError, match="above the limit 400"):
+        E.load_event_dataset("nmnist", "train", E.EventTransform(2), data_dir=root, cache_dir=tmp_path / "c")
+
+
+def _gesture(tmp_path, blob: bytes, csv="class,startTime_usec,endTime_usec\n1,0,100\n", trials="u.aedat\n"):
+    root = tmp_path / "g"
+    root.mkdir(exist_ok=True)
+    (root / "u.aedat").write_bytes(blob)
+    (root / "u_labels.csv").write_text(csv)
+    (root / "trials_to_train.txt").write_text(trials)
+    (root / "trials_to_test.txt").write_text(trials)
+    return root
+
+
+GOOD = S.encode_aedat31([0, 10, 20], [1, 2, 3], [1, 2, 3], [0, 1, 0])
+
+
+@pytest.mark.parametrize("kw,match", [
+    ({"blob": GOOD[:-3]}, "truncated"),
+    ({"blob": GOOD[:GOOD.index(b"#!END")]}, "END-HEADER"),
+    ({"blob": b"garbage" * 10}, "AEDAT 3"),
+    ({"blob": GOOD.replace(struct.pack("<hhiiiiii", 1, 1, 8, 4, 0, 3, 3, 3),
+                           struct.pack("<hhiiiiii", 1, 1, 8, 4, 0, 1 << 28, 3, 3))}, "declares"),
+    ({"blob": GOOD, "csv": "1,100,50\n"}, "start < end"),
+    ({"blob": GOOD, "csv": "12,0,50\n"}, "1..11"),
+    ({"blob": GOOD, "csv": "a,b\n1,x,2\n"}, "class,startTime_usec"),
+    ({"blob": GOOD, "trials": "../etc/passwd.aedat\n"}, "plain .aedat"),
+    ({"blob": GOOD, "trials": "missing.aedat\n"}, "missing"),
+])
+def test_corrupt_gesture_refused(tmp_path, kw, match):
+    with pytest.raises(DatasetError, match=match):
+        E.load_event_dataset("dvsgesture", "train", E.EventTransform(2), data_dir=_gesture(tmp_path, **kw),
+                             cache_dir=tmp_path / "c")
+
+
+def _h5(path, build):
+    with h5py.File(path, "w") as f:
+        build(f)
+
+
+def _shd_parts(f, n=2, labels=None, units=None):
+    g = f.create_group("spikes")
+    t = g.create_dataset("times", (n,), dtype=h5py.vlen_dtype(np.float32))
+    u = g.create_dataset("units", (n,), dtype=h5py.vlen_dtype(np.uint16))
+    for i in range(n):
+        t[i] = np.array([0.0, 0.5], np.float32)
+        u[i] = np.array(units or [1, 2], np.uint16)
+    f.create_dataset("labels", data=np.array(labels or [0] * n, np.uint16))
+
+
+@pytest.mark.parametrize("build,match", [
+    (lambda f: None, "missing 'spikes/times'"),
+    (lambda f: _shd_parts(f, labels=[0, 25]), "label out of range"),
+    (lambda f: (_shd_parts(f), f.__delitem__("labels"), f.create_dataset("labels", data=np.zeros(3, np.uint16))),
+     "rows"),
+    (lambda f: (_shd_parts(f), f.__delitem__("labels"), f.__setitem__("labels", h5py.ExternalLink("x.h5", "/l"))),
+     "hard links"),
+])
+def test_corrupt_shd_refused(tmp_path, build, match):
+    _h5(tmp_path / "shd_train.h5", build)
+    _h5(tmp_path / "shd_test.h5", build)
+    with pytest.raises(DatasetError, match=match):
+        E.load_event_dataset("shd", "train", E.EventTransform(2), data_dir=tmp_path, cache_dir=tmp_path / "c")
+
+
+def test_shd_not_hdf5_refused(tmp_path):
+    (tmp_path / "shd_train.h5").write_bytes(b"\x89HDF\r\n" + b"\0" * 50)
+    (tmp_path / "shd_test.h5").write_bytes(b"x")
+    with pytest.raises(DatasetError, match="not a readable SHD"):
+        E.load_event_dataset("shd", "train", E.EventTransform(2), data_dir=tmp_path, cache_dir=tmp_path / "c")
+
+
+def test_transform_checked():
+    with pytest.raises(DatasetError, match="must divide"):
+        E.EventTransform(4, 30).resolved("dvsgesture")
+    with pytest.raises(DatasetError, match="34"):
+        E.EventTransform(4, 17).resolved("nmnist")
+    with pytest.raises(DatasetError, match="time bins"):
+        E.EventTransform(0).resolved("shd")
+    assert E.input_shape("dvsgesture", 64) == (2, 64, 64) and E.input_shape("shd", 140) == (140,)
+    assert E.size_from_shape("dvsgesture", (2, 64, 64)) == 64 and E.size_from_shape("shd", (700,)) == 700
+    assert E.size_from_shape("dvsgesture", (2, 30, 30)) is None
