@@ -37,6 +37,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from spikebridge.models.architectures import infer_shapes, pool_kernel, resblock_has_projection
+from spikebridge.models.event_data import time_major
 
 BN_EPS = 1e-5
 SURROGATES = ("rectangular", "atan", "sigmoid")
@@ -235,13 +236,17 @@ class BPTTNet(nn.Module):
         return out
 
     def forward(self, x: torch.Tensor, record: bool = False):
-        """x (B, ...) -> (logits = FC(mean_t s_L), spike counts per neuron layer[, spikes])."""
+        """x (B, ...) -> (logits = FC(mean_t s_L), spike counts per neuron layer[, spikes]).
+        Event frames x (B, T, ...) feed step t's frame to the first layer at step t."""
         T = self.timesteps
         B = x.shape[0]
         if self.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         h = x  # analog until the first neuron layer: (B, ...) shared by every step
         seq = False
+        frames = time_major(x, self.input_shape)  # event frames (B, T, ...): a different input each step
+        if frames is not None:
+            h, seq = frames, True
         counts, spikes = [], []
 
         def over_t(fn, h_seq):  # a stateless op over all T steps at once (T*B batch)

@@ -87,6 +87,15 @@ def is_event_dataset(name: str | None) -> bool:
     return name in SENSORS
 
 
+def time_major(x, input_shape):
+    """A batch of event frames (B, T, *input_shape) (any numeric torch dtype) as float32
+    (T, B, *input_shape), the time-varying input of the first layer; None for a static batch
+    (B, *input_shape), which the networks direct-encode (the same input at every step)."""
+    if x.dim() != len(input_shape) + 2:
+        return None
+    return x.transpose(0, 1).float()
+
+
 @dataclass(frozen=True)
 class EventTransform:
     """How events become frames: ``timesteps`` bins per sample (Tonic ToFrame n_time_bins) and

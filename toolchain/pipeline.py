@@ -67,10 +67,29 @@ def direct_encode(x: np.ndarray, T: int) -> np.ndarray:
     return np.broadcast_to(x[None], (T, *x.shape))
 
 
+def event_samples(name: str, split: str, limit: int | None, input_shape, T: int, data_dir=None):
+    """An event dataset's split binned into T frames of the graph's input shape -> (x_tb float32
+    (T, batch, *input_shape), labels, description); data from ``data_dir`` or
+    $SPIKEBRIDGE_DATA_DIR/<name> (models/event_data.py)."""
+    from spikebridge.models.event_data import EventTransform, load_event_dataset, size_from_shape
+
+    if limit is not None and limit < 1:
+        raise InputError("--limit must be at least 1")
+    size = size_from_shape(name, input_shape)
+    if size is None:
+        raise DatasetError(f"dataset {name} cannot be binned into the graph's input shape {tuple(input_shape)}")
+    x, y = load_event_dataset(name, split, EventTransform(int(T), size), data_dir, limit=limit)
+    x_tb = np.ascontiguousarray(np.moveaxis(x, 1, 0), dtype=np.float32)
+    return x_tb, y, {"dataset": name, "split": split, "encoding": "events",
+                     "binning": f"tonic ToFrame n_time_bins={int(T)}, size {size}"}
+
+
 def load_samples(prep, *, input_npy=None, dataset: str | None = None, split: str = "test",
-                 limit: int | None = None, timesteps: int | None = None, file: str | None = None):
+                 limit: int | None = None, timesteps: int | None = None, file: str | None = None,
+                 data_dir=None):
     """(x_tb, labels or None, description) for a prepared graph: X.npy (T, batch, *input_shape)
-    as given, or a dataset split direct-encoded over T = ``timesteps`` or the graph's metadata."""
+    as given, or a dataset split direct-encoded over T = ``timesteps`` or the graph's metadata
+    (an event dataset: binned into T frames, ``event_samples``)."""
     from spikebridge.hardware.graph import graph_meta
 
     if (input_npy is None) == (dataset is None):
@@ -84,6 +103,9 @@ def load_samples(prep, *, input_npy=None, dataset: str | None = None, split: str
     T = timesteps or graph_meta(prep.graph, file=file).get("timesteps")
     if not T:
         raise InputError("the graph states no timesteps; pass --timesteps", file=file)
+    from spikebridge.models.event_data import is_event_dataset
+    if is_event_dataset(dataset):
+        return event_samples(dataset, split, limit, shape, int(T), data_dir)
     x, labels = dataset_samples(dataset, split, limit, shape)
     return direct_encode(x, int(T)), labels, {"dataset": dataset, "split": split, "encoding": "direct"}
 
