@@ -379,3 +379,20 @@ def test_cli_refusals(tmp_path):
     code, _, err = cli("train", "--dataset", "nmnist", "--data-dir", root, "--out", tmp_path / "o", env_dir=tmp_path)
     assert one_line_error(code, err) and "00000.bin" in err
     assert not (tmp_path / "o" / "model.json").exists()
+
+
+@pytest.mark.slow
+def test_bench_methods_event_rows(tmp_path):
+    from spikebridge.benchmarks import bench_methods as B
+
+    args = B._parser().parse_args(["--methods", "none", "--event-dataset", "shd", "--event-epochs", "1",
+                                   "--event-per-class", "1", "--event-timesteps", "2", "--batch-size", "8",
+                                   "--out", str(tmp_path / "b")])
+    res = B.run(args)
+    rows = {r["method"]: r for r in res["rows"]}
+    assert set(rows) == {"snn2ann@shd", "bptt@shd"}
+    for r in rows.values():
+        assert r["data"] == "synthetic" and r["arch"] == "mlp" and r["T"] == 2 and r["eventsim_samples"] == 20
+        assert r["synaptic_ops_per_sample"] > 0 and 0.0 <= r["eventsim_accuracy"] <= 1.0
+    assert (tmp_path / "b" / "event-data" / "shd" / "shd_train.h5").is_file()
+    assert (tmp_path / "b" / "bench.json").is_file()
