@@ -24,7 +24,7 @@ Tonic's own folder names, are found too):
   Sensor 128 x 128 x 2.
 - ``shd``: ``shd_train.h5`` / ``shd_test.h5`` with ``spikes/times`` (variable-length,
   seconds), ``spikes/units`` (variable-length, channel 0..699) and ``labels`` (0..19).
-  Times become microseconds (x 1e6, as Tonic). Sensor 700 x 1 x 1.
+  Times become integer microseconds (x 1e6, truncated, as Tonic). Sensor 700 x 1 x 1.
 
 Binning (``EventTransform``): Tonic's ``ToFrame(sensor_size, n_time_bins=T)`` convention:
 per sample, window = (t_last - t_first) // T; bin i holds the events with
@@ -75,6 +75,7 @@ DEFAULT_SIZE = {"nmnist": 34, "dvsgesture": 32, "shd": 700}
 MAX_NMNIST_FILE = 4 << 20  # real files are ~20 KB
 MAX_AEDAT_FILE = 1 << 30  # real recordings are < 200 MB
 MAX_TEXT_FILE = 1 << 20  # labels csv, trial lists
+MAX_AEDAT_PACKETS = 1 << 22  # a packet holds many events; bounds the parse loop of a crafted file
 MAX_SHD_FILE = 8 << 30
 MAX_SAMPLES = 200_000
 MAX_EVENTS_PER_SAMPLE = 1 << 24
@@ -214,7 +215,11 @@ def read_aedat31(path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         raise DatasetError("truncated header", file=where)
     off += 1
     chunks = []
+    packets = 0
     while off < len(data):
+        packets += 1
+        if packets > MAX_AEDAT_PACKETS:
+            raise DatasetError(f"more than {MAX_AEDAT_PACKETS} packets", file=where)
         if off + 28 > len(data):
             raise DatasetError(f"truncated packet header at byte {off}", file=where)
         etype, _src, esize, _tsoff, tsover, cap, num, _valid = AEDAT_PACKET.unpack_from(data, off)
@@ -299,7 +304,7 @@ def _h5_dataset(f, path: str, where: str):
 
 
 def iter_shd(path, classes: int = 20):
-    """Yield (times_us float64, units int64, label) per sample of an SHD .h5 file, validated
+    """Yield (times_us int64, units int64, label) per sample of an SHD .h5 file, validated
     one sample at a time (a variable-length row is read only when it is binned)."""
     import h5py
 
@@ -333,7 +338,8 @@ def iter_shd(path, classes: int = 20):
                     raise DatasetError(f"sample {i}: unit outside 0..699", file=where)
                 if not np.all(np.isfinite(tt)) or (len(tt) and tt.min() < 0):
                     raise DatasetError(f"sample {i}: times must be finite and >= 0", file=where)
-                yield tt * 1e6, uu, int(lab[i])
+                # integer microseconds, truncated, as Tonic's SHD reader stores them (an int field)
+                yield (tt * 1e6).astype(np.int64), uu, int(lab[i])
     except (OSError, ValueError, KeyError, TypeError, RuntimeError) as e:
         msg = " ".join(str(e).split())[:160] or type(e).__name__
         raise DatasetError(f"not a readable SHD HDF5 file ({msg})", file=where) from None
