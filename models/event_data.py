@@ -30,7 +30,9 @@ Binning (``EventTransform``): Tonic's ``ToFrame(sensor_size, n_time_bins=T)`` co
 per sample, window = (t_last - t_first) // T; bin i holds the events with
 t_first + i*window <= t < t_first + (i+1)*window; the counts per (polarity, y, x) are the
 frame (T, P, H, W); so, exactly as Tonic, events in the final remainder (always including the
-last timestamp) fall in no bin. Events are sorted by time first (stable) where a file is not.
+last timestamp) fall in no bin. With ``window_us`` W instead: T windows of W microseconds from
+the sample's first event (Tonic's ``ToFrame(time_window=W, start_time=t_first,
+end_time=t_first + T*W)``); events after them are not counted. Events are sorted by time first (stable) where a file is not.
 Spatial downsampling by an integer factor k: x // k, y // k (Tonic's Downsample with
 spatial_factor 1/k): DVS Gesture ``size`` 128 (none), 64, 32, 16...; SHD ``size`` = channels,
 700 or a divisor (unit // (700 // size)). Input shapes: N-MNIST (2, 34, 34), DVS Gesture
@@ -99,11 +101,14 @@ def time_major(x, input_shape):
 
 @dataclass(frozen=True)
 class EventTransform:
-    """How events become frames: ``timesteps`` bins per sample (Tonic ToFrame n_time_bins) and
-    the spatial ``size`` (DVS Gesture side, SHD channels; N-MNIST 34 only; None = default)."""
+    """How events become frames: ``timesteps`` bins per sample (Tonic ToFrame n_time_bins), or,
+    with ``window_us``, ``timesteps`` windows of that many microseconds from the first event
+    (Tonic ToFrame(time_window=w, start_time=t_first, end_time=t_first + T*w)); the spatial
+    ``size`` (DVS Gesture side, SHD channels; N-MNIST 34 only; None = default)."""
 
     timesteps: int
     size: int | None = None
+    window_us: int | None = None
 
     def resolved(self, name: str) -> "EventTransform":
         size = DEFAULT_SIZE[name] if self.size is None else int(self.size)
@@ -115,7 +120,9 @@ class EventTransform:
         if size < 1 or full % size:
             raise DatasetError(f"{name}: --event-size {size} must divide the sensor's {full} "
                                f"({'pixels per side' if name != 'shd' else 'channels'})")
-        return EventTransform(int(self.timesteps), size)
+        if self.window_us is not None and int(self.window_us) < 1:
+            raise DatasetError(f"{name}: --event-window-us must be a positive number of microseconds")
+        return EventTransform(int(self.timesteps), size, None if self.window_us is None else int(self.window_us))
 
 
 def input_shape(name: str, size: int | None = None) -> tuple[int, ...]:
@@ -139,9 +146,11 @@ def size_from_shape(name: str, shape) -> int | None:
 # binning
 # ----------------------------------------------------------------------------------------
 
-def to_frames(t: np.ndarray, x: np.ndarray, y: np.ndarray, p: np.ndarray, sensor, timesteps: int) -> np.ndarray:
+def to_frames(t: np.ndarray, x: np.ndarray, y: np.ndarray, p: np.ndarray, sensor, timesteps: int,
+              window: int | None = None) -> np.ndarray:
     """Counts (T, P, H, W) of events (t, x, y, p) on ``sensor`` (W, H, P) in ``timesteps`` bins,
-    Tonic's ``ToFrame(n_time_bins=T)`` slicing (module docstring). int64 counts."""
+    Tonic's ``ToFrame(n_time_bins=T)`` slicing (module docstring), or with ``window`` fixed
+    windows [t_first + i*window, t_first + (i+1)*window), i < T. int64 counts."""
     W, H, P = (int(s) for s in sensor)
     T = int(timesteps)
     out = np.zeros(T * P * H * W, np.int64)
@@ -149,7 +158,8 @@ def to_frames(t: np.ndarray, x: np.ndarray, y: np.ndarray, p: np.ndarray, sensor
         order = np.argsort(t, kind="stable") if np.any(np.diff(t) < 0) else None
         if order is not None:
             t, x, y, p = t[order], x[order], y[order], p[order]
-        window = (t[-1] - t[0]) // T
+        if window is None:
+            window = (t[-1] - t[0]) // T
         starts = np.arange(T) * window + t[0]
         lo = np.searchsorted(t, starts)
         hi = np.searchsorted(t, starts + window)
@@ -167,9 +177,10 @@ def _bin_sample(name: str, tf: EventTransform, t, x, y, p) -> np.ndarray:
     (W, H, P), _ = SENSORS[name]
     k = W // tf.size
     if name == "shd":
-        fr = to_frames(t, np.asarray(x) // k, np.zeros_like(x), np.zeros_like(x), (tf.size, 1, 1), tf.timesteps)
+        fr = to_frames(t, np.asarray(x) // k, np.zeros_like(x), np.zeros_like(x), (tf.size, 1, 1), tf.timesteps,
+                       tf.window_us)
         return fr.reshape(tf.timesteps, tf.size)
-    return to_frames(t, np.asarray(x) // k, np.asarray(y) // k, p, (tf.size, tf.size, P), tf.timesteps)
+    return to_frames(t, np.asarray(x) // k, np.asarray(y) // k, p, (tf.size, tf.size, P), tf.timesteps, tf.window_us)
 
 
 # ----------------------------------------------------------------------------------------

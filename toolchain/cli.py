@@ -64,6 +64,9 @@ def _parser() -> argparse.ArgumentParser:
                    "layout (default $SPIKEBRIDGE_DATA_DIR/<dataset>; docs/datasets.md)")
     t.add_argument("--event-size", type=int, metavar="N", help="event datasets: dvsgesture frame side (128, 64, "
                    "32 default, 16...; pixels pooled by 128/N) | shd channels (700 default, or a divisor)")
+    t.add_argument("--event-window-us", type=int, metavar="W", help="event datasets: bin into --timesteps windows "
+                   "of W microseconds from each recording's first event (default: split each recording into "
+                   "--timesteps equal bins)")
     t.add_argument("--epochs", type=int, default=30)
     t.add_argument("--batch-size", type=int, default=64)
     t.add_argument("--lr", type=float, default=1e-3)
@@ -289,6 +292,8 @@ def cmd_train(args) -> int:
         cfg.extra["data_dir"] = str(Path(args.data_dir).resolve())
     if args.event_size is not None:
         cfg.extra["event_size"] = args.event_size
+    if args.event_window_us is not None:
+        cfg.extra["event_window_us"] = args.event_window_us
     if getattr(args, "limit_train", None):
         cfg.limit_train = args.limit_train
     if args.nproc_per_node < 1:

@@ -67,10 +67,11 @@ def direct_encode(x: np.ndarray, T: int) -> np.ndarray:
     return np.broadcast_to(x[None], (T, *x.shape))
 
 
-def event_samples(name: str, split: str, limit: int | None, input_shape, T: int, data_dir=None):
-    """An event dataset's split binned into T frames of the graph's input shape -> (x_tb float32
-    (T, batch, *input_shape), labels, description); data from ``data_dir`` or
-    $SPIKEBRIDGE_DATA_DIR/<name> (models/event_data.py)."""
+def event_samples(name: str, split: str, limit: int | None, input_shape, T: int, data_dir=None,
+                  window_us: int | None = None):
+    """An event dataset's split binned into T frames of the graph's input shape (``window_us``:
+    fixed windows, as the graph's training recorded) -> (x_tb float32 (T, batch, *input_shape),
+    labels, description); data from ``data_dir`` or $SPIKEBRIDGE_DATA_DIR/<name> (models/event_data.py)."""
     from spikebridge.models.event_data import EventTransform, load_event_dataset, size_from_shape
 
     if limit is not None and limit < 1:
@@ -78,10 +79,11 @@ def event_samples(name: str, split: str, limit: int | None, input_shape, T: int,
     size = size_from_shape(name, input_shape)
     if size is None:
         raise DatasetError(f"dataset {name} cannot be binned into the graph's input shape {tuple(input_shape)}")
-    x, y = load_event_dataset(name, split, EventTransform(int(T), size), data_dir, limit=limit)
+    x, y = load_event_dataset(name, split, EventTransform(int(T), size, window_us), data_dir, limit=limit)
     x_tb = np.ascontiguousarray(np.moveaxis(x, 1, 0), dtype=np.float32)
+    how = f"n_time_bins={int(T)}" if window_us is None else f"time_window={int(window_us)} us x {int(T)}"
     return x_tb, y, {"dataset": name, "split": split, "encoding": "events",
-                     "binning": f"tonic ToFrame n_time_bins={int(T)}, size {size}"}
+                     "binning": f"tonic ToFrame {how}, size {size}"}
 
 
 def load_samples(prep, *, input_npy=None, dataset: str | None = None, split: str = "test",
@@ -105,7 +107,9 @@ def load_samples(prep, *, input_npy=None, dataset: str | None = None, split: str
         raise InputError("the graph states no timesteps; pass --timesteps", file=file)
     from spikebridge.models.event_data import is_event_dataset
     if is_event_dataset(dataset):
-        return event_samples(dataset, split, limit, shape, int(T), data_dir)
+        rec = graph_meta(prep.graph, file=file).get("events")
+        window = rec.get("window_us") if isinstance(rec, dict) else None
+        return event_samples(dataset, split, limit, shape, int(T), data_dir, window)
     x, labels = dataset_samples(dataset, split, limit, shape)
     return direct_encode(x, int(T)), labels, {"dataset": dataset, "split": split, "encoding": "direct"}
 

@@ -396,3 +396,43 @@ def test_bench_methods_event_rows(tmp_path):
         assert r["synaptic_ops_per_sample"] > 0 and 0.0 <= r["eventsim_accuracy"] <= 1.0
     assert (tmp_path / "b" / "event-data" / "shd" / "shd_train.h5").is_file()
     assert (tmp_path / "b" / "bench.json").is_file()
+
+
+def test_time_window_binning_by_hand(tmp_path):
+    # windows of 30 us from the first event (t = 10): [10, 40), [40, 70); t = 70 and later dropped
+    t = np.array([10, 20, 39, 40, 69, 70, 500])
+    x = np.array([0, 1, 1, 2, 3, 0, 0])
+    fr = E.to_frames(t, x, np.zeros_like(x), np.zeros_like(x), (4, 1, 1), 2, window=30)
+    np.testing.assert_array_equal(fr.reshape(2, 4), [[1, 2, 0, 0], [0, 0, 1, 1]])
+    with pytest.raises(DatasetError, match="positive"):
+        E.EventTransform(2, None, 0).resolved("shd")
+    S.write_shd(tmp_path / "shd_train.h5", [([0.0, 0.001, 0.0015, 0.5], [0, 1, 2, 3], 1)])
+    S.write_shd(tmp_path / "shd_test.h5", [([0.0], [0], 0)])
+    xs, _ = E.load_event_dataset("shd", "train", E.EventTransform(2, None, 1000), data_dir=tmp_path,
+                                 cache_dir=tmp_path / "c")
+    assert xs[0, 0].tolist()[:4] == [1, 0, 0, 0] and xs[0, 1].tolist()[:4] == [0, 1, 1, 0]  # 0.5 s: beyond 2 ms
+
+
+@pytest.mark.slow
+def test_time_window_recorded_and_used_by_simulate(tmp_path):
+    """train --event-window-us records the window in model.json and the graph; simulate's
+    --dataset bins with it (the frames equal the training transform's)."""
+    from spikebridge.hardware.backends import RunOptions, prepare
+    from spikebridge.toolchain.pipeline import load_samples
+
+    root = S.make_shd(tmp_path / "s", per_class=1, test_per_class=1)
+    code, _, err = cli("train", "--dataset", "shd", "--data-dir", root, "--event-size", 70, "--event-window-us",
+                       200_000, "--arch", "mlp", "--method", "bptt", "--timesteps", 3, "--epochs", 1,
+                       "--out", tmp_path / "r", env_dir=tmp_path)
+    assert code == 0, err
+    assert json.loads((tmp_path / "r" / "model.json").read_text())["events"]["window_us"] == 200_000
+    code, _, err = cli("export", tmp_path / "r", env_dir=tmp_path)
+    assert code == 0, err
+    prep = prepare(tmp_path / "r" / "graph.nir", "eventsim", RunOptions())
+    x_tb, labels, desc = load_samples(prep, dataset="shd", data_dir=root)
+    want, y = E.load_event_dataset("shd", "test", E.EventTransform(3, 70, 200_000), data_dir=root,
+                                   cache_dir=tmp_path / "c2")
+    np.testing.assert_array_equal(x_tb, np.moveaxis(want, 1, 0))
+    assert labels.tolist() == y.tolist() and "time_window=200000" in desc["binning"]
+    other, _ = E.load_event_dataset("shd", "test", E.EventTransform(3, 70), data_dir=root, cache_dir=tmp_path / "c2")
+    assert not np.array_equal(other, want)  # the window matters: n_time_bins frames differ
