@@ -244,7 +244,7 @@ class BPTTNet(nn.Module):
             x = x.contiguous(memory_format=torch.channels_last)
         h = x  # analog until the first neuron layer: (B, ...) shared by every step
         seq = False
-        frames = time_major(x, self.input_shape)  # event frames (B, T, ...): a different input each step
+        frames = time_major(x, self.input_shape, T)  # event frames (B, T, ...): a different input each step
         if frames is not None:
             h, seq = frames, True
         counts, spikes = [], []

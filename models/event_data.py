@@ -90,12 +90,16 @@ def is_event_dataset(name: str | None) -> bool:
     return name in SENSORS
 
 
-def time_major(x, input_shape):
+def time_major(x, input_shape, timesteps: int):
     """A batch of event frames (B, T, *input_shape) (any numeric torch dtype) as float32
     (T, B, *input_shape), the time-varying input of the first layer; None for a static batch
-    (B, *input_shape), which the networks direct-encode (the same input at every step)."""
+    (B, *input_shape), which the networks direct-encode (the same input at every step).
+    Frames of another T than the network's are refused."""
     if x.dim() != len(input_shape) + 2:
         return None
+    if x.shape[1] != timesteps or tuple(x.shape[2:]) != tuple(input_shape):
+        raise DatasetError(f"event frames of shape {tuple(x.shape[1:])} do not match the network's "
+                           f"(T={timesteps}, {tuple(input_shape)})")
     return x.transpose(0, 1).float()
 
 

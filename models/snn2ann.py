@@ -373,7 +373,7 @@ class SNN2ANNNet(nn.Module):
             if record:
                 rec[key] = s
 
-        frames = time_major(x, self.input_shape)  # event frames (B, T, ...): the input of step t is frame t
+        frames = time_major(x, self.input_shape, self.timesteps)  # event frames (B, T, ...): the input of step t is frame t
         h, seq = (x, False) if frames is None else (frames, True)
         for sp in self.spec:
             typ, name = sp["type"], sp["name"]
@@ -445,7 +445,7 @@ class SNN2ANNNet(nn.Module):
             if record:
                 rec.setdefault(key, []).append(s)
 
-        frames = time_major(x, self.input_shape)
+        frames = time_major(x, self.input_shape, self.timesteps)
         for t in range(T):
             h, analog = (x, True) if frames is None else (frames[t], False)
             for sp in self.spec:
@@ -490,7 +490,7 @@ class SNN2ANNNet(nn.Module):
         the SNN's counts; without, it is the plain ReLU ANN that shares the weights.
         Returns (logits, per-layer noisy-spike fractions or [])."""
         T = self.timesteps
-        frames = time_major(x, self.input_shape)
+        frames = time_major(x, self.input_shape, self.timesteps)
         # event frames: the ANN sees their sum over time, the total input the IF layer integrates
         # (= T x the rate; for a static image, T x the image as before)
         h = x * T if frames is None else frames.sum(0)
