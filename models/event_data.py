@@ -371,7 +371,8 @@ def locate(name: str, data_dir=None) -> Path:
         base = os.environ.get("SPIKEBRIDGE_DATA_DIR")
         if not base:
             raise DatasetError(f"{name}: no --data-dir given and $SPIKEBRIDGE_DATA_DIR is not set; put "
-                               f"{WHERE[name]} in a folder and pass --data-dir FOLDER")
+                               f"{WHERE[name]} in a folder and pass --data-dir FOLDER (train, simulate), or "
+                               f"put them in PARENT/{name} and set SPIKEBRIDGE_DATA_DIR=PARENT (every command)")
         data_dir = Path(base) / name
     root = Path(data_dir)
     for cand in (root, root / FOLDERS[name]):
