@@ -382,8 +382,10 @@ def test_cli_refusals(tmp_path):
 
 
 @pytest.mark.slow
-def test_bench_methods_event_rows(tmp_path):
+def test_bench_methods_event_rows(tmp_path, monkeypatch):
     from spikebridge.benchmarks import bench_methods as B
+
+    monkeypatch.setenv("SPIKEBRIDGE_DATA_DIR", str(tmp_path))  # the frame cache goes under tmp_path
 
     args = B._parser().parse_args(["--methods", "none", "--event-dataset", "shd", "--event-epochs", "1",
                                    "--event-per-class", "1", "--event-timesteps", "2", "--batch-size", "8",
@@ -414,9 +416,10 @@ def test_time_window_binning_by_hand(tmp_path):
 
 
 @pytest.mark.slow
-def test_time_window_recorded_and_used_by_simulate(tmp_path):
+def test_time_window_recorded_and_used_by_simulate(tmp_path, monkeypatch):
     """train --event-window-us records the window in model.json and the graph; simulate's
     --dataset bins with it (the frames equal the training transform's)."""
+    monkeypatch.setenv("SPIKEBRIDGE_DATA_DIR", str(tmp_path))  # the frame cache goes under tmp_path
     from spikebridge.hardware.backends import RunOptions, prepare
     from spikebridge.toolchain.pipeline import load_samples
 
