@@ -17,6 +17,14 @@ budget (``--limit-train`` samples, ``--student-epochs`` = ``--epochs`` unless gi
 ``--methods parallel-window`` (not in the default list) runs parallel exported with
 ``--deploy window`` (count-then-emit IF graph, eventsim only).
 
+Event-data rows (``--event-dataset nmnist|dvsgesture|shd``): snn2ann and bptt (the methods that
+train on event frames) trained on the event dataset at ``--event-timesteps`` bins, then the
+exported graph run on eventsim with the binned test frames; method ``<m>@<dataset>``. The data:
+``--event-data-dir DIR`` (your local copy, docs/datasets.md), else a small dataset generated in
+the dataset's own format under OUT/event-data (models/event_synth.py; the row says
+``"data": "synthetic"``). ``--methods none`` runs the event rows alone, e.g.
+``spikebridge bench methods --methods none --event-dataset nmnist --event-data-dir DIR``.
+
 Writes OUT/bench.json, OUT/accuracy_vs_T.png, OUT/pareto.svg/.png (accuracy versus modelled
 Loihi energy and latency per inference, every method and T, the Pareto front marked) and the
 checkpoints; prints the JSON.
@@ -63,6 +71,14 @@ def _parser():
                    help="lr schedule of every trained ANN and of snn2ann (as train --schedule; default step)")
     p.add_argument("--width", type=float, help="lasnn student width (default: the method's, 0.75)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--event-dataset", choices=["nmnist", "dvsgesture", "shd"],
+                   help="add event-data rows (snn2ann, bptt) on this dataset")
+    p.add_argument("--event-data-dir", help="the event dataset's folder (default: a small generated one)")
+    p.add_argument("--event-timesteps", type=int, default=4, help="time bins of the event rows (default 4)")
+    p.add_argument("--event-epochs", type=int, default=3, help="epochs of the event rows (default 3)")
+    p.add_argument("--event-arch", help="architecture of the event rows (default ecnn; shd: mlp)")
+    p.add_argument("--event-per-class", type=int, default=20,
+                   help="generated data: training recordings per class (test: a quarter)")
     p.add_argument("--out", default="runs/bench-methods")
     p.add_argument("--replot", metavar="BENCH.json",
                    help="only draw the accuracy-versus-cost Pareto plot of an earlier run's JSON into --out")
@@ -84,7 +100,7 @@ def _cfg(args, **kw):
     return TrainConfig(**base, extra=extra)
 
 
-def _eventsim(ckpt: Path, x: np.ndarray, y: np.ndarray) -> dict:
+def _eventsim(ckpt: Path, x: np.ndarray, y: np.ndarray, time_major: bool = False) -> dict:
     from spikebridge.exporters.nir_export import checkpoint_to_nir, write_nir
     from spikebridge.hardware.backends import RunOptions, prepare, run_graph
     from spikebridge.hardware.graph import classify, graph_meta
@@ -93,7 +109,7 @@ def _eventsim(ckpt: Path, x: np.ndarray, y: np.ndarray) -> dict:
     prep = prepare(ckpt / "graph.nir", "eventsim", RunOptions(batch_size=100))
     graph = prep.graph
     T = int(graph_meta(graph)["timesteps"])
-    xt = np.broadcast_to(x[None], (T, *x.shape))
+    xt = x if time_major else np.broadcast_to(x[None], (T, *x.shape))
     tr = run_graph(prep, xt)
     out = tr.outputs[next(iter(tr.outputs))]
     pred = classify(out, graph_meta(graph)["readout"])
@@ -129,9 +145,9 @@ def run(args, progress: bool = False) -> dict:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     Ts = [int(t) for t in str(args.timesteps).split(",") if t.strip()]
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    xte, yte = load_dataset(args.dataset, "test")
-    xe, ye = xte[:args.eventsim_limit], yte[:args.eventsim_limit]
+    methods = [m.strip() for m in args.methods.split(",") if m.strip() and m.strip() != "none"]
+    xte, yte = load_dataset(args.dataset, "test") if methods else (None, None)
+    xe, ye = (xte[:args.eventsim_limit], yte[:args.eventsim_limit]) if methods else (None, None)
     rows, shared = [], {}
     log = (lambda *a: print(*a, file=sys.stderr, flush=True)) if progress else (lambda *a: None)
 
@@ -209,7 +225,41 @@ def run(args, progress: bool = False) -> dict:
         else:
             raise SystemExit(f"unknown method {m!r}; known: {', '.join(ALL + EXTRA)}")
         _write(args, shared, rows, out)  # after every row: a partial result survives an interrupted run
+    if args.event_dataset:
+        _event_rows(args, out, rows, log, progress)
     return _write(args, shared, rows, out)
+
+
+def _event_rows(args, out: Path, rows: list, log, progress: bool) -> None:
+    """snn2ann and bptt on event frames (module docstring); rows appended to ``rows``."""
+    from spikebridge.models.train import train
+    from spikebridge.toolchain.pipeline import event_samples
+
+    name, T = args.event_dataset, args.event_timesteps
+    data_dir, source = args.event_data_dir, args.event_data_dir
+    if data_dir is None:
+        from spikebridge.models.event_synth import MAKERS
+        data_dir, source = out / "event-data" / name, "synthetic"
+        if not data_dir.is_dir():
+            n = args.event_per_class
+            kw = ({"recordings": (max(1, n // 4), max(1, n // 16)), "per_class": 2} if name == "dvsgesture"
+                  else {"per_class": n, "test_per_class": max(1, n // 4)})
+            MAKERS[name](data_dir, **kw)
+    arch = args.event_arch or ("mlp" if name == "shd" else "ecnn")
+    for m in ("snn2ann", "bptt"):
+        ck = out / f"{m}-{name}-T{T}"
+        t0 = time.perf_counter()
+        row = train(_cfg(args, method=m, arch=arch, dataset=name, timesteps=T, epochs=args.event_epochs,
+                         extra={"data_dir": str(data_dir)}), ck, progress)
+        secs = time.perf_counter() - t0
+        meta = json.loads((ck / "model.json").read_text())
+        x_tb, y, _ = event_samples(name, "test", args.eventsim_limit, meta["input_shape"], T, data_dir)
+        r = {"method": f"{m}@{name}", "T": T, "dataset": name, "data": str(source), "arch": arch,
+             "ann_test_accuracy": row.get("ann_test_accuracy"), "snn_test_accuracy": row["snn_test_accuracy"],
+             "train_seconds": secs, "test_samples": row.get("test_samples"),
+             **_eventsim(ck, x_tb, y, time_major=True), "torch_spikes_per_sample": row.get("spikes_per_sample")}
+        rows.append(r)
+        log(json.dumps(r))
 
 
 def _write(args, shared, rows, out: Path) -> dict:

@@ -15,6 +15,9 @@ Layer specs (dicts, in order; the last one is the classifier):
   {"name": "fc1", "type": "linear", "out_features": 128, "bn": true, "neuron": true}
 The classifier is a linear layer with neuron = false (analog readout).
 
+``ecnn`` is sized for event frames (N-MNIST 2x34x34, DVS Gesture 2xSxS); ``mlp`` is the dense
+net for SHD's 700 (or binned) channels.
+
 VGG-11/13 and ResNet-18 follow the usual CIFAR layouts (3x3 stem, no stem pooling).
 ResNet-17 is our reading of the SNN2ANN paper's network (no public definition was
 available here): a 3x3 stem plus 8 basic blocks of 64/128/256 channels laid out 3/3/2
@@ -49,6 +52,26 @@ def cnn(input_shape, num_classes):
     layers = [_conv("conv1", 16), _conv("conv2", 32, s=2)]
     if h >= 16:
         layers.append(_conv("conv3", 64, s=2))
+    return layers + [{"name": "flatten", "type": "flatten"}, _fc("fc1", 128),
+                     _fc("classifier", num_classes, neuron=False)]
+
+
+def ecnn(input_shape, num_classes):
+    """CNN for event frames (2 polarities x S x S: N-MNIST 34x34, DVS Gesture 32/64/128): a 3x3
+    conv of 16 channels (stride 2 when S >= 64), then stride-2 3x3 convs of 32, 64, 64, ... channels
+    until the map is at most 8x8, one hidden linear layer of 128, the classifier. Strided convs, no
+    pooling, so every layer maps onto Loihi-style synapses. (SHD's 1-D channels: use ``mlp``.)"""
+    if len(input_shape) != 3:
+        raise InputError(f"architecture ecnn needs (C, H, W) frames (nmnist, dvsgesture); got input shape "
+                         f"{tuple(input_shape)} (for shd use --arch mlp)")
+    side = min(input_shape[1:])
+    layers = [_conv("conv1", 16, s=2 if side >= 64 else 1)]
+    side = (side + 1) // 2 if side >= 64 else side
+    ch = 32
+    while side > 8:
+        layers.append(_conv(f"conv{len(layers) + 1}", ch, s=2))
+        side = (side + 1) // 2
+        ch = min(ch * 2, 64)
     return layers + [{"name": "flatten", "type": "flatten"}, _fc("fc1", 128),
                      _fc("classifier", num_classes, neuron=False)]
 
@@ -100,7 +123,7 @@ def _need_image(arch, input_shape, min_hw):
                          f"(cifar10, cifar100, tiny-imagenet); got input shape {tuple(input_shape)}")
 
 
-ARCHITECTURES = {"mlp": mlp, "cnn": cnn, "vgg11": _vgg("vgg11"), "vgg13": _vgg("vgg13"),
+ARCHITECTURES = {"mlp": mlp, "cnn": cnn, "ecnn": ecnn, "vgg11": _vgg("vgg11"), "vgg13": _vgg("vgg13"),
                  "resnet17": _resnet("resnet17", [(64, 3), (128, 3), (256, 2)]),
                  "resnet18": _resnet("resnet18", [(64, 2), (128, 2), (256, 2), (512, 2)])}
 

@@ -37,6 +37,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from spikebridge.models.architectures import infer_shapes, pool_kernel, resblock_has_projection
+from spikebridge.models.event_data import time_major
 
 BN_EPS = 1e-5
 SURROGATES = ("rectangular", "atan", "sigmoid")
@@ -251,8 +252,11 @@ class BPTTNet(nn.Module):
 
         T = self.timesteps
         B = x.shape[0]
-        seq = x.dim() == len(self.input_shape) + 2 or self.encoding != "direct"
-        if seq:
+        frames = time_major(x, self.input_shape, T)  # event frames (B, T, ...) -> (T, B, ...), T checked
+        seq = frames is not None or self.encoding != "direct"
+        if frames is not None:
+            x = frames
+        elif seq:
             x = encode_batch(x, self.encoding, T, self.encoding_rng, len(self.input_shape),
                              rows=global_rows() if self.training else None)  # (T, B, ...)
             T = x.shape[0]

@@ -22,6 +22,11 @@
   file has it, else the one recorded next to the archive (``<archive>.sha256``) when it
   first passed the MD5 check, so a later change of the file is always caught.
 
+- ``nmnist`` / ``dvsgesture`` / ``shd``: event datasets read from the user's local copy
+  (``--data-dir``) and binned into time-major frames (T = ``--timesteps`` bins): see
+  models/event_data.py and docs/datasets.md. ``load_dataset`` refuses them (they have no static
+  samples); ``load_event_dataset`` / ``event_dataset_info`` read them.
+
 Parsing never unpickles: idx files are read with ``numpy.frombuffer`` after their
 header has been validated.
 """
@@ -46,10 +51,11 @@ from spikebridge.base.fileio import atomic_path, atomic_write_bytes
 @dataclass(frozen=True)
 class DatasetInfo:
     name: str
-    input_shape: tuple[int, int, int]
+    input_shape: tuple[int, ...]
     num_classes: int
     description: str
     augment: bool = False  # random crop (padding 4) + horizontal flip in training
+    events: bool = False  # event recordings binned into frames (models/event_data.py)
 
 
 DATASETS = {
@@ -60,6 +66,13 @@ DATASETS = {
                             True),
     "tiny-imagenet": DatasetInfo("tiny-imagenet", (3, 64, 64), 200,
                                  "Tiny ImageNet 64x64, 100000 train / 10000 val (used as test)", True),
+    # event datasets: the default input shapes (--event-size changes DVS Gesture's side and SHD's channels)
+    "nmnist": DatasetInfo("nmnist", (2, 34, 34), 10, "N-MNIST events (--data-dir), 2 polarities x 34x34, "
+                          "60000 / 10000", events=True),
+    "dvsgesture": DatasetInfo("dvsgesture", (2, 32, 32), 11, "DVS Gesture events (--data-dir), 2 x 128x128 "
+                              "downsampled to 32x32 by default, 1077 / 264 labelled intervals", events=True),
+    "shd": DatasetInfo("shd", (700,), 20, "Spiking Heidelberg Digits (--data-dir), 700 channels, 8156 / 2264",
+                       events=True),
 }
 
 DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
@@ -79,9 +92,24 @@ def dataset_info(name: str) -> DatasetInfo:
     return DATASETS[name]
 
 
+def event_dataset_info(name: str, size: int | None = None) -> DatasetInfo:
+    """The DatasetInfo of an event dataset with the input shape of ``--event-size`` ``size``."""
+    from dataclasses import replace
+
+    from spikebridge.models.event_data import input_shape
+
+    info = dataset_info(name)
+    if not info.events:
+        raise DatasetError(f"{name} is not an event dataset")
+    return replace(info, input_shape=input_shape(name, size))
+
+
 def load_dataset(name: str, split: str = "test") -> tuple[np.ndarray, np.ndarray]:
     """Return (images float32 (N, C, H, W) in [0, 1], labels int64 (N,))."""
-    dataset_info(name)
+    if dataset_info(name).events:
+        raise DatasetError(f"{name} is an event dataset: it has no static images (calibration, conversion and "
+                           "direct encoding need them); train on it with --method snn2ann or bptt, or simulate "
+                           "a graph with --dataset (docs/datasets.md)")
     if split not in ("train", "test"):
         raise DatasetError(f"unknown split {split!r}; use train or test", place=name)
     if name == "digits":

@@ -156,8 +156,12 @@ class _Graph:
 
 
 def _meta_fields(meta: dict) -> dict:
-    return {"input_shape": tuple(int(s) for s in meta["input_shape"]), "num_classes": int(meta["num_classes"]),
-            "timesteps": int(meta["timesteps"]), "method": str(meta["method"]), "arch": str(meta["arch"])}
+    out = {"input_shape": tuple(int(s) for s in meta["input_shape"]), "num_classes": int(meta["num_classes"]),
+           "timesteps": int(meta["timesteps"]), "method": str(meta["method"]), "arch": str(meta["arch"])}
+    if isinstance(meta.get("events"), dict):  # trained on event frames: say so in the graph (models/event_data.py)
+        out["encoding"] = "events"
+        out["extra"] = {"events": dict(meta["events"])}
+    return out
 
 
 # ---------------------------------------------------------------------------------

@@ -48,6 +48,7 @@ from torch.nn import functional as F
 
 from spikebridge.models.architectures import infer_shapes, pool_kernel, resblock_has_projection
 from spikebridge.models.distributed import global_rows, rows
+from spikebridge.models.event_data import time_major
 from spikebridge.models.neurons import NeuronConfig
 
 BN_EPS = 1e-5
@@ -372,7 +373,8 @@ class SNN2ANNNet(nn.Module):
             if record:
                 rec[key] = s
 
-        h, seq = x, False
+        frames = time_major(x, self.input_shape, self.timesteps)  # event frames (B, T, ...): the input of step t is frame t
+        h, seq = (x, False) if frames is None else (frames, True)
         for sp in self.spec:
             typ, name = sp["type"], sp["name"]
             if typ == "flatten":
@@ -443,8 +445,9 @@ class SNN2ANNNet(nn.Module):
             if record:
                 rec.setdefault(key, []).append(s)
 
+        frames = time_major(x, self.input_shape, self.timesteps)
         for t in range(T):
-            h, analog = x, True
+            h, analog = (x, True) if frames is None else (frames[t], False)
             for sp in self.spec:
                 typ, name = sp["type"], sp["name"]
                 if typ == "flatten":
@@ -487,7 +490,10 @@ class SNN2ANNNet(nn.Module):
         the SNN's counts; without, it is the plain ReLU ANN that shares the weights.
         Returns (logits, per-layer noisy-spike fractions or [])."""
         T = self.timesteps
-        h = x * T
+        frames = time_major(x, self.input_shape, self.timesteps)
+        # event frames: the ANN sees their sum over time, the total input the IF layer integrates
+        # (= T x the rate; for a static image, T x the image as before)
+        h = x * T if frames is None else frames.sum(0)
         noisy = []
         smu = SMUS[self.smu]
         it = iter(counts) if counts is not None else None

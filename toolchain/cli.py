@@ -54,16 +54,25 @@ def _parser() -> argparse.ArgumentParser:
 
     t = cmd("train", "train a spiking network and write a checkpoint directory")
     t.add_argument("--method", default="snn2ann", help="snn2ann | bptt | qcfs | parallel | bridge | lasnn | ann")
-    t.add_argument("--arch", default="cnn", help="mlp | cnn | vgg11 | vgg13 | resnet17 | resnet18")
+    t.add_argument("--arch", default="cnn", help="mlp | cnn | ecnn (event frames) | vgg11 | vgg13 | resnet17 | resnet18")
     t.add_argument("--dataset", default="digits",
-                   help="digits | fashion-mnist | cifar10 | cifar100 | tiny-imagenet")
-    t.add_argument("--timesteps", type=int, default=4)
+                   help="digits | fashion-mnist | cifar10 | cifar100 | tiny-imagenet | nmnist | dvsgesture | shd "
+                        "(event data: --data-dir; docs/datasets.md)")
+    t.add_argument("--timesteps", type=int, default=4, help="time steps (event data: the number of time bins "
+                   "each recording is split into)")
     from spikebridge.base.encoding import ENCODINGS
     t.add_argument("--encoding", default="direct", choices=ENCODINGS,
                    help="how static images become the input over T: direct (default; the analog image every "
                         "step) | rate | latency | delta (docs/inputs.md; the same definitions as simulate/report; "
                         "rate draws with --seed). Recorded in model.json and the NIR graph. bptt trains with any; "
                         "the other methods with direct only")
+    t.add_argument("--data-dir", metavar="DIR", help="event datasets: the folder with your local copy in Tonic's "
+                   "layout (default $SPIKEBRIDGE_DATA_DIR/<dataset>; docs/datasets.md)")
+    t.add_argument("--event-size", type=int, metavar="N", help="event datasets: dvsgesture frame side (128, 64, "
+                   "32 default, 16...; pixels pooled by 128/N) | shd channels (700 default, or a divisor)")
+    t.add_argument("--event-window-us", type=int, metavar="W", help="event datasets: bin into --timesteps windows "
+                   "of W microseconds from each recording's first event (default: split each recording into "
+                   "--timesteps equal bins)")
     t.add_argument("--epochs", type=int, default=30)
     t.add_argument("--batch-size", type=int, default=64)
     t.add_argument("--lr", type=float, default=1e-3)
@@ -100,7 +109,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("graph", help="graph.nir")
     src = s.add_mutually_exclusive_group(required=True)
     src.add_argument("--input", help=pipeline.INPUT_HELP)
-    src.add_argument("--dataset", help="digits | fashion-mnist (encoded over T: --encoding)")
+    src.add_argument("--dataset", help="digits | fashion-mnist (encoded over T: --encoding) | nmnist | "
+                     "dvsgesture | shd (event frames binned into the graph's T and input shape; --data-dir)")
     s.add_argument("--split", default="test")
     s.add_argument("--limit", type=int, help="first N samples (of the split, or of X.npy and Y.npy)")
     s.add_argument("--timesteps", type=int, help="T for --dataset and static X.npy (default: the graph's metadata)")
@@ -285,6 +295,12 @@ def cmd_train(args) -> int:
                       sync_bn=args.sync_bn, encoding=args.encoding)
     from spikebridge.models.methods.options import extra_from_args
     cfg.extra.update(extra_from_args(args))
+    if args.data_dir is not None:
+        cfg.extra["data_dir"] = str(Path(args.data_dir).resolve())
+    if args.event_size is not None:
+        cfg.extra["event_size"] = args.event_size
+    if args.event_window_us is not None:
+        cfg.extra["event_window_us"] = args.event_window_us
     if getattr(args, "limit_train", None):
         cfg.limit_train = args.limit_train
     if args.nproc_per_node < 1:

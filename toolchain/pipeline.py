@@ -120,6 +120,10 @@ def choose_encoding(graph_encoding, given: str | None, file: str | None = None) 
     from spikebridge.base.encoding import ENCODINGS, EncodingWarning, check_encoding
     from spikebridge.base.errors import GraphError
 
+    if graph_encoding == "events" and given is None:
+        raise InputError("the graph was trained on binned event frames: give them time-major (T, batch, ...) "
+                         "with --input, or the event dataset with --dataset (docs/datasets.md); --encoding "
+                         "encodes static samples instead", file)
     if graph_encoding is not None and str(graph_encoding) not in ENCODINGS and given is None:
         raise GraphError(f"encoding {graph_encoding!r} is not one of {', '.join(ENCODINGS)}; pass --encoding",
                          file, f"graph metadata {META_KEY}")
@@ -134,14 +138,34 @@ def choose_encoding(graph_encoding, given: str | None, file: str | None = None) 
     return "direct", "default"
 
 
+def event_samples(name: str, split: str, limit: int | None, input_shape, T: int, data_dir=None,
+                  window_us: int | None = None):
+    """An event dataset's split binned into T frames of the graph's input shape (``window_us``:
+    fixed windows, as the graph's training recorded) -> (x_tb float32 (T, batch, *input_shape),
+    labels, description); data from ``data_dir`` or $SPIKEBRIDGE_DATA_DIR/<name> (models/event_data.py)."""
+    from spikebridge.models.event_data import EventTransform, load_event_dataset, size_from_shape
+
+    if limit is not None and limit < 1:
+        raise InputError("--limit must be at least 1")
+    size = size_from_shape(name, input_shape)
+    if size is None:
+        raise DatasetError(f"dataset {name} cannot be binned into the graph's input shape {tuple(input_shape)}")
+    x, y = load_event_dataset(name, split, EventTransform(int(T), size, window_us), data_dir, limit=limit)
+    x_tb = np.ascontiguousarray(np.moveaxis(x, 1, 0), dtype=np.float32)
+    how = f"n_time_bins={int(T)}" if window_us is None else f"time_window={int(window_us)} us x {int(T)}"
+    return x_tb, y, {"dataset": name, "split": split, "encoding": "events",
+                     "binning": f"tonic ToFrame {how}, size {size}"}
+
+
 def load_samples(prep, *, input_npy=None, dataset: str | None = None, split: str = "test",
                  limit: int | None = None, timesteps: int | None = None, file: str | None = None,
-                 labels_npy=None, encoding: str | None = None, seed: int | None = None):
+                 labels_npy=None, encoding: str | None = None, seed: int | None = None, data_dir=None):
     """(x_tb, labels or None, description) for a prepared graph.
 
     Samples: ``input_npy`` X.npy, time-major (T, batch, *input_shape) run as given, or static
     (batch, *input_shape) encoded over T; or a dataset split: static samples encoded over T,
-    or frame sequences (batch, T, *input_shape), e.g. event data, run as given. The
+    or frame sequences (batch, T, *input_shape), run as given; an event dataset (models/event_data.py)
+    is binned into T frames (``event_samples``, from ``data_dir`` or $SPIKEBRIDGE_DATA_DIR/<name>). The
     number of dimensions decides between static and time-major. T = ``timesteps`` or the
     graph's metadata. Encoding of static samples (spikebridge.base.encoding): ``encoding``,
     else the one the graph records (metadata ``encoding``), else direct; ``seed`` seeds rate
@@ -193,6 +217,15 @@ def load_samples(prep, *, input_npy=None, dataset: str | None = None, split: str
             desc["encoding"] = "none (time-major input run as given)"
             return x, labels, desc
     else:
+        from spikebridge.models.event_data import is_event_dataset
+
+        if is_event_dataset(dataset):
+            if encoding is not None:
+                raise InputError(f"--encoding {encoding}: dataset {dataset} is event data, binned into frames "
+                                 "and run as given")
+            rec = graph_meta(prep.graph, file=file).get("events")
+            window = rec.get("window_us") if isinstance(rec, dict) else None
+            return event_samples(dataset, split, limit, shape, steps(), data_dir, window)
         x, labels = dataset_samples(dataset, split, limit, shape)
         desc = {"dataset": dataset, "split": split}
         if x.ndim == len(shape) + 2:  # a dataset of frame sequences (batch, T, ...), e.g. event data
@@ -216,7 +249,7 @@ INPUT_HELP = ("X.npy, bool or numeric: static samples (batch, *input_shape), enc
 
 
 def add_sample_options(p, prefix: str = "") -> None:
-    """--labels, --encoding and --seed: how samples become a run's input (simulate, report);
+    """--labels, --encoding, --seed and --data-dir: how samples become a run's input (simulate, report);
     ``load_samples`` reads them. ``prefix`` starts each help (e.g. "GRAPH.nir only: ")."""
     from spikebridge.base.encoding import ENCODINGS
 
@@ -230,12 +263,14 @@ def add_sample_options(p, prefix: str = "") -> None:
                         "records (a different one is run, with a warning), else direct. Time-major X.npy is never "
                         "encoded (docs/inputs.md)")
     p.add_argument("--seed", type=int, default=0, help=prefix + "seed of rate encoding (default 0)")
+    p.add_argument("--data-dir", metavar="DIR", help=prefix + "event datasets (--dataset nmnist | dvsgesture | "
+                   "shd): the folder with your local copy (default $SPIKEBRIDGE_DATA_DIR/<dataset>; docs/datasets.md)")
 
 
 def sample_options(args) -> dict:
     """``load_samples`` keywords from the flags of ``add_sample_options`` in ``args``."""
     return {"labels_npy": getattr(args, "labels", None), "encoding": getattr(args, "encoding", None),
-            "seed": getattr(args, "seed", None)}
+            "seed": getattr(args, "seed", None), "data_dir": getattr(args, "data_dir", None)}
 
 
 def add_run_options(p, *, running: bool = True, profile_help: str | None = None) -> None:

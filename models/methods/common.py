@@ -306,10 +306,20 @@ def deployed_accuracy(layers, x, y, T: int, batch_size: int = 500) -> tuple[floa
 # data, loops, checkpoint helpers
 # ---------------------------------------------------------------------------------
 
+# methods that train on event frames (B, T, ...) (their networks take the frame of step t at step t);
+# the others need static samples: conversion calibrates on them, bridge/lasnn/ann train an ANN on them
+EVENT_METHODS = ("snn2ann", "bptt")
+
+
 def load_data(cfg, device):
     from spikebridge.models.datasets import dataset_info, load_dataset
 
     info = dataset_info(cfg.dataset)
+    if info.events:
+        return load_event_data(cfg, device)
+    if {"data_dir", "event_size", "event_window_us"} & set(cfg.extra or {}):
+        raise InputError(f"--data-dir, --event-size and --event-window-us are for the event datasets (nmnist, dvsgesture, shd), "
+                         f"not {cfg.dataset}")
     xtr, ytr = load_dataset(cfg.dataset, "train")
     xte, yte = load_dataset(cfg.dataset, "test")
     if cfg.limit_train:
@@ -319,6 +329,36 @@ def load_data(cfg, device):
         xte, yte = xte[:int(lt)], yte[:int(lt)]
     t = lambda a: torch.from_numpy(a).to(device)  # noqa: E731
     return info, t(xtr), t(ytr), t(xte), t(yte)
+
+
+def load_event_data(cfg, device):
+    """An event dataset's frames (N, T, *input_shape) with T = cfg.timesteps bins, kept as uint8/int16
+    counts (the networks convert each batch to float); ``cfg.extra``: data_dir, event_size, event_window_us."""
+    from spikebridge.models.datasets import event_dataset_info
+    from spikebridge.models.event_data import EventTransform, load_event_dataset
+
+    if cfg.method not in EVENT_METHODS:
+        raise InputError(f"method {cfg.method!r} cannot train on event data ({cfg.dataset}): it needs static "
+                         f"samples (conversion calibrates on them, bridge/lasnn/ann train an ANN on them); use "
+                         f"--method {' or '.join(EVENT_METHODS)}")
+    extra = cfg.extra or {}
+    tf = EventTransform(int(cfg.timesteps), extra.get("event_size"), extra.get("event_window_us"))
+    info = event_dataset_info(cfg.dataset, tf.resolved(cfg.dataset).size)
+    xtr, ytr = load_event_dataset(cfg.dataset, "train", tf, extra.get("data_dir"), limit=cfg.limit_train)
+    lt = getattr(cfg, "limit_test", None) or extra.get("limit_test")
+    xte, yte = load_event_dataset(cfg.dataset, "test", tf, extra.get("data_dir"), limit=int(lt) if lt else None)
+    t = lambda a: torch.from_numpy(a).to(device)  # noqa: E731
+    return info, t(xtr), t(ytr), t(xte), t(yte)
+
+
+def event_record(cfg, info) -> dict:
+    """model.json's (and the NIR metadata's) ``events``: how the frames were made."""
+    from spikebridge.models.event_data import size_from_shape
+
+    window = (cfg.extra or {}).get("event_window_us")
+    return {"dataset": cfg.dataset, "bins": int(cfg.timesteps), "size": size_from_shape(cfg.dataset, info.input_shape),
+            "binning": "tonic ToFrame n_time_bins" if window is None else "tonic ToFrame time_window",
+            **({} if window is None else {"window_us": int(window)}), "counts": True}
 
 
 def check_cfg(cfg, resume: bool = False) -> None:

@@ -77,13 +77,17 @@ def _make_model(cfg, input_shape, num_classes):
 
 
 def neuron_meta(cfg) -> dict:
-    """model.json's ``neuron``: the semantics the exporters write (docs/nir-conventions.md)."""
+    """model.json's ``neuron``: the semantics the exporters write (docs/nir-conventions.md).
+    ``encoding``: direct, or events (binned event frames, models/event_data.py)."""
+    from spikebridge.models.event_data import is_event_dataset
+
+    enc = "events" if is_event_dataset(cfg.dataset) else cfg.encoding
     if cfg.method == "bptt":
         return {"model": cfg.neuron.upper(), "reset": "zero", "threshold_test": "gt", "v_init": 0.0,
                 "threshold": cfg.v_threshold, "tau": cfg.tau if cfg.neuron == "lif" else None,
-                "r": 1.0, "v_leak": 0.0, "dt": 1.0, "encoding": cfg.encoding, "surrogate": cfg.surrogate}
+                "r": 1.0, "v_leak": 0.0, "dt": 1.0, "encoding": enc, "surrogate": cfg.surrogate}
     return {"model": "IF", "reset": "zero", "threshold_test": "gt", "v_init": 0.0,
-            "threshold": "per-neuron", "dt": 1.0, "encoding": "direct"}
+            "threshold": "per-neuron", "dt": 1.0, "encoding": enc}
 
 
 @torch.no_grad()
@@ -195,7 +199,8 @@ def train(cfg, out_dir, progress: bool = True, resume: bool = False) -> dict:
             "input_shape": list(info.input_shape), "num_classes": info.num_classes,
             "dataset": cfg.dataset, "layers": model.spec, "neuron": neuron_meta(cfg),
             **({"smu": cfg.smu} if cfg.method == "snn2ann" else {}),
-            "seed": cfg.seed, "config": asdict(cfg)}
+            "seed": cfg.seed, "config": asdict(cfg),
+            **({"events": C.event_record(cfg, info)} if info.events else {})}
     bar_factory = _bar_factory(progress)
     for epoch in range(start_epoch, cfg.epochs):
         model.train()
