@@ -220,6 +220,11 @@ def quantize(plan, vth_bits: int = VTH_BITS_DEFAULT, input_frac: int | None = No
     if long:
         raise UnsupportedError(f"skip connections need more than {DELAY_MAX} steps of extra delay "
                                f"(Loihi's 6-bit synaptic delays): {'; '.join(long)}", place="lava fixed point")
+    li = [p["name"] for p in meta["populations"] if p.get("readout")]
+    if li:
+        raise UnsupportedError(f"membrane readouts ({', '.join(li)}: LI nodes, a LIF that never fires) are "
+                               "lowered in floating point only: Loihi's fixed-point LIF fires when v saturates "
+                               "at 2^23 (vth << 6 <= 2^23 - 64); use --precision float", place="lava fixed point")
     mats = {c["id"]: chain_matrix(arrays, c["terms"], int(c["rows"]), int(c["cols"])) for c in conns}
     # input resolution: 8 fractional bits unless the first layer's exponent would leave the range
     frac = INPUT_FRAC_DEFAULT if input_frac is None else int(input_frac)
@@ -241,7 +246,8 @@ def quantize(plan, vth_bits: int = VTH_BITS_DEFAULT, input_frac: int | None = No
         qarr[key + "_shape"] = np.asarray(w.shape, dtype=np.int64)
         qconns.append({"id": c["id"], "source": c["source"], "target": c["target"], "terms": [[key]],
                        "rows": int(c["rows"]), "cols": int(c["cols"]), "weight_exp": int(wexp),
-                       "sign_mode": mode, "delay": int(c.get("delay", 0))})
+                       "sign_mode": mode, "delay": int(c.get("delay", 0)),
+                       **({"recurrent": True} if c.get("recurrent") else {})})
 
     for p in meta["populations"]:
         name = p["name"]

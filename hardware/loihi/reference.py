@@ -117,14 +117,16 @@ def run_qplan(meta: dict, arrays: dict, x_int: np.ndarray, record_state: bool = 
     vs = {p["name"]: np.zeros((S, B, int(p["size"])), dtype=np.int64) for p in pops} if record_state else None
     u = {p["name"]: np.zeros((B, int(p["size"])), dtype=np.int64) for p in pops}
     v = {p["name"]: np.zeros((B, int(p["size"])), dtype=np.int64) for p in pops}
+    prev = {p["name"]: np.zeros((B, int(p["size"])), dtype=np.int64) for p in pops}  # last step's spikes
     for j in range(S):
         cur = {in_name: x[j], "__one__": np.ones((B, 1), dtype=np.int64)}  # BIAS_SOURCE
         for p in pops:  # topological order (the plan lists sinks in graph order)
             n = p["name"]
             q = prm[n]
             a_in = np.zeros((B, int(p["size"])), dtype=np.int64)
-            for c in into[n]:
-                a_in = wrap32(a_in + _synapse(wts[c["id"]], cur[c["source"]], int(c.get("weight_exp", 0)),
+            for c in into[n]:  # a recurrent connection (to itself) carries the last step's spikes
+                src = prev[n] if c.get("recurrent") else cur[c["source"]]
+                a_in = wrap32(a_in + _synapse(wts[c["id"]], src, int(c.get("weight_exp", 0)),
                                               wrap_first[c["id"]]))
             if j == 0 and p.get("has_vinit"):
                 a_in = wrap32(a_in + q["vinit"][None, :])
@@ -137,7 +139,7 @@ def run_qplan(meta: dict, arrays: dict, x_int: np.ndarray, record_state: bool = 
             vv = np.where(s, 0, vv)
             u[n], v[n] = uu, vv
             spikes[n][j] = s
-            cur[n] = s.astype(np.int64)
+            cur[n] = prev[n] = s.astype(np.int64)
             if record_state:
                 us[n][j], vs[n][j] = uu, vv
         for r in analog:

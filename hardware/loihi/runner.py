@@ -31,7 +31,7 @@ from spikebridge.hardware.graph import GraphInfo, analyse, load_graph
 from spikebridge.hardware.loihi.fast import blas_threads, compile_qplan, run_qplan_fast
 from spikebridge.hardware.loihi.fixedpoint import QPlan, quantize
 from spikebridge.hardware.loihi.groups import merge_outputs, merged_meta, split_threshold_groups
-from spikebridge.hardware.loihi.plan import NEURON, Plan, _meta, _param_meta, lower
+from spikebridge.hardware.loihi.plan import NEURON, READOUT_NEURON, Plan, _meta, _param_meta, lower
 from spikebridge.hardware.loihi.reference import run_qplan
 from spikebridge.hardware.trace import Trace
 
@@ -164,7 +164,7 @@ def activations(plan: Plan, x: np.ndarray, spikes: dict, amps: dict, op_csr: dic
         k = plan.kinds[n]
         if k == "Input":
             acts[n] = x.reshape(T, B, -1)
-        elif k in NEURON:  # only the nonzero pattern is counted: bool spikes when the amplitude is 1
+        elif k in NEURON or k in READOUT_NEURON:  # only the nonzero pattern is counted: bool spikes when the amplitude is 1
             a = amps[n]
             acts[n] = spikes[n].reshape(T, B, -1) if np.all(a == 1) else spikes[n].reshape(T, B, -1) * a[None, None, :]
         elif n in plan.ops:
@@ -238,7 +238,7 @@ def to_trace(pr: Prepared, out: dict, precision: str, extra: dict) -> Trace:
         amps[name] = _param_meta(_meta(graph.nodes[name]).get("spike_amplitude"), (p["size"],), 1.0)
     outputs = {}
     for r in meta["readouts"]:
-        if r["kind"] == "analog":
+        if r["kind"] in ("analog", "membrane"):  # membrane: an LI read as its membrane (float)
             outputs[r["name"]] = out["output__" + r["name"]].reshape((T, B) + tuple(r["shape"]))
         else:
             src = r["source"]
@@ -259,7 +259,12 @@ def to_trace(pr: Prepared, out: dict, precision: str, extra: dict) -> Trace:
     tm.update(extra)
     if groups:
         tm["threshold_groups"] = {n: len(g["groups"]) for n, g in groups.items()}
-    if any(p["reset"] == "subtract" for p in meta["populations"]):
+    if meta.get("profile"):
+        tm["profile"] = meta["profile"]
+    approx = sorted({a for p in meta["populations"] for a in p.get("approximations", ())})
+    if approx:  # a library profile's neuron run as Lava's (allow_reset_to_zero=True)
+        tm["approximation"] = "; ".join(approx) + " (allow_reset_to_zero=True)"
+    elif any(p["reset"] == "subtract" for p in meta["populations"]):
         tm["approximation"] = "subtractive reset run as reset to zero (allow_reset_to_zero=True)"
     state = {k: v for k, v in out.items() if k.startswith(("u__", "v__"))}
     if state:
