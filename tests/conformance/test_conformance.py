@@ -150,6 +150,28 @@ def test_backend_conforms(case, backend):
         compare(trace, ref, tol, case)
 
 
+# Fixed point on the peer cases lowered exactly (declared): lava-fixed == loihi-fixed bit for bit
+# (test_backend_conforms), and loihi-fixed's output entries agree with the library's (= eventsim's,
+# which reproduces them exactly) on at least FIXED_PEER_AGREEMENT of them. Why not all: 8-bit
+# weights with one exponent per connection (relative error up to ~1e-2 per weight, `inspect
+# --lava`), 12-bit decays and the input's 8 fractional bits move a membrane by up to ~1 % of the
+# threshold per step; membranes that come that close to the threshold fire one step earlier or
+# later, and each changed spike propagates to the later layers. Measured (docs/lava.md,
+# scripts/lava_peer_agreement.py): 90.0-100 % on the 13 cases; the floor leaves room for CPUs
+# only in the float reading's own last bits, not for a regression of the quantiser.
+FIXED_PEER_AGREEMENT = 0.88
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c.name.startswith("peer/") and "loihi-fixed" not in c.excluded],
+                         ids=lambda c: c.name)
+def test_fixed_point_agrees_with_the_library_on_peer_cases(case):
+    g, x, ref = built(case)
+    y = ref["expected"]
+    out = next(iter(run(case, "loihi-fixed").outputs.values())).reshape(y.shape)
+    agree = float(np.mean(out == y))
+    assert agree >= FIXED_PEER_AGREEMENT, f"{case.name}: {100 * agree:.1f} % of output entries agree"
+
+
 def test_every_backend_has_a_declared_tolerance_and_every_exclusion_a_reason():
     assert set(TOLERANCES) == set(BACKENDS), "declare the new backend's tolerance in TOLERANCES"
     for case in CASES:
