@@ -273,6 +273,19 @@ def to_trace(pr: Prepared, out: dict, precision: str, extra: dict) -> Trace:
                  backend="lava", meta=tm)
 
 
+def output_agreement(trace: Trace, ref: Trace) -> float:
+    """Fraction of output entries (every Output node, T x batch x n) of ``trace`` equal to
+    ``ref``'s: what running a neuron as Lava's (--allow-reset-to-zero) costs against the
+    exact reading on the same inputs."""
+    same = total = 0
+    for k, want in ref.outputs.items():
+        got = np.asarray(trace.outputs[k], dtype=np.float64).reshape(np.shape(want))
+        want = np.asarray(want, dtype=np.float64)
+        same += int(np.sum(np.abs(got - want) <= 1e-9 * (1 + np.abs(want))))
+        total += want.size
+    return same / max(total, 1)
+
+
 def fixed_trace(graph, x, timesteps: int | None = None, window: int | None = None,
                 allow_reset_to_zero: bool = False, record_spikes: bool = True,
                 record_state: bool = False, threshold_groups=None, engine: str = "fast") -> Trace:
