@@ -454,8 +454,10 @@ def read_neuron_params(name, node, kp: dict, label: str, dt: float, allow_reset_
         if a is not None:
             dv = 1.0 - a
             if not 0 <= dv <= 1:
-                problems.append(f"{name}: dv = 1 - decay = {dv:g} (dt = {dt:g}) is outside [0, 1] "
-                                "(Lava's voltage decay; wrong --dt or --profile?)")
+                tk = "tau" if kind in ("LIF", "LI") else "tau_mem"
+                tau = np.asarray(getattr(node, tk), dtype=np.float64).reshape(-1)
+                problems.append(f"{name}: dv = 1 - decay = {dv:g} (dt = {dt:g}, {tk} = {tau[0]:g}) is outside "
+                                "[0, 1] (Lava's voltage decay; wrong --dt or --profile?)")
         c = flat(kp["c"])
         gain = c * flat(kp["r"], 1.0)
         extra = c * flat(kp.get("v_leak")) - dv * vr
@@ -464,8 +466,9 @@ def read_neuron_params(name, node, kp: dict, label: str, dt: float, allow_reset_
             if a_s is not None:
                 du = 1.0 - a_s
                 if not 0 < du <= 1:
-                    problems.append(f"{name}: du = 1 - current decay = {du:g} (dt = {dt:g}) is outside "
-                                    "(0, 1] (Lava's current decay)")
+                    ts = np.asarray(node.tau_syn, dtype=np.float64).reshape(-1)
+                    problems.append(f"{name}: du = 1 - current decay = {du:g} (dt = {dt:g}, tau_syn = {ts[0]:g}) "
+                                    "is outside (0, 1] (Lava's current decay)")
             w_in = flat(kp["w_in"], 1.0)
             gain = gain * w_in * (1.0 if kp["jump"] else flat(kp["c_syn"]))
     v0 = (flat(kp["v_init"]) - vr)
