@@ -42,8 +42,19 @@ is ever needed):
 
 What Lava's LIF cannot express raises ``UnsupportedError`` listing every problem at once:
 subtractive reset (unless ``allow_reset_to_zero``), ``>=`` threshold test, non-zero
-v_reset, non-uniform tau / tau_syn, non-positive thresholds, v_init on a CubaLIF with a
-current decay, other node types, and cycles.
+v_reset, non-uniform tau / tau_syn, a decay dt/tau outside [0, 1], non-positive
+thresholds, v_init on a CubaLIF with a current decay, other node types, and cycles other
+than a population's connection to itself.
+
+Graphs of other libraries (``read_as(graph, profile, dt)``, the backends' ``--profile`` /
+``--dt``) are read by the profile: eventsim's adaptation (``adapt_graph``) and its kernels'
+reading of each neuron (``kernels._neuron_prepare``) are the one interpretation of a
+library's conventions, mapped here onto Lava's LIF (``read_neuron_params``): any dt and
+integrator, Norse's current jump, v_reset folded into the threshold, ``>=`` as vth =
+nextafter(1, 0) (exact in float), LI / CubaLI as a LIF that never fires read as membrane
+(float only), a recurrent Dense for a back edge onto the same population. MultiSpike,
+subtract reset, snnTorch's late reset to zero and membrane floors are refused, or run as
+Lava's neuron with ``allow_reset_to_zero`` (the plan lists each approximation).
 """
 from __future__ import annotations
 
