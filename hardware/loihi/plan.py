@@ -79,8 +79,8 @@ READOUT_NEURON = ("LI", "CubaLI")  # library profiles: a LIF that never fires, r
 IO = ("Input", "Output")
 
 HINTS = {
-    "CubaLI": "leaky integrators without spikes are not lowered",
-    "LI": "leaky integrators without spikes are not lowered",
+    "CubaLI": "leaky integrators are lowered only for graphs read with a library --profile, as membrane readouts",
+    "LI": "leaky integrators are lowered only for graphs read with a library --profile, as membrane readouts",
     "I": "integrators without spikes are not lowered",
     "Delay": "Delay has no Lava lowering here",
     "Threshold": "a bare Threshold node has no Lava lowering",
@@ -610,7 +610,7 @@ def _topo(names, preds, succs, problems, back=frozenset()) -> list[str]:
         i += 1
     if len(order) < len(names):
         cyc = sorted(n for n in names if indeg[n] > 0)
-        problems.append(f"graph has a cycle through {', '.join(cyc)} (recurrence is not lowered to Lava)")
+        problems.append(f"graph has a cycle through {', '.join(cyc)} (only a population's connection back to itself is lowered to Lava)")
     return order
 
 
