@@ -125,7 +125,7 @@ def run_qplan(meta: dict, arrays: dict, x_int: np.ndarray, record_state: bool = 
             q = prm[n]
             a_in = np.zeros((B, int(p["size"])), dtype=np.int64)
             for c in into[n]:  # a recurrent connection (to itself) carries the last step's spikes
-                src = prev[n] if c.get("recurrent") else cur[c["source"]]
+                src = prev[c["source"]] if c.get("recurrent") else cur[c["source"]]
                 a_in = wrap32(a_in + _synapse(wts[c["id"]], src, int(c.get("weight_exp", 0)),
                                               wrap_first[c["id"]]))
             if j == 0 and p.get("has_vinit"):

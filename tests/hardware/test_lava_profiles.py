@@ -174,3 +174,17 @@ def test_cli_reports_the_cost_of_the_approximation(tmp_path, capsys):
     rz = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["reset_to_zero"]
     assert "subtract reset run as reset to zero" in rz["approximation"]
     assert 0.5 < rz["output_agreement_with_eventsim"] < 1.0 and out.exists()
+
+
+def test_threshold_groups_keep_a_recurrent_population_whole():
+    from spikebridge.hardware.loihi.groups import split_threshold_groups
+    g, x, _ = _case("snntorch/rleaky_bias")
+    g = read_as(g, "snntorch")
+    plan = lower(g, x.shape[0], allow_reset_to_zero=True)
+    split = split_threshold_groups(plan, max_span=1.0001)
+    names = {p["name"] for p in split.meta["populations"]}
+    assert "1.lif" in names and any(n.startswith("3~g") for n in names)  # 3 is split, 1.lif not
+    a = fixed_trace(g, x, allow_reset_to_zero=True, threshold_groups=1.0001)
+    b = fixed_trace(g, x, allow_reset_to_zero=True, threshold_groups=1.0001, engine="reference")
+    for k in a.outputs:
+        np.testing.assert_array_equal(a.outputs[k], b.outputs[k])
