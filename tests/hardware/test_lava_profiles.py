@@ -188,3 +188,17 @@ def test_threshold_groups_keep_a_recurrent_population_whole():
     b = fixed_trace(g, x, allow_reset_to_zero=True, threshold_groups=1.0001, engine="reference")
     for k in a.outputs:
         np.testing.assert_array_equal(a.outputs[k], b.outputs[k])
+
+
+def test_our_own_lif_decay_is_range_checked_too():
+    import nir
+    n = 3
+    nodes = {"input": nir.Input(np.array([2])), "fc": nir.Affine(np.ones((n, 2)), np.zeros(n)),
+             "lif": nir.LIF(tau=np.full(n, 0.5), r=np.ones(n), v_leak=np.zeros(n), v_threshold=np.ones(n)),
+             "output": nir.Output(np.array([n]))}
+    g = nir.NIRGraph(nodes=nodes, edges=[("input", "fc"), ("fc", "lif"), ("lif", "output")], type_check=False,
+                     metadata={"spikebridge": {"dt": 1.0}})
+    with pytest.raises(InputError) as e:
+        lower(g, 4)
+    assert "lif: dv = dt/tau = 1/0.5 = 2 is outside [0, 1]" in str(e.value)
+    assert lower(read_as(g, None, dt=0.25), 4).meta["populations"][0]["dv"] == 0.5
