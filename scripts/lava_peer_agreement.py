@@ -9,7 +9,8 @@ markdown row per case: how it runs on the Loihi backends ("exact" lowering, "app
 entries (T x batch x outputs) that agree with the library's output and with eventsim's.
 Agreement: spike outputs equal; membrane outputs (LI readouts) within the float32 bound of
 tests/conformance/cases.membrane_tolerance against the library, 1e-9 * (1 + |y|) against
-eventsim. The last column says whether loihi-fixed equals lava-fixed bit for bit (outputs
+eventsim, plus in fixed point the quantisation bound cases.fixed_membrane_bound. The last
+column says whether loihi-fixed equals lava-fixed bit for bit (outputs
 and every population's spikes).
 """
 from __future__ import annotations
@@ -28,7 +29,8 @@ sys.path.insert(0, str(ROOT))
 from spikebridge.base.errors import InputError  # noqa: E402
 from spikebridge.hardware.backends import RunOptions, run_graph  # noqa: E402
 from spikebridge.hardware.graph import load_graph  # noqa: E402
-from tests.conformance.cases import PEER_CASES, PEERS, membrane_tolerance, peer_meta, peer_profile  # noqa: E402
+from tests.conformance.cases import (PEER_CASES, PEERS, fixed_membrane_bound, membrane_tolerance,  # noqa: E402
+                                     peer_meta, peer_profile)
 
 
 def agree(out, want, atol: float | None) -> float:
@@ -71,8 +73,13 @@ def measure(case: str, lava: bool = True) -> dict:
             continue
         o = next(iter(tr.outputs.values()))
         ev_tol = None if not membrane else float(1e-9 * (1 + np.abs(e).max()))
-        row[b] = {"runs": how, "lib": agree(o, y, lib_tol), "eventsim": agree(o, e, ev_tol),
-                  "approximation": tr.meta.get("approximation")}
+        lt = lib_tol
+        if membrane and b != "lava-float":  # fixed point: the quantisation bound of the readout
+            q = fixed_membrane_bound(tr, y.shape[0])
+            lt, ev_tol = lib_tol + q, ev_tol + q
+        row[b] = {"runs": how, "lib": agree(o, y, lt), "eventsim": agree(o, e, ev_tol),
+                  "approximation": tr.meta.get("approximation"),
+                  "max_abs_diff_lib": float(np.max(np.abs(np.asarray(o).reshape(y.shape) - y)))}
     a, b = traces.get("loihi-fixed"), traces.get("lava-fixed")
     if a is not None and b is not None:
         same = all(np.array_equal(a.outputs[k], b.outputs[k]) for k in a.outputs) and \

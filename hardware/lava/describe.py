@@ -69,8 +69,9 @@ def describe(graph, timesteps: int | None = None, allow_reset_to_zero: bool = Fa
                      "populations so no spike reaches the next sample")
     readouts = [p["name"] for p in meta["populations"] if p.get("readout")]
     if readouts:
-        lines.append(f"membrane readouts ({', '.join(readouts)}): LIF that never fires (vth = inf), v read "
-                     "by a Monitor; floating point only (--precision fixed refuses them)")
+        lines.append(f"membrane readouts ({', '.join(readouts)}): LIF that never fires, v read by a Monitor; "
+                     "float: vth = inf; fixed point: v in units of twice a bound on |v| (v_units below), "
+                     "threshold 1, read as v_int * v_units / (vth << 6)")
     lines.insert(0, f"Lava lowering (lava-nc 0.10.0, T={T}, window {meta['window']}, dt={meta['dt']:g}); "
                     "float: Loihi2SimCfg(select_tag='floating_pt'), fixed: 'fixed_pt'")
     lines.append(f"{'population':<14}{'process':<10}{'shape':<11}{'depth':>6}{'du':>7}{'dv':>9}{'vth':>5}  "

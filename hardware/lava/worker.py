@@ -392,12 +392,10 @@ class Net:
                 vsrc = Source(data=vd)
                 vsrc.s_out.connect(lif.a_in)
             if p.get("readout"):  # an LI: a LIF that never fires, read as its membrane
-                if fixed:
-                    raise RuntimeError(f"{name}: membrane readouts are lowered in floating point only")
                 from lava.proc.monitor.process import Monitor
                 mon = Monitor()
                 mon.probe(target=lif.v, num_steps=L)
-                self.monitors[name] = (mon, lif, d)
+                self.monitors[name] = (mon, lif, d, float(p["v_scale"]) if fixed else 1.0)
         for r in meta["readouts"]:
             if r["kind"] == "analog":
                 sinks[r["name"]] = os.path.join(ndir, f"rec_{len(sinks)}.npy")
@@ -485,10 +483,12 @@ class Net:
         out = {}
         for r in self.meta["readouts"]:
             if r["kind"] == "membrane":  # Monitor data (L, n): raw step k*P + j + depth + 1
-                mon, lif, d = self.monitors[r["source"]]
-                v = np.asarray(mon.get_data()[lif.name]["v"], dtype=np.float64).reshape(self.period, -1)
+                mon, lif, d, scale = self.monitors[r["source"]]
+                v = np.asarray(mon.get_data()[lif.name]["v"]).reshape(self.period, -1)
                 idx = (np.arange(self.nb)[None, :] * self.P + np.arange(self.T)[:, None] + d)
-                out["output__" + r["name"]] = v[idx]
+                # fixed point: v_int * v_scale (fixedpoint.quantize), the integer model's product
+                out["output__" + r["name"]] = (v[idx].astype(np.int64) * scale if self.fixed
+                                               else v[idx].astype(np.float64))
         if record_state:  # final u and v (Var.get: slow, for tests)
             for name, lif in self.pops.items():
                 out["u__" + name] = np.asarray(lif.u.get()).astype(np.int64 if self.fixed else np.float64)

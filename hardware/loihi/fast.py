@@ -285,7 +285,7 @@ def run_qplan_fast(meta: dict, arrays: dict, x_int: np.ndarray, record_state: bo
     loops: dict[str, list] = {}  # recurrent connections (a population to itself): step by step
     for c in conns:
         (loops if c.get("recurrent") else into).setdefault(c["target"], []).append(syn[c["id"]])
-    spikes, a_out, us, vs = {}, {}, {}, {}
+    spikes, a_out, us, vs, mem = {}, {}, {}, {}, {}
     for p in meta["populations"]:  # topological order
         n, size = p["name"], int(p["size"])
         q = prm[n]
@@ -305,6 +305,8 @@ def run_qplan_fast(meta: dict, arrays: dict, x_int: np.ndarray, record_state: bo
         u = np.zeros((B, size), dtype=np.int32)
         v = np.zeros((B, size), dtype=np.int32)
         bias, vth, lim = q["bias"], q["vth"], UV_MAX - 1
+        if p.get("readout"):  # a membrane readout (LI): v every step
+            mem[n] = np.empty((S, B, size), dtype=np.int64)
         for j in range(S):
             if rec:  # the last step's spikes through the recurrent Dense (int32 adds wrap)
                 a_j = a_in[j].copy()
@@ -324,6 +326,8 @@ def run_qplan_fast(meta: dict, arrays: dict, x_int: np.ndarray, record_state: bo
             np.clip(v, -lim, lim, out=v)
             sj = np.greater(v, vth, out=spk[j])
             np.copyto(v, 0, where=sj)
+            if n in mem:
+                mem[n][j] = v
             if record_state:
                 us[n][j], vs[n][j] = u, v
         spikes[n] = spk
@@ -336,7 +340,7 @@ def run_qplan_fast(meta: dict, arrays: dict, x_int: np.ndarray, record_state: bo
         a_out[r["name"]] = acc.astype(np.int64)
     outputs = {r["name"]: a_out[r["name"]] * np.asarray(arrays[r["name"] + "__scale"])
                + np.asarray(arrays[r["name"] + "__bias"])[None, None, :] for r in analog}
-    res = {"spikes": spikes, "a_out": a_out, "outputs": outputs}
+    res = {"spikes": spikes, "a_out": a_out, "outputs": outputs, "membrane": mem}
     if record_state:
         res["u"], res["v"] = us, vs
     return res

@@ -52,7 +52,7 @@ reading of each neuron (``kernels._neuron_prepare``) are the one interpretation 
 library's conventions, mapped here onto Lava's LIF (``read_neuron_params``): any dt and
 integrator, Norse's current jump, v_reset folded into the threshold, ``>=`` as vth =
 nextafter(1, 0) (exact in float), LI / CubaLI as a LIF that never fires read as membrane
-(float only), a recurrent Dense for a back edge onto the same population. MultiSpike,
+(fixed point: in units of a bound on |v|, fixedpoint.quantize), a recurrent Dense for a back edge onto the same population. MultiSpike,
 subtract reset, snnTorch's late reset to zero and membrane floors are refused, or run as
 Lava's neuron with ``allow_reset_to_zero`` (the plan lists each approximation).
 """
@@ -416,7 +416,8 @@ def read_neuron_params(name, node, kp: dict, label: str, dt: float, allow_reset_
     threshold 1): dv = 1 - a, du = 1 - a_s (1 without a current), incoming weight rows
     times c*r (IF: s; CubaLIF: c*r*c_s*w_in, Norse c*r*w_in) / (theta - v_reset), bias
     (c*v_leak - dv*v_reset) / (theta - v_reset), v(0)' = (v_init - v_reset) / (theta - v_reset).
-    An LI / CubaLI is the same LIF with no threshold (``readout``: read as membrane)."""
+    An LI / CubaLI is the same LIF with no threshold (``readout``: read as membrane; fixed
+    point scales it below its threshold, fixedpoint.quantize)."""
     kind = type(node).__name__
     readout = kind in ("LI", "CubaLI")
     shape = tuple(int(s) for s in np.shape(kp["v_init"])) or (1,)

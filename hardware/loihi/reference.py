@@ -115,6 +115,7 @@ def run_qplan(meta: dict, arrays: dict, x_int: np.ndarray, record_state: bool = 
     a_out = {r["name"]: np.zeros((S, B, int(r["size"])), dtype=np.int64) for r in analog}
     us = {p["name"]: np.zeros((S, B, int(p["size"])), dtype=np.int64) for p in pops} if record_state else None
     vs = {p["name"]: np.zeros((S, B, int(p["size"])), dtype=np.int64) for p in pops} if record_state else None
+    mem = {p["name"]: np.zeros((S, B, int(p["size"])), dtype=np.int64) for p in pops if p.get("readout")}
     u = {p["name"]: np.zeros((B, int(p["size"])), dtype=np.int64) for p in pops}
     v = {p["name"]: np.zeros((B, int(p["size"])), dtype=np.int64) for p in pops}
     prev = {p["name"]: np.zeros((B, int(p["size"])), dtype=np.int64) for p in pops}  # last step's spikes
@@ -139,6 +140,8 @@ def run_qplan(meta: dict, arrays: dict, x_int: np.ndarray, record_state: bool = 
             vv = np.where(s, 0, vv)
             u[n], v[n] = uu, vv
             spikes[n][j] = s
+            if n in mem:  # a membrane readout (LI): v every step
+                mem[n][j] = vv
             cur[n] = prev[n] = s.astype(np.int64)
             if record_state:
                 us[n][j], vs[n][j] = uu, vv
@@ -150,7 +153,7 @@ def run_qplan(meta: dict, arrays: dict, x_int: np.ndarray, record_state: bool = 
             a_out[r["name"]][j] = acc
     outputs = {r["name"]: a_out[r["name"]] * np.asarray(arrays[r["name"] + "__scale"])
                + np.asarray(arrays[r["name"] + "__bias"])[None, None, :] for r in analog}
-    res = {"spikes": spikes, "a_out": a_out, "outputs": outputs}
+    res = {"spikes": spikes, "a_out": a_out, "outputs": outputs, "membrane": mem}
     if record_state:
         res["u"], res["v"] = us, vs
     return res

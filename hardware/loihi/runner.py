@@ -325,6 +325,10 @@ def fixed_trace(graph, x, timesteps: int | None = None, window: int | None = Non
     t_run = time.perf_counter() - t0
     out = {"spikes__" + n: s[:T] for n, s in res["spikes"].items()}
     out.update({"output__" + n: o[:T] for n, o in res["outputs"].items()})
+    scale = {p["name"]: p.get("v_scale") for p in meta["populations"]}
+    for r in meta["readouts"]:
+        if r["kind"] == "membrane":  # an LI read as membrane: v_int in units of v_scale
+            out["output__" + r["name"]] = res["membrane"][r["source"]][:T] * float(scale[r["source"]])
     if record_state:
         for p in meta["populations"]:
             i = T + D - int(p["depth"]) - 1

@@ -86,6 +86,19 @@ def membrane_tolerance(graph, y: np.ndarray) -> float:
     return float(np.finfo(np.float32).eps) * y.shape[0] * (W.shape[1] + 3) * S
 
 
+def fixed_membrane_bound(trace, T: int) -> float:
+    """|v_fixed - v_float| of a membrane readout (LI) on the Loihi fixed-point plan whose input
+    spikes are the float reading's: per step each of fan_in weights is off by at most
+    weight_abs_err_max and the bias by bias_abs_err_max (in the readout's units v_units),
+    summed over the steps the decay remembers, min(T, 1/dv); the decay's shift truncates at
+    most one unit of v_units / (vth << 6) per step; dv is off by dv_err on |v| < v_units / 2."""
+    L = next(L for L in trace.meta["fixed_point"]["layers"] if "v_units" in L)
+    S, dv = L["v_units"], L["dv_float"]
+    per_step = S * (L["fan_in"] * L["weight_abs_err_max"] + L["bias_abs_err_max"])
+    return (per_step * min(T, 1.0 / dv if dv > 0 else T) + T * S / (L["vth"] << 6)
+            + T * L["dv_err"] * S / 2)
+
+
 def _peer(case):
     def build():
         from spikebridge.hardware.graph import load_graph
@@ -116,8 +129,6 @@ _WHY = {
             "Lava's LIF; runs only with --allow-reset-to-zero (approximation, agreement in docs/lava.md)",
     "floor": "sinabs' membrane floor (min_v_mem) has no Lava equivalent; runs only with --allow-reset-to-zero "
              "(floor dropped; agreement in docs/lava.md)",
-    "membrane_fixed": "an LI readout (a LIF that never fires, read as membrane) is lowered in floating point "
-                      "only: Loihi's fixed-point LIF fires when v saturates",
 }
 LOIHI_REFUSED = {
     "sinabs/conv_iaf": "multi", "sinabs/dense_iaf_expleak_readout": "multi", "sinabs/dense_iaf_lif": "multi",
@@ -128,14 +139,11 @@ LOIHI_REFUSED = {
     "snntorch/rleaky_samestep": "subtract", "snntorch/rleaky_zero": "late", "snntorch/rsynaptic": "subtract",
     "snntorch/rsynaptic_zero": "late", "snntorch/ties_leaky": "subtract",
 }
-FIXED_REFUSED = {"norse/dense_lif_li_readout": "membrane_fixed"}
 
 
 def _loihi_exclusions(case: str) -> dict:
     if case in LOIHI_REFUSED:
         return {b: (_WHY[LOIHI_REFUSED[case]], True) for b in LOIHI}
-    if case in FIXED_REFUSED:
-        return {b: (_WHY[FIXED_REFUSED[case]], True) for b in ("loihi-fixed", "lava-fixed")}
     return {}
 
 
