@@ -269,6 +269,9 @@ def to_trace(pr: Prepared, out: dict, precision: str, extra: dict) -> Trace:
     state = {k: v for k, v in out.items() if k.startswith(("u__", "v__"))}
     if state:
         tm["final_state"] = state
+    for p in meta["populations"]:  # an LI readout is a membrane, not a spiking node (as in eventsim)
+        if p.get("readout"):
+            spikes.pop(p["name"], None)
     return Trace(timesteps=T, batch=B, outputs=outputs, counts=counts, spikes=spikes,
                  backend="lava", meta=tm)
 
