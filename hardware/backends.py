@@ -18,6 +18,8 @@ suite in tests/conformance/ runs every registered backend on every case):
     loihi-fixed  the numpy integer model of the Loihi plan, bit-exact with lava-fixed
     lava-float   Lava floating_pt, in the Python 3.10 worker (out of process)
     lava-fixed   Lava fixed_pt (Loihi fixed point), in the worker
+    The three Loihi backends take the library profiles too (``loihi_graph``: the same
+    adaptation and neuron reading, lowered by hardware.loihi.plan; docs/lava.md).
 
 CLI spellings kept (``resolve_backend``): ``--backend lava`` is lava-float, with
 ``--precision fixed`` lava-fixed; ``--backend eventsim --profile loihi-fixed`` is
