@@ -18,6 +18,8 @@ suite in tests/conformance/ runs every registered backend on every case):
     loihi-fixed  the numpy integer model of the Loihi plan, bit-exact with lava-fixed
     lava-float   Lava floating_pt, in the Python 3.10 worker (out of process)
     lava-fixed   Lava fixed_pt (Loihi fixed point), in the worker
+    The three Loihi backends take the library profiles too (``loihi_graph``: the same
+    adaptation and neuron reading, lowered by hardware.loihi.plan; docs/lava.md).
 
 CLI spellings kept (``resolve_backend``): ``--backend lava`` is lava-float, with
 ``--precision fixed`` lava-fixed; ``--backend eventsim --profile loihi-fixed`` is
@@ -114,6 +116,15 @@ def graph_with_dt(graph, dt: float | None):
     g = copy.copy(graph)
     g.metadata = md
     return g
+
+
+def loihi_graph(graph, options: RunOptions):
+    """The graph the Loihi plan lowers: read with ``--profile`` (a library profile: the same
+    adaptation and neuron reading eventsim uses) and ``--dt`` (hardware.loihi.plan.read_as)."""
+    from spikebridge.hardware.loihi.plan import read_as
+    if options.dt is not None:
+        graph_with_dt(graph, options.dt)  # the --dt check and message
+    return read_as(graph, options.profile, options.dt)
 
 
 class Backend:
@@ -366,15 +377,17 @@ class _LoihiPlan(Backend):
     def check_options(self, options):
         out = super().check_options(options)
         if options.profile not in (None, "spikebridge"):
-            out.append(f"--profile {options.profile}: the {self.name} backend reads graphs as spikebridge "
-                       "exports them; third-party profiles are not lowered to the Loihi plan yet (use "
-                       "--backend eventsim)")
+            from spikebridge.hardware.eventsim import get_profile
+            prof = get_profile(options.profile)  # UnsupportedError for an unknown profile or option
+            if prof.name in ("lava-float",) + FIXED_PROFILES:
+                out.append(f"--profile {options.profile} is eventsim's model of a Loihi backend, not a reading "
+                           f"of the graph; the {self.name} backend lowers the graph itself")
         return out
 
     def check(self, graph, info, options):
         from spikebridge.hardware.loihi import lower
         try:
-            lower(graph_with_dt(graph, options.dt), 1, allow_reset_to_zero=options.allow_reset_to_zero)
+            lower(loihi_graph(graph, options), 1, allow_reset_to_zero=options.allow_reset_to_zero)
         except UnsupportedError as e:
             return [e.rule]
         return []
@@ -390,7 +403,7 @@ class LoihiFixedBackend(_LoihiPlan):
 
     def run_batch(self, graph, info, x_tb, options, record_spikes):
         from spikebridge.hardware.loihi import fixed_trace
-        return fixed_trace(graph_with_dt(graph, options.dt), x_tb, allow_reset_to_zero=options.allow_reset_to_zero,
+        return fixed_trace(loihi_graph(graph, options), x_tb, allow_reset_to_zero=options.allow_reset_to_zero,
                            record_spikes=record_spikes, threshold_groups=True if options.threshold_groups else None)
 
 
@@ -408,7 +421,7 @@ class LavaBackend(_LoihiPlan):
 
     def run(self, graph, info, x_tb, options, progress=None):
         from spikebridge.hardware.lava import run_lava
-        return run_lava(graph_with_dt(graph, options.dt), np.ascontiguousarray(x_tb), precision=self.precision,
+        return run_lava(loihi_graph(graph, options), np.ascontiguousarray(x_tb), precision=self.precision,
                         allow_reset_to_zero=options.allow_reset_to_zero, timeout_s=options.timeout_s,
                         threshold_groups=True if options.threshold_groups else None, progress=progress)
 

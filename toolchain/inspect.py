@@ -173,7 +173,7 @@ def inspect_lava(path, options=None) -> str:
     the threshold-group split is always shown); others are refused like on a run."""
     from dataclasses import replace
 
-    from spikebridge.hardware.backends import OptionError, RunOptions, graph_with_dt, get_backend
+    from spikebridge.hardware.backends import OptionError, RunOptions, get_backend, loihi_graph
     from spikebridge.hardware.graph import load_graph
     from spikebridge.hardware.lava.describe import describe
 
@@ -181,7 +181,7 @@ def inspect_lava(path, options=None) -> str:
     bad = get_backend("lava-float").check_options(replace(options, precision=None))
     if bad:
         raise OptionError(bad[0])
-    graph = graph_with_dt(load_graph(path), options.dt)
+    graph = loihi_graph(load_graph(path), options)
     return f"graph {path}\n" + describe(graph, allow_reset_to_zero=options.allow_reset_to_zero)
 
 

@@ -287,8 +287,9 @@ def add_run_options(p, *, running: bool = True, profile_help: str | None = None)
                         "lava-fixed | loihi-fixed (the numpy integer model of the Loihi plan, bit-exact with "
                         "lava-fixed; also --backend eventsim --profile loihi-fixed). A flag the backend does not "
                         "honour is refused (exit 3)")
-    p.add_argument("--profile", help=(profile_help or "how to read the graph (eventsim; default spikebridge)") + ": "
-                   + ", ".join(PROFILES) + " (docs/nir-conventions.md: Profiles); the Loihi backends read spikebridge graphs only")
+    p.add_argument("--profile", help=(profile_help or "how to read the graph (default spikebridge)") + ": "
+                   + ", ".join(PROFILES) + " (docs/nir-conventions.md: Profiles); the Loihi backends (lava, "
+                   "loihi-fixed) lower the library profiles' reading (docs/lava.md: Third-party graphs)")
     p.add_argument("--dt", type=float, help="time step; overrides the profile's dt (and the graph's); the Loihi "
                    "backends (lava, loihi-fixed) lower with it")
     p.add_argument("--precision", choices=["float", "float32", "fixed"],
@@ -296,8 +297,9 @@ def add_run_options(p, *, running: bool = True, profile_help: str | None = None)
                         "float (float64, default) or float32 (faster; spikebridge and nir profiles only, within "
                         "the tolerance in docs/cli.md; fixed point: --backend loihi-fixed)")
     p.add_argument("--allow-reset-to-zero", action="store_true",
-                   help="lava, loihi-fixed: run soft-reset (subtractive) neurons with Lava's reset to zero "
-                        "(an approximation)")
+                   help="lava, loihi-fixed: run neurons Lava's LIF cannot express (subtract reset, sinabs "
+                        "MultiSpike and membrane floors, snnTorch's late reset to zero) as Lava's neuron: one "
+                        "spike, reset to 0 (an approximation; simulate reports its agreement with eventsim)")
     p.add_argument("--threshold-groups", action="store_true",
                    help="lava (and --profile loihi-fixed): split populations whose per-neuron thresholds spread "
                    "the folded weights over more than 4x into LIF processes with their own vth (fixed point "

@@ -45,13 +45,33 @@ def describe(graph, timesteps: int | None = None, allow_reset_to_zero: bool = Fa
     try:
         plan = lower(graph, T, allow_reset_to_zero=allow_reset_to_zero)
     except UnsupportedError as e:
-        if allow_reset_to_zero or "subtractive" not in str(e):
+        if allow_reset_to_zero:
             return f"Lava: not lowerable: {e}"
-        plan = lower(graph, T, allow_reset_to_zero=True)
-        lines.append("NOTE: soft (subtractive) reset cannot be expressed by Lava's LIF; shown lowered to "
-                     "reset-to-zero, which runs only with --allow-reset-to-zero (an approximation: measure "
-                     "its accuracy cost with `simulate --backend lava --allow-reset-to-zero`)")
+        try:
+            plan = lower(graph, T, allow_reset_to_zero=True)
+        except UnsupportedError:
+            return f"Lava: not lowerable: {e}"
+        lines.append(f"NOTE: does NOT run as is: {e.rule}. Shown as lowered with --allow-reset-to-zero "
+                     "(an approximation: measure its cost with `simulate --backend lava --allow-reset-to-zero`)")
     meta = plan.meta
+    if meta.get("profile"):
+        lines.append(f"read with profile {meta['profile']} (the eventsim reading of each neuron), dt = {meta['dt']:g}")
+    approx = sorted({a for p in meta["populations"] for a in p.get("approximations", ())})
+    if approx:
+        lines.append("approximations (--allow-reset-to-zero): " + "; ".join(approx))
+    if any(p.get("threshold_test") == "ge" for p in meta["populations"]):
+        lines.append("threshold test v >= theta: float vth = nextafter(1, 0) (exact); fixed point compares "
+                     "v > vth << 6 at the quantised threshold (ties differ)")
+    if any(p.get("recurrent") for p in meta["populations"]):
+        lines.append("recurrent connections: a Dense from the population to itself (Lava's one step of delay = "
+                     "the back edge's t-1; its bias is in the population's bias from t = 0); window "
+                     f"{meta['window']} steps: idle steps after each sample, the last one gating recurrent "
+                     "populations so no spike reaches the next sample")
+    readouts = [p["name"] for p in meta["populations"] if p.get("readout")]
+    if readouts:
+        lines.append(f"membrane readouts ({', '.join(readouts)}): LIF that never fires, v read by a Monitor; "
+                     "float: vth = inf; fixed point: v in units of twice a bound on |v| (v_units below), "
+                     "threshold 1, read as v_int * v_units / (vth << 6)")
     lines.insert(0, f"Lava lowering (lava-nc 0.10.0, T={T}, window {meta['window']}, dt={meta['dt']:g}); "
                     "float: Loihi2SimCfg(select_tag='floating_pt'), fixed: 'fixed_pt'")
     lines.append(f"{'population':<14}{'process':<10}{'shape':<11}{'depth':>6}{'du':>7}{'dv':>9}{'vth':>5}  "
@@ -72,7 +92,7 @@ def describe(graph, timesteps: int | None = None, allow_reset_to_zero: bool = Fa
                      f"{p['dv']:>9.4g}{p['vth']:>5g}  {p['reset']:<7} {'; '.join(fed)}")
     for r in meta["readouts"]:
         lines.append(f"{r['name']:<14}{'sink':<10}{_shape(r['shape']):<11}{r['depth']:>6}"
-                     f"{'':>21}  {r['kind']} readout" + (f" of {r['source']}" if r["kind"] == "spikes" else ""))
+                     f"{'':>21}  {r['kind']} readout" + (f" of {r['source']}" if r["kind"] != "analog" else ""))
     lines.append("per-neuron thresholds: folded exactly (float) into row-scaled weights and bias, vth = 1")
     lines.append("timing: raw = Lava step k*window + j + depth + 1 for step j of sample k (one step of delay "
                  "per synaptic layer); aligned = step j (what simulate returns)")
@@ -81,7 +101,11 @@ def describe(graph, timesteps: int | None = None, allow_reset_to_zero: bool = Fa
                      "source's connection is a DelayDense/DelaySparse delayed by the difference (+k), so every "
                      "input of a population arrives aligned")
     lines.append("")
-    q = quantize(plan)
+    try:
+        q = quantize(plan)
+    except UnsupportedError as e:
+        lines.append(f"fixed point: not lowerable: {e.rule}")
+        return "\n".join(lines)
     lines.append(format_layers(q))
     lines += _groups_summary(plan, q)
     sat = [(L["name"], c["rows_saturated"]) for L in q.layers for c in L["connections"] if c.get("rows_saturated")]

@@ -355,6 +355,7 @@ class Net:
         source = FileSource(shape=(n_in,), period=L, path=self.input_path)
         ports = {meta["input"]["name"]: source.s_out}
         pops = {}
+        self.monitors = {}  # readout population -> (Monitor, LIF, depth)
         sinks = {}  # node name -> recording file
         sink_procs = {}
         for p in meta["populations"]:
@@ -380,11 +381,21 @@ class Net:
                               path=sinks[name], binary=True)
             lif.s_out.connect(sink.a_in)
             sink_procs[name] = sink
-            if p.get("has_vinit"):
+            if p.get("has_vinit") or p.get("recurrent"):
                 vd = np.zeros((size, P), dtype=num)
-                vd[:, d % P] = arrs[name + "__vinit"]
+                if p.get("has_vinit"):
+                    vd[:, d % P] = arrs[name + "__vinit"]
+                if p.get("recurrent"):
+                    # the window's last (idle) step: a large negative input keeps a recurrent
+                    # population from firing into the next sample's first step (plan.lower)
+                    vd[:, (d + P - 1) % P] += GATE_FIXED if fixed else GATE_FLOAT
                 vsrc = Source(data=vd)
                 vsrc.s_out.connect(lif.a_in)
+            if p.get("readout"):  # an LI: a LIF that never fires, read as its membrane
+                from lava.proc.monitor.process import Monitor
+                mon = Monitor()
+                mon.probe(target=lif.v, num_steps=L)
+                self.monitors[name] = (mon, lif, d, float(p["v_scale"]) if fixed else 1.0)
         for r in meta["readouts"]:
             if r["kind"] == "analog":
                 sinks[r["name"]] = os.path.join(ndir, f"rec_{len(sinks)}.npy")
@@ -470,6 +481,14 @@ class Net:
                 time.sleep(0.001)
             raw[name] = np.load(path, allow_pickle=False)
         out = {}
+        for r in self.meta["readouts"]:
+            if r["kind"] == "membrane":  # Monitor data (L, n): raw step k*P + j + depth + 1
+                mon, lif, d, scale = self.monitors[r["source"]]
+                v = np.asarray(mon.get_data()[lif.name]["v"]).reshape(self.period, -1)
+                idx = (np.arange(self.nb)[None, :] * self.P + np.arange(self.T)[:, None] + d)
+                # fixed point: v_int * v_scale (fixedpoint.quantize), the integer model's product
+                out["output__" + r["name"]] = (v[idx].astype(np.int64) * scale if self.fixed
+                                               else v[idx].astype(np.float64))
         if record_state:  # final u and v (Var.get: slow, for tests)
             for name, lif in self.pops.items():
                 out["u__" + name] = np.asarray(lif.u.get()).astype(np.int64 if self.fixed else np.float64)
@@ -494,6 +513,8 @@ class Net:
             _stop(self.runner, grace_s)
 
 
+GATE_FLOAT = -1e30      # see plan.lower: recurrent populations, last idle step of a window
+GATE_FIXED = -(1 << 16)  # a_in << 6 = -2^22: below any threshold (vth << 6 < 2^17), inside 24 bits
 _NET: dict = {"key": None, "net": None}  # the persistent worker's running network
 
 
@@ -526,7 +547,9 @@ def run_chunk(meta, arrs, x, job: str, tag_: str = "c0", keep: bool = False):
     and leave this one running for the next job (persistent worker)."""
     nb = int(x.shape[1])
     record = bool(meta.get("record_state"))
-    key = _net_key(meta, arrs, nb) if keep and not record else None
+    # a Monitor (membrane readouts) fills a buffer of one period: such a network is not reused
+    membrane = any(r["kind"] == "membrane" for r in meta["readouts"])
+    key = _net_key(meta, arrs, nb) if keep and not record and not membrane else None
     t0 = time.perf_counter()
     if key is None or _NET["key"] != key:
         if _NET["net"] is not None:

@@ -282,9 +282,10 @@ def run_qplan_fast(meta: dict, arrays: dict, x_int: np.ndarray, record_state: bo
     once = {in_name, BIAS_SOURCE} if static else {BIAS_SOURCE}
     conns = meta["connections"]
     into: dict[str, list] = {}
+    loops: dict[str, list] = {}  # recurrent connections (a population to itself): step by step
     for c in conns:
-        into.setdefault(c["target"], []).append(syn[c["id"]])
-    spikes, a_out, us, vs = {}, {}, {}, {}
+        (loops if c.get("recurrent") else into).setdefault(c["target"], []).append(syn[c["id"]])
+    spikes, a_out, us, vs, mem = {}, {}, {}, {}, {}
     for p in meta["populations"]:  # topological order
         n, size = p["name"], int(p["size"])
         q = prm[n]
@@ -298,13 +299,23 @@ def run_qplan_fast(meta: dict, arrays: dict, x_int: np.ndarray, record_state: bo
         if record_state:
             us[n] = np.empty((S, B, size), dtype=np.int64)
             vs[n] = np.empty((S, B, size), dtype=np.int64)
-        if q["u_replaced"]:  # u(t) = fold24(a_in << 6): no dependence on u(t-1)
+        rec = loops.get(n, [])
+        if q["u_replaced"] and not rec:  # u(t) = fold24(a_in << 6): no dependence on u(t-1)
             u_all = _fold24(drive)
         u = np.zeros((B, size), dtype=np.int32)
         v = np.zeros((B, size), dtype=np.int32)
         bias, vth, lim = q["bias"], q["vth"], UV_MAX - 1
+        if p.get("readout"):  # a membrane readout (LI): v every step
+            mem[n] = np.empty((S, B, size), dtype=np.int64)
         for j in range(S):
-            if q["u_replaced"]:
+            if rec:  # the last step's spikes through the recurrent Dense (int32 adds wrap)
+                a_j = a_in[j].copy()
+                if j:
+                    for s in rec:
+                        a_j += s.synapse(spk[j - 1], 1.0)
+                d_j = a_j << 6
+                u = _fold24(d_j) if q["u_replaced"] else _fold24((_decay(u, q["fu"]) + d_j).astype(np.int32))
+            elif q["u_replaced"]:
                 u = u_all[j]
             else:
                 u = _fold24((_decay(u, q["fu"]) + drive[j]).astype(np.int32))
@@ -315,6 +326,8 @@ def run_qplan_fast(meta: dict, arrays: dict, x_int: np.ndarray, record_state: bo
             np.clip(v, -lim, lim, out=v)
             sj = np.greater(v, vth, out=spk[j])
             np.copyto(v, 0, where=sj)
+            if n in mem:
+                mem[n][j] = v
             if record_state:
                 us[n][j], vs[n][j] = u, v
         spikes[n] = spk
@@ -327,7 +340,7 @@ def run_qplan_fast(meta: dict, arrays: dict, x_int: np.ndarray, record_state: bo
         a_out[r["name"]] = acc.astype(np.int64)
     outputs = {r["name"]: a_out[r["name"]] * np.asarray(arrays[r["name"] + "__scale"])
                + np.asarray(arrays[r["name"] + "__bias"])[None, None, :] for r in analog}
-    res = {"spikes": spikes, "a_out": a_out, "outputs": outputs}
+    res = {"spikes": spikes, "a_out": a_out, "outputs": outputs, "membrane": mem}
     if record_state:
         res["u"], res["v"] = us, vs
     return res

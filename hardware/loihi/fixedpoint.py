@@ -221,6 +221,29 @@ def quantize(plan, vth_bits: int = VTH_BITS_DEFAULT, input_frac: int | None = No
         raise UnsupportedError(f"skip connections need more than {DELAY_MAX} steps of extra delay "
                                f"(Loihi's 6-bit synaptic delays): {'; '.join(long)}", place="lava fixed point")
     mats = {c["id"]: chain_matrix(arrays, c["terms"], int(c["rows"]), int(c["cols"])) for c in conns}
+    # Membrane readouts (LI: a LIF that never fires). Loihi's LIF fires when v > vth << 6 and
+    # vth has 17 bits, so "never" needs a scale: the membrane is represented in units of S, twice
+    # a bound on |v| over a window of spikes (|s| <= 1): |u| <= A min(P, 1/du), A = the row's
+    # sum of |w|, |v| <= (|u| + |bias|) min(P, 1/dv) + |v(0)|. In those units v stays below 1/2,
+    # the threshold is 1, and the readout is v_int * S / (vth << 6).
+    v_units: dict[str, float] = {}
+    P = int(meta.get("window", meta.get("timesteps", 1)))
+    for p in meta["populations"]:
+        if not p.get("readout"):
+            continue
+        into = [c for c in conns if c["target"] == p["name"]]
+        if any(c["source"] == in_name for c in into):
+            raise UnsupportedError(f"{p['name']}: a membrane readout fed by the Input has no bound for its fixed-point "
+                                   "scale (inputs are not spikes); use --precision float", place="lava fixed point")
+        A = sum((np.abs(mats[c["id"]]).sum(axis=1) for c in into), np.zeros(int(p["size"])))
+        du, dv = float(p.get("du", 1.0)), float(p["dv"])
+        U = A * min(P, 1.0 / du if du > 0 else P)
+        V = (U + np.abs(arrays[p["name"] + "__bias"])) * min(P, 1.0 / dv if dv > 0 else P) \
+            + np.abs(arrays[p["name"] + "__vinit"])
+        S = 2.0 * max(float(np.max(V, initial=0.0)), 1e-12)
+        v_units[p["name"]] = S
+        for c in into:
+            mats[c["id"]] = mats[c["id"]] / S
     # input resolution: 8 fractional bits unless the first layer's exponent would leave the range
     frac = INPUT_FRAC_DEFAULT if input_frac is None else int(input_frac)
     out = {k: v for k, v in meta.items() if k not in ("populations", "connections", "readouts")}
@@ -241,7 +264,8 @@ def quantize(plan, vth_bits: int = VTH_BITS_DEFAULT, input_frac: int | None = No
         qarr[key + "_shape"] = np.asarray(w.shape, dtype=np.int64)
         qconns.append({"id": c["id"], "source": c["source"], "target": c["target"], "terms": [[key]],
                        "rows": int(c["rows"]), "cols": int(c["cols"]), "weight_exp": int(wexp),
-                       "sign_mode": mode, "delay": int(c.get("delay", 0))})
+                       "sign_mode": mode, "delay": int(c.get("delay", 0)),
+                       **({"recurrent": True} if c.get("recurrent") else {})})
 
     for p in meta["populations"]:
         name = p["name"]
@@ -280,17 +304,20 @@ def quantize(plan, vth_bits: int = VTH_BITS_DEFAULT, input_frac: int | None = No
                          "rows_saturated": int(np.sum(np.max(np.abs(m), axis=1) * vth / 2.0 ** wexp
                                                       > weight_limit(mode) + 1)) if m.size else 0,
                          "weight_rel_err": _rel(back - ref, ref)})
-        b = np.asarray(arrays[name + "__bias"], dtype=np.float64)
+        S = v_units.get(name, 1.0)
+        b = np.asarray(arrays[name + "__bias"], dtype=np.float64) / S
         mant, bexp = quantize_bias(b * vth * 64.0)
         b_back = effective_bias(mant, bexp) / (64.0 * vth)
         dv = int(np.clip(np.rint(float(p["dv"]) * DECAY_UNITY), 0, DECAY_UNITY - 1))
         du = du_int(float(p.get("du", 1.0)))  # du = 1 (IF, LIF): 4095, u replaced every step
-        vinit = np.rint(np.asarray(arrays[name + "__vinit"], dtype=np.float64) * vth).astype(np.int64)
+        vinit = np.rint(np.asarray(arrays[name + "__vinit"], dtype=np.float64) / S * vth).astype(np.int64)
         qarr[name + "__bias_mant"] = mant
         qarr[name + "__bias_exp"] = bexp
         qarr[name + "__vinit"] = vinit
         q = dict(p)
         q.update({"du": du, "dv": dv, "vth": vth})
+        if name in v_units:  # membrane readout: value = v_int * v_scale
+            q["v_scale"] = v_units[name] / float(vth << VTH_SHIFT)
         pops.append(q)
         rr = np.concatenate(row_rel) if row_rel else np.zeros(1)
         layers.append({"name": name, "process": "LIFReset", "shape": p["shape"], "size": p["size"],
@@ -306,7 +333,11 @@ def quantize(plan, vth_bits: int = VTH_BITS_DEFAULT, input_frac: int | None = No
                        "bias_exp_max": int(bexp.max()) if bexp.size else 0,
                        "bias_abs_err_max": float(np.max(np.abs(b_back - b))) if b.size else 0.0,
                        "bias_saturated": int(np.sum(np.abs(b * vth * 64.0) > BIAS_MANT_MAX * 2 ** BIAS_EXP_MAX)),
-                       "reset": p["reset"]})
+                       "reset": p["reset"],
+                       # membrane readout: v in units of v_units (weights, bias errors above in them too)
+                       **({"v_units": v_units[name], "fan_in": int(max(
+                           (int(np.max(np.count_nonzero(mats[c["id"]], axis=1), initial=0)) for c in into),
+                           default=0))} if name in v_units else {})})
     for r in meta["readouts"]:
         r = dict(r)
         name = r["name"]
@@ -359,6 +390,9 @@ def format_layers(qplan: QPlan) -> str:
                          f"(thresholds), dv err {L['dv_err']:.2e}"
                          + (f", du err {L['du_err']:.2e} ({L.get('kind', 'CubaLIF')} current decay)"
                             if L.get("du", DECAY_UNITY - 1) != DECAY_UNITY - 1 or L.get("kind") == "CubaLIF" else ""))
+            if L.get("v_units"):
+                lines.append(f"{'':<14}membrane readout (LI): v_units {L['v_units']:.4g} (twice a bound on |v|), "
+                             f"value = v_int * {L['v_units'] / (L['vth'] << VTH_SHIFT):.3g}")
             if L.get("delays"):
                 lines.append(f"{'':<14}skip connections delayed (DelayDense/DelaySparse): "
                              + ", ".join(f"{s} +{d} step(s)" for s, d in L["delays"].items()))

@@ -78,8 +78,11 @@ def split_threshold_groups(plan: Plan, max_span: float = 4.0, max_groups: int = 
     that need no split are unchanged; a plan without any split is returned as is."""
     meta, arrays = plan.meta, plan.arrays
     split: dict[str, list[np.ndarray]] = {}
+    # a recurrent population stays whole: its groups would feed each other within a step
+    # order the integer models run population by population (plan.lower's recurrent Dense)
+    recurrent = {p["name"] for p in meta["populations"] if p.get("recurrent")}
     for name, scale in row_scales(plan).items():
-        if scale.size < 2:
+        if scale.size < 2 or name in recurrent:
             continue
         gs = _groups(scale, max_span, max_groups)
         if len(gs) > 1:

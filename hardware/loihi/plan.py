@@ -42,11 +42,23 @@ is ever needed):
 
 What Lava's LIF cannot express raises ``UnsupportedError`` listing every problem at once:
 subtractive reset (unless ``allow_reset_to_zero``), ``>=`` threshold test, non-zero
-v_reset, non-uniform tau / tau_syn, non-positive thresholds, v_init on a CubaLIF with a
-current decay, other node types, and cycles.
+v_reset, non-uniform tau / tau_syn, a decay dt/tau outside [0, 1], non-positive
+thresholds, v_init on a CubaLIF with a current decay, other node types, and cycles other
+than a population's connection to itself.
+
+Graphs of other libraries (``read_as(graph, profile, dt)``, the backends' ``--profile`` /
+``--dt``) are read by the profile: eventsim's adaptation (``adapt_graph``) and its kernels'
+reading of each neuron (``kernels._neuron_prepare``) are the one interpretation of a
+library's conventions, mapped here onto Lava's LIF (``read_neuron_params``): any dt and
+integrator, Norse's current jump, v_reset folded into the threshold, ``>=`` as vth =
+nextafter(1, 0) (exact in float), LI / CubaLI as a LIF that never fires read as membrane
+(fixed point: in units of a bound on |v|, fixedpoint.quantize), a recurrent Dense for a back edge onto the same population. MultiSpike,
+subtract reset, snnTorch's late reset to zero and membrane floors are refused, or run as
+Lava's neuron with ``allow_reset_to_zero`` (the plan lists each approximation).
 """
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,17 +67,20 @@ import numpy as np
 
 from spikebridge.base.dialect import META_KEY
 from spikebridge.base.errors import UnsupportedError
+from spikebridge.hardware.eventsim.adapt import ADAPTED_KEY  # the profile a graph was read with
 
 PLAN_VERSION = 1
+RUN_DT_KEY = "spikebridge_run_dt"    # read_as: a run's --dt for a library-profile reading
 BIAS_SOURCE = "__one__"  # a source that sends 1 at every step (synaptic biases into a current)
 
 SYNAPTIC = ("Affine", "Linear", "Scale", "Identity", "Flatten", "Conv2d", "SumPool2d", "AvgPool2d")
 NEURON = ("IF", "LIF", "CubaLIF")
+READOUT_NEURON = ("LI", "CubaLI")  # library profiles: a LIF that never fires, read as membrane
 IO = ("Input", "Output")
 
 HINTS = {
-    "CubaLI": "leaky integrators without spikes are not lowered",
-    "LI": "leaky integrators without spikes are not lowered",
+    "CubaLI": "leaky integrators are lowered only for graphs read with a library --profile, as membrane readouts",
+    "LI": "leaky integrators are lowered only for graphs read with a library --profile, as membrane readouts",
     "I": "integrators without spikes are not lowered",
     "Delay": "Delay has no Lava lowering here",
     "Threshold": "a bare Threshold node has no Lava lowering",
@@ -306,6 +321,10 @@ class NeuronParams:
     amplitude: np.ndarray   # value an output spike carries
     reset: str
     du: float = 1.0
+    vth: float = 1.0        # float plan: nextafter(1, 0) reads a '>=' test exactly (v > vth)
+    threshold_test: str = "gt"
+    approximations: tuple = ()  # what --allow-reset-to-zero changed (library profiles)
+    readout: bool = False   # an LI / CubaLI: a LIF that never fires, read as its membrane
 
 
 def neuron_params(name, node, dt: float, allow_reset_to_zero: bool, problems: list[str]) -> NeuronParams | None:
@@ -341,6 +360,9 @@ def neuron_params(name, node, dt: float, allow_reset_to_zero: bool, problems: li
             problems.append(f"{name}: {tname} must be positive and the same for every neuron (Lava's dv is a scalar)")
         else:
             dv = float(dt / tau[0])
+            if not 0 <= dv <= 1:
+                problems.append(f"{name}: dv = dt/{tname} = {dt:g}/{tau[0]:g} = {dv:g} is outside [0, 1] "
+                                "(Lava's voltage decay; wrong --dt or --profile?)")
         gain = dv * r
         extra = dv * _param(node, "v_leak", shape, 0.0)
     else:
@@ -368,6 +390,163 @@ def neuron_params(name, node, dt: float, allow_reset_to_zero: bool, problems: li
                         v_init=v0 * inv, amplitude=amp, reset=reset, du=du)
 
 
+def _uniform(name, what, a, problems) -> float | None:
+    a = np.asarray(a, dtype=np.float64).reshape(-1)
+    if a.size and not np.all(a == a[0]):
+        problems.append(f"{name}: {what} differs between neurons ({a.min():g}..{a.max():g}); Lava's "
+                        "decays are one scalar per population")
+        return None
+    return float(a[0]) if a.size else 0.0
+
+
+def read_neuron_params(name, node, kp: dict, label: str, dt: float, allow_reset_to_zero: bool,
+                       problems: list[str]) -> NeuronParams | None:
+    """Lava LIF parameters of a neuron read by a library profile (``label``). ``kp`` is the
+    eventsim kernel's reading of the node (``kernels._neuron_prepare``): the ONE place where
+    a library's conventions (integrator, dt, reset, threshold test, Norse's current jump,
+    sinabs' spike mode and floor, SpikingJelly's v(0) = v_reset) are interpreted. Its update
+
+        IF:       v <- v + s*I                               (s = if_scale)
+        LIF, LI:  v <- a*v + c*(v_leak + r*I)
+        CubaLIF:  i <- a_s*i + c_s*w_in*I ; v <- a*v + c*(v_leak + r*i)        (euler)
+                  j = i + w_in*I ; v <- a*v + c*(v_leak + r*j) ; i <- a_s*j    (Norse jump)
+
+    maps onto Lava's u <- (1-du) u + a_in ; v <- (1-dv) v + u + bias in units of the
+    distance from v_reset to theta (v' = (v - v_reset) / (theta - v_reset), reset to 0,
+    threshold 1): dv = 1 - a, du = 1 - a_s (1 without a current), incoming weight rows
+    times c*r (IF: s; CubaLIF: c*r*c_s*w_in, Norse c*r*w_in) / (theta - v_reset), bias
+    (c*v_leak - dv*v_reset) / (theta - v_reset), v(0)' = (v_init - v_reset) / (theta - v_reset).
+    An LI / CubaLI is the same LIF with no threshold (``readout``: read as membrane; fixed
+    point scales it below its threshold, fixedpoint.quantize)."""
+    kind = type(node).__name__
+    readout = kind in ("LI", "CubaLI")
+    shape = tuple(int(s) for s in np.shape(kp["v_init"])) or (1,)
+    n = int(np.prod(shape))
+    before = len(problems)
+    approx = []
+
+    def flat(v, default=0.0):
+        return np.broadcast_to(np.asarray(default if v is None else v, dtype=np.float64), shape).reshape(-1)
+
+    if not readout:
+        how = ("; --allow-reset-to-zero runs it as Lava's neuron (one spike, reset to 0 in the spiking "
+               "step, no floor) and simulate reports the agreement it costs")
+        reset = kp["reset"]
+        if reset == "window":
+            problems.append(f"{name}: count-then-emit windows are not lowered")
+        if kp["multi"]:
+            (approx.append("MultiSpike run as a single spike") if allow_reset_to_zero else problems.append(
+                f"{name}: MultiSpike (floor(v/theta) spikes per step, profile {label}) cannot be expressed "
+                "(Lava's LIF emits one spike)" + how))
+        if reset == "subtract":
+            (approx.append("subtract reset run as reset to zero") if allow_reset_to_zero else problems.append(
+                f"{name}: subtract reset (profile {label}) cannot be expressed by Lava's LIF (reset to "
+                "zero only)" + how))
+        if kp.get("zero_late"):
+            (approx.append("reset one step late run as reset in the spiking step") if allow_reset_to_zero
+             else problems.append(f"{name}: reset to zero one step late (profile {label}: the whole next "
+                                  "step is zeroed) cannot be expressed by Lava's LIF" + how))
+        if kp["v_floor"] is not None:
+            (approx.append("membrane floor dropped") if allow_reset_to_zero else problems.append(
+                f"{name}: a membrane floor (min_v_mem, profile {label}) has no Lava equivalent" + how))
+        theta = flat(kp["thr"])
+        vr = flat(kp["v_reset"])
+    else:
+        theta = np.ones(n)
+        vr = np.zeros(n)
+    span = theta - vr
+    if np.any(~np.isfinite(span)) or np.any(span <= 0):
+        problems.append(f"{name}: v_threshold - v_reset must be finite and > 0 to be folded into the weights")
+    dv, du = 0.0, 1.0
+    extra = np.zeros(n)
+    if kind == "IF":
+        gain = flat(kp["if_scale"])
+    else:
+        a = _uniform(name, "the voltage decay", kp["a"], problems)
+        if a is not None:
+            dv = 1.0 - a
+            if not 0 <= dv <= 1:
+                tk = "tau" if kind in ("LIF", "LI") else "tau_mem"
+                tau = np.asarray(getattr(node, tk), dtype=np.float64).reshape(-1)
+                problems.append(f"{name}: dv = 1 - decay = {dv:g} (dt = {dt:g}, {tk} = {tau[0]:g}) is outside "
+                                "[0, 1] (Lava's voltage decay; wrong --dt or --profile?)")
+        c = flat(kp["c"])
+        gain = c * flat(kp["r"], 1.0)
+        extra = c * flat(kp.get("v_leak")) - dv * vr
+        if kind in ("CubaLIF", "CubaLI"):
+            a_s = _uniform(name, "the current decay", kp["a_syn"], problems)
+            if a_s is not None:
+                du = 1.0 - a_s
+                if not 0 < du <= 1:
+                    ts = np.asarray(node.tau_syn, dtype=np.float64).reshape(-1)
+                    problems.append(f"{name}: du = 1 - current decay = {du:g} (dt = {dt:g}, tau_syn = {ts[0]:g}) "
+                                    "is outside (0, 1] (Lava's current decay)")
+            w_in = flat(kp["w_in"], 1.0)
+            gain = gain * w_in * (1.0 if kp["jump"] else flat(kp["c_syn"]))
+    v0 = (flat(kp["v_init"]) - vr)
+    if np.any(v0 != 0) and du != 1:
+        problems.append(f"{name}: a membrane that does not start at v_reset on a CubaLIF with a current decay "
+                        "cannot be expressed (Lava injects v(0) as a one-step input into u)")
+    if len(problems) > before:
+        return None
+    inv = 1.0 / span
+    test = "gt" if readout else kp["threshold_test"]
+    vth = float(np.inf) if readout else (float(np.nextafter(1.0, 0.0)) if test == "ge" else 1.0)
+    amp = flat(kp.get("spike_amplitude"), 1.0)
+    return NeuronParams(dv=dv, gain=gain * inv, bias_extra=extra * inv, inv_theta=inv, v_init=v0 * inv,
+                        amplitude=amp, reset="zero" if readout else kp["reset"], du=du, vth=vth,
+                        threshold_test=test, approximations=tuple(approx), readout=readout)
+
+
+def reading(graph) -> tuple:
+    """(profile, dt) a graph is lowered with: the library profile it was adapted with
+    (``eventsim.adapt_graph`` marks the graph) and the run's dt (``with_run_dt``), else
+    (None, the spikebridge metadata dt)."""
+    md = getattr(graph, "metadata", None) or {}
+    label = md.get(ADAPTED_KEY) if isinstance(md, dict) else None
+    if label:
+        from spikebridge.hardware.eventsim.profiles import get_profile
+        prof = get_profile(label)
+        if not prof.honour_metadata:
+            dt = md.get(RUN_DT_KEY)
+            return prof, float(prof.default_dt if dt is None else dt)
+    return None, graph_dt(graph)
+
+
+def read_as(graph, profile=None, dt: float | None = None):
+    """``graph`` read with ``profile`` (a library profile: adapted by eventsim.adapt_graph,
+    the one place a library's graph-level conventions are applied) and run with ``dt``
+    (overrides the profile's and the graph's); what ``lower`` then lowers. Without a
+    library profile the dt goes into the spikebridge metadata, as ``--dt`` always did."""
+    from spikebridge.hardware.eventsim.adapt import adapt_graph
+    from spikebridge.hardware.eventsim.profiles import get_profile
+    if profile not in (None, "spikebridge"):
+        prof = get_profile(profile)
+        if prof.honour_metadata:  # loihi-fixed etc.: read as ours
+            profile = None
+        else:
+            graph = adapt_graph(graph, prof)
+            md = graph.metadata if isinstance(graph.metadata, dict) else {}
+            if md.get(ADAPTED_KEY) != prof.label:  # adapt_graph marks only graphs it changed
+                graph = copy.copy(graph)
+                graph.metadata = {**md, ADAPTED_KEY: prof.label}
+    if dt is None:
+        return graph
+    dt = float(dt)
+    if not (np.isfinite(dt) and dt > 0):
+        raise UnsupportedError(f"dt {dt!r} must be finite and > 0", place="--dt")
+    md = dict(graph.metadata or {}) if isinstance(graph.metadata, dict) else {}
+    if profile in (None, "spikebridge"):
+        sb = dict(md.get(META_KEY) or {})
+        sb["dt"] = dt
+        md[META_KEY] = sb
+    else:
+        md[RUN_DT_KEY] = dt
+    g = copy.copy(graph)
+    g.metadata = md
+    return g
+
+
 def _param_meta(v, shape, default) -> np.ndarray:
     a = np.asarray(default if v is None else v, dtype=np.float64)
     return np.broadcast_to(a, shape).astype(np.float64).reshape(-1)
@@ -393,26 +572,62 @@ class Plan:
         np.savez(d / "plan.npz", **self.arrays)
 
 
-def _topo(names, preds, succs, problems) -> list[str]:
-    indeg = {n: len(preds[n]) for n in names}
+def _back_edges(names, succs) -> set[tuple[str, str]]:
+    """Edges that close a cycle (to a node on the depth-first stack), visiting nodes in file
+    order from the nodes without inputs: a back edge carries the previous step's value."""
+    state: dict[str, int] = {}
+    back: set[tuple[str, str]] = set()
+    roots = [n for n in names if not any(n in succs[m] for m in names)] + list(names)
+    for r in roots:
+        if r in state:
+            continue
+        stack = [(r, iter(succs[r]))]
+        state[r] = 1
+        while stack:
+            n, it = stack[-1]
+            nxt = next(it, None)
+            if nxt is None:
+                state[n] = 2
+                stack.pop()
+            elif state.get(nxt) == 1:
+                back.add((n, nxt))
+            elif nxt not in state:
+                state[nxt] = 1
+                stack.append((nxt, iter(succs[nxt])))
+    return back
+
+
+def _topo(names, preds, succs, problems, back=frozenset()) -> list[str]:
+    indeg = {n: sum((p, n) not in back for p in preds[n]) for n in names}
     order = [n for n in names if indeg[n] == 0]
     i = 0
     while i < len(order):
         for s in succs[order[i]]:
+            if (order[i], s) in back:
+                continue
             indeg[s] -= 1
             if indeg[s] == 0:
                 order.append(s)
         i += 1
     if len(order) < len(names):
         cyc = sorted(n for n in names if indeg[n] > 0)
-        problems.append(f"graph has a cycle through {', '.join(cyc)} (recurrence is not lowered to Lava)")
+        problems.append(f"graph has a cycle through {', '.join(cyc)} (only a population's connection back to itself is lowered to Lava)")
     return order
 
 
 def lower(graph, timesteps: int, allow_reset_to_zero: bool = False, precision: str = "float",
           window: int | None = None) -> Plan:
-    """Lower ``graph`` to a Plan for ``timesteps`` steps per sample; raises UnsupportedError."""
+    """Lower ``graph`` to a Plan for ``timesteps`` steps per sample; raises UnsupportedError.
+
+    A graph read with a library profile (``read_as(graph, "snntorch:reset=zero", dt)``; the
+    backends do it with ``--profile``/``--dt``) has its neurons read by the profile
+    (``read_neuron_params``); LI / CubaLI nodes become LIFs that never fire, read as membrane
+    (readout kind "membrane"). A recurrent connection (a chain of synaptic nodes from a
+    population back to itself, a NIR back edge) is a Dense from the population to itself:
+    Lava's one step of delay is the back edge's t-1, and its Affine bias is in the
+    population's bias from t = 0, as eventsim and the libraries have it."""
     problems: list[str] = []
+    prof, dt = reading(graph)
     if precision not in ("float", "fixed"):
         problems.append(f"precision {precision!r} is not 'float' or 'fixed' (fixed: quantise this "
                         "float plan with spikebridge.hardware.loihi.fixedpoint.quantize)")
@@ -428,9 +643,10 @@ def lower(graph, timesteps: int, allow_reset_to_zero: bool = False, precision: s
             continue
         preds[d].append(s)
         succs[s].append(d)
+    neuron_kinds = NEURON + (READOUT_NEURON if prof is not None else ())
     for n in names:
         k = kinds[n]
-        if k not in SYNAPTIC + NEURON + IO:
+        if k not in SYNAPTIC + neuron_kinds + IO:
             problems.append(f"{n}: node type {k} is not supported by the Lava backend"
                             + (f" ({HINTS[k]})" if k in HINTS else ""))
     inputs = [n for n in names if kinds[n] == "Input"]
@@ -439,11 +655,18 @@ def lower(graph, timesteps: int, allow_reset_to_zero: bool = False, precision: s
         problems.append(f"the Lava backend needs exactly one Input node, found {len(inputs)}")
     if not outputs:
         problems.append("the graph has no Output node")
-    order = _topo(names, preds, succs, problems)
+    back = _back_edges(names, succs)
+    order = _topo(names, preds, succs, problems, back)
     if problems:
         raise UnsupportedError("; ".join(problems), place="lava backend")
-
-    dt = graph_dt(graph)
+    fwd = {n: [p for p in preds[n] if (p, n) not in back] for n in names}
+    kread: dict[str, dict] = {}
+    if prof is not None:  # the eventsim kernels' reading of every neuron (one interpretation)
+        from spikebridge.hardware.eventsim.kernels import Context, _neuron_prepare
+        from spikebridge.hardware.graph import analyse
+        info = analyse(graph)
+        ctx = Context(info=info, profile=prof, dt=dt)
+        kread = {n: _neuron_prepare(nodes[n], n, ctx) for n in names if kinds[n] in neuron_kinds}
     inp = inputs[0]
     shapes: dict[str, tuple] = {}
     ops: dict[str, tuple[Coo, np.ndarray]] = {}
@@ -456,7 +679,7 @@ def lower(graph, timesteps: int, allow_reset_to_zero: bool = False, precision: s
         if n == inp:
             continue
         k = kinds[n]
-        ps = preds[n]
+        ps = fwd[n]
         if not ps:
             problems.append(f"{n}: node has no input edge")
             continue
@@ -476,15 +699,16 @@ def lower(graph, timesteps: int, allow_reset_to_zero: bool = False, precision: s
                 continue
             ops[n] = (m, b)
             shapes[n] = tuple(int(s) for s in out)
-        elif k in NEURON:
-            p = neuron_params(n, nodes[n], dt, allow_reset_to_zero, problems)
+        elif k in neuron_kinds:
+            p = (read_neuron_params(n, nodes[n], kread[n], prof.label, dt, allow_reset_to_zero, problems)
+                 if prof is not None else neuron_params(n, nodes[n], dt, allow_reset_to_zero, problems))
             if p is None:
                 continue
             if p.gain.size != int(np.prod(ishape)):
                 problems.append(f"{n}: {p.gain.size} neurons but {int(np.prod(ishape))} inputs")
                 continue
             nparams[n] = p
-            shp = tuple(int(s) for s in np.asarray(nodes[n].v_threshold).shape) or (1,)
+            shp = tuple(int(s) for s in np.shape(kread[n]["v_init"] if n in kread else nodes[n].v_threshold)) or (1,)
             shapes[n] = shp if int(np.prod(shp)) == int(np.prod(ishape)) and len(shp) > 0 else ishape
         elif k == "Output":
             shapes[n] = ishape
@@ -493,7 +717,7 @@ def lower(graph, timesteps: int, allow_reset_to_zero: bool = False, precision: s
 
     # Which "source" each synaptic region hangs from, and the chains (paths) into each sink.
     def is_source(n):
-        return kinds[n] == "Input" or kinds[n] in NEURON
+        return kinds[n] == "Input" or kinds[n] in neuron_kinds
 
     def paths_into(n):
         """All synaptic paths ending at n's inputs: list of (source, [syn nodes from source to n])."""
@@ -514,7 +738,7 @@ def lower(graph, timesteps: int, allow_reset_to_zero: bool = False, precision: s
             m, b = ops[n]
             acc = np.zeros(m.shape[1])
             for p in preds[n]:
-                if not is_source(p):
+                if not is_source(p) and (p, n) not in back:
                     acc = acc + bias_at(p)
             bias_memo[n] = m.matvec(acc) + b
         return bias_memo[n]
@@ -524,7 +748,7 @@ def lower(graph, timesteps: int, allow_reset_to_zero: bool = False, precision: s
     conns = []
     pops = []
     readouts = []
-    sinks = [n for n in order if kinds[n] in NEURON or kinds[n] == "Output"]
+    sinks = [n for n in order if kinds[n] in neuron_kinds or kinds[n] == "Output"]
     for n in sinks:
         paths = paths_into(n)
         if kinds[n] == "Output" and len(preds[n]) == 1 and is_source(preds[n][0]):
@@ -532,7 +756,8 @@ def lower(graph, timesteps: int, allow_reset_to_zero: bool = False, precision: s
             if kinds[src] == "Input":
                 problems.append(f"{n}: Output fed straight from Input is not a network")
                 continue
-            readouts.append({"name": n, "kind": "spikes", "source": src, "size": int(np.prod(shapes[n])),
+            kind = "membrane" if kinds[src] in READOUT_NEURON else "spikes"
+            readouts.append({"name": n, "kind": kind, "source": src, "size": int(np.prod(shapes[n])),
                              "shape": list(shapes[n]), "depth": depth[src]})
             continue
         size = int(np.prod(shapes[n]))
@@ -545,14 +770,22 @@ def lower(graph, timesteps: int, allow_reset_to_zero: bool = False, precision: s
         # fed by sources of different depth (skip connections) sits behind the deepest one,
         # and the connections from shallower sources are delayed by the difference
         # (DelayDense/DelaySparse with delays = that difference: exact for any payload).
-        d = max(depth[src] for src, _ in paths) + 1
+        loops = sorted({src for src, _ in paths if src not in depth})
+        if any(src != n for src in loops):
+            problems.append(f"{n}: fed back by {', '.join(s for s in loops if s != n)} (a back edge from a "
+                            "later population; only a population's connection to itself is lowered)")
+            continue
+        if n in loops and kinds[n] in READOUT_NEURON:
+            problems.append(f"{n}: a recurrent leaky integrator is not lowered")
+            continue
+        d = max(depth[src] for src, _ in paths if src != n) + 1
         depth[n] = d
         bias = np.zeros(size)
         for p in preds[n]:
             if not is_source(p):
                 bias = bias + bias_at(p)
         syn_bias = None
-        if kinds[n] in NEURON:
+        if kinds[n] in neuron_kinds:
             prm = nparams[n]
             row_scale = prm.gain
             if prm.du != 1 and np.any(bias != 0):
@@ -570,11 +803,15 @@ def lower(graph, timesteps: int, allow_reset_to_zero: bool = False, precision: s
         for src, chain in paths:
             by_src.setdefault(src, []).append(chain)
         for src, chains in by_src.items():
+            if kinds[src] in READOUT_NEURON:
+                problems.append(f"{src}: a leaky integrator (no spikes) feeds {n}; it is lowered only as a "
+                                "membrane readout into an Output")
+                continue
             cid = f"c{len(conns)}"
             terms = []
             for j, chain in enumerate(chains):
                 factors = []
-                if kinds[src] in NEURON:
+                if kinds[src] in neuron_kinds:
                     amp = nparams[src].amplitude
                     if not np.all(amp == 1):
                         factors.append(Coo.diag(amp))
@@ -592,9 +829,12 @@ def lower(graph, timesteps: int, allow_reset_to_zero: bool = False, precision: s
                     arrays[key + "_shape"] = np.asarray(f.shape, dtype=np.int64)
                     keys.append(key)
                 terms.append(keys)
-            conns.append({"id": cid, "source": src, "target": n, "terms": terms,
-                          "chains": chains, "rows": size, "cols": int(np.prod(shapes[src])),
-                          "delay": int(d - 1 - depth[src])})
+            conn = {"id": cid, "source": src, "target": n, "terms": terms,
+                    "chains": chains, "rows": size, "cols": int(np.prod(shapes[src])),
+                    "delay": 0 if src == n else int(d - 1 - depth[src])}
+            if src == n:  # Lava's one step of delay is the back edge's t-1
+                conn["recurrent"] = True
+            conns.append(conn)
         if syn_bias is not None:
             cid = f"c{len(conns)}"
             f = Coo.from_dense(syn_bias.reshape(-1, 1))
@@ -604,14 +844,22 @@ def lower(graph, timesteps: int, allow_reset_to_zero: bool = False, precision: s
             # a constant needs no delay: it arrives from Lava step 2 on, before any window starts
             conns.append({"id": cid, "source": BIAS_SOURCE, "target": n, "terms": [[key]], "chains": [],
                           "rows": size, "cols": 1, "delay": 0})
-        if kinds[n] in NEURON:
+        if kinds[n] in neuron_kinds:
             prm = nparams[n]
             arrays[f"{n}__bias"] = bias
             arrays[f"{n}__vinit"] = prm.v_init * (1.0 - prm.dv)
-            pops.append({"name": n, "size": size, "shape": list(shapes[n]), "du": prm.du, "dv": prm.dv,
-                         "kind": kinds[n],
-                         "vth": 1.0, "depth": d, "has_vinit": bool(np.any(prm.v_init != 0)),
-                         "reset": prm.reset})
+            pop = {"name": n, "size": size, "shape": list(shapes[n]), "du": prm.du, "dv": prm.dv,
+                   "kind": kinds[n], "vth": prm.vth, "depth": d, "has_vinit": bool(np.any(prm.v_init != 0)),
+                   "reset": prm.reset}
+            if prm.threshold_test != "gt":
+                pop["threshold_test"] = prm.threshold_test
+            if prm.approximations:
+                pop["approximations"] = list(prm.approximations)
+            if prm.readout:
+                pop["readout"] = True
+            if n in loops:
+                pop["recurrent"] = True
+            pops.append(pop)
         else:
             arrays[f"{n}__bias"] = bias
             readouts.append({"name": n, "kind": "analog", "size": size, "shape": list(shapes[n]), "depth": d})
@@ -621,6 +869,11 @@ def lower(graph, timesteps: int, allow_reset_to_zero: bool = False, precision: s
     max_depth = max([p["depth"] for p in pops] + [r["depth"] for r in readouts] + [0])
     T = int(timesteps)
     P = int(window) if window is not None else T
+    if any(p.get("recurrent") for p in pops):
+        # a recurrent population's spike at a window's last step would reach the next
+        # sample's first step (LIFReset zeroes u and v, then adds a_in): leave idle steps
+        # after every sample, the last of which gates the population (the worker's GATE)
+        P = max(P, T + max_depth + 1)
     if P < T:
         raise ValueError(f"window {P} < timesteps {T}")
     meta = {
@@ -630,6 +883,7 @@ def lower(graph, timesteps: int, allow_reset_to_zero: bool = False, precision: s
         "window": P,
         "max_depth": max_depth,
         "dt": dt,
+        "profile": prof.label if prof is not None else None,
         "input": {"name": inp, "size": int(np.prod(shapes[inp])), "shape": list(shapes[inp])},
         "populations": pops,
         "connections": [{k: v for k, v in c.items() if k != "chains"} for c in conns],

@@ -115,16 +115,19 @@ def run_qplan(meta: dict, arrays: dict, x_int: np.ndarray, record_state: bool = 
     a_out = {r["name"]: np.zeros((S, B, int(r["size"])), dtype=np.int64) for r in analog}
     us = {p["name"]: np.zeros((S, B, int(p["size"])), dtype=np.int64) for p in pops} if record_state else None
     vs = {p["name"]: np.zeros((S, B, int(p["size"])), dtype=np.int64) for p in pops} if record_state else None
+    mem = {p["name"]: np.zeros((S, B, int(p["size"])), dtype=np.int64) for p in pops if p.get("readout")}
     u = {p["name"]: np.zeros((B, int(p["size"])), dtype=np.int64) for p in pops}
     v = {p["name"]: np.zeros((B, int(p["size"])), dtype=np.int64) for p in pops}
+    prev = {p["name"]: np.zeros((B, int(p["size"])), dtype=np.int64) for p in pops}  # last step's spikes
     for j in range(S):
         cur = {in_name: x[j], "__one__": np.ones((B, 1), dtype=np.int64)}  # BIAS_SOURCE
         for p in pops:  # topological order (the plan lists sinks in graph order)
             n = p["name"]
             q = prm[n]
             a_in = np.zeros((B, int(p["size"])), dtype=np.int64)
-            for c in into[n]:
-                a_in = wrap32(a_in + _synapse(wts[c["id"]], cur[c["source"]], int(c.get("weight_exp", 0)),
+            for c in into[n]:  # a recurrent connection (to itself) carries the last step's spikes
+                src = prev[c["source"]] if c.get("recurrent") else cur[c["source"]]
+                a_in = wrap32(a_in + _synapse(wts[c["id"]], src, int(c.get("weight_exp", 0)),
                                               wrap_first[c["id"]]))
             if j == 0 and p.get("has_vinit"):
                 a_in = wrap32(a_in + q["vinit"][None, :])
@@ -137,7 +140,9 @@ def run_qplan(meta: dict, arrays: dict, x_int: np.ndarray, record_state: bool = 
             vv = np.where(s, 0, vv)
             u[n], v[n] = uu, vv
             spikes[n][j] = s
-            cur[n] = s.astype(np.int64)
+            if n in mem:  # a membrane readout (LI): v every step
+                mem[n][j] = vv
+            cur[n] = prev[n] = s.astype(np.int64)
             if record_state:
                 us[n][j], vs[n][j] = uu, vv
         for r in analog:
@@ -148,7 +153,7 @@ def run_qplan(meta: dict, arrays: dict, x_int: np.ndarray, record_state: bool = 
             a_out[r["name"]][j] = acc
     outputs = {r["name"]: a_out[r["name"]] * np.asarray(arrays[r["name"] + "__scale"])
                + np.asarray(arrays[r["name"] + "__bias"])[None, None, :] for r in analog}
-    res = {"spikes": spikes, "a_out": a_out, "outputs": outputs}
+    res = {"spikes": spikes, "a_out": a_out, "outputs": outputs, "membrane": mem}
     if record_state:
         res["u"], res["v"] = us, vs
     return res

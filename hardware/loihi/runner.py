@@ -31,7 +31,7 @@ from spikebridge.hardware.graph import GraphInfo, analyse, load_graph
 from spikebridge.hardware.loihi.fast import blas_threads, compile_qplan, run_qplan_fast
 from spikebridge.hardware.loihi.fixedpoint import QPlan, quantize
 from spikebridge.hardware.loihi.groups import merge_outputs, merged_meta, split_threshold_groups
-from spikebridge.hardware.loihi.plan import NEURON, Plan, _meta, _param_meta, lower
+from spikebridge.hardware.loihi.plan import NEURON, READOUT_NEURON, Plan, _meta, _param_meta, lower
 from spikebridge.hardware.loihi.reference import run_qplan
 from spikebridge.hardware.trace import Trace
 
@@ -164,7 +164,7 @@ def activations(plan: Plan, x: np.ndarray, spikes: dict, amps: dict, op_csr: dic
         k = plan.kinds[n]
         if k == "Input":
             acts[n] = x.reshape(T, B, -1)
-        elif k in NEURON:  # only the nonzero pattern is counted: bool spikes when the amplitude is 1
+        elif k in NEURON or k in READOUT_NEURON:  # only the nonzero pattern is counted: bool spikes when the amplitude is 1
             a = amps[n]
             acts[n] = spikes[n].reshape(T, B, -1) if np.all(a == 1) else spikes[n].reshape(T, B, -1) * a[None, None, :]
         elif n in plan.ops:
@@ -238,7 +238,7 @@ def to_trace(pr: Prepared, out: dict, precision: str, extra: dict) -> Trace:
         amps[name] = _param_meta(_meta(graph.nodes[name]).get("spike_amplitude"), (p["size"],), 1.0)
     outputs = {}
     for r in meta["readouts"]:
-        if r["kind"] == "analog":
+        if r["kind"] in ("analog", "membrane"):  # membrane: an LI read as its membrane (float)
             outputs[r["name"]] = out["output__" + r["name"]].reshape((T, B) + tuple(r["shape"]))
         else:
             src = r["source"]
@@ -259,13 +259,34 @@ def to_trace(pr: Prepared, out: dict, precision: str, extra: dict) -> Trace:
     tm.update(extra)
     if groups:
         tm["threshold_groups"] = {n: len(g["groups"]) for n, g in groups.items()}
-    if any(p["reset"] == "subtract" for p in meta["populations"]):
+    if meta.get("profile"):
+        tm["profile"] = meta["profile"]
+    approx = sorted({a for p in meta["populations"] for a in p.get("approximations", ())})
+    if approx:  # a library profile's neuron run as Lava's (allow_reset_to_zero=True)
+        tm["approximation"] = "; ".join(approx) + " (allow_reset_to_zero=True)"
+    elif any(p["reset"] == "subtract" for p in meta["populations"]):
         tm["approximation"] = "subtractive reset run as reset to zero (allow_reset_to_zero=True)"
     state = {k: v for k, v in out.items() if k.startswith(("u__", "v__"))}
     if state:
         tm["final_state"] = state
+    for p in meta["populations"]:  # an LI readout is a membrane, not a spiking node (as in eventsim)
+        if p.get("readout"):
+            spikes.pop(p["name"], None)
     return Trace(timesteps=T, batch=B, outputs=outputs, counts=counts, spikes=spikes,
                  backend="lava", meta=tm)
+
+
+def output_agreement(trace: Trace, ref: Trace) -> float:
+    """Fraction of output entries (every Output node, T x batch x n) of ``trace`` equal to
+    ``ref``'s: what running a neuron as Lava's (--allow-reset-to-zero) costs against the
+    exact reading on the same inputs."""
+    same = total = 0
+    for k, want in ref.outputs.items():
+        got = np.asarray(trace.outputs[k], dtype=np.float64).reshape(np.shape(want))
+        want = np.asarray(want, dtype=np.float64)
+        same += int(np.sum(np.abs(got - want) <= 1e-9 * (1 + np.abs(want))))
+        total += want.size
+    return same / max(total, 1)
 
 
 def fixed_trace(graph, x, timesteps: int | None = None, window: int | None = None,
@@ -307,6 +328,10 @@ def fixed_trace(graph, x, timesteps: int | None = None, window: int | None = Non
     t_run = time.perf_counter() - t0
     out = {"spikes__" + n: s[:T] for n, s in res["spikes"].items()}
     out.update({"output__" + n: o[:T] for n, o in res["outputs"].items()})
+    scale = {p["name"]: p.get("v_scale") for p in meta["populations"]}
+    for r in meta["readouts"]:
+        if r["kind"] == "membrane":  # an LI read as membrane: v_int in units of v_scale
+            out["output__" + r["name"]] = res["membrane"][r["source"]][:T] * float(scale[r["source"]])
     if record_state:
         for p in meta["populations"]:
             i = T + D - int(p["depth"]) - 1

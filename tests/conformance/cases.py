@@ -86,6 +86,19 @@ def membrane_tolerance(graph, y: np.ndarray) -> float:
     return float(np.finfo(np.float32).eps) * y.shape[0] * (W.shape[1] + 3) * S
 
 
+def fixed_membrane_bound(trace, T: int) -> float:
+    """|v_fixed - v_float| of a membrane readout (LI) on the Loihi fixed-point plan whose input
+    spikes are the float reading's: per step each of fan_in weights is off by at most
+    weight_abs_err_max and the bias by bias_abs_err_max (in the readout's units v_units),
+    summed over the steps the decay remembers, min(T, 1/dv); the decay's shift truncates at
+    most one unit of v_units / (vth << 6) per step; dv is off by dv_err on |v| < v_units / 2."""
+    L = next(L for L in trace.meta["fixed_point"]["layers"] if "v_units" in L)
+    S, dv = L["v_units"], L["dv_float"]
+    per_step = S * (L["fan_in"] * L["weight_abs_err_max"] + L["bias_abs_err_max"])
+    return (per_step * min(T, 1.0 / dv if dv > 0 else T) + T * S / (L["vth"] << 6)
+            + T * L["dv_err"] * S / 2)
+
+
 def _peer(case):
     def build():
         from spikebridge.hardware.graph import load_graph
@@ -99,12 +112,44 @@ def _peer(case):
 
 
 PEER_CASES = sorted(f"{p.parent.name}/{p.name}" for p in PEERS.glob("*/*") if (p / "graph.nir").is_file())
-_NOT_LOWERED = ("third-party profiles are not lowered to the Loihi plan yet (issue 16 item 4: dt, LI "
-                "readouts, batch axes, subtract reset)", True)
+
+# How each peer case runs on the Loihi backends (hardware/loihi/plan.py lowers the profile's
+# reading; docs/lava.md has the agreement of every case, scripts/lava_peer_agreement.py).
+# Lowered exactly: Norse (LIF, CubaLIF with its current jump, IF, LI readout, both export
+# conventions, batch axes dropped), SpikingJelly (>= as vth = nextafter(1, 0) in float,
+# v_reset folded), snnTorch reset=zero Leaky. The others need --allow-reset-to-zero (run
+# as Lava's neuron: one spike, reset to 0 in the spiking step, no floor) and are refused
+# without it: the suite checks the refusal.
+_WHY = {
+    "subtract": "subtract reset cannot be expressed by Lava's LIF (reset to zero only); runs only with "
+                "--allow-reset-to-zero (approximation, agreement in docs/lava.md)",
+    "multi": "sinabs MultiSpike (several spikes per step) cannot be expressed by Lava's LIF; runs only with "
+             "--allow-reset-to-zero as a single spike (approximation, agreement in docs/lava.md)",
+    "late": "snnTorch's reset to zero one step late (the whole next step zeroed) cannot be expressed by "
+            "Lava's LIF; runs only with --allow-reset-to-zero (approximation, agreement in docs/lava.md)",
+    "floor": "sinabs' membrane floor (min_v_mem) has no Lava equivalent; runs only with --allow-reset-to-zero "
+             "(floor dropped; agreement in docs/lava.md)",
+}
+LOIHI_REFUSED = {
+    "sinabs/conv_iaf": "multi", "sinabs/dense_iaf_expleak_readout": "multi", "sinabs/dense_iaf_lif": "multi",
+    "sinabs/dense_membrane_reset": "multi", "sinabs/dense_min_v_mem": "multi",
+    "sinabs/dense_single_reset_floor": "floor", "sinabs/dense_single_spike": "subtract", "sinabs/ties_iaf": "multi",
+    "snntorch/conv_leaky": "subtract", "snntorch/dense_leaky": "subtract", "snntorch/dense_leaky_samestep": "subtract",
+    "snntorch/dense_synaptic": "subtract", "snntorch/dense_synaptic_zero": "late", "snntorch/rleaky_bias": "subtract",
+    "snntorch/rleaky_samestep": "subtract", "snntorch/rleaky_zero": "late", "snntorch/rsynaptic": "subtract",
+    "snntorch/rsynaptic_zero": "late", "snntorch/ties_leaky": "subtract",
+}
+
+
+def _loihi_exclusions(case: str) -> dict:
+    if case in LOIHI_REFUSED:
+        return {b: (_WHY[LOIHI_REFUSED[case]], True) for b in LOIHI}
+    return {}
+
 
 CASES: list[Case] = [
-    Case(f"peer/{c}", _peer(c), profile=peer_profile(c),
-         excluded={b: _NOT_LOWERED for b in LOIHI})
+    Case(f"peer/{c}", _peer(c), profile=peer_profile(c), excluded=_loihi_exclusions(c),
+         lava=c not in LOIHI_REFUSED)
     for c in PEER_CASES
 ]
 for c in CASES:
@@ -227,7 +272,6 @@ def recurrent_lif():
 _SOFT = ("soft (subtractive) reset is not expressible on Loihi (reset to zero only); refused unless "
          "--allow-reset-to-zero, which is an approximation", True)
 _TAU = ("Lava's decays dv, du are one scalar per population: a per-neuron tau is not expressible", True)
-_RECURRENT = ("recurrent connections are not lowered to the Loihi plan yet (issue 16 item 4)", True)
 
 CASES += [
     Case("random/dense_lif", dense_lif, lava=True),
@@ -237,7 +281,7 @@ CASES += [
     Case("random/conv_if", conv_if, lava=True),
     Case("random/dense_cubalif", dense_cubalif, lava=True),
     Case("random/dense_soft_reset", dense_soft_reset, excluded={b: _SOFT for b in LOIHI}),
-    Case("random/recurrent_lif", recurrent_lif, excluded={b: _RECURRENT for b in LOIHI}),
+    Case("random/recurrent_lif", recurrent_lif, lava=True),
 ]
 
 # ------------------------------------------------------------------------- our exports

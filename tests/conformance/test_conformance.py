@@ -30,7 +30,7 @@ import pytest
 
 from spikebridge.base.errors import InputError
 from spikebridge.hardware.backends import BACKENDS, RunOptions, run_graph
-from tests.conformance.cases import CASES
+from tests.conformance.cases import CASES, fixed_membrane_bound
 
 
 @dataclass(frozen=True)
@@ -148,6 +148,38 @@ def test_backend_conforms(case, backend):
         other = run(case, tol.against)
         ref = {"outputs": other.outputs, "spikes": {n: np.asarray(s) != 0 for n, s in other.spikes.items()}}
         compare(trace, ref, tol, case)
+
+
+# Fixed point on the peer cases lowered exactly (declared): lava-fixed == loihi-fixed bit for bit
+# (test_backend_conforms), and loihi-fixed's spike outputs agree with the library's (= eventsim's,
+# which reproduces them exactly) on at least FIXED_PEER_AGREEMENT of the entries. Why not all:
+# 8-bit weights with one exponent per connection (relative error up to ~1e-2 per weight, `inspect
+# --lava`), 12-bit decays and the input's 8 fractional bits move a membrane by up to ~1 % of the
+# threshold per step; membranes that come that close to the threshold fire one step earlier or
+# later, and each changed spike propagates to the later layers. This floor is a declared
+# measurement, not a derivation (measured 90.0-100 % on the 12 spike-output cases, docs/lava.md,
+# scripts/lava_peer_agreement.py). A membrane readout (LI) is held to a bound derived from its
+# quantisation (fixed_membrane_bound) while the spikes feeding it agree.
+FIXED_PEER_AGREEMENT = 0.88
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c.name.startswith("peer/") and "loihi-fixed" not in c.excluded],
+                         ids=lambda c: c.name)
+def test_fixed_point_agrees_with_the_library_on_peer_cases(case):
+    g, x, ref = built(case)
+    y = ref["expected"]
+    tr = run(case, "loihi-fixed")
+    out = next(iter(tr.outputs.values())).reshape(y.shape)
+    if "membrane_atol" in ref:
+        ev = run(case, "eventsim")
+        for n, s in ev.spikes.items():  # the bound assumes the spikes feeding the readout agree
+            assert np.array_equal(np.asarray(tr.spikes[n]), np.asarray(s)), n
+        bound = fixed_membrane_bound(tr, y.shape[0]) + ref["membrane_atol"]
+        d = float(np.max(np.abs(out - y)))
+        assert d <= bound, (d, bound)
+        return
+    agree = float(np.mean(out == y))
+    assert agree >= FIXED_PEER_AGREEMENT, f"{case.name}: {100 * agree:.1f} % of output entries agree"
 
 
 def test_every_backend_has_a_declared_tolerance_and_every_exclusion_a_reason():

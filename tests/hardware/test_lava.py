@@ -392,9 +392,15 @@ def _all_pids():
     return [int(d) for d in os.listdir("/proc") if d.isdigit()]
 
 
+def _cmdline(pid) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_text(errors="replace")
+    except OSError:  # the process exited between the listing and the read
+        return ""
+
+
 def _worker_pids_under(pid):
-    return [c for c in _children(pid)
-            if "worker.py" in Path(f"/proc/{c}/cmdline").read_text(errors="replace")]
+    return [c for c in _children(pid) if "worker.py" in _cmdline(c)]
 
 
 @pytest.mark.lava

@@ -63,9 +63,11 @@ REFUSED = [  # (flags, words the one-line error must contain)
     (["--allow-reset-to-zero"], ["--allow-reset-to-zero", "eventsim"]),
     (["--backend", "lava", "--workers", "2"], ["--workers", "lava-float"]),
     (["--backend", "lava", "--batch-size", "8"], ["--batch-size", "lava-float"]),
-    (["--backend", "lava", "--profile", "norse"], ["--profile norse", "not lowered"]),
+    (["--backend", "lava", "--profile", "snntorch"], ["subtract reset (profile snntorch)", "--allow-reset-to-zero"]),
+    (["--backend", "lava", "--profile", "loihi-fixed"], ["--profile loihi-fixed", "lava-float"]),
     (["--backend", "lava-float", "--precision", "fixed"], ["--precision fixed", "lava-float"]),
-    (["--backend", "loihi-fixed", "--profile", "snntorch"], ["--profile snntorch", "loihi-fixed"]),
+    (["--backend", "loihi-fixed", "--profile", "snntorch:reset_delay=false"],
+     ["subtract reset (profile snntorch:reset_delay=false)", "--allow-reset-to-zero"]),
     (["--profile", "brian"], ["unknown profile"]),
     (["--workers", "0"], ["--workers"]),
     (["--backend", "lava", "--precision", "float32"], ["--precision float32", "lava-float"]),
@@ -93,7 +95,7 @@ def test_inspect_takes_the_same_graph_flags_and_checks_every_backend(capsys):
     text = capsys.readouterr().out
     for b in BACKENDS:
         assert f"\n{b}: " in text, b
-    assert "eventsim: runs this graph" in text and "lava-float: cannot run it: --profile norse" in text
+    assert "eventsim: runs this graph" in text and "lava-float: runs this graph" in text
     assert main(["inspect", str(d / "graph.nir"), "--profile", "norse", "--backend", "eventsim",
                  "--dt", "2e-6"]) == 0
     text = capsys.readouterr().out
