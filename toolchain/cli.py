@@ -21,7 +21,8 @@ EXAMPLES = {
     "train": "spikebridge train --method snn2ann --arch cnn --dataset digits --timesteps 4 --epochs 30 --out runs/cnn",
     "export": "spikebridge export runs/cnn --format nir --out runs/cnn/graph.nir",
     "simulate": "spikebridge simulate runs/cnn/graph.nir --dataset digits --backend eventsim --out runs/cnn/sim.npz",
-    "report": "spikebridge report runs/demo  |  spikebridge report graph.nir --dataset digits --out rep/  |  "
+    "report": "spikebridge report runs/cnn --limit 200  |  spikebridge report runs/demo  |  "
+              "spikebridge report graph.nir --dataset digits --out rep/  |  "
               "spikebridge report --compare runs/a runs/b --out cmp/",
     "inspect": "spikebridge inspect runs/cnn/graph.nir",
     "convert": "spikebridge convert model.onnx --timesteps 32 --calibration digits --out graph.nir",
@@ -101,19 +102,28 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="OUT.npz")
     pipeline.add_run_options(s)
 
-    r = cmd("report", "write report.json, report.html and plots for a run directory, any NIR graph, "
-                      "or two runs side by side (--compare)")
-    r.add_argument("target", nargs="?", help="a run directory written by `spikebridge demo`, or GRAPH.nir")
+    r = cmd("report", "write report.json, report.html, figures (SVG + PNG) and CSV tables for a checkpoint "
+                      "(run on every backend that can run it), a run directory, any NIR graph, or two runs side "
+                      "by side (--compare); prints the summary")
+    r.add_argument("target", nargs="?", help="a checkpoint directory written by `spikebridge train` (exported and "
+                   "run on torch, eventsim, Lava float and fixed, and its ONNX form in onnxruntime), a run directory "
+                   "written by `spikebridge demo` or by an earlier checkpoint report, or GRAPH.nir")
     r.add_argument("--compare", nargs=2, metavar=("RUN_A", "RUN_B"),
                    help="compare two runs (directories with report.json, or report.json files)")
-    r.add_argument("--out", help="output directory (default: the run directory; required for a graph "
-                                 "and for --compare)")
+    r.add_argument("--out", help="output directory (default: CHECKPOINT/report for a checkpoint, the run "
+                                 "directory for a run; required for a graph and for --compare)")
     rsrc = r.add_mutually_exclusive_group()
     rsrc.add_argument("--input", help="GRAPH.nir only: X.npy, time-major (T, batch, *input_shape)")
-    rsrc.add_argument("--dataset", help="GRAPH.nir only: digits | fashion-mnist (direct encoding)")
+    rsrc.add_argument("--dataset", help="GRAPH.nir: digits | fashion-mnist (direct encoding); a checkpoint: "
+                                        "overrides the dataset in its model.json")
+    r.add_argument("--backends", metavar="LIST",
+                   help="a checkpoint: the backends to run, comma-separated from torch, eventsim, lava-float, "
+                        "lava-fixed, onnx (eventsim always runs; those named must succeed). Default: every "
+                        "backend that can run the network, the others listed on the page with the reason")
+    r.add_argument("--skip-lava", action="store_true", help="a checkpoint: do not run the Lava backends")
     r.add_argument("--split", default="test")
     r.add_argument("--limit", type=int, help="first N samples (of the split, or of X.npy)")
-    r.add_argument("--timesteps", type=int, help="T for --dataset (default: the graph's metadata)")
+    r.add_argument("--timesteps", type=int, help="GRAPH.nir: T for --dataset (default: the graph's metadata)")
     pipeline.add_run_options(r)
     r.add_argument("--energy-model", action="append", default=[], metavar="FILE.toml",
                    help="add a user energy model (every constant needs a source); repeatable")
@@ -398,16 +408,35 @@ def cmd_report(args) -> int:
         print(f"wrote {out / 'compare.json'} and {out / 'compare.html'}")
         return 0
     if not args.target:
-        return usage("give a run directory, GRAPH.nir, or --compare RUN_A RUN_B")
+        return usage("give a checkpoint directory, a run directory, GRAPH.nir, or --compare RUN_A RUN_B")
+    target = Path(args.target)
+    is_ckpt = target.is_dir() and (target / "model.json").is_file() and not (target / "run.json").is_file()
+    if not is_ckpt and (args.backends or args.skip_lava):
+        return usage("--backends/--skip-lava are for a checkpoint directory")
     models = energy_models_with(args.energy_model)
     sweep = load_sweep(args.sweep) if args.sweep else None
     sweep_ts = parse_timesteps_list(args.sweep_timesteps) if args.sweep_timesteps else None
     if sweep is not None and sweep_ts:
         return usage("give --sweep or --sweep-timesteps, not both")
-    target = Path(args.target)
     common = dict(energy_models=models, first_layer=args.first_layer, weight_bits=args.weight_bits,
                   max_chips=args.max_chips)
-    if target.is_dir():
+    if is_ckpt:
+        from spikebridge.toolchain import pipeline
+        from spikebridge.toolchain.demo import BACKENDS, parse_backends, report_checkpoint
+        options = pipeline.run_options(args)
+        given = sorted({"--" + f.replace("_", "-") for f in options.given()} - {"--limit"}
+                       | ({"--backend"} if args.backend != "eventsim" else set())
+                       | ({"--input"} if args.input else set()) | ({"--timesteps"} if args.timesteps else set())
+                       | ({"--sweep-timesteps"} if sweep_ts else set()))
+        if given:
+            return usage(f"{', '.join(given)}: a checkpoint runs every backend with its own settings (choose "
+                         "them with --backends); export it and report the graph for other run options")
+        backends = parse_backends(args.backends) if args.backends else None
+        if args.skip_lava:
+            backends = tuple(b for b in (backends or BACKENDS) if not b.startswith("lava"))
+        out = report_checkpoint(target, args.out, dataset=args.dataset, split=args.split, limit=args.limit,
+                                backends=backends, progress=_progress(args), sweep=sweep, **common)
+    elif target.is_dir():
         if args.input or args.dataset:
             return usage("--input/--dataset are for GRAPH.nir; a run directory has its own data")
         from spikebridge.toolchain.demo import report_run_dir
@@ -435,7 +464,9 @@ def cmd_report(args) -> int:
                      options=pipeline.run_options(args),
                      sweep=sweep, sweep_timesteps=sweep_ts, progress=_progress(args), **common)
         out = Path(args.out)
-    print(f"wrote {out / 'report.json'} and {out / 'report.html'}")
+    from spikebridge.toolchain.demo import print_summary
+    print_summary(out)
+    print(f"wrote {out / 'report.json'} and {out / 'report.html'} (figures .svg/.png and tables .csv beside it)")
     return 0
 
 
