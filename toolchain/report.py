@@ -23,6 +23,7 @@ import io
 import math
 import os
 import platform
+import re
 import sys
 from dataclasses import fields, is_dataclass
 from pathlib import Path
@@ -215,7 +216,8 @@ def layer_rows(graph: nir.NIRGraph, per_node: list[dict]) -> list[dict]:
 
         head = by_node.get(name, {})
         rows.append({"layer": name, "type": kind, "synapse_nodes": [m for m in members if m != name],
-                     "neurons": int(head.get("neurons") or 0), "firing_rate": head.get("firing_rate"),
+                     "neurons": None if kind == "readout" else int(head.get("neurons") or 0),
+                     "firing_rate": head.get("firing_rate"),
                      "synaptic_ops_per_sample": total("synaptic_ops_per_sample"),
                      "macs_per_sample": total("macs_per_sample"),
                      "spikes_per_sample": total("spikes_per_sample"),
@@ -230,9 +232,10 @@ def layer_rows(graph: nir.NIRGraph, per_node: list[dict]) -> list[dict]:
         elif isinstance(node, nir.Output):
             chain = sorted(_energy.incoming_chain(graph, info, n), key=info.order.index)
             if chain and not set(chain) <= used:
-                add(n, "readout", [c for c in chain if c not in used])
-    for r in per_node:  # anything counted that no layer covers
-        if r["node"] not in used:
+                add(n, "readout", [c for c in chain if c not in used] + [n])
+    work = ("synaptic_ops_per_sample", "macs_per_sample", "spikes_per_sample", "ann_macs_per_sample")
+    for r in per_node:  # anything that does work and no layer covers
+        if r["node"] not in used and any(r.get(k) for k in work):
             add(r["node"], r["type"], [r["node"]])
     return rows
 
@@ -486,10 +489,10 @@ def _finite(values) -> list[float]:
 
 
 def _pick(units, values) -> tuple[str, float]:
-    vals = [v for v in _finite(values) if v > 0]
+    vals = sorted(v for v in _finite(values) if v > 0)
     if not vals:
         return units[0]
-    m = max(vals)
+    m = vals[(len(vals) - 1) // 2]  # the (lower) median: most of the column reads in whole units
     best = units[0]
     for name, scale in units:
         if m >= scale * 0.9995:  # 999.96 pJ reads as 1 nJ, not 1000 pJ
@@ -498,13 +501,14 @@ def _pick(units, values) -> tuple[str, float]:
 
 
 def energy_unit(values_pj) -> tuple[str, float]:
-    """(unit, pJ per unit) for a column of energies in pJ: the largest SI unit the column's
-    largest value reaches (pJ, nJ, µJ, mJ, J), so one column has one unit."""
+    """(unit, pJ per unit) for a column of energies in pJ: the largest SI unit (pJ, nJ, µJ, mJ,
+    J) the column's median value reaches, so one column has one unit (4 significant digits
+    keep the small values readable)."""
     return _pick(ENERGY_UNITS, values_pj)
 
 
 def time_unit(values_s) -> tuple[str, float]:
-    """(unit, seconds per unit) for a column of durations in s: ns, µs, ms or s."""
+    """(unit, seconds per unit) for a column of durations in s: ns, µs, ms or s (as ``energy_unit``)."""
     return _pick(TIME_UNITS, values_s)
 
 
@@ -574,7 +578,7 @@ def build_summary(report: dict) -> dict:
         latency = {"chip": chip, "seconds_per_inference": r.get("seconds_per_sample"),
                    "text": fmt_time(r.get("seconds_per_sample")),
                    "time_to_first_output_s": r.get("time_to_first_output_s"),
-                   "label": f"modelled ({chip}-style mapping and step time, T = {r.get('timesteps')})"}
+                   "label": f"modelled: {chip}-style mapping and step time, T = {r.get('timesteps')}"}
         break
     meas = (report.get("measured") or {}).get("onnx")
     measured = ({"seconds_per_inference": meas.get("latency_seconds_per_sample"),
@@ -585,7 +589,7 @@ def build_summary(report: dict) -> dict:
     for n, r in en.items():
         if r.get("kind") == _energy.GPU_STYLE and r.get("snn_over_ann_ratio") is not None:
             ratio = {"value": r["snn_over_ann_ratio"], "model": n, "first_layer": r.get("first_layer"),
-                     "label": f"modelled ({n}, GPU-style: E_MAC and E_AC; first layer {r.get('first_layer')}); "
+                     "label": f"modelled: {n} (GPU-style E_MAC/E_AC), first layer {r.get('first_layer')}; "
                               "the ANN is the same graph computed as an ANN"}
             break
     return {"model": model, "accuracy": accuracy, "energy": energy, "latency": latency,
@@ -720,64 +724,86 @@ def _stacked(ax, y, parts: dict[str, float], scale: float, colors: dict[str, str
             left += v / scale
 
 
-def _energy_breakdown(en: dict, kind: str, title: str):
-    """One panel per model of ``kind``: two stacked bars (by operation, by layer) on a linear
-    axis in the unit that model's total reaches."""
+def _by_layer(per_node: dict[str, float], layer_of: dict[str, str]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for node, v in per_node.items():
+        k = layer_of.get(node, node)
+        out[k] = out.get(k, 0.0) + v
+    return out
+
+
+def _energy_breakdown(en: dict, kind: str, title: str, layers: list[dict] | None = None):
+    """One panel per model of ``kind``: two stacked bars (by operation; by layer, i.e. a neuron
+    population with the synapse nodes that feed it, as in the per-layer table) on a linear axis
+    in the unit that model's total reaches."""
     names = [n for n, r in en.items() if r.get("kind") == kind and r.get("total_pj_per_sample")]
     if not names:
         return None
-    ops = sorted({k for n in names for k in en[n].get("per_operation_pj_per_sample", {})})
-    nodes = list(dict.fromkeys(k for n in names for k in en[n].get("per_node_pj_per_sample", {})))
-    op_colors = {k: CHIP_COLORS[i % len(CHIP_COLORS)] for i, k in enumerate(ops)}
-    node_colors = {k: plt.get_cmap("tab20")(i % 20) for i, k in enumerate(nodes)}
+    layer_of = {m: r["layer"] for r in layers or [] for m in [r["layer"], *r.get("synapse_nodes", [])]}
+    by_layer = {n: _by_layer(en[n].get("per_node_pj_per_sample", {}), layer_of) for n in names}
+    ops = list(dict.fromkeys(k for n in names for k in en[n].get("per_operation_pj_per_sample", {})))
+    lays = list(dict.fromkeys(k for n in names for k in by_layer[n]))
+    op_colors = {k: plt.get_cmap("Dark2")(i % 8) for i, k in enumerate(ops)}
+    lay_colors = {k: plt.get_cmap("Pastel1" if len(lays) <= 9 else "tab20")(i % (9 if len(lays) <= 9 else 20))
+                  for i, k in enumerate(lays)}
     fig, axes = plt.subplots(len(names), 1, figsize=(7.5, 1.35 * len(names) + 1.4), squeeze=False)
     for ax, n in zip(axes[:, 0], names):
         r = en[n]
         unit, scale = energy_unit([r["total_pj_per_sample"]])
         _stacked(ax, 1, r.get("per_operation_pj_per_sample", {}), scale, op_colors)
-        _stacked(ax, 0, r.get("per_node_pj_per_sample", {}), scale, node_colors)
+        _stacked(ax, 0, by_layer[n], scale, lay_colors)
         ax.set_yticks([1, 0], ["by operation", "by layer"])
         ax.set_xlim(0, r["total_pj_per_sample"] / scale * 1.02)
         ax.set_title(f"{_label(n)}: {fmt_energy(r['total_pj_per_sample'])} per inference", fontsize=10, loc="left")
         ax.set_xlabel(f"{unit} per inference (linear)", fontsize=8)
         ax.tick_params(labelsize=8)
-    handles = [matplotlib.patches.Patch(color=op_colors[k], label=k.replace("_pj_per_sample", "").replace("_", " "))
-               for k in ops]
-    handles += [matplotlib.patches.Patch(color=node_colors[k], label=_label(k)) for k in nodes]
-    fig.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.0, 0.95), fontsize=8, frameon=False,
-               title="operations, then layers", title_fontsize=8)
+    handles = [matplotlib.patches.Patch(color=op_colors[k], label=_op_name(k)) for k in ops]
+    handles.append(matplotlib.patches.Patch(color="none", label=""))
+    handles.append(matplotlib.patches.Patch(color="none", label="by layer:"))
+    handles += [matplotlib.patches.Patch(color=lay_colors[k], label=_label(k)) for k in lays]
+    fig.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.0, 0.93), fontsize=8, frameon=False,
+               title="by operation:", title_fontsize=8, alignment="left")
     fig.suptitle(title, x=0.02, ha="left", fontsize=11)
     fig.tight_layout()
     return _save(fig)
 
 
+def _op_name(key: str) -> str:
+    return key.replace("_pj_per_sample", "").replace("_", " ")
+
+
 def _energy_conventional(en: dict):
-    """GPU-style SNN (stacked by operation) and its equivalent ANN, and the ANN-device models,
-    on one linear axis (these are comparable: all price the same network on von Neumann hardware)."""
-    rows = []  # (label, {part: pJ})
+    """Two panels, each on its own linear axis: the GPU-style models (the SNN stacked by
+    operation beside the same graph computed as an ANN) and the ANN-device models (the
+    equivalent ANN on a CPU, GPU, ARM core, stacked by operation)."""
+    gpu, dev = [], []
     for n, r in en.items():
+        ops = {_op_name(k): v for k, v in r.get("per_operation_pj_per_sample", {}).items()}
         if r.get("kind") == _energy.GPU_STYLE:
-            rows.append((f"{n}: SNN", {k.replace("_pj_per_sample", ""): v
-                                       for k, v in r.get("per_operation_pj_per_sample", {}).items()}))
+            gpu.append((f"{n}: SNN", ops))
             if r.get("ann_pj_per_sample") is not None:
-                rows.append((f"{n}: equivalent ANN", {"ANN MACs": r["ann_pj_per_sample"]}))
-    for n, r in en.items():
-        if r.get("kind") == _energy.ANN_DEVICE:
-            rows.append((f"{n} (ANN on device)", {k.replace("_pj_per_sample", ""): v
-                                                  for k, v in r.get("per_operation_pj_per_sample", {}).items()}))
-    if not rows:
+                gpu.append((f"{n}: same graph as an ANN", {"ANN MACs": r["ann_pj_per_sample"]}))
+        elif r.get("kind") == _energy.ANN_DEVICE:
+            dev.append((f"{n}: the ANN on the device", ops))
+    panels = [(t, rows) for t, rows in (("GPU-style (E_MAC, E_AC): SNN vs the same graph as an ANN", gpu),
+                                        ("ANN-device models (keras-spiking): the equivalent ANN", dev)) if rows]
+    if not panels:
         return None
-    parts = list(dict.fromkeys(k for _, p in rows for k in p))
-    colors = {k: CHIP_COLORS[i % len(CHIP_COLORS)] for i, k in enumerate(parts)}
-    unit, scale = energy_unit([sum(p.values()) for _, p in rows])
-    fig, ax = plt.subplots(figsize=(7.5, 0.45 * len(rows) + 1.4))
-    for i, (_, p) in enumerate(rows):
-        _stacked(ax, len(rows) - 1 - i, p, scale, colors)
-    ax.set_yticks(range(len(rows) - 1, -1, -1), [_label(lab) for lab, _ in rows], fontsize=8)
-    ax.set_xlabel(f"{unit} per inference (linear)")
-    ax.set_title("GPU-style and ANN-device models (not chip models)", loc="left", fontsize=11)
-    ax.legend(handles=[matplotlib.patches.Patch(color=colors[k], label=k.replace("_", " ")) for k in parts],
-              fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
+    parts = list(dict.fromkeys(k for _, rows in panels for _, p in rows for k in p))
+    colors = {k: plt.get_cmap("Dark2")(i % 8) for i, k in enumerate(parts)}
+    fig, axes = plt.subplots(len(panels), 1, squeeze=False,
+                             figsize=(7.5, sum(0.42 * len(r) + 0.9 for _, r in panels) + 0.4))
+    for ax, (title, rows) in zip(axes[:, 0], panels):
+        unit, scale = energy_unit([max(sum(p.values()) for _, p in rows)])
+        for i, (_, p) in enumerate(rows):
+            _stacked(ax, len(rows) - 1 - i, p, scale, colors)
+        ax.set_yticks(range(len(rows) - 1, -1, -1), [_label(lab) for lab, _ in rows], fontsize=8)
+        ax.set_xlabel(f"{unit} per inference (linear)", fontsize=8)
+        ax.set_title(title, loc="left", fontsize=10)
+        ax.tick_params(labelsize=8)
+    fig.legend(handles=[matplotlib.patches.Patch(color=colors[k], label=k) for k in parts], fontsize=8,
+               loc="upper left", bbox_to_anchor=(1.0, 0.95), frameon=False, title="by operation", title_fontsize=8,
+               alignment="left")
     fig.tight_layout()
     return _save(fig)
 
@@ -807,7 +833,7 @@ def make_figures(report: dict, trace: Trace | None = None) -> dict[str, tuple[by
         figs["synaptic_ops"] = _save(fig)
     en = report.get("energy") or {}
     chip = _energy_breakdown(en, _energy.CHIP_STYLE, "chip-style models: energy per inference, each on its own "
-                                                    "linear axis")
+                                                    "linear axis", report.get("layers"))
     if chip is not None:
         figs["energy_chip"] = chip
     conv = _energy_conventional(en)
@@ -879,7 +905,7 @@ class Table:
                     cells.append(f"<td>{_e('' if v is None else v)}</td>")
                     continue
                 if v is None or not _finite([v]):
-                    txt = "n/a" if c.kind != "pct" else "not run"
+                    txt = "–" if c.kind != "pct" else "not run"
                 elif c.kind == "int":
                     txt = _count(v)
                 elif c.kind == "pct":
@@ -917,10 +943,10 @@ def report_tables(report: dict) -> dict[str, Table]:
     t["layers"] = Table("layers", [
         Col("layer", "layer"), Col("neuron type", "type"), Col("synapse nodes", "synapse_nodes"),
         Col("neurons", "neurons", "int"), Col("firing rate", "firing_rate", "float"),
-        Col("SOPs / inference", "synaptic_ops_per_sample", "float"),
-        Col("analog MACs / inference", "macs_per_sample", "float"),
-        Col("spikes / inference", "spikes_per_sample", "float"),
-        Col("neuron updates / inference", "neuron_updates_per_sample", "float"),
+        Col("SOPs / inference", "synaptic_ops_per_sample", "int"),
+        Col("analog MACs / inference", "macs_per_sample", "int"),
+        Col("spikes / inference", "spikes_per_sample", "int"),
+        Col("neuron updates / inference", "neuron_updates_per_sample", "int"),
         Col("ANN MACs", "ann_macs_per_sample", "int")],
         [[r["layer"], r["type"], " + ".join(r["synapse_nodes"]), r["neurons"], r["firing_rate"],
           r["synaptic_ops_per_sample"], r["macs_per_sample"], r["spikes_per_sample"],
@@ -977,16 +1003,34 @@ def report_tables(report: dict) -> dict[str, Table]:
     return t
 
 
+_YEAR = re.compile(r"\b(?:19|20)\d{2}\b")
+
+
+def split_source(src: str) -> tuple[str, str]:
+    """(the work cited, the place in it) of a constant's source: the text up to the first year
+    after the first quoted title ("Davies et al., 'Loihi: ...', IEEE Micro 38(1) 2018") and the
+    rest ("Table 2 (pre-silicon, 0.75 V): synaptic spike op"); the whole text when it has no
+    quoted title and year."""
+    src = str(src)
+    q1 = src.find("'")
+    q2 = src.find("'", q1 + 1) if q1 >= 0 else -1
+    m = _YEAR.search(src, q2 + 1) if q2 > 0 else None
+    if not m:
+        return src, ""
+    return src[:m.end()], src[m.end():].lstrip(" ,:;").strip()
+
+
 def citations(report: dict) -> tuple[list[str], list[list]]:
-    """(each distinct source once, in order; constant rows [model, constant, value, unit, "[n]"])."""
+    """(each work cited once, in order; constant rows [model, constant, value, unit,
+    "[n] place in the work"])."""
     cites: list[str] = []
     rows = []
 
     def ref(src) -> str:
-        src = str(src)
-        if src not in cites:
-            cites.append(src)
-        return f"[{cites.index(src) + 1}]"
+        work, place = split_source(src)
+        if work not in cites:
+            cites.append(work)
+        return f"[{cites.index(work) + 1}]" + (f" {place}" if place else "")
 
     for name, r in (report.get("energy") or {}).items():
         for op, c in r.get("constants", {}).items():
@@ -1046,7 +1090,8 @@ STYLE = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:1.2em au
          "section.card{border:2px solid #4878a8;border-radius:8px;padding:.6em 1.2em;background:#f7f9fc;margin-top:.6em}"
          "section.card h2{margin-top:.2em;border:none}.card .grid{display:flex;flex-wrap:wrap;gap:1.2em 2.5em}"
          ".card .big{font-size:1.6em;font-weight:600}.card .k{color:#555;font-size:.85em}"
-         ".card table{margin:.2em 0}details{margin:.6em 0}summary{cursor:pointer;font-weight:600}")
+         ".card table{margin:.2em 0}.tiles{display:flex;gap:1em;margin:.9em 0 .3em}"
+         ".tile{flex:1;border-top:1px solid #ccd;padding-top:.4em}.tile .k{font-size:.78em}details{margin:.6em 0}summary{cursor:pointer;font-weight:600}")
 
 
 def _html_summary(report: dict) -> str:
@@ -1075,26 +1120,25 @@ def _html_summary(report: dict) -> str:
                   f"{_e(_sig(sp['max']))} µJ</div>" if sp and len(e["chip_models"]) > 1 else "")
         out.append("<div><div class=\"k\">energy per inference (modelled, chip-style models)</div>"
                    f"<table><tbody>{rows}</tbody></table>{spread}</div>")
-    right = []
+    out.append("</div>")
+    tiles = []
     if s.get("latency"):
         la = s["latency"]
-        right.append(f"<div class=\"k\">latency per inference ({_e(la['label'])})</div>"
-                     f"<div class=\"big\">{_e(la['text'])}</div>")
-    if s.get("measured_latency"):
-        me = s["measured_latency"]
-        right.append(f"<div class=\"k\">{_e(me['label'])}</div><div>{_e(me['text'])}</div>")
+        me = s.get("measured_latency")
+        tiles.append((la["text"], "latency per inference", la["label"]
+                      + (f"; {me['label']}: {me['text']}" if me else "")))
     if s.get("synaptic_ops_per_inference") is not None:
-        right.append("<div class=\"k\">per inference (counted by the simulator)</div>"
-                     f"<div><b>{_e(_count(s['synaptic_ops_per_inference']))}</b> synaptic ops · "
-                     f"<b>{_e(_count(s.get('spikes_per_inference')))}</b> spikes · "
-                     f"{_e(_count(s.get('analog_macs_per_inference')))} analog MACs</div>")
+        tiles.append((_count(s["synaptic_ops_per_inference"]), "synaptic ops per inference",
+                      f"counted by the simulator; plus {_count(s.get('analog_macs_per_inference'))} MACs "
+                      "on analog input"))
+        tiles.append((_count(s.get("spikes_per_inference")), "spikes per inference", "counted by the simulator"))
     r = s.get("snn_over_ann_energy_ratio")
     if r:
-        right.append(f"<div class=\"k\">SNN / ANN energy ({_e(r['label'])})</div>"
-                     f"<div class=\"big\">{_e(_sig(r['value']))}</div>")
-    if right:
-        out.append("<div style=\"max-width:34em\">" + "".join(right) + "</div>")
-    out.append("</div>")
+        tiles.append((_sig(r["value"]), "SNN / ANN energy", r["label"]))
+    if tiles:
+        out.append('<div class="tiles">' + "".join(
+            f'<div class="tile"><div class="big">{_e(v)}</div><div><b>{_e(k)}</b></div>'
+            f'<div class="k">{_e(note)}</div></div>' for v, k, note in tiles) + "</div>")
     return "".join(out)
 
 
