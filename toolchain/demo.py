@@ -21,7 +21,10 @@ DATASET = "digits"
 
 
 def _stage(msg: str) -> None:
-    print(f"[spikebridge] {msg}", flush=True)
+    """A progress line, on stderr (stdout carries the summary)."""
+    import sys
+
+    print(f"[spikebridge] {msg}", file=sys.stderr, flush=True)
 
 
 def onnx_baseline(model_path, x: np.ndarray, y: np.ndarray, repeats: int = 20) -> dict:

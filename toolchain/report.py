@@ -514,7 +514,7 @@ def time_unit(values_s) -> tuple[str, float]:
 
 def _sig(x: float) -> str:
     """4 significant digits without an exponent for values in [1e-3, 1e6)."""
-    x = float(x)
+    x = float(f"{float(x):.4g}")  # round first: 999.96 -> 1000 (4 digits), 0.99996 -> 1
     if x == 0:
         return "0"
     if 1e-3 <= abs(x) < 1e6:
