@@ -1017,7 +1017,11 @@ def split_source(src: str) -> tuple[str, str]:
     m = _YEAR.search(src, q2 + 1) if q2 > 0 else None
     if not m:
         return src, ""
-    return src[:m.end()], src[m.end():].lstrip(" ,:;").strip()
+    end = m.end()
+    ident = re.match(r"\s*\((?:arXiv:|doi|https?://|ieeexplore)[^()]*\)", src[end:])  # the work's identifier
+    if ident:
+        end += ident.end()
+    return src[:end], src[end:].lstrip(" ,:;").strip()
 
 
 def citations(report: dict) -> tuple[list[str], list[list]]:

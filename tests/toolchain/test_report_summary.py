@@ -186,6 +186,8 @@ def test_each_cited_work_once_and_collapsible(tmp_path):
     assert R.split_source("Davies et al., 'Loihi: a processor', IEEE Micro 38(1) 2018, Table 2: spike") == (
         "Davies et al., 'Loihi: a processor', IEEE Micro 38(1) 2018", "Table 2: spike")
     assert R.split_source("assumption: 8 bits") == ("assumption: 8 bits", "")
+    assert R.split_source("Hoeppner et al., 'Power', TCAS-I 66(8):2973-2986, 2019 (arXiv:1903.08941); SpiNNaker: x") == (
+        "Hoeppner et al., 'Power', TCAS-I 66(8):2973-2986, 2019 (arXiv:1903.08941)", "SpiNNaker: x")
 
 
 def test_section_hook_renders_after_the_summary(tmp_path, monkeypatch):
