@@ -21,7 +21,8 @@ EXAMPLES = {
     "train": "spikebridge train --method snn2ann --arch cnn --dataset digits --timesteps 4 --epochs 30 --out runs/cnn",
     "export": "spikebridge export runs/cnn --format nir --out runs/cnn/graph.nir",
     "simulate": "spikebridge simulate runs/cnn/graph.nir --dataset digits --backend eventsim --out runs/cnn/sim.npz",
-    "report": "spikebridge report runs/demo  |  spikebridge report graph.nir --dataset digits --out rep/  |  "
+    "report": "spikebridge report runs/cnn --limit 200  |  spikebridge report runs/demo  |  "
+              "spikebridge report graph.nir --dataset digits --out rep/  |  "
               "spikebridge report --compare runs/a runs/b runs/c --out cmp/",
     "inspect": "spikebridge inspect runs/cnn/graph.nir",
     "convert": "spikebridge convert model.onnx --timesteps 32 --calibration digits --out graph.nir",
@@ -118,21 +119,32 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="OUT.npz")
     pipeline.add_run_options(s)
 
-    r = cmd("report", "write report.json, report.html and plots for a run directory, any NIR graph, "
-                      "or several runs side by side (--compare)")
-    r.add_argument("target", nargs="?", help="a run directory written by `spikebridge demo`, or GRAPH.nir")
+    r = cmd("report", "write report.json, report.html, figures (SVG + PNG) and CSV tables for a checkpoint "
+                      "(run on every backend that can run it), a run directory, any NIR graph, or two runs side "
+                      "by side (--compare); prints the summary")
+    r.add_argument("target", nargs="?", help="a checkpoint directory written by `spikebridge train` (exported and "
+                   "run on torch, eventsim, Lava float and fixed, and its ONNX form in onnxruntime), a run directory "
+                   "written by `spikebridge demo` or by an earlier checkpoint report, or GRAPH.nir")
     r.add_argument("--compare", nargs="+", metavar="RUN",
                    help="compare two or more runs (folders with report.json, demo run directories, or "
                         "report.json files): tables, CSV and an accuracy-versus-energy/latency Pareto plot")
-    r.add_argument("--out", help="output directory (default: the run directory; required for a graph "
-                                 "and for --compare)")
+    r.add_argument("--out", help="output directory (default: CHECKPOINT/report for a checkpoint, the run "
+                                 "directory for a run; required for a graph and for --compare)")
     rsrc = r.add_mutually_exclusive_group()
     rsrc.add_argument("--input", help="GRAPH.nir only: " + pipeline.INPUT_HELP)
-    rsrc.add_argument("--dataset", help="GRAPH.nir only: digits | fashion-mnist (encoded over T: --encoding)")
+    rsrc.add_argument("--dataset", help="GRAPH.nir: digits | fashion-mnist (encoded over T: --encoding) | nmnist | "
+                                        "dvsgesture | shd (--data-dir); a checkpoint: overrides the dataset in its "
+                                        "model.json")
+    r.add_argument("--backends", metavar="LIST",
+                   help="a checkpoint: the backends to run, comma-separated from torch, eventsim, lava-float, "
+                        "lava-fixed, onnx (eventsim always runs; those named must succeed). Default: every "
+                        "backend that can run the network, the others listed on the page with the reason")
+    r.add_argument("--skip-lava", action="store_true", help="a checkpoint: do not run the Lava backends")
     r.add_argument("--split", default="test")
     r.add_argument("--limit", type=int, help="first N samples (of the split, or of X.npy and Y.npy)")
-    r.add_argument("--timesteps", type=int, help="T for --dataset and static X.npy (default: the graph's metadata)")
-    pipeline.add_sample_options(r, prefix="GRAPH.nir only: ")
+    r.add_argument("--timesteps", type=int, help="GRAPH.nir: T for --dataset and static X.npy (default: the "
+                   "graph's metadata)")
+    pipeline.add_sample_options(r, prefix="GRAPH.nir (--data-dir: also a checkpoint): ")
     pipeline.add_run_options(r)
     r.add_argument("--energy-model", action="append", default=[], metavar="FILE.toml",
                    help="add a user energy model (every constant needs a source); repeatable")
@@ -430,18 +442,39 @@ def cmd_report(args) -> int:
               f"{out / 'compare_pareto.svg'}")
         return 0
     if not args.target:
-        return usage("give a run directory, GRAPH.nir, or --compare RUN RUN [RUN ...]")
+        return usage("give a checkpoint directory, a run directory, GRAPH.nir, or --compare RUN RUN [RUN ...]")
+    target = Path(args.target)
+    is_ckpt = target.is_dir() and (target / "model.json").is_file() and not (target / "run.json").is_file()
+    if not is_ckpt and (args.backends or args.skip_lava):
+        return usage("--backends/--skip-lava are for a checkpoint directory")
     models = energy_models_with(args.energy_model)
     sweep = load_sweep(args.sweep) if args.sweep else None
     sweep_ts = parse_timesteps_list(args.sweep_timesteps) if args.sweep_timesteps else None
     if sweep is not None and sweep_ts:
         return usage("give --sweep or --sweep-timesteps, not both")
-    target = Path(args.target)
     common = dict(energy_models=models, first_layer=args.first_layer, weight_bits=args.weight_bits,
                   max_chips=args.max_chips)
-    if target.is_dir():
-        if args.input or args.dataset or args.labels or args.encoding:
-            return usage("--input/--dataset/--labels/--encoding are for GRAPH.nir; a run directory has its own data")
+    if is_ckpt:
+        from spikebridge.toolchain import pipeline
+        from spikebridge.toolchain.demo import BACKENDS, parse_backends, report_checkpoint
+        options = pipeline.run_options(args)
+        given = sorted({"--" + f.replace("_", "-") for f in options.given()} - {"--limit"}
+                       | ({"--backend"} if args.backend != "eventsim" else set())
+                       | ({"--input"} if args.input else set()) | ({"--timesteps"} if args.timesteps else set())
+                       | ({"--sweep-timesteps"} if sweep_ts else set())
+                       | ({"--labels"} if args.labels else set()) | ({"--encoding"} if args.encoding else set()))
+        if given:
+            return usage(f"{', '.join(given)}: a checkpoint runs every backend with its own settings (choose "
+                         "them with --backends); export it and report the graph for other run options")
+        backends = parse_backends(args.backends) if args.backends else None
+        if args.skip_lava:
+            backends = tuple(b for b in (backends or BACKENDS) if not b.startswith("lava"))
+        out = report_checkpoint(target, args.out, dataset=args.dataset, split=args.split, limit=args.limit,
+                                backends=backends, data_dir=args.data_dir, progress=_progress(args), sweep=sweep, **common)
+    elif target.is_dir():
+        if args.input or args.dataset or args.labels or args.encoding or args.data_dir:
+            return usage("--input/--dataset/--labels/--encoding/--data-dir are for GRAPH.nir; a run directory "
+                         "has its own data")
         from spikebridge.toolchain.demo import report_run_dir
         from spikebridge.toolchain import pipeline
         options = pipeline.run_options(args)
@@ -468,7 +501,9 @@ def cmd_report(args) -> int:
                      options=pipeline.run_options(args),
                      sweep=sweep, sweep_timesteps=sweep_ts, progress=_progress(args), **common)
         out = Path(args.out)
-    print(f"wrote {out / 'report.json'} and {out / 'report.html'}")
+    from spikebridge.toolchain.demo import print_summary
+    print_summary(out)
+    print(f"wrote {out / 'report.json'} and {out / 'report.html'} (figures .svg/.png and tables .csv beside it)")
     return 0
 
 

@@ -32,7 +32,9 @@ def test_demo_end_to_end(tmp_path):
     assert all(e["total_pj_per_sample"] > 0 and e["source"] for e in rep["energy"].values())
     assert rep["versions"]["torch"] and rep["seed"] == 0
     html = (out / "report.html").read_text()
-    assert "data:image/png;base64," in html and "<script" not in html
+    assert "data:image/svg+xml;base64," in html and "<script" not in html
+    assert html.index('<section id="summary" class="card">') < html.index('<section id="accuracy">')
+    assert p.stdout.splitlines()[0].startswith("summary: snn2ann cnn, T = 4, digits (360 samples)")
     # the two simulators agree sample for sample
     with np.load(out / "eventsim.npz") as e, np.load(out / "lava.npz") as l:
         assert np.mean(e["predictions"] == l["predictions"]) >= 0.98

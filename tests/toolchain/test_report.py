@@ -67,8 +67,8 @@ def test_report_json_strict_with_required_keys(tmp_path):
     rep = make_report(tmp_path, graph(), trace(),
                       accuracy={"torch": 0.9, "eventsim": 0.875, "lava": None}, seed=7)
     data = strict_load(tmp_path / "report.json")
-    for key in ("schema_version", "accuracy", "synaptic_ops_per_sample", "spikes_per_sample",
-                "energy", "latency", "per_layer", "versions", "seed", "graph_sha256"):
+    for key in ("schema_version", "summary", "accuracy", "synaptic_ops_per_sample", "spikes_per_sample",
+                "energy", "latency", "per_layer", "layers", "versions", "seed", "graph_sha256"):
         assert key in data, key
     assert data["accuracy"] == {"torch": 0.9, "eventsim": 0.875, "lava": None}
     assert data["synaptic_ops_per_sample"] == 4.0 and data["spikes_per_sample"] == 2.5
@@ -88,8 +88,9 @@ def test_report_json_strict_with_required_keys(tmp_path):
     assert data["seed"] == 7 and re.fullmatch(r"[0-9a-f]{64}", data["graph_sha256"])
     assert data["versions"]["nir"] and data["versions"]["numpy"]
     assert rep["schema_version"] == data["schema_version"]
-    for png in ("firing_rates.png", "synaptic_ops.png", "spike_raster.png", "energy.png"):
-        assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for stem in ("firing_rates", "synaptic_ops", "spike_raster", "energy_chip", "energy_gpu_ann"):
+        assert (tmp_path / f"{stem}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert (tmp_path / f"{stem}.svg").read_bytes().lstrip().startswith(b"<?xml")
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 
 
@@ -122,7 +123,7 @@ def test_html_sections_and_escaping(tmp_path):
     assert EVIL not in text
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in text
     assert "<script" not in text.lower()
-    assert text.count("data:image/png;base64,") == 4  # firing, SOPs, energy, raster
+    assert text.count("data:image/svg+xml;base64,") == 5  # firing, SOPs, chip energy, GPU/ANN energy, raster
     # self-contained: no external resources
     assert not re.search(r'(src|href)="(?!data:|#)', text)
     assert "Davies" in text and "Horowitz" in text and "Merolla" in text

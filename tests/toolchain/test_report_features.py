@@ -7,6 +7,7 @@ import base64
 import json
 import subprocess
 import sys
+import xml.etree.ElementTree as ET
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from tests.toolchain.test_report import EVIL, graph, strict_load, trace
 REPO = Path(__file__).resolve().parents[2]
 ALLOWED_TAGS = {"html", "head", "meta", "title", "style", "body", "h1", "h2", "h3", "p", "nav", "a",
                 "section", "table", "thead", "tbody", "tr", "th", "td", "img", "ul", "li", "b",
-                "span", "div", "code"}
+                "span", "div", "code", "details", "summary", "ol"}
 TOML = '''name = "mychip"
 kind = "chip-style"
 [constants.synaptic_op]
@@ -80,7 +81,11 @@ def check_page(text: str, sections) -> Structure:
         assert not k.startswith("on"), (tag, k)
         if k == "href":
             assert v.startswith("#"), v
-        if k == "src":
+        if k == "src" and v.startswith("data:image/svg+xml;base64,"):  # figures: SVG that parses as XML
+            root = ET.fromstring(base64.b64decode(v.split(",", 1)[1]))
+            assert root.tag == "{http://www.w3.org/2000/svg}svg", root.tag
+            assert not list(root.iter("{http://www.w3.org/2000/svg}script"))
+        elif k == "src":
             assert v.startswith("data:image/png;base64,"), v[:40]
             assert base64.b64decode(v.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
     assert [k for k, _ in sections] == list(p.sections), list(p.sections)
@@ -101,10 +106,10 @@ def test_page_structure_and_escaping(tmp_path):
     full_report(tmp_path, EVIL)
     text = (tmp_path / "report.html").read_text()
     p = check_page(text, SECTIONS)
-    for key in ("firing", "sops", "energy", "raster", "sweep"):
-        assert p.sections[key]["images"] == 1, key
+    for key, n in (("layers", 2), ("energy", 2), ("raster", 1), ("sweep", 1)):
+        assert p.sections[key]["images"] == n, key
     assert EVIL in "".join(p.text)  # shown as text, never as markup
-    assert (tmp_path / "accuracy_vs_T.png").is_file() and (tmp_path / "energy.png").is_file()
+    assert (tmp_path / "accuracy_vs_T.png").is_file() and (tmp_path / "energy_chip.svg").is_file()
 
 
 def test_first_layer_rule_selectable_and_stated(tmp_path):
@@ -125,7 +130,7 @@ def test_measured_baseline_beside_modelled(tmp_path):
     assert "measured" in rep["measured"]["onnx"]["label"]
     text = (tmp_path / "report.html").read_text()
     lat = text[text.index('<section id="latency">'):text.index('<section id="raster">')]
-    assert "<b>measured</b>" in lat and "modelled" in lat and "2.5e-05" in lat
+    assert ">measured<" in lat and "modelled" in lat and ">25.00<" in lat and "(µs)" in lat
 
 
 def test_sweep_forms_and_rejections(tmp_path):
@@ -175,7 +180,7 @@ def test_cli_report_on_any_graph(tmp_path):
         assert isinstance(m["total_pj_per_sample"], float) and m["source"]
     assert data["latency"]["loihi"]["seconds_per_sample"] > 0
     assert data["first_layer"] == "once" and data["samples"] == 3 and data["accuracy"] == {}
-    for f in ("report.html", "firing_rates.png", "synaptic_ops.png", "energy.png"):
+    for f in ("report.html", "firing_rates.png", "synaptic_ops.svg", "energy_chip.svg", "layers.csv"):
         assert (out / f).is_file(), f
     # rejected inputs: one line, exit 3 (input) or 2 (usage), nothing written
     (tmp_path / "bad.toml").write_text(TOML.replace('source = "Doe 2030, Table 1"\n', ""))
