@@ -17,6 +17,8 @@ Run names: ``<config>-e<epochs>``. Configs (SNN2ANN T = 5, BPTT T = 8, the paper
 - ``snn2ann-ata-off``: no threshold adaptation (thresholds stay at their U[0, 1) draw);
 - ``snn2ann-ata-predrop``: ATA's noisy test on ReLU(z) before the ANN dropout (our reading
   before this study; the released code tests after the dropout);
+- ``snn2ann-annx``: the ANN branch fed the image x as the released code (ours: T x, so that
+  both branches agree at the first layer);
 - ``snn2ann-resu``: ReSU instead of STSU;
 - ``snn2ann-mdrop0`` / ``snn2ann-adrop0``: membrane dropout / ANN dropout off;
 - ``snn2ann-pen<L>``: ``--spike-penalty L`` (the spike-for-accuracy knob);
@@ -38,6 +40,7 @@ CONFIGS = {
     "snn2ann": {},
     "snn2ann-ata-off": {"extra": {"ata": False}},
     "snn2ann-ata-predrop": {"extra": {"ata_noisy": "before_dropout"}},
+    "snn2ann-annx": {"extra": {"ann_input": "image"}},
     "snn2ann-resu": {"smu": "resu"},
     "snn2ann-mdrop0": {"membrane_dropout": 0.0},
     "snn2ann-adrop0": {"ann_dropout": 0.0},

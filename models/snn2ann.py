@@ -35,14 +35,20 @@ Deviations and clarifications, named here as methods.md asks:
   at each of the T steps, so ``T * x`` is the input's "count", the same quantity every
   later layer receives (n). With it, the SNN's total current over T equals the ANN's
   BN_eval output exactly for every layer (checked in tests), which is what makes the
-  bias-spread-over-T rule consistent at the first layer too.
+  bias-spread-over-T rule consistent at the first layer too. The released code feeds the
+  ANN ``x`` (its first layer's SNN current over T is then T a W x + a (c - mu) + beta against
+  the ANN's a (W x + c - mu) + beta: the SNN's first layer is driven about T times harder
+  than its ANN counterpart, which makes noisy spikes there and lets ATA raise that layer's
+  thresholds); ``ann_input="image"`` reproduces that, for the study only (a checkpoint
+  trained so has no ANN equal to its SNN and is not meant for export).
 - Max-pool is taken on each step's current (SNN) and on the BN output (ANN), as the
   released code does; sum_t maxpool(I(t)) may exceed maxpool(sum_t I(t)), so the two
   branches agree exactly only for nets without max-pool (the equality tests use those).
 - Avg-pool is IF -> avgpool -> IF: the pooled spikes are the next IF's current, and on the
   ANN side the pooled counts pass through ReLU and the SMU like any other layer.
 - Residual block: the block's IF receives conv_b's current plus the shortcut's (identity:
-  the input spikes; projection: a 1x1 conv + BN folded like every other layer).
+  the input spikes; projection: a 1x1 conv + BN folded like every other layer). As the
+  released BasicBlock, the ANN dropout acts after conv_a only, not on the block's output.
 - The SNN branch runs layer by layer when its layers are small (each layer's conv/matmul
   once over T*B samples, then its IF scan over T, as eventsim and the BPTT baseline; one
   layer's T steps alive at a time, no autograd graph), else step by step through all layers
@@ -269,8 +275,11 @@ def neuron_units(spec, layers) -> list[tuple[str, nn.Module]]:
 class SNN2ANNNet(nn.Module):
     def __init__(self, spec: list[dict], input_shape, timesteps: int, smu: str = "stsu",
                  ann_dropout: float = 0.2, membrane_dropout: float = 0.5, ata: bool = True,
-                 ata_noisy: str = "after_dropout", spike_penalty: float = 0.0):
+                 ata_noisy: str = "after_dropout", spike_penalty: float = 0.0, ann_input: str = "count"):
         super().__init__()
+        if ann_input not in ("count", "image"):
+            raise ValueError(f"ann_input must be count or image, got {ann_input!r}")
+        self.ann_input = ann_input
         if ata_noisy not in ATA_NOISY:
             raise ValueError(f"ata_noisy must be one of {', '.join(ATA_NOISY)}, got {ata_noisy!r}")
         self.ata = bool(ata)
@@ -508,14 +517,14 @@ class SNN2ANNNet(nn.Module):
         receives each neuron layer's mapped activation h (with its autograd graph), for
         ``activity_penalty``."""
         T = self.timesteps
-        h = x * T
+        h = x * T if self.ann_input == "count" else x
         noisy = []
         smu = SMUS[self.smu]
         it = iter(counts) if counts is not None else None
 
-        def act(z):
+        def act(z, dropout: bool = True):
             # relu(dropout(z)) == relu(z) * mask (the mask is >= 0)
-            drop = self.ann_dropout and self.training
+            drop = dropout and self.ann_dropout and self.training
             if it is None:
                 r = F.relu(z)
                 h = r * keep_mask(r, self.ann_dropout) if drop else r
@@ -551,7 +560,7 @@ class SNN2ANNNet(nn.Module):
             elif typ == "resblock":
                 h1 = act(layer.a.ann(h))
                 z = layer.b.ann(h1) + (layer.shortcut.ann(h) if layer.shortcut is not None else h)
-                h = act(z)
+                h = act(z, dropout=False)  # the released BasicBlock: no dropout on the block's output
         raise AssertionError("unreachable: the spec ends with a classifier")
 
     def activity_penalty(self, activity: list, batch: int) -> torch.Tensor:

@@ -75,13 +75,15 @@ def _make_model(cfg, input_shape, num_classes):
     own = snn2ann_extra(cfg)
     return SNN2ANNNet(spec, input_shape, cfg.timesteps, smu=cfg.smu, ann_dropout=cfg.ann_dropout,
                       membrane_dropout=cfg.membrane_dropout, ata=own.get("ata", True),
-                      ata_noisy=own.get("ata_noisy", "after_dropout"), spike_penalty=own.get("spike_penalty", 0.0))
+                      ata_noisy=own.get("ata_noisy", "after_dropout"), spike_penalty=own.get("spike_penalty", 0.0),
+                      ann_input=own.get("ann_input", "count"))
 
 
 # SNN2ANN's settings in TrainConfig.extra: ``spike_penalty`` (--spike-penalty LAMBDA, the
 # spikes-for-accuracy knob, off by default); ``ata`` (False: no threshold adaptation) and
-# ``ata_noisy`` ("before_dropout") are ablations for benchmarks/snn2ann_study.py (Python only)
-SNN2ANN_EXTRA = ("spike_penalty", "ata", "ata_noisy")
+# ``ata_noisy`` ("before_dropout") and ``ann_input`` ("image": the ANN branch fed x, as the
+# released code, instead of T x) are ablations for benchmarks/snn2ann_study.py (Python only)
+SNN2ANN_EXTRA = ("spike_penalty", "ata", "ata_noisy", "ann_input")
 
 
 def snn2ann_extra(cfg) -> dict:
@@ -100,6 +102,8 @@ def snn2ann_extra(cfg) -> dict:
         own["spike_penalty"] = float(lam)
     if "ata_noisy" in own and own["ata_noisy"] not in ("after_dropout", "before_dropout"):
         raise InputError(f"ata_noisy must be after_dropout or before_dropout, got {own['ata_noisy']!r}")
+    if "ann_input" in own and own["ann_input"] not in ("count", "image"):
+        raise InputError(f"ann_input must be count or image, got {own['ann_input']!r}")
     return own
 
 

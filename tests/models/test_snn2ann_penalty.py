@@ -150,3 +150,22 @@ def test_study_run_names():
            "bptt-lif-e5": {"method": "bptt", "epochs": 5, "spikes_per_sample": 100.0, "snn_test_accuracy": 0.81}}
     s = summarize(res)["e5"]["snn2ann"]["bptt-lif"]
     assert s["spike_ratio"] == 0.5 and s["accuracy_diff_points"] == pytest.approx(-1.0)
+
+
+def test_resblock_output_has_no_ann_dropout():
+    """Released BasicBlock: dropout after conv_a (and the stem), none on the block's output. With
+    n > 0 everywhere, a dropped unit is noisy: conv1 and block.a see the dropout, block outputs not."""
+    shape = (2, 8, 8)
+    spec = [{"name": "conv1", "type": "conv", "out_channels": 4, "kernel_size": 3, "stride": 1, "padding": 1,
+             "bn": True, "neuron": True},
+            {"name": "block1", "type": "resblock", "out_channels": 4, "stride": 1, "neuron": True},
+            {"name": "flatten", "type": "flatten"},
+            {"name": "classifier", "type": "linear", "out_features": 5, "bn": False, "neuron": False}]
+    torch.manual_seed(0)
+    x = torch.rand(32, *shape)
+    nets = [SNN2ANNNet(spec, shape, 4, ann_dropout=0.5, ata_noisy=m) for m in ("after_dropout", "before_dropout")]
+    nets[1].load_state_dict(nets[0].state_dict())
+    counts = [torch.ones((32, *u.out_shape)) for _, u in nets[0].neuron_units()]  # conv1, block1.a, block1
+    rho_a, rho_b = ([float(r) for r in net.train().ann_forward(x, counts)[1]] for net in nets)
+    assert rho_a[0] > rho_b[0] + 0.1 and rho_a[1] > rho_b[1] + 0.1
+    assert rho_a[2] == rho_b[2]
