@@ -13,24 +13,42 @@ Classifier: ANN logits = FC(h_L / T) == SNN logits = FC(mean_t s_L(t)) in the fo
 pass under STSU. Loss on the ANN logits; reported accuracy is the SNN branch's.
 
 ATA (adaptive threshold adjustment), per layer and iteration after the ANN forward:
-noisy = (n > 0) & (ReLU(z) == 0); rho = mean(noisy); if rho > 0.1 the layer's
-thresholds rise by 0.01 (they never fall).
+noisy = (n > 0) & (r == 0) with r = ReLU(Dropout(z)) the ANN's activation as the released
+code tests it (module.py ``adjust_Vth`` on ``relu(dropout(bn(conv x)))``: a unit the ANN
+dropout zeroed where the SNN fired counts as noisy); rho = mean(noisy) over batch x neurons;
+if rho > 0.1 the layer's thresholds rise by 0.01 (the released EMA
+V <- 0.9 V + 0.1 (V + 0.1 [rho > 0.1]) is exactly that step; they never fall).
+``ata=False`` turns the adaptation off (the study's ablation); ``ata_noisy="before_dropout"``
+tests ReLU(z) before the dropout instead (our reading before the comparison with the
+released code; kept for the study, benchmarks/snn2ann_study.py).
+
+Spike penalty (``spike_penalty`` = lambda > 0, off by default; not in the paper): the loss
+gets lambda * (mean firing rate of the ANN branch's mapped activations) =
+lambda * sum_l sum h_l / (B * T * N), N the number of neurons. Under STSU h_l = n_l in
+the forward pass, so the term is the SNN's spikes per neuron per step; its gradient reaches
+z through the SMU's straight-through path (mask * 1[z > 0]) and pushes active units'
+pre-activations (through BN: mostly the BN shift) down, which lowers the folded SNN
+currents. See ``activity_penalty``.
 
 Deviations and clarifications, named here as methods.md asks:
 - The ANN branch is fed ``T * x``: under direct encoding the first layer sees the image
   at each of the T steps, so ``T * x`` is the input's "count", the same quantity every
   later layer receives (n). With it, the SNN's total current over T equals the ANN's
   BN_eval output exactly for every layer (checked in tests), which is what makes the
-  bias-spread-over-T rule consistent at the first layer too.
-- ATA's noisy test uses ReLU(z) before the ANN dropout: a unit zeroed by dropout is
-  not a noisy spike of the SNN.
+  bias-spread-over-T rule consistent at the first layer too. The released code feeds the
+  ANN ``x`` (its first layer's SNN current over T is then T a W x + a (c - mu) + beta against
+  the ANN's a (W x + c - mu) + beta: the SNN's first layer is driven about T times harder
+  than its ANN counterpart, which makes noisy spikes there and lets ATA raise that layer's
+  thresholds); ``ann_input="image"`` reproduces that, for the study only (a checkpoint
+  trained so has no ANN equal to its SNN and is not meant for export).
 - Max-pool is taken on each step's current (SNN) and on the BN output (ANN), as the
   released code does; sum_t maxpool(I(t)) may exceed maxpool(sum_t I(t)), so the two
   branches agree exactly only for nets without max-pool (the equality tests use those).
 - Avg-pool is IF -> avgpool -> IF: the pooled spikes are the next IF's current, and on the
   ANN side the pooled counts pass through ReLU and the SMU like any other layer.
 - Residual block: the block's IF receives conv_b's current plus the shortcut's (identity:
-  the input spikes; projection: a 1x1 conv + BN folded like every other layer).
+  the input spikes; projection: a 1x1 conv + BN folded like every other layer). As the
+  released BasicBlock, the ANN dropout acts after conv_a only, not on the block's output.
 - The SNN branch runs layer by layer when its layers are small (each layer's conv/matmul
   once over T*B samples, then its IF scan over T, as eventsim and the BPTT baseline; one
   layer's T steps alive at a time, no autograd graph), else step by step through all layers
@@ -54,6 +72,7 @@ from spikebridge.models.neurons import NeuronConfig
 BN_EPS = 1e-5
 ATA_RHO = 0.1
 ATA_STEP = 0.01
+ATA_NOISY = ("after_dropout", "before_dropout")
 # snn_forward runs layer by layer when T x batch x (largest neuron layer) is at most this many
 # elements, else step by step (identical results; only time and memory differ). Measured on one
 # core: digits cnn T=8 batch 128 (1M elements) layer by layer cut SNN2ANN's epoch CPU time from
@@ -256,8 +275,17 @@ def neuron_units(spec, layers) -> list[tuple[str, nn.Module]]:
 
 class SNN2ANNNet(nn.Module):
     def __init__(self, spec: list[dict], input_shape, timesteps: int, smu: str = "stsu",
-                 ann_dropout: float = 0.2, membrane_dropout: float = 0.5):
+                 ann_dropout: float = 0.2, membrane_dropout: float = 0.5, ata: bool = True,
+                 ata_noisy: str = "after_dropout", spike_penalty: float = 0.0, ann_input: str = "count"):
         super().__init__()
+        if ann_input not in ("count", "image"):
+            raise ValueError(f"ann_input must be count or image, got {ann_input!r}")
+        self.ann_input = ann_input
+        if ata_noisy not in ATA_NOISY:
+            raise ValueError(f"ata_noisy must be one of {', '.join(ATA_NOISY)}, got {ata_noisy!r}")
+        self.ata = bool(ata)
+        self.ata_noisy = ata_noisy
+        self.spike_penalty = float(spike_penalty)
         self.spec = [dict(s) for s in spec]
         self.input_shape = tuple(input_shape)
         self.timesteps = int(timesteps)
@@ -485,33 +513,47 @@ class SNN2ANNNet(nn.Module):
         return logits, count_list
 
     # ---- ANN branch -------------------------------------------------------------
-    def ann_forward(self, x: torch.Tensor, counts=None):
+    def ann_forward(self, x: torch.Tensor, counts=None, activity: list | None = None):
         """ANN branch. With ``counts`` (from snn_forward) the SMU maps ReLU outputs onto
         the SNN's counts; without, it is the plain ReLU ANN that shares the weights.
-        Returns (logits, per-layer noisy-spike fractions or [])."""
+        Returns (logits, per-layer noisy-spike fractions or []). ``activity``: a list that
+        receives each neuron layer's mapped activation h (with its autograd graph), for
+        ``activity_penalty``."""
         T = self.timesteps
         frames = time_major(x, self.input_shape, self.timesteps)
         # event frames: the ANN sees their sum over time, the total input the IF layer integrates
-        # (= T x the rate; for a static image, T x the image as before)
-        h = x * T if frames is None else frames.sum(0)
+        # (= T x the rate; for a static image, T x the image as before); ann_input "image" (an
+        # ablation, as the released code): the image itself, or the frames' mean
+        if frames is None:
+            h = x * T if self.ann_input == "count" else x
+        else:
+            h = frames.sum(0) if self.ann_input == "count" else frames.mean(0)
         noisy = []
         smu = SMUS[self.smu]
         it = iter(counts) if counts is not None else None
 
-        def act(z):
+        def act(z, dropout: bool = True):
             # relu(dropout(z)) == relu(z) * mask (the mask is >= 0)
-            drop = self.ann_dropout and self.training
+            drop = dropout and self.ann_dropout and self.training
             if it is None:
                 r = F.relu(z)
-                return r * keep_mask(r, self.ann_dropout) if drop else r
-            n = next(it)
-            with torch.no_grad():
-                gate = torch.gt(z, 0, out=torch.empty_like(z))  # dReLU/dz
-                # noisy spike: the SNN fired where the ANN's ReLU(z) is 0 (before dropout)
-                noisy.append(torch.gt(n, 0, out=torch.empty_like(z)).sub_(gate).clamp_(min=0).mean())
-                if drop:
-                    gate.mul_(keep_mask(gate, self.ann_dropout))
-            return smu.apply(z, n, gate)
+                h = r * keep_mask(r, self.ann_dropout) if drop else r
+            else:
+                n = next(it)
+                with torch.no_grad():
+                    gate = torch.gt(z, 0, out=torch.empty_like(z))  # dReLU/dz
+                    fired = torch.gt(n, 0, out=torch.empty_like(z))
+                    if self.ata_noisy == "before_dropout":
+                        noisy.append(fired.sub_(gate).clamp_(min=0).mean())
+                    if drop:
+                        gate.mul_(keep_mask(gate, self.ann_dropout))
+                    if self.ata_noisy == "after_dropout":
+                        # noisy spike: the SNN fired where the ANN's ReLU(Dropout(z)) is 0
+                        noisy.append(fired.sub_(torch.gt(gate, 0, out=torch.empty_like(z))).clamp_(min=0).mean())
+                h = smu.apply(z, n, gate)
+            if activity is not None:
+                activity.append(h)
+            return h
 
         for s in self.spec:
             typ = s["type"]
@@ -528,16 +570,25 @@ class SNN2ANNNet(nn.Module):
             elif typ == "resblock":
                 h1 = act(layer.a.ann(h))
                 z = layer.b.ann(h1) + (layer.shortcut.ann(h) if layer.shortcut is not None else h)
-                h = act(z)
+                h = act(z, dropout=False)  # the released BasicBlock: no dropout on the block's output
         raise AssertionError("unreachable: the spec ends with a classifier")
+
+    def activity_penalty(self, activity: list, batch: int) -> torch.Tensor:
+        """``spike_penalty`` x the mean firing rate of the mapped activations ``activity``
+        (from ``ann_forward``): lambda * sum_l sum h_l / (batch * T * neurons). Under STSU this
+        is the SNN's spikes per neuron per step (h = n in the forward pass)."""
+        neurons = sum(u.threshold.numel() for _, u in self.neuron_units())
+        total = torch.stack([h.sum() for h in activity]).sum()
+        return total * (self.spike_penalty / (batch * self.timesteps * neurons))
 
     @torch.no_grad()
     def adapt_thresholds(self, noisy_fractions) -> list[float]:
-        """ATA: raise a layer's thresholds by 0.01 when its noisy-spike fraction > 0.1."""
+        """ATA: raise a layer's thresholds by 0.01 when its noisy-spike fraction > 0.1
+        (nothing when ``ata`` is off). Returns the fractions."""
         out = []
         for (_, layer), rho in zip(self.neuron_units(), noisy_fractions):
             rho = float(rho)
-            if rho > ATA_RHO:
+            if self.ata and rho > ATA_RHO:
                 layer.threshold += ATA_STEP
             out.append(rho)
         return out

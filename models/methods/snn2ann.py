@@ -72,8 +72,39 @@ def _make_model(cfg, input_shape, num_classes):
                        tau=cfg.tau, v_threshold=cfg.v_threshold, encoding=cfg.encoding, seed=cfg.seed)
     if cfg.smu not in ("stsu", "resu"):
         raise InputError(f"unknown spiking mapping unit {cfg.smu!r}; use stsu or resu")
+    own = snn2ann_extra(cfg)
     return SNN2ANNNet(spec, input_shape, cfg.timesteps, smu=cfg.smu, ann_dropout=cfg.ann_dropout,
-                      membrane_dropout=cfg.membrane_dropout)
+                      membrane_dropout=cfg.membrane_dropout, ata=own.get("ata", True),
+                      ata_noisy=own.get("ata_noisy", "after_dropout"), spike_penalty=own.get("spike_penalty", 0.0),
+                      ann_input=own.get("ann_input", "count"))
+
+
+# SNN2ANN's settings in TrainConfig.extra: ``spike_penalty`` (--spike-penalty LAMBDA, the
+# spikes-for-accuracy knob, off by default); ``ata`` (False: no threshold adaptation) and
+# ``ata_noisy`` ("before_dropout") and ``ann_input`` ("image": the ANN branch fed x, as the
+# released code, instead of T x) are ablations for benchmarks/snn2ann_study.py (Python only)
+SNN2ANN_EXTRA = ("spike_penalty", "ata", "ata_noisy", "ann_input")
+
+
+def snn2ann_extra(cfg) -> dict:
+    """SNN2ANN's own settings from ``cfg.extra`` (only the ones given), checked: InputError
+    for a negative or non-finite --spike-penalty, or one given to --method bptt."""
+    extra = getattr(cfg, "extra", None) or {}
+    own = {k: extra[k] for k in SNN2ANN_EXTRA if k in extra and extra[k] is not None}
+    if cfg.method != "snn2ann":
+        if own.get("spike_penalty"):
+            raise InputError(f"--spike-penalty applies to --method snn2ann only (not {cfg.method})")
+        return {}
+    if "spike_penalty" in own:
+        lam = own["spike_penalty"]
+        if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not np.isfinite(lam) or lam < 0:
+            raise InputError(f"--spike-penalty must be a finite number >= 0, got {lam!r}")
+        own["spike_penalty"] = float(lam)
+    if "ata_noisy" in own and own["ata_noisy"] not in ("after_dropout", "before_dropout"):
+        raise InputError(f"ata_noisy must be after_dropout or before_dropout, got {own['ata_noisy']!r}")
+    if "ann_input" in own and own["ann_input"] not in ("count", "image"):
+        raise InputError(f"ann_input must be count or image, got {own['ann_input']!r}")
+    return own
 
 
 def neuron_meta(cfg) -> dict:
@@ -122,9 +153,13 @@ def train_step(model, opt, xb, yb) -> tuple[torch.Tensor, float | None]:
         opt.step()
         return loss.detach(), None
     _, counts = model.snn_forward(xb)
-    logits, noisy = model.ann_forward(xb, counts)
+    activity = [] if model.spike_penalty > 0 else None
+    logits, noisy = model.ann_forward(xb, counts, activity)
     del counts
     loss = F.cross_entropy(logits, yb)
+    if activity is not None:  # --spike-penalty: + lambda x the mapped firing rate
+        loss = loss + model.activity_penalty(activity, len(xb))
+        del activity
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
@@ -146,9 +181,13 @@ def dist_train_step(runner, model, opt, xb, yb, offset: int, global_batch: int):
             noisy_counts = None
         else:
             _, counts = model.snn_forward(xb)
-            logits, noisy = runner(lambda net: net.ann_forward(xb, counts))
+            activity = [] if model.spike_penalty > 0 else None
+            logits, noisy = runner(lambda net: net.ann_forward(xb, counts, activity))
             del counts
             loss = F.cross_entropy(logits, yb)
+            if activity is not None:  # per-sample mean over this rank's slice, as the cross-entropy
+                loss = loss + model.activity_penalty(activity, n_local)
+                del activity
     opt.zero_grad(set_to_none=True)
     D.sliced_loss(loss, n_local, global_batch).backward()
     opt.step()
@@ -167,7 +206,10 @@ def dist_train_step(runner, model, opt, xb, yb, offset: int, global_batch: int):
 def run_settings(cfg) -> dict:
     """The settings a --resume must share (JSON-normalised)."""
     keys = R.SAME + OWN_SETTINGS.get(cfg.method, ())
-    return json.loads(json.dumps({k: getattr(cfg, k, None) for k in keys}, default=str))
+    out = {k: getattr(cfg, k, None) for k in keys}
+    if cfg.method == "snn2ann":  # only when given: a state written before these existed still matches
+        out.update(snn2ann_extra(cfg))
+    return json.loads(json.dumps(out, default=str))
 
 
 def train(cfg, out_dir, progress: bool = True, resume: bool = False) -> dict:
@@ -176,6 +218,7 @@ def train(cfg, out_dir, progress: bool = True, resume: bool = False) -> dict:
     from spikebridge.models import distributed as D
 
     C.check_cfg(cfg, resume)
+    snn2ann_extra(cfg)  # --spike-penalty checked before anything is read or written
     out = Path(out_dir)
     device = pick_device(cfg.device)
     sp = out / "train_state.pt"
@@ -199,6 +242,8 @@ def train(cfg, out_dir, progress: bool = True, resume: bool = False) -> dict:
             "input_shape": list(info.input_shape), "num_classes": info.num_classes,
             "dataset": cfg.dataset, "layers": model.spec, "neuron": neuron_meta(cfg),
             **({"smu": cfg.smu} if cfg.method == "snn2ann" else {}),
+            **({"spike_penalty": model.spike_penalty}
+               if cfg.method == "snn2ann" and model.spike_penalty > 0 else {}),
             "seed": cfg.seed, "config": asdict(cfg),
             **({"events": C.event_record(cfg, info)} if info.events else {})}
     bar_factory = _bar_factory(progress)
