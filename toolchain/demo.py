@@ -186,6 +186,12 @@ def run_checkpoint(ckpt, out, *, dataset: str | None = None, split: str = "test"
     acc_e, pred_e = pipeline.accuracy_of(graph, tr_e, y)
     pipeline.save_trace_npz(out / "eventsim.npz", tr_e, {"accuracy": acc_e, "labels": y, "predictions": pred_e})
     accuracy["eventsim"] = acc_e
+    # NeuroBench metrics need the input (membrane updates, the AC/MAC test per layer input):
+    # computed here, where it is at hand, and read back by report_run_dir
+    from spikebridge.hardware.neurobench import report_entry
+    nb = report_entry(graph, tr_e, x=x_tb)
+    if nb is not None:
+        atomic_write_json(out / "neurobench.json", nb)
     _stage(f"    eventsim accuracy {acc_e:.4f}, {tr_e.per_sample('synaptic_ops'):.0f} synaptic ops/sample, "
            f"{tr_e.meta['samples_per_second']:.0f} samples/s")
 
@@ -331,6 +337,11 @@ def report_run_dir(run_dir, out=None, *, energy_models=None, first_layer: str = 
     if sweep is None and (d / "sweep.json").is_file():
         from spikebridge.toolchain.report import load_sweep
         sweep = load_sweep(d / "sweep.json")
+    neurobench = None
+    if (d / "neurobench.json").is_file():  # written with the run's input (run_checkpoint)
+        neurobench = read_json(d / "neurobench.json", 4 << 20, InputError, allow_nan=True)
+        if not isinstance(neurobench, dict):
+            raise InputError("neurobench.json must hold an object", file=str(d / "neurobench.json"))
     inputs = {"run": str(d), "dataset": run.get("dataset"), "split": run.get("split"),
               "backend of the counts": "eventsim"}
     out = Path(out) if out is not None else d
@@ -338,5 +349,6 @@ def report_run_dir(run_dir, out=None, *, energy_models=None, first_layer: str = 
                 versions=pipeline.versions(), extra=extra, measured=run.get("onnx"), sweep=sweep,
                 first_layer=first_layer, weight_bits=weight_bits, max_chips=max_chips, inputs=inputs,
                 not_run={str(k)[:40]: str(v)[:300] for k, v in not_run.items()}, model_info=model_info,
+                neurobench=neurobench,
                 **({"energy_models": energy_models} if energy_models is not None else {}))
     return out

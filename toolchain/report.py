@@ -268,7 +268,8 @@ def build_report(graph: nir.NIRGraph, trace: Trace | None = None, *,
                  measured: dict | None = None, sweep=None, weight_bits=None,
                  max_chips: int | None = None, inputs: dict | None = None,
                  backend_labels: dict[str, str] | None = None, not_run: dict[str, str] | None = None,
-                 model_info: dict | None = None, samples=None) -> dict:
+                 model_info: dict | None = None, samples=None,
+                 neurobench: dict | None = None) -> dict:
     """The report as a dict (nothing written).
 
     accuracy: backend name -> fraction in [0, 1] (None when a backend was not run).
@@ -282,7 +283,8 @@ def build_report(graph: nir.NIRGraph, trace: Trace | None = None, *,
     (``latency_seconds_per_sample``, ``throughput_samples_per_second``, ``accuracy``).
     sweep: accuracy vs T (see ``normalise_sweep``). weight_bits, max_chips: the mapping's
     (``spikebridge.hardware.latency.map_cores``). inputs: what was run (graph, data, backend...).
-    samples: the run's input (T, batch, ...), for the NeuroBench metrics' eventsim replay.
+    samples: the run's input (T, batch, ...), for the NeuroBench metrics' eventsim replay;
+    neurobench: those metrics already computed with the input (a run directory's neurobench.json).
     backend_labels: how to name each accuracy key on the page (default ``backend_label``);
     not_run: backend -> why it was not run. model_info: method, arch, dataset... (default: the
     graph's spikebridge metadata). The ``summary`` key (``build_summary``) is the headline.
@@ -332,7 +334,8 @@ def build_report(graph: nir.NIRGraph, trace: Trace | None = None, *,
         "latency": {},
         "per_layer": per_node,
         "layers": layer_rows(graph, per_node),
-        "neurobench": _neurobench.report_entry(graph, trace, x=samples, profile=(inputs or {}).get("profile")),
+        "neurobench": neurobench if neurobench is not None else
+        _neurobench.report_entry(graph, trace, x=samples, profile=(inputs or {}).get("profile")),
         "first_layer": first_layer,
         "first_layer_rule": FIRST_LAYER_TEXT[first_layer],
         "input_layer": _energy.input_layer_rule(graph, trace),  # binary input: synaptic ops; analog: MACs

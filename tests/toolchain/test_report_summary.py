@@ -227,6 +227,9 @@ def _check_checkpoint_report(out, ck, want_backends):
     assert data["accuracy_labels"]["onnx_ann"].startswith("shared-weight ANN branch (not trained as an ANN)")
     assert data["extra"]["checkpoint"] == str(ck)
     assert data["summary"]["energy"]["chip_models"]["loihi"]["uj_per_inference"] > 0
+    # the NeuroBench metrics were computed with the run's input (neurobench.json), not from counts alone
+    assert data["neurobench"]["membrane_updates"] is not None and data["neurobench"]["membrane_updates"] > 0
+    assert (out / "neurobench.json").is_file()
     for f in ("graph.nir", "model.onnx", "run.json", "eventsim.npz", "report.html", "layers.csv", "energy_chip.svg"):
         assert (out / f).is_file(), f
     b = Body()
