@@ -360,8 +360,10 @@ def _fmt(v) -> str:
     if v is None:
         return "n/a"
     if isinstance(v, float):
-        if v == 0 or (1e-3 <= abs(v) < 1e6):
-            return f"{v:,.4g}" if abs(v) < 1 else f"{v:,.1f}".rstrip("0").rstrip(".")
+        if 0 < abs(v) < 1:  # sparsities: enough digits that 0.99998 is not shown as 1
+            return f"{v:.6g}"
+        if v == 0 or (1e-3 <= abs(v) < 1e12):
+            return f"{v:,.1f}".rstrip("0").rstrip(".")
         return f"{v:.4g}"
     return f"{v:,}" if isinstance(v, int) else html.escape(str(v))
 

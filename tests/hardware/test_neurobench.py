@@ -104,6 +104,8 @@ def test_render_section_escapes_and_names():
                  "Effective ACs", "Dense", "Membrane updates", "Neuron operations"):
         assert name in page
     assert "No NeuroBench" in render_section(None)
+    from spikebridge.hardware.neurobench import _fmt
+    assert _fmt(0.999981) == "0.999981" and _fmt(1.511e7) == "15,110,000"  # a sparsity below 1 never shows as 1
 
 
 # ------------------------------------------------------------------- NeuroBench itself
