@@ -541,6 +541,31 @@ def _param_problems(name: str, node) -> list[str]:
     return out
 
 
+
+def back_edges(roots, succs) -> list[tuple[str, str]]:
+    """The edges that close a cycle, in the order found: a depth-first search from each of
+    ``roots`` in turn (``succs``: node -> its successors) marks an edge to a node still on
+    the stack as a back edge, i.e. one that carries the previous step's value."""
+    back: list[tuple[str, str]] = []
+    state: dict[str, int] = {}
+    for r in roots:
+        if r in state:
+            continue
+        stack = [(r, iter(succs[r]))]
+        state[r] = 1
+        while stack:
+            n, it = stack[-1]
+            nxt = next(it, None)
+            if nxt is None:
+                state[n] = 2
+                stack.pop()
+            elif state.get(nxt) == 1:
+                back.append((n, nxt))
+            elif nxt not in state:
+                state[nxt] = 1
+                stack.append((nxt, iter(succs[nxt])))
+    return back
+
 def analyse(graph: nir.NIRGraph, file: str | None = None) -> GraphInfo:
     """Structure and shapes of a graph; raises one GraphError (or UnsupportedError when
     every problem is an unsupported feature) listing every problem found."""
@@ -584,25 +609,7 @@ def analyse(graph: nir.NIRGraph, file: str | None = None) -> GraphInfo:
             errors.append(f"node {n!r} has no incoming edge and is not an Input")
 
     # DFS from inputs (then any leftover node) to find back edges.
-    back: list[tuple[str, str]] = []
-    state: dict[str, int] = {}
-    roots = inputs + sorted(n for n in nodes if n not in inputs)
-    for r in roots:
-        if r in state:
-            continue
-        stack = [(r, iter(succs[r]))]
-        state[r] = 1
-        while stack:
-            n, it = stack[-1]
-            nxt = next(it, None)
-            if nxt is None:
-                state[n] = 2
-                stack.pop()
-            elif state.get(nxt) == 1:
-                back.append((n, nxt))
-            elif nxt not in state:
-                state[nxt] = 1
-                stack.append((nxt, iter(succs[nxt])))
+    back = back_edges(inputs + sorted(n for n in nodes if n not in inputs), succs)
     backset = set(back)
     # Kahn on the forward edges, stable in insertion order.
     indeg = {n: sum(1 for p in preds[n] if (p, n) not in backset) for n in nodes}

@@ -575,26 +575,10 @@ class Plan:
 def _back_edges(names, succs) -> set[tuple[str, str]]:
     """Edges that close a cycle (to a node on the depth-first stack), visiting nodes in file
     order from the nodes without inputs: a back edge carries the previous step's value."""
-    state: dict[str, int] = {}
-    back: set[tuple[str, str]] = set()
+    from spikebridge.hardware.graph import back_edges
+
     roots = [n for n in names if not any(n in succs[m] for m in names)] + list(names)
-    for r in roots:
-        if r in state:
-            continue
-        stack = [(r, iter(succs[r]))]
-        state[r] = 1
-        while stack:
-            n, it = stack[-1]
-            nxt = next(it, None)
-            if nxt is None:
-                state[n] = 2
-                stack.pop()
-            elif state.get(nxt) == 1:
-                back.add((n, nxt))
-            elif nxt not in state:
-                state[nxt] = 1
-                stack.append((nxt, iter(succs[nxt])))
-    return back
+    return set(back_edges(roots, succs))
 
 
 def _topo(names, preds, succs, problems, back=frozenset()) -> list[str]:
