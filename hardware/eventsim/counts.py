@@ -269,10 +269,13 @@ def _count_weighted(graph, info: GraphInfo, n: str, x: np.ndarray, macs: np.ndar
     mask = np.zeros(T, dtype=np.int64)
     weighted = np.zeros(T, dtype=np.int64)
     for src in _input_sources(info, x, n):
-        for t in range(T):  # step by step: bounded temporaries
-            v = np.asarray(src[t]).reshape(src.shape[1], -1)
-            mask[t] += int(((v != 0).sum(axis=0, dtype=np.int64)) @ f)
-            weighted[t] += int(v.astype(np.int64).sum(axis=0, dtype=np.int64) @ f)
+        B = src.shape[1]
+        chunk = max(1, (1 << 22) // max(1, f.size))  # samples per pass: bounded temporaries
+        for t in range(T):
+            for i in range(0, B, chunk):
+                v = np.asarray(src[t, i:i + chunk]).reshape(min(chunk, B - i), -1)
+                mask[t] += int(np.count_nonzero(v, axis=0).astype(np.int64) @ f)
+                weighted[t] += int(v.sum(axis=0, dtype=np.int64) @ f)
     macs = np.asarray(macs, dtype=np.int64)
     for s in range(T + 1):
         if np.array_equal(_shift(mask, s), macs):
