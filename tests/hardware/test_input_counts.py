@@ -138,6 +138,16 @@ def test_counts_aligned_with_synaptic_delay(profile):
     assert tr.meta["input_layer"]["input"] == "counts" and tr.total("macs") == 0
 
 
+@pytest.mark.parametrize("name,make,hand,shape,layer", CASES, ids=[c[0] for c in CASES])
+def test_counts_on_loihi_fixed(name, make, hand, shape, layer):
+    """The Loihi plan's counts (another graph reading, no synaptic delay in the aligned counts)."""
+    x = RNG.integers(0, 4, shape).astype(np.uint8)
+    x.flat[0] = 3
+    tr = run_graph(make(), x, "loihi-fixed")
+    assert tr.meta["input_layer"]["input"] == "counts" and tr.total("macs") == 0
+    np.testing.assert_array_equal(tr.counts[layer]["synaptic_ops"], hand(x))
+
+
 def test_analog_and_binary_unchanged():
     g = dense_graph()
     xa = RNG.integers(0, 4, (3, 2, 6)).astype(np.float64) + 0.5  # non-integral: analog
