@@ -300,7 +300,8 @@ def run_graph(graph, x_tb: np.ndarray, backend: str | Backend = "eventsim", opti
     memory above --max-memory raises ResourceError before anything runs. ``workers`` > 1 or
     ``cluster`` shard the batches (hardware.shard; identical results). ``trace.meta`` gets
     wall_seconds, samples_per_second and input_layer (the costing rule applied to the input
-    layer, decided on the whole input: binary -> synaptic ops, analog -> MACs; eventsim.counts).
+    layer, decided on the whole input: binary -> synaptic ops, counts (non-negative integers, some
+    2 or more) -> synaptic ops weighted by the values, analog -> MACs; eventsim.counts).
     """
     if isinstance(graph, Prepared):
         if options is not None or backend not in ("eventsim", graph.backend, graph.backend.name):
@@ -326,8 +327,8 @@ def run_graph(graph, x_tb: np.ndarray, backend: str | Backend = "eventsim", opti
     else:
         trace = prep.backend.run(prep.graph, prep.info, x_tb, o, progress)
     wall = time.perf_counter() - t0
-    from spikebridge.hardware.eventsim.counts import apply_input_rule, is_binary  # the input-layer costing rule
-    trace.meta["input_layer"] = apply_input_rule(prep.info, trace.counts, is_binary(x_tb))
+    from spikebridge.hardware.eventsim.counts import apply_input_rule, input_kind  # the input-layer costing rule
+    trace.meta["input_layer"] = apply_input_rule(prep.info, trace.counts, input_kind(x_tb), x_tb, prep.graph)
     trace.meta["wall_seconds"] = wall
     trace.meta["samples_per_second"] = x_tb.shape[1] / max(wall, 1e-9)
     trace.meta["registered_backend"] = prep.backend.name

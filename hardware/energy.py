@@ -12,9 +12,12 @@ Two kinds of model, kept apart and labelled by ``EnergyModel.kind``:
     layer once and reuse it). The result names the rule used.
 
 The input layer: a binary input (bool, or only 0/1 values: rate/latency/delta encodings,
-event frames) is spike events, so its events are synaptic operations (E_AC here); an analog
-input's are MACs (E_MAC), to which ``first_layer`` applies. This is how SpikingJelly's op
-counter and NeuroBench count. The counts carry the rule (``backends.run_graph`` applies it,
+binary event frames) is spike events, so its events are synaptic operations (E_AC here); a
+counts input (non-negative integers, some 2 or more: event frames with several events per
+pixel and bin) is that many spike events, so a value k through a nonzero weight is k synaptic
+operations (E_AC each, what k binary events cost); an analog input's are MACs (E_MAC), to which
+``first_layer`` applies. Binary and analog are costed as SpikingJelly's op counter and
+NeuroBench count; for counts NeuroBench's Effective ACs/MACs differ (hardware/neurobench.py). The counts carry the rule (``backends.run_graph`` applies it,
 hardware/eventsim/counts.py); ``input_layer_rule`` states it and every estimate records it.
 
 ``chip-style`` (a neuromorphic chip's own per-operation costs, e.g. ``loihi``)
@@ -427,12 +430,14 @@ def active_neuron_updates(trace: Trace, graph: nir.NIRGraph, node: str, info=Non
 
 
 def input_layer_rule(graph: nir.NIRGraph, trace: Trace | None) -> dict | None:
-    """How the input layer of ``trace`` was costed: ``{"input": "binary"|"analog", "rule": text,
-    "nodes": [...]}``. A binary input (bool, or only 0/1 values) is counted as synaptic
-    operations (accumulates: E_AC in gpu-style models), an analog one as MACs (E_MAC); see
+    """How the input layer of ``trace`` was costed: ``{"input": "binary"|"counts"|"analog", "rule":
+    text, "nodes": [...]}``. A binary input (bool, or only 0/1 values) is counted as synaptic
+    operations (accumulates: E_AC in gpu-style models), a counts input (non-negative integers,
+    some 2 or more) as value-weighted synaptic operations, an analog one as MACs (E_MAC); see
     hardware/eventsim/counts.py ``apply_input_rule``. From ``trace.meta["input_layer"]`` (set by
     ``backends.run_graph``); a trace without it (read back from a file) is told from its
-    counts: MACs in the input-layer nodes mean the analog rule was applied."""
+    counts: MACs in the input-layer nodes mean the analog rule was applied; synaptic ops alone
+    are reported as binary, with a ``note`` that a counts input looks the same in the counts."""
     from spikebridge.hardware.eventsim.counts import INPUT_LAYER_RULES, input_layer_nodes
 
     if trace is None:
@@ -447,7 +452,10 @@ def input_layer_rule(graph: nir.NIRGraph, trace: Trace | None) -> dict | None:
     macs = sum(float(_series(trace, n, "macs").sum()) for n in nodes)
     sops = sum(float(_series(trace, n, "synaptic_ops").sum()) for n in nodes)
     kind = "binary" if sops > 0 and macs == 0 else "analog"
-    return {"input": kind, "rule": INPUT_LAYER_RULES[kind], "nodes": nodes, "told_from": "counts"}
+    rec = {"input": kind, "rule": INPUT_LAYER_RULES[kind], "nodes": nodes, "told_from": "counts"}
+    if kind == "binary":
+        rec["note"] = "synaptic operations only: a binary or a counts input (the counts alone cannot tell which)"
+    return rec
 
 
 def estimate(trace: Trace, graph: nir.NIRGraph, model_name: str | EnergyModel,

@@ -23,10 +23,13 @@ Per node, per step, summed over the batch (int64 arrays of shape (T,)):
 Every node gets all four kinds.
 
 The input layer: ``count_ops`` counts the Input's events as MACs. ``apply_input_rule`` then
-applies the costing rule decided on the whole input: a binary input (bool, or only 0/1
-values: rate, latency, delta encodings, event frames) is spike events, so the input layer's
-MACs become synaptic operations (accumulates), as SpikingJelly's op counter and NeuroBench
-count; an analog input stays MACs. ``backends.run_graph`` applies it and records the rule in
+applies the costing rule decided on the whole input (``input_kind``): a binary input (bool, or
+only 0/1 values: rate, latency, delta encodings, binary event frames) is spike events, so the
+input layer's MACs become synaptic operations (accumulates), as SpikingJelly's op counter and
+NeuroBench count; a counts input (non-negative integers, some 2 or more: event frames with
+several events per pixel and bin) is that many spike events, so its synaptic operations are
+weighted by the values (value x nonzero fan-out: a count of 2 costs two binary events); an
+analog input stays MACs. ``backends.run_graph`` applies it and records the rule in
 ``Trace.meta["input_layer"]``.
 """
 from __future__ import annotations
@@ -34,6 +37,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
+
+from spikebridge.base.errors import BackendError
 
 from ..graph import (NEURON_TYPES, SPIKING_TYPES, SYNAPSE_TYPES, GraphInfo, conv_geometry)
 from ..trace import COUNT_KINDS
@@ -164,8 +169,22 @@ INPUT_LAYER_RULES = {
     "binary": "binary input (bool, or numeric with only 0/1 values): each nonzero input through a nonzero "
               "weight is one synaptic operation (an accumulate, E_AC-type), as SpikingJelly's op counter and "
               "NeuroBench's synaptic-operation metric count binary layer inputs",
+    "counts": "event-count input (non-negative integers, some 2 or more: event frames): a value k is k spike "
+              "events, so each input counts k synaptic operations per nonzero weight it reaches (an "
+              "accumulate, E_AC-type; a count of 2 costs what two binary events cost)",
     "analog": "analog input: each nonzero input value through a nonzero weight is one MAC (E_MAC-type)",
 }
+
+
+def _slices(x):
+    """The array in first-axis slices (bounded temporaries); a broadcast over the first axis
+    (direct encoding) is one slice."""
+    a = np.asarray(x)
+    if a.ndim == 0:
+        return [a]
+    if a.strides[0] == 0:
+        a = a[:1]
+    return a
 
 
 def is_binary(x) -> bool:
@@ -176,11 +195,25 @@ def is_binary(x) -> bool:
         return True
     if a.dtype.kind not in "biuf":
         return False
-    if a.ndim == 0:
-        return bool(a == 0 or a == 1)
-    if a.strides[0] == 0:  # a broadcast over the first axis (direct encoding): one slice says it all
-        a = a[:1]
-    return all(bool(np.all((s == 0) | (s == 1))) for s in a)  # slice by slice: bounded temporaries
+    return all(bool(np.all((s == 0) | (s == 1))) for s in _slices(a))
+
+
+def is_counts(x) -> bool:
+    """True for an array of non-negative integers (integer dtype, or float with integral values)
+    that is not binary (some value is 2 or more): event counts. Exact, no tolerance."""
+    a = np.asarray(x)
+    if a.dtype == np.bool_ or a.dtype.kind not in "iuf" or is_binary(a):
+        return False
+    if a.dtype.kind == "u":
+        return True
+    if a.dtype.kind == "i":
+        return all(bool(np.all(s >= 0)) for s in _slices(a))
+    return all(bool(np.all((s >= 0) & np.isfinite(s) & (s == np.floor(s)))) for s in _slices(a))
+
+
+def input_kind(x) -> str:
+    """The input-layer rule's kind of a whole input: "binary", "counts" or "analog"."""
+    return "binary" if is_binary(x) else "counts" if is_counts(x) else "analog"
 
 
 def _input_derived(info: GraphInfo, name: str) -> bool:
@@ -206,19 +239,80 @@ def input_layer_nodes(info: GraphInfo) -> list[str]:
     return out
 
 
-def apply_input_rule(info: GraphInfo, counts: dict, binary: bool) -> dict:
+def _shift(a: np.ndarray, s: int) -> np.ndarray:
+    out = np.zeros_like(a)
+    if s < a.shape[0]:
+        out[s:] = a[:a.shape[0] - s]
+    return out
+
+
+def _input_sources(info: GraphInfo, x: np.ndarray, n: str) -> list[np.ndarray]:
+    """What node ``n``'s input-derived predecessors emit, from the input ``x`` (T, B, *shape):
+    the Input itself, a Flatten of it (the same values in C order). A Delay's output is the input
+    moved in time, which the step alignment in ``_count_weighted`` absorbs."""
+    out = []
+    for p in info.preds[n]:
+        if info.is_spiking(p):
+            continue
+        out.append(x)
+    return out
+
+
+def _count_weighted(graph, info: GraphInfo, n: str, x: np.ndarray, macs: np.ndarray) -> np.ndarray:
+    """Node ``n``'s input-layer synaptic ops under the counts rule, per step (int64 (T,)): the sum
+    over inputs of value x nonzero fan-out (``fanout``, exact at borders and strides), summed over
+    the batch. Aligned in time with the backend's MACs of the same node (which count the same
+    inputs as a nonzero mask, delivered after the backend's synaptic delay): the delay is the
+    shift that maps the mask count onto ``macs`` exactly (the first nonzero step fixes it)."""
+    f = fanout(graph.nodes[n], info.in_shapes[n]).reshape(-1)
+    T = x.shape[0]
+    mask = np.zeros(T, dtype=np.int64)
+    weighted = np.zeros(T, dtype=np.int64)
+    for src in _input_sources(info, x, n):
+        B = src.shape[1]
+        chunk = max(1, (1 << 22) // max(1, f.size))  # samples per pass: bounded temporaries
+        for t in range(T):
+            for i in range(0, B, chunk):
+                v = np.asarray(src[t, i:i + chunk]).reshape(min(chunk, B - i), -1)
+                mask[t] += int(np.count_nonzero(v, axis=0).astype(np.int64) @ f)
+                weighted[t] += int(v.sum(axis=0, dtype=np.int64) @ f)
+    macs = np.asarray(macs, dtype=np.int64)
+    for s in range(T + 1):
+        if np.array_equal(_shift(mask, s), macs):
+            return _shift(weighted, s)
+    raise BackendError(f"node {n!r}: the input layer's counts do not match the input (a Delay with "
+                       "per-element delays on the input?); the counts rule cannot be applied",
+                       file=info.file)
+
+
+def apply_input_rule(info: GraphInfo, counts: dict, kind, x=None, graph=None) -> dict:
     """The input-layer rule on counts made by ``count_ops`` (which counts every non-spike
-    event as a MAC): with a ``binary`` input, the MACs of ``input_layer_nodes`` become
-    synaptic operations (in place). Returns the rule record for Trace.meta['input_layer']:
-    {"input": "binary"|"analog", "rule": text, "nodes": [...]}. Decided once per run on the
-    whole input (``backends.run_graph``), so every batch and shard follows the same rule."""
+    event as a MAC), in place, for ``kind`` (``input_kind`` of the whole input; True/False mean
+    binary/analog):
+
+    - "binary": the MACs of ``input_layer_nodes`` become synaptic operations;
+    - "counts": they become synaptic operations weighted by the input values (a value k through
+      a nonzero weight is k accumulates, exactly what k binary events cost); needs the input
+      ``x`` (T, B, *shape) and the ``graph``;
+    - "analog": they stay MACs.
+
+    Returns the rule record for Trace.meta['input_layer']: {"input": kind, "rule": text,
+    "nodes": [...]}. Decided once per run on the whole input (``backends.run_graph``), so every
+    batch and shard follows the same rule."""
+    if kind is True or kind is False:
+        kind = "binary" if kind else "analog"
+    if kind not in INPUT_LAYER_RULES:
+        raise ValueError(f"input kind {kind!r} is not one of {sorted(INPUT_LAYER_RULES)}")
     nodes = input_layer_nodes(info)
-    if binary:
+    if kind != "analog":
+        if kind == "counts" and (x is None or graph is None):
+            raise ValueError("the counts rule needs the input x and the graph")
         for n in nodes:
             c = counts.get(n)
             if c is None:
                 continue
-            c["synaptic_ops"] = np.asarray(c["synaptic_ops"]) + np.asarray(c["macs"])
-            c["macs"] = np.zeros_like(np.asarray(c["macs"]))
-    kind = "binary" if binary else "analog"
+            macs = np.asarray(c["macs"])
+            add = macs if kind == "binary" else _count_weighted(graph, info, n, np.asarray(x), macs)
+            c["synaptic_ops"] = np.asarray(c["synaptic_ops"]) + add
+            c["macs"] = np.zeros_like(macs)
     return {"input": kind, "rule": INPUT_LAYER_RULES[kind], "nodes": nodes}

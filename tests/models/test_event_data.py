@@ -2,6 +2,7 @@
 own format (models/event_synth.py), hand-counted frames, labels, cache, and refusals."""
 from __future__ import annotations
 
+import json
 import struct
 
 import h5py
@@ -338,14 +339,20 @@ def test_nmnist_cli_train_export_simulate_report(nmnist_run):
 @pytest.mark.lava
 def test_nmnist_cli_simulate_on_lava(nmnist_run):
     base, run, _ = nmnist_run
-    outs = {}
+    outs, first = {}, {}
     for backend in ("eventsim", "lava"):
         code, out, err = cli("simulate", run / "graph.nir", "--dataset", "nmnist", "--data-dir", base / "nmnist",
                              "--limit", 4, "--backend", backend, "--out", run / f"{backend}.npz", env_dir=base)
         assert code == 0, err
+        rule = json.loads(out)["input_layer"]
+        assert rule["input"] == "counts", rule  # the generated frames have pixels with 2+ events
         with np.load(run / f"{backend}.npz", allow_pickle=False) as z:
             outs[backend] = z["predictions"]
+            first[backend] = {n: (z[f"counts/{n}/synaptic_ops"], z[f"counts/{n}/macs"]) for n in rule["nodes"]}
     assert (outs["eventsim"] == outs["lava"]).sum() >= 3  # Lava float vs eventsim float64: ties may flip one
+    for n, (sops, macs) in first["eventsim"].items():  # the input layer's count-weighted ops: the same events
+        np.testing.assert_array_equal(first["lava"][n][0], sops)
+        assert macs.sum() == 0 and sops.sum() > 0
 
 
 @pytest.mark.slow
