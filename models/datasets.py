@@ -45,7 +45,7 @@ from pathlib import Path
 import numpy as np
 
 from spikebridge.base.errors import DatasetError
-from spikebridge.base.fileio import atomic_path, atomic_write_bytes
+from spikebridge.base.fileio import atomic_save_npy, atomic_write_bytes
 
 
 @dataclass(frozen=True)
@@ -308,12 +308,8 @@ def load_tiny_imagenet(split: str, path: Path | None = None):
         y = np.load(cache_y, allow_pickle=False)
         return x.astype(np.float32) / 255.0, y.astype(np.int64)
     x, y = _decode_tiny(path, split)
-    with atomic_path(cache_x) as tmp:
-        with open(tmp, "wb") as f:
-            np.save(f, x, allow_pickle=False)
-    with atomic_path(cache_y) as tmp:
-        with open(tmp, "wb") as f:
-            np.save(f, y, allow_pickle=False)
+    atomic_save_npy(cache_x, x)
+    atomic_save_npy(cache_y, y)
     atomic_write_bytes(stamp, sha.encode())
     return x.astype(np.float32) / 255.0, y
 

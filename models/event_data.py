@@ -58,7 +58,7 @@ from pathlib import Path
 import numpy as np
 
 from spikebridge.base.errors import DatasetError, ResourceError
-from spikebridge.base.fileio import atomic_path, load_npy, read_regular_bytes, regular_file
+from spikebridge.base.fileio import atomic_save_npy, load_npy, read_regular_bytes, regular_file
 
 FORMAT_VERSION = 1
 
@@ -485,12 +485,8 @@ def load_event_dataset(name: str, split: str, transform: EventTransform, data_di
         if x.ndim == 1 + len(shape) and tuple(x.shape[1:]) == shape and y.shape == (len(x),):
             return (x[:limit], y[:limit]) if limit else (x, y)
     x, y = _bin_split(name, root, split, files, tf)
-    with atomic_path(cx) as tmp:
-        with open(tmp, "wb") as fh:
-            np.save(fh, x, allow_pickle=False)
-    with atomic_path(cy) as tmp:
-        with open(tmp, "wb") as fh:
-            np.save(fh, y, allow_pickle=False)
+    atomic_save_npy(cx, x)
+    atomic_save_npy(cy, y)
     return (x[:limit], y[:limit]) if limit else (x, y)
 
 
