@@ -310,3 +310,19 @@ def test_a_dataset_of_frames_passes_through_unencoded(files, capsys, monkeypatch
     assert summary["input_layer"]["input"] == "binary"
     code, _, err = _sim(capsys, files["graph"], "--dataset", "events", "--encoding", "rate", "--out", d / "f.npz")
     assert code == 3 and "already a sequence of frames" in err
+
+
+def test_events_trained_graph_refuses_static_samples_without_encoding():
+    """A graph trained on event frames records encoding=events: static samples are refused in
+    one line (give frames or the event dataset), unless --encoding says how to make spikes."""
+    import warnings
+
+    from spikebridge.base.errors import InputError
+    from spikebridge.toolchain.pipeline import choose_encoding
+
+    with pytest.raises(InputError, match="event frames"):
+        choose_encoding("events", None, "g.nir")
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        assert choose_encoding("events", "rate", "g.nir") == ("rate", "command line")
+    assert any("trained with events" in str(x.message) for x in w)
