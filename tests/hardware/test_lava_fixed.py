@@ -38,6 +38,17 @@ B = 2  # samples per graph (two windows: the reset between them is exercised)
 # ----------------------------------------------------------------------------- random graphs
 
 
+def assert_same_run(a, b):
+    """Two traces of one graph identical, for every output, spike record and final state of
+    ``a`` (the reference engine or Lava is ``b``)."""
+    for o in a.outputs:
+        np.testing.assert_array_equal(a.outputs[o], b.outputs[o], err_msg=o)
+    for n in a.spikes:
+        np.testing.assert_array_equal(a.spikes[n], b.spikes[n], err_msg=n)
+    for k in a.meta["final_state"]:
+        np.testing.assert_array_equal(a.meta["final_state"][k], b.meta["final_state"][k], err_msg=k)
+
+
 def _neuron(rng, shape, kind):
     th = rng.uniform(0.2, 2.0, size=shape)
     md = {}
@@ -360,12 +371,7 @@ def test_run_lava_fixed_equals_loihi_fixed_profile():
         D = depth + ("readout" in g.nodes)
         a = fixed_trace(g, x, timesteps=T, window=T + D, record_state=True)
         b = run_lava(g, x, precision="fixed", timesteps=T, window=T + D, record_state=True)
-        for n in a.spikes:
-            np.testing.assert_array_equal(a.spikes[n], b.spikes[n])
-        for o in a.outputs:
-            np.testing.assert_array_equal(a.outputs[o], b.outputs[o])
-        for k in a.meta["final_state"]:
-            np.testing.assert_array_equal(a.meta["final_state"][k], b.meta["final_state"][k])
+        assert_same_run(a, b)
         assert b.meta["select_tag"] == "fixed_pt" and "fixed_point" in b.meta
 
 

@@ -22,6 +22,7 @@ from spikebridge.hardware.loihi import fixed_trace
 from spikebridge.hardware.loihi.plan import lower, read_as
 from spikebridge.toolchain.cli import main
 from tests.conformance.cases import PEERS, peer_profile
+from tests.hardware.test_lava_fixed import assert_same_run
 
 
 def _case(c):
@@ -90,12 +91,7 @@ def test_recurrent_integer_model_fast_equals_reference():
         assert plan.meta["window"] > x.shape[0]  # idle steps: no spike into the next sample
         a = fixed_trace(g, x, allow_reset_to_zero=True, record_state=True)
         b = fixed_trace(g, x, allow_reset_to_zero=True, record_state=True, engine="reference")
-        for k in a.outputs:
-            np.testing.assert_array_equal(a.outputs[k], b.outputs[k])
-        for k in a.spikes:
-            np.testing.assert_array_equal(a.spikes[k], b.spikes[k])
-        for k in a.meta["final_state"]:
-            np.testing.assert_array_equal(a.meta["final_state"][k], b.meta["final_state"][k])
+        assert_same_run(a, b)
 
 
 def test_recurrent_bias_is_present_from_the_first_step():
