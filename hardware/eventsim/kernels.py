@@ -19,6 +19,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from spikebridge.base.errors import UnsupportedError
+from .. import jit
 from ..graph import GraphInfo, conv_geometry, neuron_semantics
 from .profiles import Profile
 
@@ -139,10 +140,20 @@ def events_csr(x2: np.ndarray, mask: np.ndarray | None = None, dtype=np.float64)
 def event_matmul(x: np.ndarray, wt: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
     """``x @ wt`` event by event: every nonzero x[r, k] adds x[r, k] * wt[k] to output row
     r, in input order (see above), so the cost is events x fan-out, not x.size. The
-    events' loop is scipy.sparse's compiled CSR x dense product, in wt's dtype (float64,
-    or float32 under precision 'float32')."""
-    y = events_csr(x, mask, wt.dtype) @ wt
-    return np.asarray(y, dtype=wt.dtype)
+    events' loop is compiled (hardware/jit.py; scipy.sparse's CSR x dense product when
+    numba is off: the same sums), in wt's dtype (float64, or float32 under precision
+    'float32')."""
+    k = jit.kernels()
+    if k is None:
+        y = events_csr(x, mask, wt.dtype) @ wt
+        return np.asarray(y, dtype=wt.dtype)
+    # the compiled loop (hardware/jit.py): the same sums in the same order, read from x
+    y = np.zeros((x.shape[0], wt.shape[1]), dtype=wt.dtype)
+    if x.dtype == np.bool_:
+        k.mask_add(x, wt, y)
+    else:
+        k.value_add(as_dtype(x, wt.dtype), wt, y)
+    return y
 
 
 # -- the machine's costs, measured at first use ---------------------------------------
@@ -499,6 +510,10 @@ except ImportError:  # pragma: no cover - private API moved: public product + ad
 def _csr_add_product(indptr, indices, data, n_col, w, y):
     """y (rows x C_out) += A @ w, A the CSR rows given by ``indptr`` (absolute offsets)."""
     rows = indptr.size - 1
+    k = jit.kernels()
+    if k is not None:
+        k.csr_add(indptr, indices, data, w, y)
+        return
     if _csr_matvecs is not None:
         _csr_matvecs(rows, n_col, w.shape[1], indptr, indices, data, w.reshape(-1), y.reshape(-1))
         return
@@ -629,6 +644,12 @@ def _conv32_events(p, x2, mask=None) -> np.ndarray:
         # stable counting sort of events already in channel-major order)
         ev = sp.coo_matrix((vv, (grow, cc)), shape=(nrow, cin)).tocsr()
         ip, ind, dat = ev.indptr, ev.indices, ev.data
+        k = jit.kernels()
+        if k is not None:  # the loops below, compiled (the same order of sums)
+            tap_idx = np.array([ti for ti, _ in taps], dtype=np.int64)
+            tap_off = np.array([off for _, off in taps], dtype=np.int64)
+            k.conv_taps(ip, ind, dat, wm, tap_idx, tap_off, cin, rows, z)
+            continue
         for r0 in range(0, nrow, rows):  # a tile of the output grid stays in cache
             r1 = min(r0 + rows, nrow)
             for ti, off in taps:
