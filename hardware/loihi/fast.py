@@ -37,6 +37,7 @@ import numpy as np
 import scipy.sparse as sp
 from threadpoolctl import ThreadpoolController
 
+from spikebridge.hardware import jit
 from spikebridge.hardware.loihi.fixedpoint import (DECAY_UNITY, UV_MAX, effective_bias, lava_effective_weights,
                                                    sign_mode)
 from spikebridge.hardware.loihi.plan import BIAS_SOURCE
@@ -60,14 +61,18 @@ _THREADPOOLS: list = []
 _EVENT_FACTOR: list = []
 
 
-def event_factor() -> float:
-    """Cost of one event (one nonzero input adding one weight row: scipy's CSR x dense
-    product) over the cost of one multiply-add of a float32 BLAS product, measured once per
-    process on this machine (~10 ms). Spikes sparser than 1/event_factor() go the event way."""
+def event_factor() -> tuple[float, float]:
+    """(cost of one event through one weight, cost of looking at one input for events), both
+    in multiply-adds of a float32 BLAS product: the compiled integer loop of ``event_sums``
+    (scipy's CSR x dense product without it, whose scan cost is counted in the first), measured
+    once per process on this machine (~10 ms). A product of rows x (R, K) with N outputs goes
+    the event way when ``R*K*scan + events*N*per_event < R*K*N`` (``use_events``)."""
     if not _EVENT_FACTOR:
         rng = np.random.default_rng(0)  # a layer of the size the crossover matters for
-        x = (rng.random((128, 784)) < 0.1).astype(np.float32)
+        xb = rng.random((128, 784)) < 0.1
+        x = xb.astype(np.float32)
         w = rng.integers(-128, 128, size=(784, 512)).astype(np.float32)
+        wi = w.astype(np.int16)
 
         def best(f):
             t = float("inf")
@@ -77,10 +82,39 @@ def event_factor() -> float:
                 t = min(t, time.perf_counter() - t0)
             return t
         with blas_threads(1):
-            per_mac = best(lambda: x @ w) / x.size / w.shape[1]
-            per_event = best(lambda: sp.csr_matrix(x) @ w) / np.count_nonzero(x) / w.shape[1]
-        _EVENT_FACTOR.append(max(per_event / max(per_mac, 1e-15), 1.0))
+            per_mac = max(best(lambda: x @ w) / x.size / w.shape[1], 1e-15)
+            if jit.kernels() is not None:
+                x0 = np.zeros_like(xb)
+                event_sums(xb, wi)  # compiled (or loaded) before it is timed
+                t_scan = best(lambda: event_sums(x0, wi))
+                per_event = max(best(lambda: event_sums(xb, wi)) - t_scan, 0.0)
+            else:
+                t_scan, per_event = 0.0, best(lambda: sp.csr_matrix(x) @ w)
+            per_event /= np.count_nonzero(x) * w.shape[1]
+        _EVENT_FACTOR.append((max(per_event / per_mac, 1.0), t_scan / x.size / per_mac))
     return _EVENT_FACTOR[0]
+
+
+def use_events(x: np.ndarray, n_out: int) -> bool:
+    """Whether the event loop is cheaper than a BLAS product for rows x and n_out outputs."""
+    if not x.size:
+        return False
+    per_event, scan = event_factor()
+    return x.size * scan + np.count_nonzero(x) * n_out * per_event < x.size * n_out
+
+
+def event_sums(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """x @ w for integer (or bool) rows x and integer weights w, accumulated in int32 event by
+    event (hardware/jit.py): each nonzero x[r, c] adds x[r, c] * w[c] to row r. Integer sums
+    do not depend on their order; exact while no partial sum leaves int32 (the caller's
+    bound), and wrapping like Lava's int32 accumulation otherwise."""
+    k = jit.kernels()
+    y = np.zeros((x.shape[0], w.shape[1]), dtype=np.int32)
+    if x.dtype == np.bool_:
+        k.mask_add(x, w, y)
+    else:
+        k.value_add(x if x.dtype == np.int32 else x.astype(np.int32), w, y)
+    return y
 
 
 @contextlib.contextmanager
@@ -171,6 +205,12 @@ class Synapse:
             (rb, cb, np.ascontiguousarray(csr.toarray().T if self.whole else csr[rb][:, cb].toarray()))
             for rb, cb in blocks]
         self._cast: dict = {}
+        # the effective weights as the narrowest integers for the event loop (8-bit mantissas
+        # times 2^k: int16 unless a weight exponent made them wider)
+        self._wint = None
+        if self.whole:
+            w = self.blocks[0][2]
+            self._wint = w.astype(np.int16 if np.abs(w).max(initial=0) < 2 ** 15 else np.int32)
 
     def _weights(self, dtype) -> list:
         if dtype not in self._cast:
@@ -185,7 +225,7 @@ class Synapse:
             return np.asarray(w @ x.astype(dtype, copy=False).T).T
         ws = self._weights(dtype)
         if self.whole:
-            if x.size and np.count_nonzero(x) * event_factor() < x.size:
+            if use_events(x, self.rows):
                 return np.asarray(sp.csr_matrix(x, dtype=dtype) @ ws[0])
             return x.astype(dtype, copy=False) @ ws[0]
         xt = np.ascontiguousarray(x.T)  # (spikes: bool, 4x less to move); rows of x^T gather contiguously
@@ -199,6 +239,9 @@ class Synapse:
         accumulation (wraps), then the weight exponent's shift (DelayDense: int64 accumulation,
         shift, then the wrap; the same unless the accumulation leaves int32)."""
         bound = float(self.row_abs.max(initial=0.0)) * x_max
+        if self._wint is not None and bound < 2 ** 31 and jit.kernels() is not None and use_events(x, self.rows):
+            acc = event_sums(x, self._wint)  # exact: no partial sum leaves int32
+            return acc << self.wexp if self.wexp > 0 else acc >> (-self.wexp)
         if bound < F32_EXACT:  # also below 2^31: the int32 accumulation cannot wrap
             acc = self.sums(x, np.float32).astype(np.int32)
             return acc << self.wexp if self.wexp > 0 else acc >> (-self.wexp)  # int32 << wraps
@@ -239,6 +282,9 @@ def compile_qplan(meta: dict, arrays: dict) -> dict:
                   "vth": vth6.astype(np.int32) if np.all(np.abs(vth6) < 2 ** 31) else vth6,
                   "vinit": (wrap32(np.asarray(arrays[n + "__vinit"], dtype=np.int64)).astype(np.int32)
                             if p.get("has_vinit") else None)}
+        size = int(p["size"])  # the compiled scan's per-neuron vectors (int64)
+        prm[n].update({k: np.ascontiguousarray(np.broadcast_to(np.asarray(a, dtype=np.int64), (size,)))
+                       for k, a in (("fu_n", fu), ("fv_n", fv), ("bias_n", prm[n]["bias"]), ("vth_n", vth6))})
     return {"syn": syn, "prm": prm}
 
 
@@ -294,19 +340,30 @@ def run_qplan_fast(meta: dict, arrays: dict, x_int: np.ndarray, record_state: bo
             a_in += s.synapse(*act[s.source]).reshape((1 if s.source in once else S), B, size)
         if q["vinit"] is not None:
             a_in[0] += q["vinit"][None, :]
-        drive = a_in << 6  # int32: wrap32(a_in << 6)
         spk = np.empty((S, B, size), dtype=bool)
         if record_state:
             us[n] = np.empty((S, B, size), dtype=np.int64)
             vs[n] = np.empty((S, B, size), dtype=np.int64)
+        if p.get("readout"):  # a membrane readout (LI): v every step
+            mem[n] = np.empty((S, B, size), dtype=np.int64)
         rec = loops.get(n, [])
+        k = jit.kernels()
+        if k is not None and not rec:  # the loop below, compiled (the same integer operations)
+            none = np.zeros((0, 0, 0), dtype=np.int64)
+            v_rec = vs[n] if record_state else mem.get(n, none)
+            k.loihi_scan(a_in, q["fu_n"], q["fv_n"], q["bias_n"], q["vth_n"], q["u_replaced"], q["v_kept"],
+                         UV_MAX, spk, v_rec, us[n] if record_state else none)
+            if record_state and n in mem:
+                mem[n][...] = v_rec
+            spikes[n] = spk
+            act[n] = (spk.reshape(R, size), 1.0)
+            continue
+        drive = a_in << 6  # int32: wrap32(a_in << 6)
         if q["u_replaced"] and not rec:  # u(t) = fold24(a_in << 6): no dependence on u(t-1)
             u_all = _fold24(drive)
         u = np.zeros((B, size), dtype=np.int32)
         v = np.zeros((B, size), dtype=np.int32)
         bias, vth, lim = q["bias"], q["vth"], UV_MAX - 1
-        if p.get("readout"):  # a membrane readout (LI): v every step
-            mem[n] = np.empty((S, B, size), dtype=np.int64)
         for j in range(S):
             if rec:  # the last step's spikes through the recurrent Dense (int32 adds wrap)
                 a_j = a_in[j].copy()

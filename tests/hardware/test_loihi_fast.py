@@ -30,6 +30,18 @@ from test_lava_skip import GRAPHS, residual_graph
 N_GRAPHS = int(os.environ.get("SPIKEBRIDGE_FIXED_GRAPHS", "200"))
 
 
+@pytest.fixture(params=["compiled", "numpy"], autouse=True)
+def loops(request, monkeypatch):
+    """Every test twice: with the compiled loops (hardware/jit.py: the integer event sums and
+    the neuron scan) and with them off (the numpy/BLAS paths they replace)."""
+    from spikebridge.hardware import jit
+    if request.param == "numpy":
+        monkeypatch.setattr(jit, "_KERNELS", [None])
+    else:
+        assert jit.kernels() is not None, "numba is a dependency: the compiled loops must load"
+    return request.param
+
+
 def assert_same(meta, arrays, x, what=""):
     want = run_qplan(meta, arrays, x, record_state=True)
     got = run_qplan_fast(meta, arrays, x, record_state=True)
@@ -167,10 +179,14 @@ def test_exact_arithmetic_paths(case):
         assert not np.array_equal(run_qplan(meta2, arrays, x, record_state=True)["u"]["p"], want["u"]["p"])
 
 
+@pytest.mark.parametrize("events", [True, False])
 @pytest.mark.parametrize("blocks", [True, False])
-def test_every_product_path_gives_the_same_integers(blocks):
+def test_every_product_path_gives_the_same_integers(blocks, events, monkeypatch):
     """float32, float64, int64 (chosen by the bound: an x_max claimed beyond 2^53 forces the
-    int64 product; 24-bit inputs reach 2^53 only with a fan-in of 2^22) and CSR agree."""
+    int64 product; 24-bit inputs reach 2^53 only with a fan-in of 2^22), CSR and the event
+    loops (forced on and off: int32 event sums, or scipy's CSR x dense) agree."""
+    from spikebridge.hardware.loihi import fast
+    monkeypatch.setattr(fast, "use_events", lambda x, n: events)
     rng = np.random.default_rng(3)
     w = rng.integers(-256, 256, size=(30, 50)) * (rng.random((30, 50)) < 0.3)
     meta, arrays = _plan(w, -1)
