@@ -12,7 +12,7 @@ jit._KERNELS, so these tests run the same whatever SPIKEBRIDGE_NO_JIT says; numb
 declared dependency, so a missing numba fails them (never skips). A spy records which loop
 ran, so a caller that stops using the loops cannot make a comparison pass vacuously.
 
-KNOWN MISMATCH OFF x86-64 (not seen on this machine; expected to fail here, do not weaken):
+KNOWN MISMATCH OFF x86-64 (not seen on x86; these tests should fail on ARM; do not weaken them):
 scipy 1.17.1's aarch64 wheels (manylinux and macOS arm64) compile csr_matvecs<int, float>
 and <int, double> with fused multiply-adds (fmla/fmadd, no fmul/fadd in their disassembly),
 while the numba loops round the product and the sum separately (their x86 code has no FMA
