@@ -11,8 +11,11 @@ Every loop here sums in the same order as the scipy product it replaces: each ou
 element adds its events' terms one at a time, events in input order (row, then column
 ascending); vectorisation runs across the output row, never across events, and no
 multiply-add is fused (numba does not contract without fastmath). Results are therefore
-bit-identical to the scipy path on every CPU (tests/hardware/test_jit.py), in float32,
-float64 and integers (integers wrap modulo 2^bits, so their order never matters).
+the same on every CPU, and bit-identical to the scipy path on x86-64 (tests/hardware/
+test_jit.py), in float32, float64 and integers (integers wrap modulo 2^bits, so their
+order never matters). On ARM, scipy's wheels fuse the product and the add of csr_matvecs
+(fmla), so there the scipy path (SPIKEBRIDGE_NO_JIT=1) differs from these loops in the last
+bits wherever an event value is not 1 (binary events: identical everywhere).
 
 Compiled on first use in a process and cached on disk by numba (``cache=True``: beside
 this file, or numba's user cache when that is not writable), so later processes load the
