@@ -122,3 +122,22 @@ def loihi_scan(a_in, fu, fv, bias, vth, u_replaced, v_kept, uv_max, spk, v_rec, 
                 v_rec[j, b] = vb
             if rec_u:
                 u_rec[j, b] = ub
+
+
+@jit
+def conv_scatter(ip, ind, dat, wp, tap_off, y):
+    """``conv_taps`` event by event: each event (grid row g, channel c) adds its channel's taps
+    wp[c, t] (one contiguous block) to output rows g - tap_off[t]. For an output row, the
+    terms arrive in the same order as in ``conv_taps`` (tap offsets ascend with t, so events
+    come by tap, then by channel): bit-identical, faster while wp stays in cache."""
+    n = wp.shape[2]
+    nt = tap_off.shape[0]
+    for g in range(ip.shape[0] - 1):
+        for k in range(ip[g], ip[g + 1]):
+            a = dat[k]
+            c = ind[k]
+            for t in range(nt):
+                r = g - tap_off[t]
+                if r >= 0:
+                    for j in range(n):
+                        y[r, j] += a * wp[c, t, j]

@@ -279,8 +279,9 @@ CONV_CASES = [  # (C_in, spatial, C_out, kernel, stride, padding, dilation, grou
 @pytest.mark.parametrize("case", CONV_CASES)
 @pytest.mark.parametrize("events", [0.0, 0.005, 0.05, 0.3, "analog"])
 def test_conv32_events_jit_equals_scipy_path(use_jit, monkeypatch, case, events):
-    """The float32 phase-grid conv event path with the compiled tap loop == its Python tile
-    loop over scipy's csr_matvecs, bit for bit: strides 1 and 2, padding, dilation, groups,
+    """The float32 phase-grid conv event path with either compiled loop (tap by tap over
+    output tiles, or event by event) == its Python tile loop over scipy's csr_matvecs, bit
+    for bit: strides 1 and 2, padding, dilation, groups,
     binary and analog events, the caller's mask or none, default and small output tiles."""
     cin, hw, cout, kernel, stride, pad, dil, groups = case
     rng = np.random.default_rng(zlib.crc32(repr((case, events)).encode()))
@@ -292,12 +293,15 @@ def test_conv32_events_jit_equals_scipy_path(use_jit, monkeypatch, case, events)
     x2 = np.where(on, _values(rng, on.shape, np.float32), 0) if events == "analog" else on
     x2 = x2.astype(np.float32)
     ref64 = _im2col64(p, p["w"], x2, n)
-    for tile_bytes in (kernels._EVENT_TILE_BYTES, 0):  # 0: the smallest tile, 64 rows
+    loops = [("conv_taps", -1, tb) for tb in (kernels._EVENT_TILE_BYTES, 0)]  # 0: the smallest tile, 64 rows
+    loops.append(("conv_scatter", 1 << 40, kernels._EVENT_TILE_BYTES))  # event by event
+    for loop, scatter_max, tile_bytes in loops:
         monkeypatch.setattr(kernels, "_EVENT_TILE_BYTES", tile_bytes)
+        monkeypatch.setattr(kernels, "_SCATTER_MAX_BYTES", scatter_max)
         for mask in (None, on):
             spy = use_jit(True)
             got = kernels._conv32_events(p, x2, mask).copy()  # a view of a reused scratch buffer
-            assert spy.calls["conv_taps"] >= 1
+            assert spy.calls[loop] >= 1 and sum(spy.calls.values()) == spy.calls[loop]
             use_jit(False)
             ref = kernels._conv32_events(p, x2, mask).copy()
             assert got.dtype == ref.dtype == np.float32
@@ -357,7 +361,7 @@ def test_simulate_identical_with_jit_on_and_off(use_jit, monkeypatch, precision)
             if on:
                 assert spy.calls, "the compiled loops must run"
                 if precision == "float32" and "conv1" in g.nodes:
-                    assert spy.calls["conv_taps"] > 0
+                    assert spy.calls["conv_taps"] + spy.calls["conv_scatter"] > 0
         (a, acts_on), (b, acts_off) = res[True], res[False]
         assert sum(int(s.sum()) for s in b.spikes.values()) > 0, "the case must spike"
         _assert_same_trace(a, b)
@@ -385,4 +389,4 @@ def test_no_jit_environment_turns_the_loops_off():
     """SPIKEBRIDGE_NO_JIT=1: kernels() is None (callers take the scipy path); without it the
     four loops are there (numba is a dependency: its absence fails here, not skips)."""
     assert _kernels_in_subprocess(True) == "none"
-    assert _kernels_in_subprocess(False) == str(["conv_taps", "csr_add", "loihi_scan", "mask_add", "value_add"])
+    assert _kernels_in_subprocess(False) == str(["conv_scatter", "conv_taps", "csr_add", "loihi_scan", "mask_add", "value_add"])
