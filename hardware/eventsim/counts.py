@@ -55,8 +55,34 @@ def _valid_taps(n_in: int, n_out: int, k: int, stride: int, dil: int, lo: int) -
     return v
 
 
+_FANOUT: dict = {}  # (id of the weight array, node type, in_shape) -> (the array, fan-out)
+_FANOUT_MAX = 256
+
+
 def fanout(node, in_shape: tuple[int, ...]) -> np.ndarray:
-    """Number of nonzero weights each input element reaches, shape ``in_shape`` (int64)."""
+    """Number of nonzero weights each input element reaches, shape ``in_shape`` (int64).
+    Kept per weight array (the entry holds the array, so its id is not reused): batch chunks
+    and dataset loops count the same layers again, and a large conv's weights cost more to
+    scan than its events."""
+    src = getattr(node, "weight", getattr(node, "scale", None))
+    key = None
+    if isinstance(src, np.ndarray):
+        key = (id(src), type(node).__name__, tuple(in_shape), repr(getattr(node, "stride", None)),
+               repr(getattr(node, "padding", None)), repr(getattr(node, "dilation", None)),
+               repr(getattr(node, "groups", None)))
+        hit = _FANOUT.get(key)
+        if hit is not None and hit[0] is src:
+            return hit[1]
+    f = _fanout(node, in_shape)
+    if key is not None:
+        if len(_FANOUT) >= _FANOUT_MAX:
+            _FANOUT.pop(next(iter(_FANOUT)))
+        f.setflags(write=False)
+        _FANOUT[key] = (src, f)
+    return f
+
+
+def _fanout(node, in_shape: tuple[int, ...]) -> np.ndarray:
     t = type(node).__name__
     if t in ("Affine", "Linear"):
         return (np.asarray(node.weight) != 0).sum(axis=0).astype(np.int64)

@@ -1060,6 +1060,21 @@ def _neuron_step(p, inp, st):
     return out, {**st, "v": v}
 
 
+def _per_neuron(shape, dtype, *params):
+    """Each parameter as a contiguous (n,) vector over the neuron shape (no batch axis), in
+    ``dtype``; None when one varies over the batch (the compiled scan takes per-neuron ones)."""
+    out = []
+    for a in params:
+        a = np.asarray(a, dtype=dtype)
+        if a.ndim > len(shape):
+            return None
+        try:
+            out.append(np.ascontiguousarray(np.broadcast_to(a, shape)).reshape(-1))
+        except ValueError:
+            return None
+    return out
+
+
 def _neuron_scan(p, inp, st):
     """All T steps of ``_neuron_step`` at once, with the same float64 operations in the
     same order (bit-identical): the input term of IF / LIF / LI / I is computed for every
@@ -1103,6 +1118,15 @@ def _neuron_scan(p, inp, st):
         if p["next_step"]:
             pending = None if pending is None else np.array(pending, dtype=np.float64)
             pend_buf = np.empty(v.shape, dtype=np.float64)
+        k = jit.kernels()
+        if k is not None and not p["next_step"] and T:  # the loop below, compiled
+            vecs = _per_neuron(v.shape[1:], vdt, a if a is not None else 1.0, p["thr"], p["v_reset"], amp)
+            if vecs is not None:
+                n = int(np.prod(v.shape[1:]))
+                v2 = v.reshape(v.shape[0], n)
+                k.neuron_scan(out.reshape(T, v.shape[0], n), v2, vecs[0], a is not None, vecs[1], ge, subtract,
+                              vecs[2], vecs[3], smask.reshape(T, v.shape[0], n))
+                T = 0  # done: skip the loop
     for i in range(T):
         if a is not None:
             np.multiply(a, v, out=v)

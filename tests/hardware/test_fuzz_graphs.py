@@ -17,7 +17,7 @@ import os
 import nir
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from spikebridge.base.errors import InputError
@@ -184,6 +184,9 @@ def test_nir_files_with_flipped_bytes_raise_only_input_errors(tmp_path_factory, 
     d = tmp_path_factory.mktemp("flip")
     base = d / "base.nir"
     nodes, edges, _ = data.draw(graphs())
+    # names HDF5 cannot hold as groups are not this test's subject: "/" nests groups, "." is
+    # the group itself (nir.write fails on them before any byte is flipped)
+    assume(all("/" not in n and n != "." for n in nodes))
     nir.write(str(base), _graph(nodes, edges))
     raw = bytearray(base.read_bytes())
     n = data.draw(st.integers(1, 16))

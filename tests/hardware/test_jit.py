@@ -389,4 +389,4 @@ def test_no_jit_environment_turns_the_loops_off():
     """SPIKEBRIDGE_NO_JIT=1: kernels() is None (callers take the scipy path); without it the
     four loops are there (numba is a dependency: its absence fails here, not skips)."""
     assert _kernels_in_subprocess(True) == "none"
-    assert _kernels_in_subprocess(False) == str(["conv_scatter", "conv_taps", "csr_add", "loihi_scan", "mask_add", "value_add"])
+    assert _kernels_in_subprocess(False) == str(["conv_scatter", "conv_taps", "csr_add", "loihi_scan", "mask_add", "neuron_scan", "value_add"])
