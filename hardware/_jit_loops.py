@@ -125,25 +125,6 @@ def loihi_scan(a_in, fu, fv, bias, vth, u_replaced, v_kept, uv_max, spk, v_rec, 
 
 
 @jit
-def conv_scatter(ip, ind, dat, wp, tap_off, y):
-    """``conv_taps`` event by event: each event (grid row g, channel c) adds its channel's taps
-    wp[c, t] (one contiguous block) to output rows g - tap_off[t]. For an output row, the
-    terms arrive in the same order as in ``conv_taps`` (tap offsets ascend with t, so events
-    come by tap, then by channel): bit-identical, faster while wp stays in cache."""
-    n = wp.shape[2]
-    nt = tap_off.shape[0]
-    for g in range(ip.shape[0] - 1):
-        for k in range(ip[g], ip[g + 1]):
-            a = dat[k]
-            c = ind[k]
-            for t in range(nt):
-                r = g - tap_off[t]
-                if r >= 0:
-                    for j in range(n):
-                        y[r, j] += a * wp[c, t, j]
-
-
-@jit
 def neuron_scan(out, v, a, has_a, thr, ge, subtract, v_reset, amp, smask):
     """eventsim's same-step IF / LIF over T steps (kernels._neuron_scan's loop, the same float
     operations in the same order): per step v = a*v (LIF), v = v + drive, s = v >= thr (or >),
@@ -170,3 +151,79 @@ def neuron_scan(out, v, a, has_a, thr, ge, subtract, v_reset, amp, smask):
                 vb[i] = vi
                 sb[i] = s
                 ob[i] = one * amp[i]
+
+
+@jit
+def conv_direct(x, wp, geo, phases, y):
+    """The float conv event path straight from the input, no event lists: x (n, C_in, H, W)
+    (bool spikes, or values in wp's dtype), wp (C_in, kh*kw, C_out) the weights per channel
+    and tap (row-major taps), geo = (stride_h, stride_w, dil_h, dil_w, lo_h, lo_w, kw),
+    phases (P, 2) the phase plan's order of (row, column) tap phases, y (n, OH, OW, C_out)
+    zeroed: every nonzero x[s, c, i, j] adds x * wp[c, tap] to each output it reaches.
+    Inputs are visited phase by phase (the residues of i + lo_h and j + lo_w modulo the
+    stride), row-major within a phase, channels ascending within a position, so an output's
+    terms arrive by phase, tap and channel: the order of ``conv_taps`` over the phase
+    grids (bit-identical)."""
+    n, cin, H, W = x.shape
+    OH, OW, cout = y.shape[1], y.shape[2], y.shape[3]
+    sh, sw, dh, dw, lh, lw, kw = geo[0], geo[1], geo[2], geo[3], geo[4], geo[5], geo[6]
+    nt = wp.shape[1]
+    kh = nt // kw
+    y2 = y.reshape(n * OH * OW, cout)
+    w2 = wp.reshape(cin * nt, cout)
+    buf = np.empty(cin, np.int64)
+    orow = np.empty(nt, np.int64)
+    otap = np.empty(nt, np.int64)
+    # per input row i (column j): the taps ky that reach an output row oy, ky ascending (no
+    # divisions in the event loop)
+    ny = np.zeros(H, np.int64)
+    kyt = np.empty((H, kh), np.int64)
+    oyt = np.empty((H, kh), np.int64)
+    for i in range(H):
+        for ky in range(kh):
+            num = i + lh - ky * dh
+            if num >= 0 and num % sh == 0 and num // sh < OH:
+                kyt[i, ny[i]] = ky
+                oyt[i, ny[i]] = num // sh
+                ny[i] += 1
+    nx = np.zeros(W, np.int64)
+    kxt = np.empty((W, kw), np.int64)
+    oxt = np.empty((W, kw), np.int64)
+    for j in range(W):
+        for kx in range(kw):
+            num = j + lw - kx * dw
+            if num >= 0 and num % sw == 0 and num // sw < OW:
+                kxt[j, nx[j]] = kx
+                oxt[j, nx[j]] = num // sw
+                nx[j] += 1
+    for s in range(n):
+        for ph in range(phases.shape[0]):
+            py, px = phases[ph, 0], phases[ph, 1]
+            for i in range(H):
+                if (i + lh) % sh != py:
+                    continue
+                for j in range(W):
+                    if (j + lw) % sw != px:
+                        continue
+                    m = 0
+                    for c in range(cin):
+                        buf[m] = c
+                        m += x[s, c, i, j] != 0
+                    if m == 0:
+                        continue
+                    # the outputs this position reaches: (output row, tap), few (<= taps)
+                    nr = 0
+                    for a_ in range(ny[i]):
+                        base = (s * OH + oyt[i, a_]) * OW
+                        for b_ in range(nx[j]):
+                            orow[nr] = base + oxt[j, b_]
+                            otap[nr] = kyt[i, a_] * kw + kxt[j, b_]
+                            nr += 1
+                    for e in range(m):  # each event adds its channel's taps to those rows
+                        c = buf[e]
+                        a = wp.dtype.type(x[s, c, i, j])  # bool -> 1.0 in wp's dtype
+                        for r in range(nr):
+                            row = orow[r]
+                            wr = c * nt + otap[r]
+                            for q in range(cout):
+                                y2[row, q] += a * w2[wr, q]

@@ -294,7 +294,7 @@ def test_conv32_events_jit_equals_scipy_path(use_jit, monkeypatch, case, events)
     x2 = x2.astype(np.float32)
     ref64 = _im2col64(p, p["w"], x2, n)
     loops = [("conv_taps", -1, tb) for tb in (kernels._EVENT_TILE_BYTES, 0)]  # 0: the smallest tile, 64 rows
-    loops.append(("conv_scatter", 1 << 40, kernels._EVENT_TILE_BYTES))  # event by event
+    loops.append(("conv_direct", 1 << 40, kernels._EVENT_TILE_BYTES))  # event by event, from the input
     for loop, scatter_max, tile_bytes in loops:
         monkeypatch.setattr(kernels, "_EVENT_TILE_BYTES", tile_bytes)
         monkeypatch.setattr(kernels, "_SCATTER_MAX_BYTES", scatter_max)
@@ -361,7 +361,7 @@ def test_simulate_identical_with_jit_on_and_off(use_jit, monkeypatch, precision)
             if on:
                 assert spy.calls, "the compiled loops must run"
                 if precision == "float32" and "conv1" in g.nodes:
-                    assert spy.calls["conv_taps"] + spy.calls["conv_scatter"] > 0
+                    assert spy.calls["conv_taps"] + spy.calls["conv_direct"] > 0
         (a, acts_on), (b, acts_off) = res[True], res[False]
         assert sum(int(s.sum()) for s in b.spikes.values()) > 0, "the case must spike"
         _assert_same_trace(a, b)
@@ -389,4 +389,4 @@ def test_no_jit_environment_turns_the_loops_off():
     """SPIKEBRIDGE_NO_JIT=1: kernels() is None (callers take the scipy path); without it the
     four loops are there (numba is a dependency: its absence fails here, not skips)."""
     assert _kernels_in_subprocess(True) == "none"
-    assert _kernels_in_subprocess(False) == str(["conv_scatter", "conv_taps", "csr_add", "loihi_scan", "mask_add", "neuron_scan", "value_add"])
+    assert _kernels_in_subprocess(False) == str(["conv_direct", "conv_taps", "csr_add", "loihi_scan", "mask_add", "neuron_scan", "value_add"])
