@@ -196,14 +196,22 @@ def conv_direct(x, wp, geo, phases, y):
                 kxt[j, nx[j]] = kx
                 oxt[j, nx[j]] = num // sw
                 nx[j] += 1
+    act = np.empty((H, W), np.bool_)
     for s in range(n):
+        # which positions have any event (channel rows are contiguous: a vectorised OR), so
+        # a sparse input costs its events, not a strided look at every channel of every position
+        act[:, :] = False
+        for c in range(cin):
+            for i in range(H):
+                for j in range(W):
+                    act[i, j] |= x[s, c, i, j] != 0
         for ph in range(phases.shape[0]):
             py, px = phases[ph, 0], phases[ph, 1]
             for i in range(H):
                 if (i + lh) % sh != py:
                     continue
                 for j in range(W):
-                    if (j + lw) % sw != px:
+                    if (j + lw) % sw != px or not act[i, j]:
                         continue
                     m = 0
                     for c in range(cin):
@@ -227,3 +235,25 @@ def conv_direct(x, wp, geo, phases, y):
                             wr = c * nt + otap[r]
                             for q in range(cout):
                                 y2[row, q] += a * w2[wr, q]
+
+
+@jit
+def batch_counts(m, out):
+    """out[t, i] += the number of True m[t, b, i] over b (eventsim's per-step event counts)."""
+    T, B, n = m.shape
+    for t in range(T):
+        for b in range(B):
+            mb = m[t, b]
+            for i in range(n):
+                out[t, i] += mb[i]
+
+
+@jit
+def nchw_bias(z, b, out):
+    """out[s, q, p] = z[s, p, q] + b[q]: a conv's channels-last sums, biased, channels first."""
+    n, P, C = z.shape
+    for s in range(n):
+        for q in range(C):
+            bq = b[q]
+            for p in range(P):
+                out[s, q, p] = z[s, p, q] + bq

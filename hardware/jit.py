@@ -49,4 +49,5 @@ def _build():
     return SimpleNamespace(csr_add=loops.csr_add, conv_taps=loops.conv_taps,
                            conv_direct=loops.conv_direct, mask_add=loops.mask_add,
                            value_add=loops.value_add, loihi_scan=loops.loihi_scan,
-                           neuron_scan=loops.neuron_scan)
+                           neuron_scan=loops.neuron_scan, batch_counts=loops.batch_counts,
+                           nchw_bias=loops.nchw_bias)

@@ -40,6 +40,7 @@ import numpy as np
 
 from spikebridge.base.errors import BackendError
 
+from .. import jit
 from ..graph import (NEURON_TYPES, SPIKING_TYPES, SYNAPSE_TYPES, GraphInfo, conv_geometry)
 from ..trace import COUNT_KINDS
 
@@ -109,21 +110,29 @@ def _fanout(node, in_shape: tuple[int, ...]) -> np.ndarray:
 
 def nonzero_per_step(x: np.ndarray) -> np.ndarray:
     """(T, B, ...) -> (T, ...) int64: nonzero entries summed over the batch. A bool mask is
-    summed as bytes into a narrow integer (exact: the sum is at most B)."""
+    summed by a compiled loop (hardware/jit.py), or as bytes into a narrow integer (exact:
+    the sum is at most B)."""
     m = np.asarray(x)
     if m.dtype != np.bool_:
         m = m != 0
+    k = jit.kernels()
+    if k is not None and m.ndim >= 2:
+        T, B = m.shape[:2]
+        out = np.zeros((T, math.prod(m.shape[2:])), dtype=np.int64)
+        k.batch_counts(m.reshape(T, B, -1), out)
+        return out.reshape((T,) + m.shape[2:])
     B = m.shape[1]
     if B < (1 << 16) - 1:
         return np.add.reduce(m.view(np.uint8), axis=1, dtype=np.uint16).astype(np.int64)
     return m.sum(axis=1, dtype=np.int64)
 
 
-def _events(x: np.ndarray, shift: int) -> np.ndarray:
+def _events(x: np.ndarray, shift: int, per_step: np.ndarray | None = None) -> np.ndarray:
     """Nonzero inputs per step and position, summed over the batch: (T, N) int64,
     delivered ``shift`` steps later (events delivered after the last step are dropped).
-    ``x``: the activation, or its nonzero mask (bool)."""
-    e = nonzero_per_step(x)
+    ``x``: the activation, or its nonzero mask (bool); ``per_step``: its nonzero_per_step
+    when the caller has it."""
+    e = nonzero_per_step(x) if per_step is None else per_step
     e = e.reshape(e.shape[0], -1)
     if shift:
         out = np.zeros_like(e)
@@ -158,7 +167,9 @@ def count_node(graph, info: GraphInfo, name: str, activations: dict,
             else:
                 key = (p, shift)
                 if key not in memo:
-                    memo[key] = _events(src, shift)
+                    if p not in memo:  # the source's nonzeros per step, shared by every shift
+                        memo[p] = nonzero_per_step(src)
+                    memo[key] = _events(src, shift, memo[p])
                 ev = memo[key]
             ops = ev @ f
             kind = "synaptic_ops" if info.is_spiking(p) else "macs"
@@ -166,7 +177,10 @@ def count_node(graph, info: GraphInfo, name: str, activations: dict,
     elif t in NEURON_TYPES:
         c["neuron_updates"][:] = B * math.prod(info.shapes[name])
         if t in SPIKING_TYPES:
-            c["spikes"] = nonzero_per_step(masks.get(name, ref)).reshape(T, -1).sum(axis=1, dtype=np.int64)
+            e = nonzero_per_step(masks.get(name, ref))
+            if memo is not None:
+                memo[name] = e  # the synapse nodes it feeds count the same events
+            c["spikes"] = e.reshape(T, -1).sum(axis=1, dtype=np.int64)
     return c
 
 

@@ -177,6 +177,7 @@ class MachineCosts:
     mac: dict          # dtype name -> s per multiply-add of a BLAS product
     ev_op: dict        # dtype name -> s per (event x weight) of the event loop (CSR x dense)
     ev_event: dict     # dtype name -> s per event (fixed part)
+    ev_scan: dict      # dtype name -> s per input element looked at for events
     conv_op: float     # s per (event x tap x C_out) of the float32 conv event path
     conv_row: float    # s per (grid position x tap) of that path (the row-pointer walk)
     conv_scan: float   # s per input element of that path (phase grids, finding events)
@@ -204,7 +205,7 @@ def machine_costs(refresh: bool = False) -> MachineCosts:
     if _COSTS is not None and not refresh:
         return _COSTS
     rng = np.random.default_rng(12345)
-    mac, ev_op, ev_event = {}, {}, {}
+    mac, ev_op, ev_event, ev_scan = {}, {}, {}, {}
     for dt in (np.float32, np.float64):
         name = np.dtype(dt).name
         a = rng.random((384, 256)).astype(dt)
@@ -212,12 +213,15 @@ def machine_costs(refresh: bool = False) -> MachineCosts:
         mac[name] = _best_time(lambda: a @ w) / (384 * 256 * 256)
         x = rng.random((1536, 256)) < 0.05
         ne = int(np.count_nonzero(x))
-        t_wide = _best_time(lambda: events_csr(x, None, dt) @ w)
+        # the event path as the kernels run it (event_matmul: compiled, or scipy without it)
+        t_wide = _best_time(lambda: event_matmul(x, w))
         w8 = np.ascontiguousarray(w[:, :8])
-        t_narrow = _best_time(lambda: events_csr(x, None, dt) @ w8)
+        t_narrow = _best_time(lambda: event_matmul(x, w8))
+        t_scan = _best_time(lambda: event_matmul(np.zeros_like(x), w8))
         op = max((t_wide - t_narrow) / (ne * 248), 1e-12)
         ev_op[name] = op
-        ev_event[name] = max((t_narrow - 8 * op * ne) / ne, 1e-12)
+        ev_scan[name] = t_scan / x.size
+        ev_event[name] = max((t_narrow - t_scan - 8 * op * ne) / ne, 1e-12)
     # convolution probes: (16, 16, 16) input, 3x3, 32 outputs, 5 % events
     cp = {"w": rng.normal(size=(32, 16, 3, 3)), "g": 1, "b": np.zeros(32), "kernel": (3, 3),
           "stride": (1, 1), "dil": (1, 1), "lo": (1, 1), "hi": (1, 1), "out": (16, 16), "nd": 2,
@@ -243,7 +247,7 @@ def machine_costs(refresh: bool = False) -> MachineCosts:
     spgemm_op = _best_time(lambda: (events_csr(xc) @ M).toarray()) / max(ops, 1.0)
     xt = np.ascontiguousarray(xc[:16].astype(np.float64).T)
     mpass_op = _best_time(lambda: Mt @ xt) / (16 * M.nnz)
-    _COSTS = MachineCosts(mac=mac, ev_op=ev_op, ev_event=ev_event, conv_op=conv_op,
+    _COSTS = MachineCosts(mac=mac, ev_op=ev_op, ev_event=ev_event, ev_scan=ev_scan, conv_op=conv_op,
                           conv_row=conv_row, conv_scan=conv_scan,
                           spgemm_op=spgemm_op, mpass_op=mpass_op)
     return _COSTS
@@ -325,8 +329,8 @@ def _dense_forward(p, x):
             de_cost = lambda rows: 0.0  # noqa: E731
         else:
             c = machine_costs()
-            op, per, mac = c.ev_op[dt.name], c.ev_event[dt.name], c.mac[dt.name]
-            ev_cost = lambda e, rows: e * (N * op + per)  # noqa: E731
+            op, per, mac, scan = c.ev_op[dt.name], c.ev_event[dt.name], c.mac[dt.name], c.ev_scan[dt.name]
+            ev_cost = lambda e, rows: e * (N * op + per) + rows * K * scan  # noqa: E731
             de_cost = lambda rows: rows * K * N * mac  # noqa: E731
         parts = list(step_blocks(mask, p.get("_block"), ev_cost, de_cost))
         if len(parts) == 1:
@@ -814,13 +818,21 @@ def _conv_forward32(p, x):
     if CONV_EVENT_MAX_DENSITY is not None:  # forced crossover (tests)
         ev_cost = lambda e, rows: e / (rows * in_size) - CONV_EVENT_MAX_DENSITY  # noqa: E731
         de_cost = lambda rows: 0.0  # noqa: E731
+    k = jit.kernels()
+    b32 = p["b"].astype(np.float32)
+    if k is not None:  # each block's channels-last sums + bias, written channels first in one pass
+        out = np.empty((n, cout, opos), dtype=np.float32)
+        for r0, r1, ev in step_blocks(mask, p.get("_block"), ev_cost, de_cost):
+            z = _conv32_events(p, x2[r0:r1], mask[r0:r1]) if ev else _conv32_dense(p, x[r0:r1])
+            k.nchw_bias(np.ascontiguousarray(z), b32, out[r0:r1])
+        return out.reshape(n, cout, *p["out"])
     y = np.empty((n, opos, cout), dtype=np.float32)
     for r0, r1, ev in step_blocks(mask, p.get("_block"), ev_cost, de_cost):
         if ev:
             y[r0:r1] = _conv32_events(p, x2[r0:r1], mask[r0:r1])
         else:
             y[r0:r1] = _conv32_dense(p, x[r0:r1])
-    y += p["b"].astype(np.float32)
+    y += b32
     return np.ascontiguousarray(np.moveaxis(y, 2, 1)).reshape(n, cout, *p["out"])
 
 

@@ -387,6 +387,28 @@ def _kernels_in_subprocess(no_jit: bool) -> str:
 
 def test_no_jit_environment_turns_the_loops_off():
     """SPIKEBRIDGE_NO_JIT=1: kernels() is None (callers take the scipy path); without it the
-    four loops are there (numba is a dependency: its absence fails here, not skips)."""
+    compiled loops are there (numba is a dependency: its absence fails here, not skips)."""
     assert _kernels_in_subprocess(True) == "none"
-    assert _kernels_in_subprocess(False) == str(["conv_direct", "conv_taps", "csr_add", "loihi_scan", "mask_add", "neuron_scan", "value_add"])
+    loops = sorted(vars(jit._build()))
+    assert len(loops) >= 8 and {"mask_add", "conv_direct", "loihi_scan", "neuron_scan"} <= set(loops)
+    assert _kernels_in_subprocess(False) == str(loops)
+
+
+def test_event_counts_per_step_jit_equals_numpy(monkeypatch):
+    """counts.nonzero_per_step (the per-step event counts every synaptic-op count is made of):
+    the compiled batch sum == numpy's, on bool masks, float activations, a broadcast (direct
+    encoding) input and a batch above 2^16 rows."""
+    from spikebridge.hardware.eventsim import counts
+    rng = np.random.default_rng(11)
+    cases = [rng.random((5, 7, 3, 4, 4)) < 0.2,
+             rng.normal(size=(4, 9, 30)) * (rng.random((4, 9, 30)) < 0.3),
+             np.broadcast_to(rng.random((1, 6, 50)) < 0.5, (8, 6, 50)),
+             rng.random((2, (1 << 16) + 3, 3)) < 0.5]
+    for x in cases:
+        on = counts.nonzero_per_step(x)
+        monkeypatch.setattr(jit, "_KERNELS", [None])
+        off = counts.nonzero_per_step(x)
+        monkeypatch.undo()
+        assert on.dtype == off.dtype == np.int64 and on.shape == off.shape == (x.shape[0],) + x.shape[2:]
+        np.testing.assert_array_equal(on, off)
+        np.testing.assert_array_equal(on, (np.asarray(x) != 0).sum(axis=1))
