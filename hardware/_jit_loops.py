@@ -196,22 +196,30 @@ def conv_direct(x, wp, geo, phases, y):
                 kxt[j, nx[j]] = kx
                 oxt[j, nx[j]] = num // sw
                 nx[j] += 1
-    act = np.empty((H, W), np.bool_)
+    ry = np.empty(H, np.int64)  # the phase residue of each input row and column
+    for i in range(H):
+        ry[i] = (i + lh) % sh
+    rx = np.empty(W, np.int64)
+    for j in range(W):
+        rx[j] = (j + lw) % sw
+    af = np.empty(H * W, np.uint8)
+    act = af.reshape(H, W)
+    xf = x.reshape(n, cin, H * W)
     for s in range(n):
         # which positions have any event (channel rows are contiguous: a vectorised OR), so
         # a sparse input costs its events, not a strided look at every channel of every position
-        act[:, :] = False
+        af[:] = 0
         for c in range(cin):
-            for i in range(H):
-                for j in range(W):
-                    act[i, j] |= x[s, c, i, j] != 0
+            xc = xf[s, c]
+            for q in range(H * W):
+                af[q] |= xc[q] != 0
         for ph in range(phases.shape[0]):
             py, px = phases[ph, 0], phases[ph, 1]
             for i in range(H):
-                if (i + lh) % sh != py:
+                if ry[i] != py:
                     continue
                 for j in range(W):
-                    if (j + lw) % sw != px or not act[i, j]:
+                    if rx[j] != px or not act[i, j]:
                         continue
                     m = 0
                     for c in range(cin):

@@ -643,7 +643,8 @@ def _conv32_events(p, x2, mask=None) -> np.ndarray:
             p["_direct"] = (np.ascontiguousarray(wm.reshape(taps, cin, cout).transpose(1, 0, 2)), geo, phs)
         wp, geo, phs = p["_direct"]
         hw = (1,) * (2 - len(sp_in)) + sp_in
-        x4 = (x2 if x2.dtype in (np.bool_, np.float32) else x2.astype(np.float32)).reshape(n, cin, *hw)
+        x4 = np.ascontiguousarray(x2 if x2.dtype in (np.bool_, np.float32) else x2.astype(np.float32)).reshape(
+            n, cin, *hw)
         oshape = (1,) * (2 - len(out)) + out
         z = _scratch_zeros((n, *oshape, cout), np.float32)
         k.conv_direct(x4, wp, geo, phs, z)
