@@ -125,23 +125,25 @@ def loihi_scan(a_in, fu, fv, bias, vth, u_replaced, v_kept, uv_max, spk, v_rec, 
 
 
 @jit
-def neuron_scan(out, v, a, has_a, thr, ge, subtract, v_reset, amp, smask):
+def neuron_scan(drive, out, v, a, has_a, thr, ge, subtract, v_reset, amp, smask):
     """eventsim's same-step IF / LIF over T steps (kernels._neuron_scan's loop, the same float
     operations in the same order): per step v = a*v (LIF), v = v + drive, s = v >= thr (or >),
-    v = v - s*thr (subtract) or where(s, v_reset, v), out = s*amp. out (T, B, n): the drive
-    in, the outputs out; v (B, n) updated in place; a, thr, v_reset, amp: (n,) in v's dtype;
-    smask (T, B, n) bool: the spikes. Neurons innermost (the compiler vectorises them)."""
+    v = v - s*thr (subtract) or where(s, v_reset, v), out = s*amp. drive, out (T, B, n): the
+    drive in (it may be out itself: step t reads drive[t] before writing out[t]), the outputs
+    out; v (B, n) updated in place; a, thr, v_reset, amp: (n,) in v's dtype; smask (T, B, n)
+    bool: the spikes. Neurons innermost (the compiler vectorises them)."""
     T, B, n = out.shape
     for t in range(T):
         for b in range(B):
             vb = v[b]
+            db = drive[t, b]
             ob = out[t, b]
             sb = smask[t, b]
             for i in range(n):
                 vi = vb[i]
                 if has_a:
                     vi = a[i] * vi
-                vi = vi + ob[i]
+                vi = vi + db[i]
                 s = vi >= thr[i] if ge else vi > thr[i]
                 one = v.dtype.type(1.0) if s else v.dtype.type(0.0)
                 if subtract:

@@ -1123,8 +1123,12 @@ def _neuron_scan(p, inp, st):
     vdt = np.dtype(p.get("out_dtype", np.float64))  # precision 'float32': membrane and params too
     cast = (lambda a: a) if vdt == np.float64 else (lambda a: np.asarray(a, dtype=vdt))  # noqa: E731
     out = np.empty(inp.shape, dtype=vdt)
+    drive = out
     if t in ("IF", "I"):
-        np.multiply(cast(p["if_scale"]), inp, out=out)  # v = v + if_scale * I
+        if t == "IF" and inp.dtype == vdt and np.all(np.asarray(p["if_scale"]) == 1) and jit.kernels() is not None:
+            drive = inp  # 1 * I is I exactly: the compiled scan reads the input itself
+        else:
+            np.multiply(cast(p["if_scale"]), inp, out=out)  # v = v + if_scale * I
         a = None
     else:
         np.multiply(cast(p["r"]), inp, out=out)         # v = a*v + c*(v_leak + r*I)
@@ -1153,8 +1157,9 @@ def _neuron_scan(p, inp, st):
             if vecs is not None:
                 n = int(np.prod(v.shape[1:]))
                 v2 = v.reshape(v.shape[0], n)
-                k.neuron_scan(out.reshape(T, v.shape[0], n), v2, vecs[0], a is not None, vecs[1], ge, subtract,
-                              vecs[2], vecs[3], smask.reshape(T, v.shape[0], n))
+                k.neuron_scan(np.ascontiguousarray(drive).reshape(T, v.shape[0], n), out.reshape(T, v.shape[0], n),
+                              v2, vecs[0], a is not None, vecs[1], ge, subtract, vecs[2], vecs[3],
+                              smask.reshape(T, v.shape[0], n))
                 T = 0  # done: skip the loop
     for i in range(T):
         if a is not None:

@@ -247,9 +247,9 @@ def test_compiled_neuron_scan_equals_numpy_scan(monkeypatch, meta, precision):
     n, T, B = 6, 19, 5
     inp = rng.normal(size=(T, B, n)) * (rng.random((T, B, n)) < 0.6)
     assert jit.kernels() is not None
-    for kind, node in _neuron_nodes(n, rng):
-        if kind not in ("IF", "LIF"):
-            continue
+    nodes = [(k, nd) for k, nd in _neuron_nodes(n, rng) if k in ("IF", "LIF")]
+    nodes.append(("IF", nir.IF(r=np.ones(n), v_threshold=np.full(n, 0.75), v_reset=np.zeros(n))))  # reads I itself
+    for kind, node in nodes:
         if meta is not None:
             node.metadata = {"spikebridge": meta}
         g = nir.NIRGraph(nodes={"input": nir.Input(np.array([n])), "nrn": node, "output": nir.Output(None)},
