@@ -293,9 +293,19 @@ def _work_dtype(ctx) -> np.dtype:
 def _dense_prepare(node, name, ctx):
     b = _f64(getattr(node, "bias", 0.0)).reshape(-1) if hasattr(node, "bias") else None
     dt = _work_dtype(ctx)
-    # W^T in the work dtype in one pass (transpose and conversion together; hashing the
-    # weights to cache it measured as slow as the copy)
-    wt = np.ascontiguousarray(np.asarray(node.weight).T, dtype=dt)
+    # W^T in the work dtype in one pass (transpose and conversion together), kept across
+    # calls per weight array like the conv matrices (the entry holds the array, so its id
+    # is not reused; hashing the weights measured as slow as the copy)
+    w = node.weight
+    key = ("wt", id(w), dt.str) if isinstance(w, np.ndarray) else None
+    hit = _CACHE.get(key) if key else None
+    if hit is not None and hit[0] is w:
+        wt = hit[1]
+    else:
+        wt = np.ascontiguousarray(np.asarray(w).T, dtype=dt)
+        if key:
+            wt.setflags(write=False)
+            _cache_put(key, (w, wt))
     return {"wt": wt, "b": None if b is None else b.astype(dt), "dtype": dt}
 
 
