@@ -805,7 +805,7 @@ def _conv_forward32(p, x):
     learned = _CACHE.get(key) if key else None
     if learned is not None and learned[0] is p["_src"]:
         op_s, dense_row_s = learned[1]
-    elif key and n >= 2 * block:
+    elif key and n >= block:
         # this layer's own costs, measured once per process on its busiest step block:
         # both paths run on the same rows, best of 3 (results discarded; the plan recomputes)
         import time
