@@ -20,27 +20,6 @@ def csr_add(indptr, indices, data, w, y):
 
 
 @jit
-def conv_taps(ip, ind, dat, wm, tap_idx, tap_off, cin, tile, y):
-    """The phase-grid conv event loop of one phase: for each output tile, each tap
-    (tap_idx[t], flat offset tap_off[t]) and each grid row r of the tile, y[r] += the
-    events of grid row r + offset through that tap's weights (rows tap*cin + c of wm)."""
-    nrow = y.shape[0]
-    n = wm.shape[1]
-    for r0 in range(0, nrow, tile):
-        r1 = min(r0 + tile, nrow)
-        for t in range(tap_idx.shape[0]):
-            base = tap_idx[t] * cin
-            off = tap_off[t]
-            e = min(r1, nrow - off)
-            for r in range(r0, e):
-                for k in range(ip[r + off], ip[r + off + 1]):
-                    a = dat[k]
-                    c = base + ind[k]
-                    for j in range(n):
-                        y[r, j] += a * wm[c, j]
-
-
-@jit
 def mask_add(x, w, y):
     """y[r] += w[c] for every True x[r, c] (binary events), columns ascending. A row's events
     are listed first without branches (a branch per input mispredicts at 5-20 % activity)."""
@@ -164,8 +143,8 @@ def conv_direct(x, wp, geo, phases, y):
     zeroed: every nonzero x[s, c, i, j] adds x * wp[c, tap] to each output it reaches.
     Inputs are visited phase by phase (the residues of i + lo_h and j + lo_w modulo the
     stride), row-major within a phase, channels ascending within a position, so an output's
-    terms arrive by phase, tap and channel: the order of ``conv_taps`` over the phase
-    grids (bit-identical)."""
+    terms arrive by phase, tap and channel: the order of the phase-grid loop of
+    ``kernels._conv32_events`` (bit-identical)."""
     n, cin, H, W = x.shape
     OH, OW, cout = y.shape[1], y.shape[2], y.shape[3]
     sh, sw, dh, dw, lh, lw, kw = geo[0], geo[1], geo[2], geo[3], geo[4], geo[5], geo[6]

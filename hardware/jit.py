@@ -46,7 +46,7 @@ def _build():
         from . import _jit_loops as loops
     except ImportError:  # pragma: no cover - numba is a dependency; kept for odd platforms
         return None
-    return SimpleNamespace(csr_add=loops.csr_add, conv_taps=loops.conv_taps,
+    return SimpleNamespace(csr_add=loops.csr_add,
                            conv_direct=loops.conv_direct, mask_add=loops.mask_add,
                            value_add=loops.value_add, loihi_scan=loops.loihi_scan,
                            neuron_scan=loops.neuron_scan, batch_counts=loops.batch_counts,

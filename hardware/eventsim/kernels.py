@@ -593,12 +593,6 @@ def _phase_plan(p):
 
 
 _EVENT_TILE_BYTES = 256 << 10  # output tile the taps of the event path visit together
-# The compiled event path goes event by event straight from the input (jit conv_direct:
-# each event adds its channel's contiguous block of taps) while the weights fit this (about
-# a core's L2), else tap by tap over output tiles of the phase grids (conv_taps); measured on
-# 3x3 convs, event by event against tap by tap: 1.75x faster at 64 channels, equal at 128,
-# 0.65x at 256 (the weights then leave L2).
-_SCATTER_MAX_BYTES = 768 << 10
 _SCRATCH_MAX_BYTES = 256 << 20
 _scratch_local = threading.local()
 
@@ -640,7 +634,7 @@ def _conv32_events(p, x2, mask=None) -> np.ndarray:
     grid, phases = _phase_plan(p)
     k = jit.kernels()
     taps = int(np.prod(p["kernel"]))
-    if k is not None and len(sp_in) <= 2 and cin * taps * cout * 4 <= _SCATTER_MAX_BYTES:
+    if k is not None and len(sp_in) <= 2:
         # compiled, straight from the input (no event lists, no grid): the same sums in the
         # same order as the phase-grid loops below
         if "_direct" not in p:
@@ -696,12 +690,6 @@ def _conv32_events(p, x2, mask=None) -> np.ndarray:
         # stable counting sort of events already in channel-major order)
         ev = sp.coo_matrix((vv, (grow, cc)), shape=(nrow, cin)).tocsr()
         ip, ind, dat = ev.indptr, ev.indices, ev.data
-        k = jit.kernels()
-        if k is not None:  # the loops below, compiled (the same order of sums)
-            tap_idx = np.array([ti for ti, _ in taps], dtype=np.int64)
-            tap_off = np.array([off for _, off in taps], dtype=np.int64)
-            k.conv_taps(ip, ind, dat, wm, tap_idx, tap_off, cin, rows, z)
-            continue
         for r0 in range(0, nrow, rows):  # a tile of the output grid stays in cache
             r1 = min(r0 + rows, nrow)
             for ti, off in taps:

@@ -279,9 +279,9 @@ CONV_CASES = [  # (C_in, spatial, C_out, kernel, stride, padding, dilation, grou
 @pytest.mark.parametrize("case", CONV_CASES)
 @pytest.mark.parametrize("events", [0.0, 0.005, 0.05, 0.3, "analog"])
 def test_conv32_events_jit_equals_scipy_path(use_jit, monkeypatch, case, events):
-    """The float32 phase-grid conv event path with either compiled loop (tap by tap over
-    output tiles, or event by event) == its Python tile loop over scipy's csr_matvecs, bit
-    for bit: strides 1 and 2, padding, dilation, groups,
+    """The float32 conv event path compiled (conv_direct: event by event straight from the
+    input) == its Python phase-grid tile loop over scipy's csr_matvecs, bit for bit:
+    strides 1 and 2, padding, dilation, groups,
     binary and analog events, the caller's mask or none, default and small output tiles."""
     cin, hw, cout, kernel, stride, pad, dil, groups = case
     rng = np.random.default_rng(zlib.crc32(repr((case, events)).encode()))
@@ -293,15 +293,12 @@ def test_conv32_events_jit_equals_scipy_path(use_jit, monkeypatch, case, events)
     x2 = np.where(on, _values(rng, on.shape, np.float32), 0) if events == "analog" else on
     x2 = x2.astype(np.float32)
     ref64 = _im2col64(p, p["w"], x2, n)
-    loops = [("conv_taps", -1, tb) for tb in (kernels._EVENT_TILE_BYTES, 0)]  # 0: the smallest tile, 64 rows
-    loops.append(("conv_direct", 1 << 40, kernels._EVENT_TILE_BYTES))  # event by event, from the input
-    for loop, scatter_max, tile_bytes in loops:
+    for tile_bytes in (kernels._EVENT_TILE_BYTES, 0):  # the scipy loop's tiles; 0: the smallest, 64 rows
         monkeypatch.setattr(kernels, "_EVENT_TILE_BYTES", tile_bytes)
-        monkeypatch.setattr(kernels, "_SCATTER_MAX_BYTES", scatter_max)
         for mask in (None, on):
             spy = use_jit(True)
             got = kernels._conv32_events(p, x2, mask).copy()  # a view of a reused scratch buffer
-            assert spy.calls[loop] >= 1 and sum(spy.calls.values()) == spy.calls[loop]
+            assert spy.calls["conv_direct"] >= 1 and sum(spy.calls.values()) == spy.calls["conv_direct"]
             use_jit(False)
             ref = kernels._conv32_events(p, x2, mask).copy()
             assert got.dtype == ref.dtype == np.float32
@@ -361,7 +358,7 @@ def test_simulate_identical_with_jit_on_and_off(use_jit, monkeypatch, precision)
             if on:
                 assert spy.calls, "the compiled loops must run"
                 if precision == "float32" and "conv1" in g.nodes:
-                    assert spy.calls["conv_taps"] + spy.calls["conv_direct"] > 0
+                    assert spy.calls["conv_direct"] > 0
         (a, acts_on), (b, acts_off) = res[True], res[False]
         assert sum(int(s.sum()) for s in b.spikes.values()) > 0, "the case must spike"
         _assert_same_trace(a, b)
