@@ -22,7 +22,9 @@ def csr_add(indptr, indices, data, w, y):
 @jit
 def mask_add(x, w, y):
     """y[r] += w[c] for every True x[r, c] (binary events), columns ascending. A row's events
-    are listed first without branches (a branch per input mispredicts at 5-20 % activity)."""
+    are listed first without branches (a branch per input mispredicts at 5-20 % activity),
+    then added up to 8 per pass over the output row: each element still adds its events one
+    at a time in column order (the same sums), with fewer loads and stores of y."""
     n = w.shape[1]
     buf = np.empty(x.shape[1], np.int64)
     for r in range(x.shape[0]):
@@ -30,16 +32,58 @@ def mask_add(x, w, y):
         for c in range(x.shape[1]):
             buf[m] = c
             m += x[r, c]
-        for e in range(m):
-            c = buf[e]
+        e = 0
+        while e + 8 <= m:
+            c0 = buf[e + 0]
+            c1 = buf[e + 1]
+            c2 = buf[e + 2]
+            c3 = buf[e + 3]
+            c4 = buf[e + 4]
+            c5 = buf[e + 5]
+            c6 = buf[e + 6]
+            c7 = buf[e + 7]
             for j in range(n):
-                y[r, j] += w[c, j]
+                v = y[r, j] + w[c0, j]
+                v = v + w[c1, j]
+                v = v + w[c2, j]
+                v = v + w[c3, j]
+                v = v + w[c4, j]
+                v = v + w[c5, j]
+                v = v + w[c6, j]
+                v = v + w[c7, j]
+                y[r, j] = v
+            e += 8
+        while e + 4 <= m:
+            c0 = buf[e + 0]
+            c1 = buf[e + 1]
+            c2 = buf[e + 2]
+            c3 = buf[e + 3]
+            for j in range(n):
+                v = y[r, j] + w[c0, j]
+                v = v + w[c1, j]
+                v = v + w[c2, j]
+                v = v + w[c3, j]
+                y[r, j] = v
+            e += 4
+        while e + 2 <= m:
+            c0 = buf[e + 0]
+            c1 = buf[e + 1]
+            for j in range(n):
+                v = y[r, j] + w[c0, j]
+                v = v + w[c1, j]
+                y[r, j] = v
+            e += 2
+        if e < m:
+            c0 = buf[e]
+            for j in range(n):
+                y[r, j] += w[c0, j]
 
 
 @jit
 def value_add(x, w, y):
     """y[r] += x[r, c] * w[c] for every nonzero x[r, c], columns ascending (x in w's dtype, or
-    int32 for integer weights: each product then widens before the add wraps into y)."""
+    int32 for integer weights: each product then widens before the add wraps into y); events
+    added up to 8 per pass over the output row, as in ``mask_add``."""
     n = w.shape[1]
     buf = np.empty(x.shape[1], np.int64)
     for r in range(x.shape[0]):
@@ -47,11 +91,66 @@ def value_add(x, w, y):
         for c in range(x.shape[1]):
             buf[m] = c
             m += x[r, c] != 0
-        for e in range(m):
-            c = buf[e]
-            a = x[r, c]
+        e = 0
+        while e + 8 <= m:
+            a0 = x[r, buf[e + 0]]
+            c0 = buf[e + 0]
+            a1 = x[r, buf[e + 1]]
+            c1 = buf[e + 1]
+            a2 = x[r, buf[e + 2]]
+            c2 = buf[e + 2]
+            a3 = x[r, buf[e + 3]]
+            c3 = buf[e + 3]
+            a4 = x[r, buf[e + 4]]
+            c4 = buf[e + 4]
+            a5 = x[r, buf[e + 5]]
+            c5 = buf[e + 5]
+            a6 = x[r, buf[e + 6]]
+            c6 = buf[e + 6]
+            a7 = x[r, buf[e + 7]]
+            c7 = buf[e + 7]
             for j in range(n):
-                y[r, j] += a * w[c, j]
+                v = y[r, j] + a0 * w[c0, j]
+                v = v + a1 * w[c1, j]
+                v = v + a2 * w[c2, j]
+                v = v + a3 * w[c3, j]
+                v = v + a4 * w[c4, j]
+                v = v + a5 * w[c5, j]
+                v = v + a6 * w[c6, j]
+                v = v + a7 * w[c7, j]
+                y[r, j] = v
+            e += 8
+        while e + 4 <= m:
+            a0 = x[r, buf[e + 0]]
+            c0 = buf[e + 0]
+            a1 = x[r, buf[e + 1]]
+            c1 = buf[e + 1]
+            a2 = x[r, buf[e + 2]]
+            c2 = buf[e + 2]
+            a3 = x[r, buf[e + 3]]
+            c3 = buf[e + 3]
+            for j in range(n):
+                v = y[r, j] + a0 * w[c0, j]
+                v = v + a1 * w[c1, j]
+                v = v + a2 * w[c2, j]
+                v = v + a3 * w[c3, j]
+                y[r, j] = v
+            e += 4
+        while e + 2 <= m:
+            a0 = x[r, buf[e + 0]]
+            c0 = buf[e + 0]
+            a1 = x[r, buf[e + 1]]
+            c1 = buf[e + 1]
+            for j in range(n):
+                v = y[r, j] + a0 * w[c0, j]
+                v = v + a1 * w[c1, j]
+                y[r, j] = v
+            e += 2
+        if e < m:
+            a0 = x[r, buf[e]]
+            c0 = buf[e]
+            for j in range(n):
+                y[r, j] += a0 * w[c0, j]
 
 
 @jit
@@ -153,6 +252,7 @@ def conv_direct(x, wp, geo, phases, y):
     y2 = y.reshape(n * OH * OW, cout)
     w2 = wp.reshape(cin * nt, cout)
     buf = np.empty(cin, np.int64)
+    av = np.empty(cin, wp.dtype)
     orow = np.empty(nt, np.int64)
     otap = np.empty(nt, np.int64)
     # per input row i (column j): the taps ky that reach an output row oy, ky ascending (no
@@ -216,14 +316,69 @@ def conv_direct(x, wp, geo, phases, y):
                             orow[nr] = base + oxt[j, b_]
                             otap[nr] = kyt[i, a_] * kw + kxt[j, b_]
                             nr += 1
-                    for e in range(m):  # each event adds its channel's taps to those rows
-                        c = buf[e]
-                        a = wp.dtype.type(x[s, c, i, j])  # bool -> 1.0 in wp's dtype
-                        for r in range(nr):
-                            row = orow[r]
-                            wr = c * nt + otap[r]
+                    for e in range(m):  # the events' values in wp's dtype (bool -> 1.0)
+                        av[e] = wp.dtype.type(x[s, buf[e], i, j])
+                    for r in range(nr):  # each reached output row adds the events' taps,
+                        row = orow[r]    # up to 8 events per pass over the row (the same
+                        tt = otap[r]     # sequence of adds per element, fewer loads and stores)
+                        e = 0
+                        while e + 8 <= m:
+                            a0 = av[e + 0]
+                            r0 = buf[e + 0] * nt + tt
+                            a1 = av[e + 1]
+                            r1 = buf[e + 1] * nt + tt
+                            a2 = av[e + 2]
+                            r2 = buf[e + 2] * nt + tt
+                            a3 = av[e + 3]
+                            r3 = buf[e + 3] * nt + tt
+                            a4 = av[e + 4]
+                            r4 = buf[e + 4] * nt + tt
+                            a5 = av[e + 5]
+                            r5 = buf[e + 5] * nt + tt
+                            a6 = av[e + 6]
+                            r6 = buf[e + 6] * nt + tt
+                            a7 = av[e + 7]
+                            r7 = buf[e + 7] * nt + tt
                             for q in range(cout):
-                                y2[row, q] += a * w2[wr, q]
+                                v = y2[row, q] + a0 * w2[r0, q]
+                                v = v + a1 * w2[r1, q]
+                                v = v + a2 * w2[r2, q]
+                                v = v + a3 * w2[r3, q]
+                                v = v + a4 * w2[r4, q]
+                                v = v + a5 * w2[r5, q]
+                                v = v + a6 * w2[r6, q]
+                                v = v + a7 * w2[r7, q]
+                                y2[row, q] = v
+                            e += 8
+                        while e + 4 <= m:
+                            a0 = av[e + 0]
+                            r0 = buf[e + 0] * nt + tt
+                            a1 = av[e + 1]
+                            r1 = buf[e + 1] * nt + tt
+                            a2 = av[e + 2]
+                            r2 = buf[e + 2] * nt + tt
+                            a3 = av[e + 3]
+                            r3 = buf[e + 3] * nt + tt
+                            for q in range(cout):
+                                v = y2[row, q] + a0 * w2[r0, q]
+                                v = v + a1 * w2[r1, q]
+                                v = v + a2 * w2[r2, q]
+                                v = v + a3 * w2[r3, q]
+                                y2[row, q] = v
+                            e += 4
+                        while e + 2 <= m:
+                            a0 = av[e + 0]
+                            r0 = buf[e + 0] * nt + tt
+                            a1 = av[e + 1]
+                            r1 = buf[e + 1] * nt + tt
+                            for q in range(cout):
+                                y2[row, q] = (y2[row, q] + a0 * w2[r0, q]) + a1 * w2[r1, q]
+                            e += 2
+                        if e < m:
+                            a0 = av[e]
+                            r0 = buf[e] * nt + tt
+                            for q in range(cout):
+                                y2[row, q] += a0 * w2[r0, q]
 
 
 @jit
