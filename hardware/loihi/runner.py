@@ -337,10 +337,9 @@ def fixed_trace(graph, x, timesteps: int | None = None, window: int | None = Non
             i = T + D - int(p["depth"]) - 1
             out["u__" + p["name"]] = res["u"][p["name"]][i, -1]
             out["v__" + p["name"]] = res["v"][p["name"]][i, -1]
-    with blas_threads(1):  # the counts' small products too (idle OpenBLAS threads spin on a core)
-        tr = to_trace(pr, out, "fixed", {"plan_s": pr.plan_s, "integer_model_s": t_run, "engine": engine,
-                                         "fixed_point": {"input_frac": pr.qplan.input_frac,
-                                                         "layers": pr.qplan.layers}})
+    tr = to_trace(pr, out, "fixed", {"plan_s": pr.plan_s, "integer_model_s": t_run, "engine": engine,
+                                     "fixed_point": {"input_frac": pr.qplan.input_frac,
+                                                     "layers": pr.qplan.layers}})
     tr.backend = "eventsim"
     tr.profile = "loihi-fixed"
     if not record_spikes:
