@@ -1,5 +1,11 @@
 """The compiled loops of ``spikebridge.hardware.jit`` (imported by it on first use: importing
-this module imports numba). Module-level functions, so numba's on-disk cache can hold them."""
+this module imports numba). Module-level functions, so numba's on-disk cache can hold them.
+
+The 8/4/2/1-event cascades of ``mask_add``, ``value_add`` and ``conv_direct`` are written
+out in each loop on purpose: numba vectorises them only as straight-line code over the
+output row. One shared helper taking the weight-row indices as an array was slower when
+measured (conv 64x64 at 32x32: 42 against 26 ms; int16 event sums: 1.40 against 1.03 ms;
+measured while the test suite ran on the other core)."""
 import numba
 import numpy as np
 
