@@ -35,6 +35,7 @@ analog input stays MACs. ``backends.run_graph`` applies it and records the rule 
 from __future__ import annotations
 
 import math
+import threading
 
 import numpy as np
 
@@ -58,6 +59,7 @@ def _valid_taps(n_in: int, n_out: int, k: int, stride: int, dil: int, lo: int) -
 
 _FANOUT: dict = {}  # (id of the weight array, node type, in_shape) -> (the array, fan-out)
 _FANOUT_MAX = 256
+_FANOUT_LOCK = threading.Lock()
 
 
 def fanout(node, in_shape: tuple[int, ...]) -> np.ndarray:
@@ -76,10 +78,11 @@ def fanout(node, in_shape: tuple[int, ...]) -> np.ndarray:
             return hit[1]
     f = _fanout(node, in_shape)
     if key is not None:
-        if len(_FANOUT) >= _FANOUT_MAX:
-            _FANOUT.pop(next(iter(_FANOUT)))
         f.setflags(write=False)
-        _FANOUT[key] = (src, f)
+        with _FANOUT_LOCK:  # batch chunks count on threads
+            while len(_FANOUT) >= _FANOUT_MAX:
+                _FANOUT.pop(next(iter(_FANOUT)))
+            _FANOUT[key] = (src, f)
     return f
 
 

@@ -95,13 +95,17 @@ def _nbytes(v) -> int:
     return int(getattr(v, "nbytes", 0))
 
 
+_CACHE_LOCK = threading.Lock()  # batch chunks run on threads and prepare the same layers
+
+
 def _cache_put(key, value):
     size = _nbytes(value)
     if size > _CACHE_MAX_BYTES // 4:
         return value
-    while _CACHE and sum(_nbytes(v) for v in _CACHE.values()) + size > _CACHE_MAX_BYTES:
-        _CACHE.pop(next(iter(_CACHE)))
-    _CACHE[key] = value
+    with _CACHE_LOCK:
+        while _CACHE and sum(_nbytes(v) for v in list(_CACHE.values())) + size > _CACHE_MAX_BYTES:
+            _CACHE.pop(next(iter(_CACHE)))
+        _CACHE[key] = value
     return value
 
 
@@ -416,8 +420,9 @@ def conv_matrix(p, cache: bool = True) -> sp.csr_matrix | None:
         return None
     key = _weights_key("conv", p["w"], p["g"], tuple(p["in_shape"]), tuple(p["kernel"]),
                        tuple(p["stride"]), tuple(p["dil"]), tuple(p["lo"]), tuple(p["out"]))
-    if cache and key in _CACHE:  # the same layer simulated again (batch slices, datasets)
-        p["_M"], p["_Mt"] = _CACHE[key]
+    hit = _CACHE.get(key) if cache else None  # one read: another thread may evict meanwhile
+    if hit is not None:  # the same layer simulated again (batch slices, datasets)
+        p["_M"], p["_Mt"] = hit
         return p["_M"]
     rows, cols, vals = [], [], []
     for tap in itertools.product(*[range(k) for k in p["kernel"]]):
