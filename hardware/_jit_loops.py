@@ -213,14 +213,15 @@ def neuron_scan(drive, out, v, a, has_a, thr, ge, subtract, v_reset, amp, smask)
     """eventsim's same-step IF / LIF over T steps (kernels._neuron_scan's loop, the same float
     operations in the same order): per step v = a*v (LIF), v = v + drive, s = v >= thr (or >),
     v = v - s*thr (subtract) or where(s, v_reset, v), out = s*amp. drive, out (T, B, n): the
-    drive in (it may be out itself: step t reads drive[t] before writing out[t]), the outputs
+    drive in (it may be out itself: step t reads drive[t] before writing out[t]; or (1, B, n):
+    the same drive at every step), the outputs
     out; v (B, n) updated in place; a, thr, v_reset, amp: (n,) in v's dtype; smask (T, B, n)
     bool: the spikes. Neurons innermost (the compiler vectorises them)."""
     T, B, n = out.shape
     for t in range(T):
         for b in range(B):
             vb = v[b]
-            db = drive[t, b]
+            db = drive[t if drive.shape[0] > 1 else 0, b]
             ob = out[t, b]
             sb = smask[t, b]
             for i in range(n):

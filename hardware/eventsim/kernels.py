@@ -321,11 +321,17 @@ _EVENT_MIN_SIZE = 1 << 12      # smaller products: BLAS, whatever the density
 
 def _given_mask(p, x2):
     """The input's nonzero mask when the simulator passed it (the source neuron's spikes),
-    else None; used once."""
+    else None; used once. p["_events"] then holds what the event loops read: the mask itself
+    when the simulator also said the spikes are exactly 1.0 (``_binary``: then x2 ==
+    mask as floats, and a bool costs a quarter of a float32 to scan), else x2."""
     m = p.pop("_mask", None)
+    binary = p.pop("_binary", False)
     if m is None or m.size != x2.size:
+        p["_events"] = x2
         return None
-    return m.reshape(x2.shape)
+    m = m.reshape(x2.shape)
+    p["_events"] = m if binary else x2
+    return m
 
 
 def _dense_forward(p, x):
@@ -334,6 +340,7 @@ def _dense_forward(p, x):
     R, K = x2.shape
     N = wt.shape[1]
     given = _given_mask(p, x2)
+    xe = p.pop("_events")
     if x2.size < _EVENT_MIN_SIZE:
         y = as_dtype(x2, dt) @ wt
     else:
@@ -349,11 +356,11 @@ def _dense_forward(p, x):
         parts = list(step_blocks(mask, p.get("_block"), ev_cost, de_cost))
         if len(parts) == 1:
             r0, r1, ev = parts[0]
-            y = event_matmul(x2, wt, mask) if ev else as_dtype(x2, dt) @ wt
+            y = event_matmul(xe, wt, mask) if ev else as_dtype(x2, dt) @ wt
         else:
             y = np.empty((R, N), dtype=dt)
             for r0, r1, ev in parts:
-                y[r0:r1] = (event_matmul(x2[r0:r1], wt, mask[r0:r1]) if ev
+                y[r0:r1] = (event_matmul(xe[r0:r1], wt, mask[r0:r1]) if ev
                             else as_dtype(x2[r0:r1], dt) @ wt)
     if p["b"] is not None:
         y += p["b"]
@@ -781,6 +788,7 @@ def _conv_forward32(p, x):
     n = x.shape[0]
     x2 = x.reshape(n, -1)
     mask = _given_mask(p, x2)
+    xe = p.pop("_events")  # what the event path reads: x2, or the mask of unit spikes
     mask = nonzero_mask(x2) if mask is None else mask
     cout = p["w"].shape[0]
     taps = int(np.prod(p["kernel"]))
@@ -827,13 +835,13 @@ def _conv_forward32(p, x):
     if k is not None:  # each block's channels-last sums + bias, written channels first in one pass
         out = np.empty((n, cout, opos), dtype=np.float32)
         for r0, r1, ev in step_blocks(mask, p.get("_block"), ev_cost, de_cost):
-            z = _conv32_events(p, x2[r0:r1], mask[r0:r1]) if ev else _conv32_dense(p, x[r0:r1])
+            z = _conv32_events(p, xe[r0:r1], mask[r0:r1]) if ev else _conv32_dense(p, x[r0:r1])
             k.nchw_bias(np.ascontiguousarray(z), b32, out[r0:r1])
         return out.reshape(n, cout, *p["out"])
     y = np.empty((n, opos, cout), dtype=np.float32)
     for r0, r1, ev in step_blocks(mask, p.get("_block"), ev_cost, de_cost):
         if ev:
-            y[r0:r1] = _conv32_events(p, x2[r0:r1], mask[r0:r1])
+            y[r0:r1] = _conv32_events(p, xe[r0:r1], mask[r0:r1])
         else:
             y[r0:r1] = _conv32_dense(p, x[r0:r1])
     y += b32
@@ -1160,7 +1168,11 @@ def _neuron_scan(p, inp, st):
             if vecs is not None:
                 n = int(np.prod(v.shape[1:]))
                 v2 = v.reshape(v.shape[0], n)
-                k.neuron_scan(np.ascontiguousarray(drive).reshape(T, v.shape[0], n), out.reshape(T, v.shape[0], n),
+                if drive is inp and inp.strides[0] == 0:  # the same input every step (direct
+                    d3 = np.ascontiguousarray(inp[:1]).reshape(1, v.shape[0], n)  # encoding): one step of it
+                else:
+                    d3 = np.ascontiguousarray(drive).reshape(T, v.shape[0], n)
+                k.neuron_scan(d3, out.reshape(T, v.shape[0], n),
                               v2, vecs[0], a is not None, vecs[1], ge, subtract, vecs[2], vecs[3],
                               smask.reshape(T, v.shape[0], n))
                 T = 0  # done: skip the loop
@@ -1192,6 +1204,7 @@ def _neuron_scan(p, inp, st):
         st["pending"] = None if pending is None else pending.copy()
     if spiking and np.all(np.asarray(amp) != 0):
         st["_spike_mask"] = smask  # (T, B, *shape) bool == (out != 0); not part of the state
+        st["_spike_unit"] = bool(np.all(np.asarray(amp) == 1))  # out == smask as floats
     return out, st
 
 

@@ -173,6 +173,7 @@ def run(graph, x, profile: str | Profile = "spikebridge", dt: float | None = Non
     read events from it without a float64 copy). ``masks``: a dict to receive, for the
     neuron nodes whose scan emits it (and Flattens of them), ``output != 0`` as bool."""
     masks = {} if masks is None else masks
+    unit: dict = {}  # node -> its spikes are exactly 1.0 (the mask is the activation)
     prof = get_profile(profile)
     if info is None:
         graph = adapt_graph(graph, prof)
@@ -226,6 +227,7 @@ def run(graph, x, profile: str | Profile = "spikebridge", dt: float | None = Non
                     acts[n], st = k.scan(params[n], inp, st)
                     if st.get("_spike_mask") is not None and len(ps) >= 1:
                         masks[n] = st["_spike_mask"]
+                        unit[n] = st.get("_spike_unit", False)
                     continue
                 out = np.empty((T, B, *info.shapes[n]), dtype=np.float64)
                 for t in range(T):
@@ -241,8 +243,10 @@ def run(graph, x, profile: str | Profile = "spikebridge", dt: float | None = Non
                 if len(ps) == 1 and ps[0] in masks and not k_delay:
                     if info.types[n] == "Flatten":
                         masks[n] = masks[ps[0]].reshape(T, B, *info.shapes[n])
+                        unit[n] = unit.get(ps[0], False)
                     elif isinstance(params[n], dict):  # the events, known: no scan of the input
                         params[n]["_mask"] = masks[ps[0]]
+                        params[n]["_binary"] = unit.get(ps[0], False)
                 y = k.forward(params[n], flat)
                 if info.types[n] != "Flatten":  # a Flatten of the input stays as given
                     y = as_dtype(np.asarray(y), work)

@@ -257,17 +257,20 @@ def test_compiled_neuron_scan_equals_numpy_scan(monkeypatch, meta, precision):
         ctx = kernels.Context(info=analyse(g), profile=get_profile("spikebridge"), dt=0.5, precision=precision)
         k = kernels.KERNELS[kind]
         p = k.prepare(node, "nrn", ctx)
-        runs = []
-        for on in (True, False):
-            monkeypatch.setattr(jit, "_KERNELS", jit._KERNELS if on else [None])
-            runs.append(k.scan(p, inp.astype(p["out_dtype"]), k.init(p, B)))
-            monkeypatch.undo()
-        (a, sa), (b, sb) = runs
-        assert a.dtype == b.dtype == np.dtype(precision)
-        np.testing.assert_array_equal(a, b, err_msg=kind)
-        np.testing.assert_array_equal(sa["v"], sb["v"], err_msg=kind)
-        np.testing.assert_array_equal(sa["_spike_mask"], sb["_spike_mask"], err_msg=kind)
-        assert 0 < np.count_nonzero(a) < a.size
+        x = inp.astype(p["out_dtype"])
+        # and the same input at every step, as a broadcast view (direct encoding)
+        for xin in (x, np.broadcast_to(x[:1], x.shape)):
+            runs = []
+            for on in (True, False):
+                monkeypatch.setattr(jit, "_KERNELS", jit._KERNELS if on else [None])
+                runs.append(k.scan(p, xin, k.init(p, B)))
+                monkeypatch.undo()
+            (a, sa), (b, sb) = runs
+            assert a.dtype == b.dtype == np.dtype(precision)
+            np.testing.assert_array_equal(a, b, err_msg=kind)
+            np.testing.assert_array_equal(sa["v"], sb["v"], err_msg=kind)
+            np.testing.assert_array_equal(sa["_spike_mask"], sb["_spike_mask"], err_msg=kind)
+            assert 0 < np.count_nonzero(a) < a.size
 
 
 def test_input_dtypes_give_identical_results():
