@@ -9,7 +9,18 @@ measured while the test suite ran on the other core)."""
 import numba
 import numpy as np
 
-jit = numba.njit(cache=True, nogil=True)
+_cached = numba.njit(cache=True, nogil=True)
+_uncached = numba.njit(nogil=True)
+
+
+def jit(f):
+    """numba.njit with its on-disk cache (beside this file, else numba's user cache); where no
+    cache location is writable numba refuses cache=True at decoration time, so the loop is
+    compiled per process instead (slower start, the same code)."""
+    try:
+        return _cached(f)
+    except RuntimeError:
+        return _uncached(f)
 
 
 @jit

@@ -409,3 +409,27 @@ def test_event_counts_per_step_jit_equals_numpy(monkeypatch):
         assert on.dtype == off.dtype == np.int64 and on.shape == off.shape == (x.shape[0],) + x.shape[2:]
         np.testing.assert_array_equal(on, off)
         np.testing.assert_array_equal(on, (np.asarray(x) != 0).sum(axis=1))
+
+
+def test_loops_load_where_no_cache_location_is_writable():
+    """numba refuses cache=True at decoration time when no cache location is writable (a
+    read-only install, no writable home): the loops must still load, compiled per process."""
+    env = {k: v for k, v in os.environ.items() if k != "SPIKEBRIDGE_NO_JIT"}
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    code = ("import numba.core.caching as c, numpy as np\n"
+            "c.CacheImpl._locator_classes = []  # no location can hold a cache\n"
+            "try:\n"
+            "    numba.njit(cache=True)(lambda: 0)\n"
+            "    raise SystemExit('numba accepted cache=True without a locator: the test is void')\n"
+            "except RuntimeError:\n"
+            "    pass\n"
+            "from spikebridge.hardware import jit\n"
+            "k = jit.kernels()\n"
+            "x = np.array([[True, False, True]]); w = np.arange(6, dtype=np.float32).reshape(3, 2)\n"
+            "y = np.zeros((1, 2), np.float32); k.mask_add(x, w, y)\n"
+            "print(y.tolist())\n")
+    code = "import numba\n" + code
+    r = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr + r.stdout
+    assert r.stdout.strip() == "[[4.0, 6.0]]"
