@@ -1134,9 +1134,15 @@ def _neuron_scan(p, inp, st):
     vdt = np.dtype(p.get("out_dtype", np.float64))  # precision 'float32': membrane and params too
     cast = (lambda a: a) if vdt == np.float64 else (lambda a: np.asarray(a, dtype=vdt))  # noqa: E731
     out = np.empty(inp.shape, dtype=vdt)
+    spiking = t in ("IF", "LIF")
+    # the compiled loop (hardware/jit.py neuron_scan) runs a same-step IF / LIF whose
+    # parameters are per neuron: decided first, because it alone may read the input as drive
+    k = jit.kernels() if spiking and not p["next_step"] and T else None
+    vecs = None if k is None else _per_neuron(
+        tuple(inp.shape[2:]), vdt, p["a"] if t == "LIF" else 1.0, p["thr"], p["v_reset"], p["spike_amplitude"])
     drive = out
     if t in ("IF", "I"):
-        if t == "IF" and inp.dtype == vdt and np.all(np.asarray(p["if_scale"]) == 1) and jit.kernels() is not None:
+        if vecs is not None and inp.dtype == vdt and np.all(np.asarray(p["if_scale"]) == 1):
             drive = inp  # 1 * I is I exactly: the compiled scan reads the input itself
         else:
             np.multiply(cast(p["if_scale"]), inp, out=out)  # v = v + if_scale * I
@@ -1147,7 +1153,6 @@ def _neuron_scan(p, inp, st):
         np.multiply(cast(p["c"]), out, out=out)
         a = cast(p["a"])
     v = np.array(st["v"], dtype=vdt)  # own copy: updated in place
-    spiking = t in ("IF", "LIF")
     if spiking:
         thr = np.broadcast_to(cast(p["thr"]), v.shape)
         # the spike masks of every step, kept: out != 0 exactly where s when the amplitude is
@@ -1162,20 +1167,15 @@ def _neuron_scan(p, inp, st):
         if p["next_step"]:
             pending = None if pending is None else np.array(pending, dtype=np.float64)
             pend_buf = np.empty(v.shape, dtype=np.float64)
-        k = jit.kernels()
-        if k is not None and not p["next_step"] and T:  # the loop below, compiled
-            vecs = _per_neuron(v.shape[1:], vdt, a if a is not None else 1.0, p["thr"], p["v_reset"], amp)
-            if vecs is not None:
-                n = int(np.prod(v.shape[1:]))
-                v2 = v.reshape(v.shape[0], n)
-                if drive is inp and inp.strides[0] == 0:  # the same input every step (direct
-                    d3 = np.ascontiguousarray(inp[:1]).reshape(1, v.shape[0], n)  # encoding): one step of it
-                else:
-                    d3 = np.ascontiguousarray(drive).reshape(T, v.shape[0], n)
-                k.neuron_scan(d3, out.reshape(T, v.shape[0], n),
-                              v2, vecs[0], a is not None, vecs[1], ge, subtract, vecs[2], vecs[3],
-                              smask.reshape(T, v.shape[0], n))
-                T = 0  # done: skip the loop
+        if vecs is not None:  # the loop below, compiled
+            B, n = v.shape[0], int(np.prod(v.shape[1:]))
+            if drive is inp and inp.strides[0] == 0:  # the same input every step (direct
+                d3 = np.ascontiguousarray(inp[:1]).reshape(1, B, n)  # encoding): one step of it
+            else:
+                d3 = np.ascontiguousarray(drive).reshape(T, B, n)
+            k.neuron_scan(d3, out.reshape(T, B, n), v.reshape(B, n), vecs[0], t == "LIF", vecs[1], ge,
+                          subtract, vecs[2], vecs[3], smask.reshape(T, B, n))
+            T = 0  # done: skip the loop
     for i in range(T):
         if a is not None:
             np.multiply(a, v, out=v)

@@ -232,6 +232,33 @@ def test_neuron_scan_matches_step_loop(profile, meta):
             assert 0 < np.count_nonzero(loop) < loop.size  # the case exercises firing
 
 
+@pytest.mark.parametrize("profile", ["spikebridge", "nir", "snntorch", "norse", "spikingjelly"])
+def test_unit_gain_if_scan_matches_step_loop(profile):
+    """An IF whose input gain is exactly 1 (r = 1, dt = 1): the scan may read its input as
+    the drive, but only where the compiled loop runs it; snnTorch's one-step-late subtraction
+    runs the numpy loop, which must then still get the drive (it read uninitialised memory)."""
+    from spikebridge.hardware.eventsim.profiles import get_profile
+    from spikebridge.hardware.graph import analyse
+    rng = np.random.default_rng(8)
+    n, T, B = 6, 15, 3
+    node = nir.IF(r=np.ones(n), v_threshold=np.full(n, 0.75), v_reset=np.zeros(n))
+    g = nir.NIRGraph(nodes={"input": nir.Input(np.array([n])), "nrn": node, "output": nir.Output(None)},
+                     edges=[("input", "nrn"), ("nrn", "output")], type_check=False)
+    ctx = kernels.Context(info=analyse(g), profile=get_profile(profile), dt=1.0)
+    k = kernels.KERNELS["IF"]
+    p = k.prepare(node, "nrn", ctx)
+    assert np.all(np.asarray(p["if_scale"]) == 1), profile
+    inp = rng.random((T, B, n))
+    st = k.init(p, B)
+    loop = np.empty((T, B, n))
+    for t in range(T):
+        loop[t], st = k.step(p, inp[t], st)
+    scan, st2 = k.scan(p, inp, k.init(p, B))
+    np.testing.assert_array_equal(scan, loop, err_msg=profile)
+    np.testing.assert_array_equal(st2["v"], st["v"], err_msg=profile)
+    assert 0 < np.count_nonzero(loop) < loop.size
+
+
 @pytest.mark.parametrize("precision", ["float64", "float32"])
 @pytest.mark.parametrize("meta", [None, {"reset": "subtract", "threshold_test": "ge",
                                          "v_init": [0.5, 0.25, 0.0, 0.75, 0.1, 0.0],
