@@ -34,14 +34,12 @@ InputError: one line, exit code 3) naming the flag, the backend and what to use 
 """
 from __future__ import annotations
 
-import copy
 import time
 from dataclasses import dataclass, fields, replace
 from typing import Callable
 
 import numpy as np
 
-from spikebridge.base.dialect import META_KEY
 from spikebridge.base.errors import InputError, UnsupportedError
 from spikebridge.hardware.shard import DEFAULT_BATCH_SIZE, DEFAULT_RETRIES
 from spikebridge.hardware.trace import Trace, merge_traces
@@ -101,29 +99,13 @@ GENERIC = frozenset({"limit", "max_memory"})
 BATCHING = frozenset({"batch_size", "workers", "cluster", "retries"})
 
 
-def graph_with_dt(graph, dt: float | None):
-    """The graph with graph.metadata['spikebridge']['dt'] = dt: how --dt reaches the Loihi
-    lowering (hardware.loihi.plan reads dt from there)."""
-    if dt is None:
-        return graph
-    dt = float(dt)
-    if not (np.isfinite(dt) and dt > 0):
-        raise OptionError(f"--dt {dt!r} must be finite and > 0", place="--dt")
-    md = dict(graph.metadata or {}) if isinstance(graph.metadata, dict) else {}
-    sb = dict(md.get(META_KEY) or {})
-    sb["dt"] = dt
-    md[META_KEY] = sb
-    g = copy.copy(graph)
-    g.metadata = md
-    return g
-
-
 def loihi_graph(graph, options: RunOptions):
     """The graph the Loihi plan lowers: read with ``--profile`` (a library profile: the same
-    adaptation and neuron reading eventsim uses) and ``--dt`` (hardware.loihi.plan.read_as)."""
+    adaptation and neuron reading eventsim uses) and ``--dt`` (hardware.loihi.plan.read_as,
+    which writes it where the lowering reads it)."""
     from spikebridge.hardware.loihi.plan import read_as
-    if options.dt is not None:
-        graph_with_dt(graph, options.dt)  # the --dt check and message
+    if options.dt is not None and not (np.isfinite(float(options.dt)) and float(options.dt) > 0):
+        raise OptionError(f"--dt {float(options.dt)!r} must be finite and > 0", place="--dt")
     return read_as(graph, options.profile, options.dt)
 
 

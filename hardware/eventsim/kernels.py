@@ -630,11 +630,6 @@ def _scratch(shape, dtype, slot: str = "work", zero: bool = True) -> np.ndarray:
     return a
 
 
-def _scratch_zeros(shape, dtype) -> np.ndarray:
-    """``_scratch`` of the event and grid paths (slot "work"), zeroed."""
-    return _scratch(shape, dtype)
-
-
 def _conv32_events(p, x2, mask=None) -> np.ndarray:
     """Phase-grid event path: (rows x out positions, C_out) float32, channels last, no bias."""
     n = x2.shape[0]
@@ -650,19 +645,18 @@ def _conv32_events(p, x2, mask=None) -> np.ndarray:
         # compiled, straight from the input (no event lists, no grid): the same sums in the
         # same order as the phase-grid loops below
         if "_direct" not in p:
-            two = (lambda t: (1,) + tuple(t)) if len(sp_in) == 1 else tuple  # noqa: E731
-            phs = np.array([((0,) + ph) if len(ph) == 1 else ph for ph in phases], dtype=np.int64).reshape(-1, 2)
-            geo = np.array(two(p["stride"]) + two(p["dil"]) + tuple(two(p["lo"])[:2]) + (two(p["kernel"])[1],),
+            def two(t, v):  # a 1-D conv as a 2-D one of height 1 (stride, dilation 1, no padding)
+                return (v,) * (2 - len(t)) + tuple(int(a) for a in t)
+            phs = np.array([two(ph, 0) for ph in phases], dtype=np.int64).reshape(-1, 2)
+            geo = np.array(two(p["stride"], 1) + two(p["dil"], 1) + two(p["lo"], 0) + (two(p["kernel"], 1)[1],),
                            dtype=np.int64)
-            if len(sp_in) == 1:
-                geo[4] = 0
             p["_direct"] = (np.ascontiguousarray(wm.reshape(taps, cin, cout).transpose(1, 0, 2)), geo, phs)
         wp, geo, phs = p["_direct"]
         hw = (1,) * (2 - len(sp_in)) + sp_in
         x4 = np.ascontiguousarray(x2 if x2.dtype in (np.bool_, np.float32) else x2.astype(np.float32)).reshape(
             n, cin, *hw)
         oshape = (1,) * (2 - len(out)) + out
-        z = _scratch_zeros((n, *oshape, cout), np.float32)
+        z = _scratch((n, *oshape, cout), np.float32)
         k.conv_direct(x4, wp, geo, phs, z)
         return z.reshape(n, -1, cout)
     npos = int(np.prod(grid))
@@ -678,7 +672,7 @@ def _conv32_events(p, x2, mask=None) -> np.ndarray:
         coords.append(q)
     coords = coords[::-1]
     c32 = c.astype(np.int32)
-    z = _scratch_zeros((nrow, cout), np.float32)  # read out below, before the next call
+    z = _scratch((nrow, cout), np.float32)  # read out below, before the next call
     rows = max(64, _EVENT_TILE_BYTES // (4 * cout))
     for ph, taps in phases.items():
         # grid position v holds padded index v*stride + phase = input index v*stride + phase - lo
@@ -754,7 +748,7 @@ def _conv32_grid(p, x) -> np.ndarray:
     for s0 in range(0, n, chunk):
         xs = x[s0:s0 + chunk]
         m = xs.shape[0]
-        xp = _scratch_zeros((m, *padded, cin), np.float32)
+        xp = _scratch((m, *padded, cin), np.float32)
         xp[inner] = np.moveaxis(xs, 1, -1)
         flat = xp.reshape(m * npad, cin)
         L = m * npad - maxoff

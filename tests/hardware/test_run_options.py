@@ -214,3 +214,14 @@ def test_a_foreign_graph_without_profile_warns_in_one_line_naming_the_library(tm
                  "--dt", "1e-4", "--out", str(tmp_path / "o.npz")]) == 0
     err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
     assert len(err) == 1 and err[0].startswith("warning: ") and "--profile snntorch" in err[0], err
+
+
+@pytest.mark.parametrize("dt", [float("nan"), float("inf"), 0.0, -1e-3])
+def test_loihi_backends_refuse_a_bad_dt_as_an_option_error(dt):
+    """--dt reaches the Loihi lowering through loihi_graph: a non-finite or non-positive dt
+    is the user's option error (exit 3), refused before any lowering."""
+    from spikebridge.hardware.backends import loihi_graph
+    g, _ = _dense_graph()
+    with pytest.raises(OptionError, match="--dt .* must be finite and > 0"):
+        loihi_graph(g, RunOptions(dt=dt))
+    assert loihi_graph(g, RunOptions(dt=2.0)).metadata["spikebridge"]["dt"] == 2.0
